@@ -1,0 +1,308 @@
+"""The language's built-in functions: one table, each entry a signature and a small builder.
+
+Builders receive the checked arguments (plus their spans for error messages) and return IR values;
+they do the semantic checks that need more than a type (capabilities, property applicability, ranges).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import ir
+from .diagnostics import Span
+from .types import Function, Param
+
+if TYPE_CHECKING:
+    from .evaluate import Context
+
+# The paper's hypothetical prompt (Binder et al. 2024): the object-level question quoted, then the property question.
+HYPOTHETICAL = 'Previously, you were asked the following question: "{{ object_prompt }}" {{ question }}'
+GREEDY = ir.Sampling()
+T1_SAMPLES = ir.Sampling(temperature=1.0, samples=20)
+
+Spans = Mapping[str, Span]
+
+
+def _require(ctx: Context, model: ir.Model, capability: str, span: Span, purpose: str) -> None:
+    if capability not in model.capabilities:
+        root = ir.root_model(model)
+        hint = {
+            "activations": "activation access needs an in-process model (embedded or local)",
+            "finetune": "declare it with { finetune: true } if the provider can finetune it",
+            "logprobs": "declare it with { logprobs: true } if the provider returns logprobs",
+        }[capability]
+        ctx.fail("E300", f"model '{root.name}' cannot {purpose}: it lacks the '{capability}' capability", span, hint)
+
+
+def _check_properties(ctx: Context, selection: ir.Selection, properties: tuple[ir.Property, ...], spans: Spans) -> None:
+    if not selection.tasks:
+        ctx.fail("E301", "the task selection is empty", spans["tasks"])
+    if not properties:
+        ctx.fail("E302", "no properties given", spans["properties"])
+    kinds = {t.answer for t in selection.tasks}
+    for prop in properties:
+        if not any(prop.reads_task(task) for task in selection.tasks):
+            names = ", ".join(t.name for t in selection.tasks)
+            ctx.fail(
+                "E303",
+                f"property '{prop.name}' cannot read the answers of any selected task ({names})",
+                spans["properties"],
+                f"'{prop.name}' reads {', '.join(sorted(prop.reads))} answers; the tasks give {', '.join(sorted(kinds))}",
+            )
+
+
+def _check_sampling(ctx: Context, model: ir.Model, sampling: ir.Sampling, span: Span) -> None:
+    if sampling.samples > 1 and sampling.temperature == 0 and ir.root_model(model).backend != "litellm":
+        ctx.fail("E304", "several samples at temperature 0 from an in-process model are identical", span)
+
+
+def _layer(ctx: Context, model: ir.Model, layer: float, span: Span) -> int:
+    depth = ir.root_model(model).layers
+    if isinstance(layer, float) and 0 < layer < 1:
+        if depth is None:
+            ctx.fail("E305", "a fractional layer needs a model whose depth is known", span)
+        return round(layer * depth)
+    if layer != int(layer) or layer < 0 or (depth is not None and layer >= depth):
+        limit = f" (0..{depth - 1})" if depth else ""
+        ctx.fail("E306", f"layer {layer} is not a layer of this model{limit}", span)
+    return int(layer)
+
+
+# ---------------------------------------------------------------- models from models
+def _finetune(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.FinetunedModel:
+    _require(ctx, a["model"], "finetune", spans["model"], "be finetuned")
+    for name in ("rank", "epochs", "batch"):
+        if a[name] < 1:
+            ctx.fail("E307", f"{name} must be at least 1", spans[name])
+    if not 0 < a["lr"] < 1:
+        ctx.fail("E307", "lr must be between 0 and 1", spans["lr"])
+    hparams = tuple((k, a[k]) for k in ("rank", "alpha", "lr", "epochs", "batch", "seed"))
+    return ir.FinetunedModel(a["model"], a["data"], hparams, span=at)
+
+
+def _inject(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
+    _require(ctx, a["model"], "activations", spans["model"], "be steered")
+    layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
+    return ir.SteeredModel(a["model"], a["vector"], layer, float(a["strength"]), a["start"], span=at)
+
+
+# ---------------------------------------------------------------- training data
+def _hypotheticals(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Hypotheticals:
+    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    _check_sampling(ctx, a["subject"], a["sampling"], spans["sampling"])
+    return ir.Hypotheticals(a["subject"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"])
+
+
+def _answers(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ObjectAnswers:
+    if not a["tasks"].tasks:
+        ctx.fail("E301", "the task selection is empty", spans["tasks"])
+    return ir.ObjectAnswers(a["model"], a["tasks"], a["sampling"])
+
+
+# ---------------------------------------------------------------- measurements
+def _prediction(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Prediction:
+    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    _check_sampling(ctx, a["subject"], a["object"], spans["object"])
+    return ir.Prediction(
+        a["predictor"], a["subject"], a["tasks"], tuple(a["properties"]), a["object"], a["hypothetical"], a["template"]
+    )
+
+
+def _calibration(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Calibration:
+    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    if a["sampling"].samples < 2 or a["sampling"].temperature == 0:
+        ctx.fail("E308", "calibration needs several samples at a temperature above 0", spans["sampling"])
+    return ir.Calibration(
+        a["predictor"], a["subject"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"], a["top_k"]
+    )
+
+
+def _behaviour_change(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.BehaviourChange:
+    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    if a["before"] == a["after"]:
+        ctx.fail("E309", "before and after are the same model", spans["after"])
+    return ir.BehaviourChange(a["before"], a["after"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"])
+
+
+# ---------------------------------------------------------------- vectors
+def _concept(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ConceptVector:
+    _require(ctx, a["model"], "activations", spans["model"], "give activations")
+    if not a["baseline"]:
+        ctx.fail("E310", "a concept vector needs baseline words", spans["baseline"])
+    if "{word}" not in a["template"]:
+        ctx.fail("E311", "the concept template must contain {word}", spans["template"])
+    layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
+    baseline = tuple(w for w in a["baseline"] if w != a["word"])
+    return ir.ConceptVector(a["model"], a["word"], layer, baseline, a["template"])
+
+
+def _random_like(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.RandomVector:
+    return ir.RandomVector(a["vector"], a["seed"])
+
+
+def _vector_file(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.FileVector:
+    path = ctx.directory / a["path"]
+    if not path.is_file():
+        ctx.fail("E312", f"no vector file '{a['path']}'", spans["path"])
+    return ir.FileVector(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+# ---------------------------------------------------------------- lists and data
+def _pairs(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[tuple[Any, Any], ...]:
+    """All ordered pairs of distinct items: (subject, other) for every subject and every other."""
+    return tuple(itertools.permutations(a["items"], 2))
+
+
+def _product(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[tuple[Any, Any], ...]:
+    return tuple(itertools.product(a["first"], a["second"]))
+
+
+def _take(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[Any, ...]:
+    if a["n"] < 0:
+        ctx.fail("E313", "take() needs a count of at least 0", spans["n"])
+    return tuple(a["items"][: a["n"]])
+
+
+def _layers(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[int, ...]:
+    """`count` evenly spaced layer indices of `model`, from `low` to `high` as fractions of depth."""
+    depth = ir.root_model(a["model"]).layers
+    if depth is None:
+        ctx.fail("E305", "layers() needs a model whose depth is known", spans["model"])
+    if not 1 <= a["count"] <= depth:
+        ctx.fail("E313", f"count must be between 1 and {depth}", spans["count"])
+    low, high = a["low"], a["high"]
+    if not 0 <= low <= high <= 1:
+        ctx.fail("E313", "low and high are fractions of depth with 0 <= low <= high <= 1", at)
+    if a["count"] == 1:
+        return (round(low * (depth - 1)),)
+    step = (high - low) / (a["count"] - 1)
+    return tuple(sorted({round((low + i * step) * (depth - 1)) for i in range(a["count"])}))
+
+
+def _column(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[str, ...]:
+    from .datasets import DataError, load_rows
+
+    path = ctx.directory / a["path"]
+    try:
+        rows = load_rows(path)
+    except DataError as error:
+        ctx.fail("E140", f"cannot load '{a['path']}': {error.message}", spans["path"])
+    if rows and a["field"] not in rows[0]:
+        ctx.fail("E146", f"'{Path(a['path']).name}' rows have no field '{a['field']}'", spans["field"])
+    return tuple(str(row[a["field"]]) for row in rows)
+
+
+def _graders(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Grader:
+    return ir.Grader("logit")
+
+
+def _judge(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Grader:
+    return ir.Grader("judge", a["model"])
+
+
+# ---------------------------------------------------------------- the table
+def _fn(name: str, build: Any, *params: Param, doc: str = "") -> tuple[str, Function]:
+    return name, Function(name, params, build, doc)
+
+
+_SELECTION = Param("tasks", "selection")
+_PROPERTIES = Param("properties", "properties")
+_TEMPLATE = Param("template", "string", HYPOTHETICAL)
+
+FUNCTIONS: dict[str, Function] = dict(
+    [
+        _fn(
+            "finetune",
+            _finetune,
+            Param("model", "model"),
+            Param("data", "data"),
+            Param("rank", "int", 8),
+            Param("alpha", "number", 16),
+            Param("lr", "number", 1e-4),
+            Param("epochs", "int", 1),
+            Param("batch", "int", 8),
+            Param("seed", "int", 0),
+            doc="a new model: `model` trained with LoRA (or the provider's finetuning) on `data`",
+        ),
+        _fn(
+            "inject",
+            _inject,
+            Param("model", "model"),
+            Param("vector", "vector"),
+            Param("layer", "number"),
+            Param("strength", "number"),
+            Param("start", "string", None),
+        ),
+        _fn(
+            "hypotheticals",
+            _hypotheticals,
+            Param("subject", "model"),
+            _SELECTION,
+            _PROPERTIES,
+            Param("sampling", "sampling", GREEDY),
+            _TEMPLATE,
+        ),
+        _fn("answers", _answers, Param("model", "model"), _SELECTION, Param("sampling", "sampling", GREEDY)),
+        _fn(
+            "prediction",
+            _prediction,
+            Param("predictor", "model"),
+            Param("subject", "model"),
+            _SELECTION,
+            _PROPERTIES,
+            Param("object", "sampling", GREEDY),
+            Param("hypothetical", "sampling", GREEDY),
+            _TEMPLATE,
+        ),
+        _fn(
+            "calibration",
+            _calibration,
+            Param("predictor", "model"),
+            Param("subject", "model"),
+            _SELECTION,
+            _PROPERTIES,
+            Param("sampling", "sampling", T1_SAMPLES),
+            _TEMPLATE,
+            Param("top_k", "int", 3),
+        ),
+        _fn(
+            "behaviour_change",
+            _behaviour_change,
+            Param("before", "model"),
+            Param("after", "model"),
+            _SELECTION,
+            _PROPERTIES,
+            Param("sampling", "sampling", GREEDY),
+            _TEMPLATE,
+        ),
+        _fn(
+            "concept",
+            _concept,
+            Param("model", "model"),
+            Param("word", "string"),
+            Param("layer", "number"),
+            Param("baseline", "strings"),
+            Param("template", "string", "Tell me about {word}"),
+        ),
+        _fn("random_like", _random_like, Param("vector", "vector"), Param("seed", "int", 0)),
+        _fn("vector_file", _vector_file, Param("path", "string")),
+        _fn("pairs", _pairs, Param("items", "list")),
+        _fn("product", _product, Param("first", "list"), Param("second", "list")),
+        _fn("take", _take, Param("items", "list"), Param("n", "int")),
+        _fn(
+            "layers",
+            _layers,
+            Param("model", "model"),
+            Param("count", "int"),
+            Param("low", "number", 0.0),
+            Param("high", "number", 1.0),
+        ),
+        _fn("column", _column, Param("path", "string"), Param("field", "string")),
+        _fn("logit_readout", _graders),
+        _fn("judge", _judge, Param("model", "model")),
+    ]
+)

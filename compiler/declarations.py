@@ -1,0 +1,301 @@
+"""Top-level declarations (`model`, `task`, `property`, `split`, `sampling`) into IR values.
+
+Each kind has a field table: name, type, default. Unknown fields get a "did you mean", missing ones
+point at the declaration, wrong types at the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import jinja2.meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from intro.stdlib.extractors import EXTRACTORS
+
+from . import ast, ir
+from .datasets import DataError, load_rows
+from .diagnostics import Span, did_you_mean
+from .models import (
+    API_CAPABILITIES,
+    API_OPTIONAL_CAPABILITIES,
+    BACKENDS,
+    EMBEDDED,
+    IN_PROCESS_CAPABILITIES,
+    SERVING_OPTIONS,
+    directory_digest,
+    looks_like_hub_id,
+)
+from .types import CHECKS, REQUIRED, describe_type, type_name
+
+if TYPE_CHECKING:
+    from .evaluate import Context, Evaluator
+
+ANSWER_KINDS = ("text", "choice", "number_sequence")
+REDUCERS = ("mode", "first")
+
+FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
+    "task": {
+        "data": ("string", REQUIRED),
+        "prompt": ("string", REQUIRED),
+        "answer": ("string", "text"),
+        "choices": ("strings", ()),
+        "system": ("string", None),
+        "id": ("string", "id"),
+    },
+    "property": {
+        "extract": ("string", REQUIRED),
+        "question": ("string", REQUIRED),
+    },
+    "split": {
+        "train": ("tasks", ()),
+        "test": ("tasks", REQUIRED),
+        "items": ("int", 100),
+        "seed": ("int", 0),
+    },
+    "sampling": {
+        "temperature": ("number", 0.0),
+        "samples": ("int", 1),
+        "max_tokens": ("int", 16),
+        "seed": ("int", 0),
+        "stop": ("strings", ()),
+        "reduce": ("string", "mode"),
+    },
+    "model": {
+        "logprobs": ("bool", False),
+        "finetune": ("bool", False),
+        "api_base": ("string", None),
+        "api_key_env": ("string", None),
+        "concurrency": ("int", 16),
+        "timeout": ("number", 60),
+        "device": ("string", None),
+        "batch_size": ("int", 16),
+    },
+}
+
+_JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def read_fields(kind: str, record: ast.Record | None, ev: Evaluator, ctx: Context, at: Span) -> dict[str, Any]:
+    """Evaluate a declaration's fields against its table; report unknown, missing and mistyped fields."""
+    table = FIELDS[kind]
+    given: dict[str, tuple[Any, Span]] = {}
+    for field in record.fields if record else ():
+        if field.name not in table:
+            notes = did_you_mean(field.name, table) or (f"{kind} fields: {', '.join(table)}",)
+            ctx.sink.error("E120", f"unknown field '{field.name}' in {kind}", field.span, *notes)
+            continue
+        if field.name in given:
+            ctx.sink.error("E105", f"field '{field.name}' is given twice", field.span)
+            continue
+        given[field.name] = (ev.expr(field.value), field.value.span)
+    values: dict[str, Any] = {"_spans": {}}
+    for name, (type_, default) in table.items():
+        if name not in given:
+            if default is REQUIRED:
+                ctx.fail("E121", f"{kind} is missing field '{name}'", at)
+            values[name] = default
+            continue
+        value, span = given[name]
+        if not CHECKS[type_](value):
+            ctx.fail("E201", f"field '{name}' must be a {describe_type(type_)}, not a {type_name(value)}", span)
+        values[name] = value
+        values["_spans"][name] = span
+    return values
+
+
+def build_decl(decl: ast.Decl, ev: Evaluator, ctx: Context) -> Any:
+    fields = read_fields(decl.kind, decl.body, ev, ctx, decl.span)
+    builder = {"task": _task, "property": _property, "split": _split, "sampling": _sampling}[decl.kind]
+    return builder(decl, fields, ctx)
+
+
+# ---------------------------------------------------------------- model
+def build_model(decl: ast.ModelDecl, ev: Evaluator, ctx: Context) -> ir.BaseModel:
+    backend = decl.backend.id
+    if backend not in BACKENDS:
+        notes = did_you_mean(backend, BACKENDS) or (f"backends: {', '.join(BACKENDS)}",)
+        ctx.fail("E130", f"unknown model backend '{backend}'", decl.backend.span, *notes)
+    options = read_fields("model", decl.options, ev, ctx, decl.span)
+    locator = decl.locator.value
+    serving = tuple((k, options[k]) for k in SERVING_OPTIONS if options.get(k) is not None)
+    if backend == "embedded":
+        return _embedded(decl, locator, serving, ctx)
+    if backend == "local":
+        return _local(decl, locator, serving, ctx)
+    capabilities = API_CAPABILITIES | {c for c in API_OPTIONAL_CAPABILITIES if options[c]}
+    return ir.BaseModel(
+        decl.name, "litellm", locator, frozenset(capabilities), f"litellm:{locator}", None, True, serving, span=decl.span
+    )
+
+
+def _embedded(decl: ast.ModelDecl, name: str, serving: tuple[Any, ...], ctx: Context) -> ir.BaseModel:
+    info = EMBEDDED.get(name)
+    if info is None:
+        notes = did_you_mean(name, EMBEDDED) or (f"embedded models: {', '.join(EMBEDDED)}",)
+        ctx.fail("E131", f"no embedded model '{name}'", decl.locator.span, *notes)
+    return ir.BaseModel(
+        decl.name,
+        "embedded",
+        name,
+        IN_PROCESS_CAPABILITIES,
+        f"embedded:{name}:{info.sha256}",
+        info.layers,
+        info.chat,
+        serving,
+        span=decl.span,
+    )
+
+
+def _local(decl: ast.ModelDecl, locator: str, serving: tuple[Any, ...], ctx: Context) -> ir.BaseModel:
+    path = (ctx.directory / locator).expanduser()
+    if not path.is_dir():
+        note = (
+            "this looks like a model hub id; intro never downloads weights: point at a local directory"
+            if looks_like_hub_id(locator)
+            else "a local model is a directory of transformers weights (config.json, *.safetensors)"
+        )
+        ctx.fail("E132", f"no model directory '{locator}'", decl.locator.span, note)
+    layers = _config_layers(path)
+    identity = f"local:{directory_digest(path)}"
+    return ir.BaseModel(
+        decl.name, "local", str(path.resolve()), IN_PROCESS_CAPABILITIES, identity, layers, True, serving, span=decl.span
+    )
+
+
+def _config_layers(path: Path) -> int | None:
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config", config)
+    layers = text.get("num_hidden_layers") or text.get("n_layer")
+    return int(layers) if isinstance(layers, int) else None
+
+
+# ---------------------------------------------------------------- task
+def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
+    spans = fields["_spans"]
+    path = ctx.directory / fields["data"]
+    try:
+        rows = load_rows(path, fields["id"])
+    except DataError as error:
+        if error.line is None:
+            ctx.fail("E140", f"cannot load data for task '{decl.name}': {error.message}", spans["data"])
+        ctx.fail("E141", error.message, Span.point(error.path, error.line, error.column or 1))
+    if fields["answer"] not in ANSWER_KINDS:
+        notes = did_you_mean(fields["answer"], ANSWER_KINDS) or (f"answer kinds: {', '.join(ANSWER_KINDS)}",)
+        ctx.fail("E142", f"unknown answer kind '{fields['answer']}'", spans["answer"], *notes)
+    if fields["answer"] == "choice" and not fields["choices"]:
+        ctx.fail("E143", "a task with answer \"choice\" needs `choices`", decl.span)
+    _check_template(fields["prompt"], spans["prompt"], rows, path, ctx)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return ir.Task(
+        decl.name,
+        digest,
+        rows,
+        fields["prompt"],
+        fields["answer"],
+        tuple(fields["choices"]),
+        fields["system"],
+        span=decl.span,
+    )
+
+
+def template_fields(template: str) -> set[str]:
+    return set(jinja2.meta.find_undeclared_variables(_JINJA.parse(template)))
+
+
+def _check_template(template: str, span: Span, rows: tuple[Mapping[str, Any], ...], path: Path, ctx: Context) -> None:
+    try:
+        needed = template_fields(template)
+    except jinja2.TemplateSyntaxError as exc:
+        ctx.fail("E144", f"template syntax error: {exc.message}", span)
+    if not rows:
+        ctx.fail("E145", f"dataset '{path.name}' has no rows", span)
+    missing = sorted(needed - set(rows[0]))
+    if missing:
+        ctx.fail(
+            "E146",
+            f"template uses {', '.join(repr(m) for m in missing)}, which '{path.name}' rows do not have",
+            span,
+            f"row fields: {', '.join(sorted(rows[0]))}",
+        )
+
+
+# ---------------------------------------------------------------- property, split, sampling
+def _property(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Property:
+    name = fields["extract"]
+    extractor = EXTRACTORS.get(name)
+    if extractor is None:
+        notes = did_you_mean(name, EXTRACTORS) or (f"extractors: {', '.join(sorted(EXTRACTORS))}",)
+        ctx.fail("E150", f"no property extractor '{name}'", fields["_spans"]["extract"], *notes)
+    try:
+        template_fields(fields["question"])
+    except jinja2.TemplateSyntaxError as exc:
+        ctx.fail("E144", f"template syntax error: {exc.message}", fields["_spans"]["question"])
+    return ir.Property(
+        decl.name,
+        name,
+        fields["question"],
+        extractor.reads,
+        extractor.needs,
+        tuple(extractor.values or ()),
+        span=decl.span,
+    )
+
+
+def _split(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Split:
+    spans = fields["_spans"]
+    if fields["items"] < 1:
+        ctx.fail("E160", "items must be at least 1", spans["items"])
+    if fields["items"] > 1_000_000:
+        ctx.fail("E160", "items must be at most 1,000,000", spans["items"])
+    overlap = {t.name for t in fields["train"]} & {t.name for t in fields["test"]}
+    if overlap:
+        ctx.fail("E161", f"task(s) {', '.join(sorted(overlap))} are both trained on and held out", spans["test"])
+    train = ir.Selection(tuple(fields["train"]), "train", fields["items"], fields["seed"])
+    test = ir.Selection(tuple(fields["test"]), "val", fields["items"], fields["seed"])
+    return ir.Split(decl.name, train, test)
+
+
+def _sampling(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Sampling:
+    spans = fields["_spans"]
+    if not 0 <= fields["temperature"] <= 5:
+        ctx.fail("E170", "temperature must be between 0 and 5", spans["temperature"])
+    if not 1 <= fields["samples"] <= 10_000:
+        ctx.fail("E171", "samples must be between 1 and 10,000", spans["samples"])
+    if not 1 <= fields["max_tokens"] <= 100_000:
+        ctx.fail("E172", "max_tokens must be between 1 and 100,000", spans["max_tokens"])
+    if fields["reduce"] not in REDUCERS:
+        notes = did_you_mean(fields["reduce"], REDUCERS) or (f"reducers: {', '.join(REDUCERS)}",)
+        ctx.fail("E173", f"unknown reducer '{fields['reduce']}'", spans["reduce"], *notes)
+    return ir.Sampling(
+        float(fields["temperature"]),
+        fields["samples"],
+        fields["max_tokens"],
+        fields["seed"],
+        tuple(fields["stop"]),
+        fields["reduce"],
+    )
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    """Render a jinja2 template in the sandbox (compiled templates are cached)."""
+    return _compiled(template).render(values)
+
+
+_TEMPLATES: dict[str, jinja2.Template] = {}
+
+
+def _compiled(template: str) -> jinja2.Template:
+    compiled = _TEMPLATES.get(template)
+    if compiled is None:
+        compiled = _TEMPLATES[template] = _JINJA.from_string(template)
+    return compiled

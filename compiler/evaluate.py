@@ -1,0 +1,483 @@
+"""Resolve names, load imports, check types and evaluate a study into IR.
+
+The language is total (no recursion, finite loops), so "resolving" a study means evaluating it: each
+expression becomes a typed IR value, each `for` becomes an axis, each `measure` a set of measure points.
+Errors are reported to a `Sink` with the span of the expression at fault; evaluation of that statement
+stops (`_Abort`) and the next statement goes on, so one run reports many independent errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve
+
+from . import ast, ir
+from .builtins import FUNCTIONS
+from .declarations import build_decl, build_model
+from .diagnostics import CompileError, Sink, Span, did_you_mean
+from .parser import parse
+from .types import REQUIRED, Function, Module, describe_type, type_name
+
+
+class _Abort(Exception):
+    """An error was reported; stop evaluating the current statement."""
+
+
+class Context:
+    """What builtins and declarations need from the evaluator: error reporting and file resolution."""
+
+    def __init__(self, sink: Sink, directory: Path):
+        self.sink = sink
+        self.directory = directory
+
+    def fail(self, code: str, message: str, span: Span, *notes: str) -> Any:
+        self.sink.error(code, message, span, *notes)
+        raise _Abort
+
+
+class Program:
+    """All files of one compilation: the spec and every module it imports, parsed once."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.sources: dict[str, str] = {}
+        self._namespaces: dict[str, _Namespace] = {}
+        self._loading: list[str] = []
+
+    def load_spec(self, path: Path) -> tuple[_Namespace, ast.Module]:
+        source = _read(path)
+        self.sources[str(path)] = source
+        module = parse(source, str(path))
+        namespace = _Namespace(self, module, path.parent, name=path.stem)
+        self._namespaces[str(path)] = namespace
+        return namespace, module
+
+    def import_module(self, use: ast.Use, directory: Path) -> _Namespace:
+        path = self._module_path(use, directory)
+        key = str(path)
+        if key in self._loading:
+            cycle = " -> ".join([*self._loading[self._loading.index(key) :], key])
+            self.sink.error("E110", f"import cycle: {cycle}", use.span)
+            raise _Abort
+        if key not in self._namespaces:
+            self._loading.append(key)
+            try:
+                source = _read(path)
+                self.sources[key] = source
+                module = parse(source, key)
+                self._namespaces[key] = _Namespace(self, module, path.parent, name=use.module[-1])
+            except CompileError as error:
+                self.sink.items.extend(error.diagnostics)
+                raise _Abort from None
+            finally:
+                self._loading.pop()
+        return self._namespaces[key]
+
+    def _module_path(self, use: ast.Use, directory: Path) -> Path:
+        parts = use.module
+        if parts[0] == "stdlib":
+            base = Path(str(resources.files("intro.stdlib")))
+            path = base.joinpath(*parts[1:]).with_suffix(".intro")
+        else:
+            path = directory.joinpath(*parts).with_suffix(".intro")
+        if not path.is_file():
+            where = "the standard library" if parts[0] == "stdlib" else str(directory)
+            self.sink.error("E111", f"no module '{'.'.join(parts)}' in {where}", use.span)
+            raise _Abort
+        return path
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CompileError([_file_error(path, f"file is not UTF-8 text (byte {exc.start})")]) from None
+    except OSError as exc:
+        raise CompileError([_file_error(path, f"cannot read file: {exc.strerror}")]) from None
+
+
+def _file_error(path: Path, message: str) -> Any:
+    from .diagnostics import Diagnostic
+
+    return Diagnostic("E000", message, Span.point(str(path), 1, 1))
+
+
+# ---------------------------------------------------------------- module namespaces
+class _Namespace:
+    """A file's top-level names. Each declaration is evaluated the first time it is used."""
+
+    def __init__(self, program: Program, module: ast.Module, directory: Path, name: str):
+        self.program = program
+        self.ctx = Context(program.sink, directory)
+        self.name = name
+        self.decls: dict[str, ast.Item] = {}
+        self.values: dict[str, Any] = {}
+        self._evaluating: set[str] = set()
+        self.studies: list[ast.Study] = []
+        self._collect(module)
+
+    def _collect(self, module: ast.Module) -> None:
+        for item in module.items:
+            if isinstance(item, ast.Study):
+                self.studies.append(item)
+                continue
+            for name, span in _declared_names(item):
+                if name in self.decls:
+                    self.ctx.sink.error("E101", f"'{name}' is declared twice", span)
+                elif name in FUNCTIONS:
+                    self.ctx.sink.error("E102", f"'{name}' is a built-in function; choose another name", span)
+                else:
+                    self.decls[name] = item
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.decls)
+
+    def as_module(self) -> Module:
+        return Module(self.name, self.lookup, self.names)
+
+    def lookup(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        item = self.decls.get(name)
+        if item is None:
+            return _MISSING
+        if name in self._evaluating:
+            self.ctx.sink.error("E103", f"'{name}' is defined in terms of itself", item.span)
+            raise _Abort
+        self._evaluating.add(name)
+        try:
+            self._evaluate_item(item)
+        finally:
+            self._evaluating.discard(name)
+        return self.values.get(name, _MISSING)
+
+    def _evaluate_item(self, item: ast.Item) -> None:
+        scope = Scope(self, {})
+        match item:
+            case ast.Use():
+                self._bind_use(item)
+            case ast.ModelDecl():
+                self.values[item.name] = build_model(item, Evaluator(self.ctx, scope), self.ctx)
+            case ast.Decl():
+                self.values[item.name] = build_decl(item, Evaluator(self.ctx, scope), self.ctx)
+            case ast.Let():
+                self.values[item.name] = _label(Evaluator(self.ctx, scope).expr(item.value), item.name)
+
+    def _bind_use(self, use: ast.Use) -> None:
+        namespace = self.program.import_module(use, self.ctx.directory)
+        if use.names is None:
+            self.values[use.alias or use.module[-1]] = namespace.as_module()
+            return
+        for name in use.names:
+            value = namespace.lookup(name.id)
+            if value is _MISSING:
+                notes = did_you_mean(name.id, namespace.names())
+                self.ctx.sink.error("E104", f"module '{'.'.join(use.module)}' has no '{name.id}'", name.span, *notes)
+                continue
+            self.values[name.id] = value
+
+
+def _declared_names(item: ast.Item) -> Iterator[tuple[str, Span]]:
+    match item:
+        case ast.Use(names=None):
+            yield item.alias or item.module[-1], item.span
+        case ast.Use(names=names):
+            yield from ((n.id, n.span) for n in names or ())
+        case ast.ModelDecl() | ast.Decl() | ast.Let():
+            yield item.name, item.span
+
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------- expressions
+class Scope:
+    def __init__(self, namespace: _Namespace, local: dict[str, Any], parent: Scope | None = None):
+        self.namespace = namespace
+        self.local = local
+        self.parent = parent
+
+    def child(self, local: dict[str, Any]) -> Scope:
+        return Scope(self.namespace, local, self)
+
+    def lookup(self, name: str) -> Any:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.local:
+                return scope.local[name]
+            scope = scope.parent
+        value = self.namespace.lookup(name)
+        if value is _MISSING and name in FUNCTIONS:
+            return FUNCTIONS[name]
+        return value
+
+    def visible_names(self) -> set[str]:
+        names = set(self.namespace.names()) | set(FUNCTIONS)
+        scope: Scope | None = self
+        while scope is not None:
+            names |= set(scope.local)
+            scope = scope.parent
+        return names
+
+
+class Evaluator:
+    def __init__(self, ctx: Context, scope: Scope):
+        self.ctx = ctx
+        self.scope = scope
+
+    def expr(self, node: ast.Expr) -> Any:
+        method: Callable[[Any], Any] = getattr(self, "_" + type(node).__name__)
+        return method(node)
+
+    def expect(self, node: ast.Expr, type_: str, what: str) -> Any:
+        """Evaluate `node` and check it has type `type_`, else report `what` had the wrong type."""
+        from .types import CHECKS
+
+        value = self.expr(node)
+        if not CHECKS[type_](value):
+            self.ctx.fail(
+                "E201", f"{what} must be a {describe_type(type_)}, not a {type_name(value)}", node.span
+            )
+        return value
+
+    def _Str(self, node: ast.Str) -> str:
+        return node.value
+
+    def _Num(self, node: ast.Num) -> int | float:
+        return node.value
+
+    def _Bool(self, node: ast.Bool) -> bool:
+        return node.value
+
+    def _ListExpr(self, node: ast.ListExpr) -> tuple[Any, ...]:
+        return tuple(self.expr(item) for item in node.items)
+
+    def _Record(self, node: ast.Record) -> Mapping[str, Any]:
+        seen: dict[str, Any] = {}
+        for field in node.fields:
+            if field.name in seen:
+                self.ctx.fail("E105", f"field '{field.name}' is given twice", field.span)
+            seen[field.name] = self.expr(field.value)
+        return seen
+
+    def _Name(self, node: ast.Name) -> Any:
+        value = self.scope.lookup(node.id)
+        if value is _MISSING:
+            self.ctx.fail(
+                "E100", f"unknown name '{node.id}'", node.span, *did_you_mean(node.id, self.scope.visible_names())
+            )
+        return value
+
+    def _Attr(self, node: ast.Attr) -> Any:
+        base = self.expr(node.value)
+        if isinstance(base, Module):
+            value = base.lookup(node.name)
+            if value is _MISSING:
+                notes = did_you_mean(node.name, base.names())
+                self.ctx.fail("E104", f"module '{base.name}' has no '{node.name}'", node.span, *notes)
+            return value
+        if isinstance(base, ir.Split) and node.name in ("train", "test"):
+            return getattr(base, node.name)
+        if isinstance(base, Mapping) and node.name in base:
+            return base[node.name]
+        fields = _fields_of(base)
+        notes = did_you_mean(node.name, fields) or ((f"it has: {', '.join(fields)}",) if fields else ())
+        return self.ctx.fail("E106", f"a {type_name(base)} has no field '{node.name}'", node.span, *notes)
+
+    def _Unary(self, node: ast.Unary) -> Any:
+        value = self.expr(node.operand)
+        return self._arith("*", -1, value, node)
+
+    def _Binary(self, node: ast.Binary) -> Any:
+        return self._arith(node.op, self.expr(node.left), self.expr(node.right), node)
+
+    def _arith(self, op: str, left: Any, right: Any, node: ast.Expr) -> Any:
+        from .types import CHECKS
+
+        number, vector = CHECKS["number"], CHECKS["vector"]
+        if number(left) and number(right):
+            if op == "/" and right == 0:
+                self.ctx.fail("E202", "division by zero", node.span)
+            result = {"+": left + right, "-": left - right, "*": left * right}.get(op)
+            return result if op != "/" else left / right
+        if op == "*" and number(left) and vector(right):
+            return ir.ScaledVector(right, float(left))
+        if op in ("*", "/") and vector(left) and number(right):
+            if op == "/" and right == 0:
+                self.ctx.fail("E202", "division by zero", node.span)
+            return ir.ScaledVector(left, float(right) if op == "*" else 1.0 / right)
+        return self.ctx.fail(
+            "E203", f"cannot apply '{op}' to a {type_name(left)} and a {type_name(right)}", node.span
+        )
+
+    def _Call(self, node: ast.Call) -> Any:
+        func = self.expr(node.func)
+        if not isinstance(func, Function):
+            self.ctx.fail("E204", f"a {type_name(func)} cannot be called", node.func.span)
+        return call(func, node, self)
+
+    def _NamedArg(self, node: ast.NamedArg) -> Any:  # pragma: no cover - handled by call()
+        return self.expr(node.value)
+
+
+def _fields_of(value: Any) -> tuple[str, ...]:
+    if isinstance(value, ir.Split):
+        return ("train", "test")
+    if isinstance(value, Mapping):
+        return tuple(value)
+    return ()
+
+
+def call(func: Function, node: ast.Call, ev: Evaluator) -> Any:
+    """Bind arguments to parameters (positional, then named), check each type, run the builder."""
+    from .types import CHECKS
+
+    params = {p.name: p for p in func.params}
+    if len(node.args) > len(func.params):
+        extra = node.args[len(func.params)]
+        ev.ctx.fail(
+            "E205", f"{func.name}() takes at most {len(func.params)} arguments, got {len(node.args)}", extra.span
+        )
+    bound: dict[str, tuple[Any, Span]] = {}
+    for param, arg in zip(func.params, node.args, strict=False):
+        bound[param.name] = (ev.expr(arg), arg.span)
+    for named in node.kwargs:
+        if named.name not in params:
+            notes = did_you_mean(named.name, params)
+            ev.ctx.fail("E206", f"{func.name}() has no parameter '{named.name}'", named.span, *notes)
+        if named.name in bound:
+            ev.ctx.fail("E207", f"{func.name}() got '{named.name}' twice", named.span)
+        bound[named.name] = (ev.expr(named.value), named.value.span)
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for param in func.params:
+        if param.name in bound:
+            value, span = bound[param.name]
+            if not CHECKS[param.type](value):
+                ev.ctx.fail(
+                    "E201",
+                    f"{func.name}() argument '{param.name}' must be a {describe_type(param.type)}, "
+                    f"not a {type_name(value)}",
+                    span,
+                )
+            values[param.name], spans[param.name] = value, span
+        elif param.default is REQUIRED:
+            ev.ctx.fail("E208", f"{func.name}() is missing argument '{param.name}'", node.span)
+        else:
+            values[param.name], spans[param.name] = param.default, node.span
+    return func.build(ev.ctx, spans, node.span, **values)
+
+
+def _label(value: Any, name: str) -> Any:
+    """Give a derived model the name it was bound to, for readable step ids (not part of its meaning)."""
+    if isinstance(value, ir.FinetunedModel | ir.SteeredModel):
+        return evolve(value, label=name)
+    return value
+
+
+# ---------------------------------------------------------------- studies
+def evaluate_study(namespace: _Namespace, study: ast.Study) -> ir.Study:
+    runner = _StudyRunner(namespace, study)
+    runner.block(study.body, Scope(namespace, {}), ())
+    axes = tuple((name, tuple(values)) for name, values in runner.axes.items())
+    models = tuple(v for v in namespace.values.values() if isinstance(v, ir.BaseModel))
+    return ir.Study(study.name, axes, tuple(runner.points), models)
+
+
+class _StudyRunner:
+    def __init__(self, namespace: _Namespace, study: ast.Study):
+        self.ctx = namespace.ctx
+        self.study = study
+        self.points: list[ir.MeasurePoint] = []
+        self.axes: dict[str, list[ir.Scalar]] = {}
+        self._measure_axes: dict[str, tuple[tuple[str, ...], Span]] = {}
+
+    def block(self, body: tuple[ast.Statement, ...], scope: Scope, coords: tuple[tuple[str, Any], ...]) -> None:
+        local: dict[str, Any] = {}
+        inner = scope.child(local)
+        for statement in body:
+            try:
+                self.statement(statement, inner, local, coords)
+            except _Abort:
+                continue
+
+    def statement(self, stmt: ast.Statement, scope: Scope, local: dict[str, Any], coords: tuple[Any, ...]) -> None:
+        match stmt:
+            case ast.Let():
+                if stmt.name in local:
+                    self.ctx.fail("E101", f"'{stmt.name}' is declared twice in this block", stmt.span)
+                local[stmt.name] = _label(Evaluator(self.ctx, scope).expr(stmt.value), stmt.name)
+            case ast.Measure():
+                self.measure(stmt, scope, coords)
+            case ast.For():
+                self.loop(stmt, scope, coords)
+
+    def measure(self, stmt: ast.Measure, scope: Scope, coords: tuple[tuple[str, Any], ...]) -> None:
+        axes = tuple(name for name, _ in coords)
+        known = self._measure_axes.setdefault(stmt.name, (axes, stmt.span))
+        if known[1] != stmt.span:
+            self.ctx.fail("E107", f"measure '{stmt.name}' is declared twice", stmt.span)
+        value = Evaluator(self.ctx, scope).expr(stmt.value)
+        if type_name(value) != "measurement":
+            self.ctx.fail(
+                "E209",
+                f"a measure must be a measurement (prediction, calibration, ...), not a {type_name(value)}",
+                stmt.value.span,
+            )
+        labels = tuple((name, _coordinate(v)) for name, v in coords)
+        self.points.append(ir.MeasurePoint(stmt.name, labels, value, span=stmt.span))
+
+    def loop(self, stmt: ast.For, scope: Scope, coords: tuple[tuple[str, Any], ...]) -> None:
+        ev = Evaluator(self.ctx, scope)
+        columns: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
+        for binding in stmt.bindings:
+            values = ev.expect(binding.iterable, "list", "a loop's range")
+            if not values:
+                self.ctx.fail("E210", "a loop over an empty list measures nothing", binding.iterable.span)
+            for name in binding.targets:
+                if name in dict(coords) or any(name in names for names, _ in columns):
+                    self.ctx.fail("E108", f"axis '{name}' is already in use", binding.span)
+            if len(binding.targets) > 1:
+                self._check_tuples(binding, values)
+            columns.append((binding.targets, values))
+        for combination in itertools.product(*(values for _, values in columns)):
+            local: dict[str, Any] = {}
+            point = list(coords)
+            for (names, _), value in zip(columns, combination, strict=True):
+                parts = value if len(names) > 1 else (value,)
+                for name, part in zip(names, parts, strict=True):
+                    local[name] = part
+                    point.append((name, part))
+                    self._record_axis(name, part)
+            self.block(stmt.body, scope.child(local), tuple(point))
+
+    def _check_tuples(self, binding: ast.Binding, values: tuple[Any, ...]) -> None:
+        width = len(binding.targets)
+        for value in values:
+            if not isinstance(value, tuple) or len(value) != width:
+                self.ctx.fail(
+                    "E211", f"cannot unpack a {type_name(value)} into {width} names", binding.iterable.span
+                )
+
+    def _record_axis(self, name: str, value: Any) -> None:
+        label = _coordinate(value)
+        values = self.axes.setdefault(name, [])
+        if label not in values:
+            values.append(label)
+
+
+def _coordinate(value: Any) -> ir.Scalar:
+    """How a loop value appears as a cube coordinate."""
+    if isinstance(value, str | int | float | bool):
+        return value
+    label = getattr(value, "label", None) or getattr(value, "name", None) or getattr(value, "word", None)
+    return str(label) if label is not None else type_name(value)
+
+
+def studies(namespace: _Namespace) -> list[ast.Study]:
+    return namespace.studies

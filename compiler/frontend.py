@@ -1,0 +1,67 @@
+"""The compiler's front door: a spec file in, a checked study (IR) out, or every diagnostic found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attrs import frozen
+
+from . import ir
+from .diagnostics import CompileError, Diagnostic, Sink, Span
+from .evaluate import Program, _Abort, evaluate_study
+
+
+@frozen
+class Checked:
+    studies: tuple[ir.Study, ...]
+    sources: dict[str, str]
+
+
+def check(path: str | Path, study: str | None = None) -> Checked:
+    """Parse, resolve and check a spec. Raises CompileError with every diagnostic found."""
+    path = Path(path)
+    sink = Sink()
+    program = Program(sink)
+    try:
+        namespace, module = program.load_spec(path)
+    except CompileError as error:
+        error.sources = program.sources  # type: ignore[attr-defined]
+        raise
+    for name in list(namespace.decls):
+        try:
+            namespace.lookup(name)
+        except _Abort:
+            continue
+    blocks = namespace.studies
+    if study is not None:
+        blocks = [b for b in blocks if b.name == study]
+        if not blocks:
+            sink.error("E400", f"no study '{study}' in this file", Span.point(str(path), 1, 1))
+    elif not blocks:
+        sink.error("E401", "this file declares no study", Span.point(str(path), 1, 1))
+    seen: dict[str, Span] = {}
+    studies = []
+    for block in blocks:
+        if block.name in seen:
+            sink.error("E101", f"study '{block.name}' is declared twice", block.span)
+        seen[block.name] = block.span
+        result = evaluate_study(namespace, block)
+        if not result.points and not sink.items:
+            sink.error("E402", f"study '{block.name}' measures nothing", block.span)
+        studies.append(result)
+    if sink.items:
+        error = CompileError(_unique(sink.items))
+        error.sources = program.sources  # type: ignore[attr-defined]
+        raise error
+    return Checked(tuple(studies), program.sources)
+
+
+def _unique(items: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[str, Span, str]] = set()
+    unique = []
+    for item in items:
+        key = (item.code, item.span, item.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
