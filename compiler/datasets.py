@@ -405,8 +405,10 @@ def _missing_field_error(
 
 
 def _suggestion(name: str, candidates: Sequence[str]) -> str:
-    close = get_close_matches(name, candidates, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    # compare case-insensitively: a header "ID" is the likeliest reason an "id" column is missing
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    close = get_close_matches(name.lower(), list(by_lower), n=1)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 __all__ = [

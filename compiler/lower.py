@@ -222,6 +222,7 @@ class Lowering:
                 "object_steps": objects,
                 "reduce": data.sampling.reduce,
                 "properties": _extractors(data.properties),
+                "tasks": _tasks(data.selection),
             }
             content = {k: v for k, v in params.items() if k not in ("subject", "object_steps")}
             step_id = f"hypotheticals.{self.study.name}[{self.label(data.subject)}]"
@@ -258,6 +259,7 @@ class Lowering:
             "reduce": m.object_sampling.reduce,
             "hypothetical_reduce": m.hypothetical_sampling.reduce,
             "properties": _extractors(m.properties),
+            "tasks": _tasks(m.selection),
         }
         return self._measure_step(step_id, "prediction", params, [*objects.values(), *hypotheticals.values()])
 
@@ -273,6 +275,7 @@ class Lowering:
             "hypothetical_steps": hypotheticals,
             "top_k": m.top_k,
             "properties": _extractors(m.properties),
+            "tasks": _tasks(m.selection),
         }
         return self._measure_step(step_id, "calibration", params, [*objects.values(), *hypotheticals.values()])
 
@@ -290,6 +293,7 @@ class Lowering:
             "hypothetical_steps": hypotheticals,
             "reduce": m.sampling.reduce,
             "properties": _extractors(m.properties),
+            "tasks": _tasks(m.selection),
         }
         deps = [*before.values(), *after.values(), *hypotheticals.values()]
         return self._measure_step(step_id, "behaviour_change", params, deps)
@@ -339,6 +343,10 @@ def _part_of(row: dict[str, Any]) -> str:
     if part in ("train", "val"):
         return str(part)
     return "val" if int(digest(["split", str(row["id"])])[:8], 16) % 5 == 0 else "train"
+
+
+def _tasks(selection: ir.Selection) -> dict[str, dict[str, Any]]:
+    return {t.name: {"answer": t.answer, "choices": list(t.choices)} for t in selection.tasks}
 
 
 def _extractors(properties: Sequence[ir.Property]) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
@@ -36,6 +36,8 @@ _TOKEN_NAMES = {
     "$END": "end of file",
 }
 _MAX_NUMBER_DIGITS = 30
+# Every later pass recurses over the tree; real specs nest about 15 levels, Python's stack allows ~1000 frames.
+_MAX_DEPTH = 100
 
 
 @functools.cache
@@ -54,6 +56,7 @@ def parse(source: str, path: str) -> ast.Module:
         tree = _lark().parse(source)
     except UnexpectedInput as exc:
         raise CompileError([_syntax_diagnostic(exc, path, source)]) from None
+    _check_depth(tree, path)
     try:
         items = _ToAst(path).transform(tree)
     except VisitError as exc:
@@ -61,6 +64,18 @@ def parse(source: str, path: str) -> ast.Module:
             raise exc.orig_exc from None
         raise
     return ast.Module(path=path, items=tuple(items.children if hasattr(items, "children") else items))
+
+
+def _check_depth(tree: Tree[Token], path: str) -> None:
+    """Reject nesting deeper than _MAX_DEPTH, walking with an explicit stack so this check cannot overflow."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            span = Span.point(path, node.meta.line, node.meta.column)
+            message = f"nesting is too deep (more than {_MAX_DEPTH} levels)"
+            raise CompileError([Diagnostic("E005", message, span, ("split it into several `let`s",))])
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
 
 
 def _syntax_diagnostic(exc: UnexpectedInput, path: str, source: str) -> Diagnostic:

@@ -1,0 +1,210 @@
+"""The `intro` command. Each verb imports what it needs when it runs, so `check` and `plan` start fast.
+
+Exit codes: 0 success; 1 a runtime failure (model, backend, store); 2 the input is wrong (spec
+diagnostics, bad flag, unreadable plan); 3 `fmt --check` found a file to reformat, or `plan
+--detailed-exitcode` found steps that would run; 4 another run holds the study's lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+OK, FAILED, BAD_INPUT, CHANGES, LOCKED = 0, 1, 2, 3, 4
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"intro: error: {message}", file=sys.stderr)
+        raise SystemExit(BAD_INPUT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return BAD_INPUT
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("intro: interrupted; finished work is kept and the next run resumes from it", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="intro", description="Compile, plan, run, report and diff introspection studies.")
+    sub = parser.add_subparsers(metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("check", _check, "check a spec and report every problem found")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--json", action="store_true", help="print diagnostics as JSON")
+
+    p = command("compile", _compile, "check a spec and write its execution plan")
+    p.add_argument("spec", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="where to write plan.json (default: standard output)")
+    p.add_argument("--study", help="the study to compile when the file declares several")
+
+    p = command("plan", _plan, "show what running a spec would do (a dry run)")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--study")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="directory holding study runs (default: runs)")
+    p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 3 when any step would run")
+
+    p = command("fmt", _fmt, "rewrite specs in canonical form")
+    p.add_argument("specs", type=Path, nargs="+")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 3 if a file is not formatted")
+
+    p = command("run", _run, "compile and execute a spec into runs/<study>/")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--study")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
+    p.add_argument("--serve", action="append", default=[], metavar="MODEL=URL", help="serve MODEL from an OpenAI-compatible URL")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("show", _show, "print a summary table of a run's results")
+    p.add_argument("run", type=Path, help="a run directory (runs/<study>)")
+
+    p = command("serve", _serve, "serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument("model", help="embedded:<name> or a directory of weights")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+def _compile_or_report(spec: Path, study: str | None, as_json: bool = False) -> list | int:  # type: ignore[type-arg]
+    from intro.compiler import CompileError, compile_spec
+
+    try:
+        return compile_spec(spec, study)
+    except CompileError as error:
+        _print_diagnostics(error, as_json)
+        return BAD_INPUT
+
+
+def _print_diagnostics(error: Exception, as_json: bool) -> None:
+    from intro.compiler.diagnostics import render_all
+
+    diagnostics = error.diagnostics  # type: ignore[attr-defined]
+    if as_json:
+        print(json.dumps([d.to_dict() for d in diagnostics], indent=1))
+    else:
+        print(render_all(error, getattr(error, "sources", {})), file=sys.stderr)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- verbs
+def _check(args: argparse.Namespace) -> int:
+    from intro.compiler import CompileError, check
+
+    try:
+        checked = check(args.spec)
+    except CompileError as error:
+        _print_diagnostics(error, args.json)
+        return BAD_INPUT
+    if args.json:
+        print("[]")
+    else:
+        points = sum(len(s.points) for s in checked.studies)
+        names = ", ".join(s.name for s in checked.studies)
+        print(f"{args.spec}: ok ({names}: {points} measurement points)")
+    return OK
+
+
+def _compile(args: argparse.Namespace) -> int:
+    plans = _compile_or_report(args.spec, args.study)
+    if isinstance(plans, int):
+        return plans
+    if len(plans) > 1:
+        print("intro: this file declares several studies; choose one with --study", file=sys.stderr)
+        return BAD_INPUT
+    text = plans[0].dumps()
+    if args.output is None:
+        print(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        print(f"wrote {args.output} ({len(plans[0].steps)} steps, plan {plans[0].hash[:12]})")
+    return OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from intro.runtime.planview import plan_summary, render_summary
+
+    plans = _compile_or_report(args.spec, args.study)
+    if isinstance(plans, int):
+        return plans
+    pending = 0
+    for plan in plans:
+        summary = plan_summary(plan, cache_dir=args.cache, runs_dir=args.runs)
+        print(json.dumps(summary, indent=1) if args.json else render_summary(summary))
+        pending += summary["totals"]["steps_to_run"]
+    return CHANGES if (args.detailed_exitcode and pending) else OK
+
+
+def _fmt(args: argparse.Namespace) -> int:
+    from intro.compiler import CompileError
+    from intro.compiler.format import format_source
+
+    status = OK
+    for spec in args.specs:
+        source = spec.read_text(encoding="utf-8")
+        try:
+            formatted = format_source(source, str(spec))
+        except CompileError as error:
+            error.sources = {str(spec): source}  # type: ignore[attr-defined]
+            _print_diagnostics(error, False)
+            return BAD_INPUT
+        if formatted == source:
+            continue
+        if args.check:
+            print(f"{spec}: not formatted")
+            status = CHANGES
+        else:
+            spec.write_text(formatted, encoding="utf-8")
+            print(f"{spec}: formatted")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    plans = _compile_or_report(args.spec, args.study)
+    if isinstance(plans, int):
+        return plans
+    from intro.runtime.run import run_plans
+
+    serving = {}
+    for item in args.serve:
+        name, sep, url = item.partition("=")
+        if not sep or not url:
+            print(f"intro: error: --serve takes MODEL=URL, got {item!r}", file=sys.stderr)
+            return BAD_INPUT
+        serving[name] = url
+    return run_plans(plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, quiet=args.quiet)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from intro.runtime.run import show_run
+
+    return show_run(args.run)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from intro.runtime.serve import main_serve
+
+    return main_serve(args.model, args.host, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Walk a plan's DAG: run each step once its dependencies are done, caching every result as it lands.
+
+Steps run in waves (all steps whose dependencies are finished run together), so calls to different
+models overlap; each backend bounds its own concurrency. Sample steps send only the requests missing
+from the cache, in chunks, writing each result the moment it arrives: a crash loses at most the calls in
+flight. Measurement steps are pure functions of cached results and are recomputed on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from attrs import define, field
+
+from intro.compiler.plan import Plan, Step, requests
+
+from .cache import Cache
+from .pool import BackendPool
+from .requests import Generation, GenerationRequest, Message, Steering
+
+CHUNK = 32  # requests handed to a backend at once: the most a crash can lose per model
+
+
+@define
+class Counters:
+    calls: int = 0  # model calls made in this run
+    cached: int = 0  # calls answered by the cache
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    trained: int = 0
+    steps_done: int = 0
+    started: float = field(factory=time.monotonic)
+
+
+StepHandler = Callable[[Step], Any]
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: Plan,
+        cache: Cache,
+        pool: BackendPool,
+        *,
+        handlers: Mapping[str, StepHandler] | None = None,
+        on_step: Callable[[Step, Counters], None] | None = None,
+        on_progress: Callable[[Step, int, int], None] | None = None,
+    ):
+        self.plan = plan
+        self.cache = cache
+        self.pool = pool
+        self.counters = Counters()
+        self.handlers: dict[str, StepHandler] = {"sample": self.sample, **(handlers or {})}
+        self.on_step = on_step
+        self.on_progress = on_progress
+        self._steps = {s.id: s for s in plan.steps}
+
+    async def run(self) -> Counters:
+        done: set[str] = set()
+        pending = list(self.plan.steps)
+        while pending:
+            wave = [s for s in pending if all(d in done for d in s.deps)]
+            if not wave:
+                raise RuntimeError("the plan has a dependency cycle")  # lowering never produces one
+            await asyncio.gather(*(self._run_step(s) for s in wave))
+            done.update(s.id for s in wave)
+            pending = [s for s in pending if s.id not in done]
+        return self.counters
+
+    async def _run_step(self, step: Step) -> None:
+        handler = self.handlers.get(step.kind)
+        if handler is None:
+            raise NotImplementedError(f"this intro cannot run '{step.kind}' steps yet ({step.id})")
+        result = handler(step)
+        if asyncio.iscoroutine(result):
+            await result
+        self.counters.steps_done += 1
+        if self.on_step:
+            self.on_step(step, self.counters)
+
+    # ------------------------------------------------------------ sampling
+    def missing(self, step: Step) -> list[tuple[str, str, int]]:
+        return [r for r in requests(self.plan, step) if not self.cache.has(r[0])]
+
+    async def sample(self, step: Step) -> None:
+        todo = self.missing(step)
+        total = step.params["samples"] * len(step.params["prompts"])
+        self.counters.cached += total - len(todo)
+        if not todo:
+            return
+        backend = self.pool.backend(step.params["model"])
+        steering = self._steering(step.params["model"])
+        finished = total - len(todo)
+        for chunk in _chunks(todo, CHUNK):
+            batch = [self._request(step, key, prompt, sample, steering) for key, prompt, sample in chunk]
+            results = await backend.generate(batch)
+            for result in results:
+                self.cache.put(result.key, generation_record(result))
+                self.counters.calls += 1
+                self.counters.prompt_tokens += result.prompt_tokens
+                self.counters.completion_tokens += result.completion_tokens
+            finished += len(chunk)
+            if self.on_progress:
+                self.on_progress(step, finished, total)
+
+    def _request(self, step: Step, key: str, prompt_key: str, sample: int, steering: Steering | None) -> GenerationRequest:
+        prompt = self.plan.prompts[prompt_key]
+        p = step.params
+        return GenerationRequest(
+            key=key,
+            messages=tuple(Message(role, content) for role, content in prompt.messages),
+            temperature=p["temperature"],
+            max_tokens=p["max_tokens"],
+            seed=p["seed"] + sample,
+            stop=tuple(p["stop"]),
+            prefill=prompt.prefill,
+            steering=steering,
+        )
+
+    def _steering(self, model_key: str) -> Steering | None:
+        entry = self.plan.models[model_key]
+        if entry.kind != "steered":
+            return None
+        vector = self._steps[entry.params["vector"]]
+        path = self.cache.artifact_dir(vector.hash) / "vector.safetensors"
+        return Steering(str(path), entry.params["layer"], entry.params["strength"], start_text=entry.params["start"])
+
+    # ------------------------------------------------------------ reading results
+    def texts(self, step_id: str) -> dict[str, list[str]]:
+        """prompt key -> response texts (one per sample) of a finished sample step."""
+        step = self._steps[step_id]
+        out: dict[str, list[str]] = {}
+        for key, prompt, _ in requests(self.plan, step):
+            record = self.cache.get(key)
+            if record is None:
+                raise RuntimeError(f"result {key[:12]} of {step_id} is missing from the cache")
+            out.setdefault(prompt, []).append(record["text"])
+        return out
+
+    def texts_of(self, step_ids: Mapping[str, str]) -> dict[str, list[str]]:
+        merged: dict[str, list[str]] = {}
+        for step_id in step_ids.values():
+            merged.update(self.texts(step_id))
+        return merged
+
+
+def generation_record(result: Generation) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "text": result.text,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "finish_reason": result.finish_reason,
+    }
+    if result.logprobs is not None:
+        record["logprobs"] = [[t.token, t.logprob, [list(x) for x in t.top]] for t in result.logprobs]
+    return record
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

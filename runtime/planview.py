@@ -1,0 +1,128 @@
+"""`intro plan`: what a run would do, step by step, without loading any model.
+
+For each step: will it run, or is it already in the cache (from an earlier run of this study, or from
+another study sharing the cache)? Totals of model calls, estimated tokens and, where litellm's price
+table knows the model, cost. Only the standard library and the plan; litellm is imported only when the
+plan has API models to price.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from intro.compiler.plan import Plan, Step, requests
+
+from .cache import Cache, default_cache_dir
+
+CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not yet tokenised
+
+
+def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
+    cache = Cache(cache_dir or default_cache_dir())
+    own = _own_steps(plan, runs_dir)
+    steps = [_step_summary(plan, step, cache, own) for step in plan.steps]
+    totals: Counter[str] = Counter()
+    for s in steps:
+        totals["steps"] += 1
+        totals["steps_to_run"] += s["status"] == "will run"
+        totals["calls"] += s.get("calls", 0)
+        totals["calls_to_make"] += s.get("to_run", 0)
+        totals["prompt_tokens"] += s.get("prompt_tokens", 0)
+        totals["completion_tokens"] += s.get("completion_tokens", 0)
+        totals["trainings"] += s["kind"] == "finetune" and s["status"] == "will run"
+    cost = _cost(plan, steps)
+    by_kind = Counter(s["kind"] for s in steps)
+    return {
+        "study": plan.study,
+        "plan_hash": plan.hash,
+        "steps": steps,
+        "by_kind": dict(by_kind),
+        "totals": {**totals, "cost_usd": cost},
+    }
+
+
+def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:
+    """Hashes of steps this study finished before (from its journal), to tell 'cached' from 'from another study'."""
+    if runs_dir is None:
+        return set()
+    journal = runs_dir / plan.study / "journal.jsonl"
+    if not journal.is_file():
+        return set()
+    hashes = set()
+    for line in journal.read_text(encoding="utf-8").splitlines():
+        try:
+            hashes.add(json.loads(line)["hash"])
+        except (ValueError, KeyError):
+            continue
+    return hashes
+
+
+def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"id": step.id, "kind": step.kind}
+    if step.kind == "sample":
+        keys = list(requests(plan, step))
+        missing = [k for k in keys if not cache.has(k[0])]
+        prompt_chars = sum(_prompt_chars(plan, p) for _, p, _ in missing)
+        summary.update(
+            calls=len(keys),
+            to_run=len(missing),
+            prompt_tokens=prompt_chars // CHARS_PER_TOKEN,
+            completion_tokens=len(missing) * step.params["max_tokens"],
+            model=step.params["model"],
+        )
+        done = not missing
+    elif step.kind in ("finetune", "vector"):
+        done = cache.artifact_done(step.hash)
+    else:
+        done = False  # measurements and data steps are recomputed from cached results every run
+        summary["status"] = "computed"
+        return summary
+    if not done:
+        summary["status"] = "will run"
+    elif own and step.hash not in own:
+        summary["status"] = "from another study"
+    else:
+        summary["status"] = "cached"
+    return summary
+
+
+def _prompt_chars(plan: Plan, prompt_key: str) -> int:
+    return sum(len(content) for _, content in plan.prompts[prompt_key].messages)
+
+
+def _cost(plan: Plan, steps: list[dict[str, Any]]) -> float | None:
+    api = {k: m for k, m in plan.models.items() if m.kind == "litellm"}
+    pending = [s for s in steps if s.get("model") in api and s.get("to_run")]
+    if not pending:
+        return 0.0 if not api else None
+    from .backends.litellm_backend import estimate_cost
+
+    total = 0.0
+    for s in pending:
+        cost = estimate_cost(api[s["model"]].params["locator"], s["prompt_tokens"], s["completion_tokens"])
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    lines = [f"study {summary['study']} (plan {summary['plan_hash'][:12]})"]
+    for s in summary["steps"]:
+        detail = ""
+        if s["kind"] == "sample":
+            detail = f"  {s['to_run']}/{s['calls']} calls to make"
+        lines.append(f"  {s['status']:<19} {s['id']}{detail}")
+    t = summary["totals"]
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary["by_kind"].items()))
+    cost = "unknown" if t["cost_usd"] is None else f"${t['cost_usd']:.2f}"
+    lines.append(f"steps: {t['steps']} ({kinds}); {t['steps_to_run']} will run")
+    lines.append(
+        f"model calls: {t['calls_to_make']} to make of {t['calls']}; "
+        f"~{t['prompt_tokens']} prompt + <= {t['completion_tokens']} completion tokens; "
+        f"trainings: {t['trainings']}; estimated cost: {cost}"
+    )
+    return "\n".join(lines)

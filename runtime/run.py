@@ -1,0 +1,197 @@
+"""`intro run` and `intro show`: execute plans into study directories and summarise their cubes.
+
+A study directory `runs/<study>/` holds `plan.json`, `cube.zarr` (one group per measure), `journal.jsonl`
+(one line per finished step, with counts and timings) and `run.log`. Model calls and artifacts live in
+the shared content-addressed cache, so a re-run, a crashed run or another study reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from intro.compiler.plan import Plan, Step
+
+from . import cube, measures, training
+from .cache import Cache, default_cache_dir
+from .executor import Counters, Executor
+from .pool import BackendPool
+from .requests import BackendError
+
+OK, FAILED, LOCKED = 0, 1, 4
+
+
+class StudyLockedError(Exception):
+    pass
+
+
+@contextmanager
+def study_lock(directory: Path) -> Iterator[None]:
+    """Only one run per study directory at a time; the lock dies with its process (even on kill -9)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StudyLockedError(f"another intro run is using {directory}; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_plans(
+    plans: Sequence[Plan],
+    *,
+    runs_dir: Path,
+    cache_dir: Path | None = None,
+    serving: Mapping[str, str] | None = None,
+    quiet: bool = False,
+) -> int:
+    cache = Cache(cache_dir or default_cache_dir())
+    status = OK
+    for plan in plans:
+        directory = runs_dir / plan.study
+        try:
+            with study_lock(directory):
+                counters = run_plan(plan, directory, cache, serving or {}, quiet=quiet)
+        except StudyLockedError as error:
+            print(f"intro: {error}", file=sys.stderr)
+            return LOCKED
+        except BackendError as error:
+            print(f"intro: {error}", file=sys.stderr)
+            print("intro: finished calls are cached; the same command resumes from them", file=sys.stderr)
+            return FAILED
+        elapsed = time.monotonic() - counters.started
+        print(
+            f"\n{plan.study}: {counters.calls} model calls, {counters.cached} from cache, "
+            f"{counters.trained} trained, {elapsed:.1f} s  (results: {directory / 'cube.zarr'})"
+        )
+        show_run(directory)
+    return status
+
+
+def run_plan(plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, quiet: bool = False) -> Counters:
+    (directory / "plan.json").write_text(plan.dumps(), encoding="utf-8")
+    log = (directory / "run.log").open("a", encoding="utf-8")
+    journal = (directory / "journal.jsonl").open("a", encoding="utf-8")
+    pool = BackendPool(plan, cache, serving)
+    study = _StudyRun(plan, directory, cache, pool, log, journal, quiet)
+    try:
+        return asyncio.run(study.execute())
+    finally:
+        log.close()
+        journal.close()
+
+
+class _StudyRun:
+    """One execution of one plan: the executor plus the handlers that turn results into cubes."""
+
+    def __init__(self, plan: Plan, directory: Path, cache: Cache, pool: BackendPool, log: TextIO, journal: TextIO, quiet: bool):
+        self.plan = plan
+        self.directory = directory
+        self.cache = cache
+        self.pool = pool
+        self.log = log
+        self.journal = journal
+        self.quiet = quiet
+        self.cubes = {m.name: cube.PredictionCube(plan, m) for m in plan.measures if m.kind == "prediction"}
+        self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
+        self._step_started = time.monotonic()
+        self.executor = Executor(
+            plan,
+            cache,
+            pool,
+            handlers={"prediction": self.prediction, **training.handlers(self)},
+            on_step=self.step_done,
+            on_progress=self.progress,
+        )
+
+    async def execute(self) -> Counters:
+        self.say(f"{self.plan.study}: {len(self.plan.steps)} steps, plan {self.plan.hash[:12]}")
+        try:
+            return await self.executor.run()
+        finally:
+            await self.pool.aclose()
+
+    def say(self, line: str) -> None:
+        self.log.write(line + "\n")
+        self.log.flush()
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    def progress(self, step: Step, finished: int, total: int) -> None:
+        rate = finished / max(time.monotonic() - self._step_started, 1e-9)
+        self.say(f"  {step.id}: {finished}/{total} calls ({rate:.2f}/s)")
+
+    def step_done(self, step: Step, counters: Counters) -> None:
+        now = time.monotonic()
+        entry = {"step": step.id, "hash": step.hash, "seconds": round(now - self._step_started, 3), "calls": counters.calls}
+        self.journal.write(json.dumps(entry) + "\n")
+        self.journal.flush()
+        self.say(f"[{counters.steps_done}/{len(self.plan.steps)}] {step.id} done")
+        self._step_started = now
+
+    # ------------------------------------------------------------ measurements
+    def prediction(self, step: Step) -> None:
+        p = step.params
+        objects = self.executor.texts_of(p["object_steps"])
+        hypotheticals = self.executor.texts_of(p["hypothetical_steps"])
+        tasks = {name: (t["answer"], t["choices"]) for name, t in p["tasks"].items()}
+        rows = measures.evaluate_prediction(p, objects, hypotheticals, self.plan.items, tasks)
+        cells = {key: measures.aggregate(group) for key, group in measures.grouped(rows).items()}
+        name, coords = self.point_of[step.id]
+        self.cubes[name].fill(coords, rows, cells)
+        cube.write(self.cubes[name].dataset(), self.directory / "cube.zarr", name)
+
+
+# ---------------------------------------------------------------- intro show
+def show_run(directory: Path) -> int:
+    import xarray as xr
+
+    plan_path = directory / "plan.json"
+    if not plan_path.is_file():
+        print(f"intro: {directory} is not a run directory (no plan.json)", file=sys.stderr)
+        return 2
+    plan = Plan.loads(plan_path.read_text(encoding="utf-8"))
+    for measure in plan.measures:
+        try:
+            dataset = xr.open_zarr(directory / "cube.zarr", group=measure.name)
+        except (FileNotFoundError, KeyError, OSError):
+            print(f"{measure.name}: no results yet")
+            continue
+        print(summary_table(dataset, measure.name))
+    return OK
+
+
+def summary_table(dataset: Any, name: str) -> str:
+    """One line per (axes..., task, property): accuracy with its 95% CI, the mode baseline, n."""
+    axes = [d for d in dataset["accuracy"].dims if d not in ("task", "property")]
+    header = [*axes, "task", "property", "accuracy", "95% CI", "baseline", "n"]
+    lines = []
+    frame = dataset[["accuracy", "ci_low", "ci_high", "mode_baseline", "n"]].to_dataframe().reset_index()
+    for _, row in frame.iterrows():
+        if row["n"] != row["n"]:  # NaN: not run yet
+            continue
+        lines.append(
+            [*(str(row[a]) for a in axes), row["task"], row["property"], f"{row['accuracy']:.2f}",
+             f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]", f"{row['mode_baseline']:.2f}", str(int(row["n"]))]
+        )
+    return _table(f"{name} ({dataset.attrs.get('kind', '')})", header, lines)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [title, fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out.extend(fmt.format(*row) for row in rows)
+    return "\n".join(out)
