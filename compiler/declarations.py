@@ -188,7 +188,7 @@ def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
     except DataError as error:
         if error.line is None:
             ctx.fail("E140", f"cannot load data for task '{decl.name}': {error.message}", spans["data"])
-        ctx.fail("E141", error.message, Span.point(error.path, error.line, error.column or 1))
+        ctx.fail("E141", error.message, Span.point(error.path, error.line or 1, error.column or 1))
     if fields["answer"] not in ANSWER_KINDS:
         notes = did_you_mean(fields["answer"], ANSWER_KINDS) or (f"answer kinds: {', '.join(ANSWER_KINDS)}",)
         ctx.fail("E142", f"unknown answer kind '{fields['answer']}'", spans["answer"], *notes)

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from attrs import evolve
 
@@ -35,7 +35,7 @@ class Context:
         self.sink = sink
         self.directory = directory
 
-    def fail(self, code: str, message: str, span: Span, *notes: str) -> Any:
+    def fail(self, code: str, message: str, span: Span, *notes: str) -> NoReturn:
         self.sink.error(code, message, span, *notes)
         raise _Abort
 
@@ -287,7 +287,7 @@ class Evaluator:
             return base[node.name]
         fields = _fields_of(base)
         notes = did_you_mean(node.name, fields) or ((f"it has: {', '.join(fields)}",) if fields else ())
-        return self.ctx.fail("E106", f"a {type_name(base)} has no field '{node.name}'", node.span, *notes)
+        self.ctx.fail("E106", f"a {type_name(base)} has no field '{node.name}'", node.span, *notes)
 
     def _Unary(self, node: ast.Unary) -> Any:
         value = self.expr(node.operand)
@@ -311,7 +311,7 @@ class Evaluator:
             if op == "/" and right == 0:
                 self.ctx.fail("E202", "division by zero", node.span)
             return ir.ScaledVector(left, float(right) if op == "*" else 1.0 / right)
-        return self.ctx.fail(
+        self.ctx.fail(
             "E203", f"cannot apply '{op}' to a {type_name(left)} and a {type_name(right)}", node.span
         )
 

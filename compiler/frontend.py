@@ -19,7 +19,16 @@ class Checked:
 
 def check(path: str | Path, study: str | None = None) -> Checked:
     """Parse, resolve and check a spec. Raises CompileError with every diagnostic found."""
-    path = Path(path)
+    try:
+        return _check(Path(path), study)
+    except RecursionError:
+        # The parser bounds nesting; a long enough chain of names defined by later names can still exhaust
+        # Python's stack. Users get a diagnostic, never a traceback.
+        message = "definitions refer to each other too deeply to check (a chain of hundreds of names)"
+        raise CompileError([Diagnostic("E006", message, Span.point(str(path), 1, 1))]) from None
+
+
+def _check(path: Path, study: str | None) -> Checked:
     sink = Sink()
     program = Program(sink)
     try:
@@ -50,9 +59,9 @@ def check(path: str | Path, study: str | None = None) -> Checked:
             sink.error("E402", f"study '{block.name}' measures nothing", block.span)
         studies.append(result)
     if sink.items:
-        error = CompileError(_unique(sink.items))
-        error.sources = program.sources  # type: ignore[attr-defined]
-        raise error
+        failure = CompileError(_unique(sink.items))
+        failure.sources = program.sources  # type: ignore[attr-defined]
+        raise failure
     return Checked(tuple(studies), program.sources)
 
 

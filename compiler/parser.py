@@ -81,7 +81,8 @@ def _check_depth(tree: Tree[Token], path: str) -> None:
 def _syntax_diagnostic(exc: UnexpectedInput, path: str, source: str) -> Diagnostic:
     line, column = max(exc.line, 1), max(exc.column, 1)
     if isinstance(exc, UnexpectedCharacters):
-        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
+        position = exc.pos_in_stream or 0
+        char = source[position] if position < len(source) else "?"
         if char == '"':
             message = "unterminated string"
         else:

@@ -57,6 +57,8 @@ class Executor:
         self.on_step = on_step
         self.on_progress = on_progress
         self._steps = {s.id: s for s in plan.steps}
+        # In-process models share the CPU (or GPU): running two at once only makes both slower.
+        self._compute = asyncio.Lock()
 
     async def run(self) -> Counters:
         done: set[str] = set()
@@ -96,7 +98,11 @@ class Executor:
         finished = total - len(todo)
         for chunk in _chunks(todo, CHUNK):
             batch = [self._request(step, key, prompt, sample, steering) for key, prompt, sample in chunk]
-            results = await backend.generate(batch)
+            if self.pool.in_process(step.params["model"]):
+                async with self._compute:
+                    results = await backend.generate(batch)
+            else:
+                results = await backend.generate(batch)
             for result in results:
                 self.cache.put(result.key, generation_record(result))
                 self.counters.calls += 1

@@ -123,7 +123,9 @@ class Batch:
     targets: torch.Tensor  # [n] the reply tokens, row-major, matching predicts_target's True entries
 
 
-def encode_example(chat: ChatModel, messages: Sequence[Message], target: str, max_length: int) -> EncodedExample:
+def encode_example(
+    chat: ChatModel, messages: Sequence[Message], target: str, max_length: int
+) -> EncodedExample:
     """Prompt tokens exactly as inference encodes them, then the reply tokenized alone, then end-of-reply.
 
     The reply is tokenized separately because at inference the model emits it token by token after the
@@ -150,8 +152,9 @@ def end_of_reply_id(chat: ChatModel) -> int:
 
 
 def _truncate(ids: list[int], target_start: int, max_length: int) -> EncodedExample:
-    # Drop the start of the prompt first: the reply is what is being taught.
-    cut = min(max(0, len(ids) - max_length), target_start)
+    # Drop the start of the prompt first, the reply being what is taught; keep one prompt token, since
+    # the first reply token is predicted from the position before it.
+    cut = min(max(0, len(ids) - max_length), max(target_start - 1, 0))
     return EncodedExample(tuple(ids[cut : cut + max_length]), target_start - cut)
 
 
@@ -164,7 +167,8 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, device: torch.devic
     for row, example in enumerate(examples):
         ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
         mask[row, : len(example.input_ids)] = 1
-        trained[row, example.target_start : len(example.input_ids)] = True
+        # Position 0 has nothing before it to predict it from.
+        trained[row, max(example.target_start, 1) : len(example.input_ids)] = True
     predicts_target = torch.zeros_like(trained)
     predicts_target[:, :-1] = trained[:, 1:]
     return Batch(ids.to(device), mask.to(device), predicts_target.to(device), ids[trained].to(device))
@@ -172,9 +176,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, device: torch.devic
 
 def lora_target_modules(model: nn.Module) -> tuple[str, ...]:
     """The attention and MLP projection names present in `model`, for LoRA to wrap."""
-    leaf_names = {
-        name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_projection(module)
-    }
+    leaf_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_projection(module)}
     found = tuple(name for name in ATTENTION_AND_MLP_PROJECTIONS if name in leaf_names)
     if not found:
         raise ValueError(f"no attention/MLP projections found in {type(model).__name__}; set target_modules")
@@ -257,7 +259,10 @@ def batches_in_order(
 
 
 def train_lora(
-    peft_model: nn.Module, examples: Sequence[EncodedExample], hyperparameters: LoraHyperparameters, pad_id: int
+    peft_model: nn.Module,
+    examples: Sequence[EncodedExample],
+    hyperparameters: LoraHyperparameters,
+    pad_id: int,
 ) -> list[float]:
     """Optimise the trainable (LoRA) parameters of `peft_model`; returns the loss of every step."""
     device = model_device(peft_model)
@@ -298,7 +303,9 @@ def finetune(
     if not examples:
         raise ValueError("finetuning needs at least one example")
     started = time.perf_counter()
-    encoded = [encode_example(chat, messages, reply, hyperparameters.max_length) for messages, reply in examples]
+    encoded = [
+        encode_example(chat, messages, reply, hyperparameters.max_length) for messages, reply in examples
+    ]
     trainable_before = {name: p.requires_grad for name, p in chat.model.named_parameters()}
     peft_model = attach_lora(chat.model, hyperparameters)
     try:
@@ -334,7 +341,9 @@ def _result(
     )
 
 
-def _write_training_record(directory: Path, hyperparameters: LoraHyperparameters, result: FinetuneResult) -> None:
+def _write_training_record(
+    directory: Path, hyperparameters: LoraHyperparameters, result: FinetuneResult
+) -> None:
     # Only what is deterministic given the inputs, so identical runs write identical directories.
     record = {
         "hyperparameters": hyperparameters.as_dict(),

@@ -34,6 +34,14 @@ class BackendPool:
             self._backends[model_key] = self._open(entry)
         return self._backends[model_key]
 
+    def in_process(self, model_key: str) -> bool:
+        """Whether the model's calls run on this machine's processor (not on a server)."""
+        entry = self.plan.models[model_key]
+        while entry.kind in ("steered", "finetuned"):
+            entry = self.plan.models[entry.params["base"]]
+        overridden = entry.key in self.overrides or entry.params.get("label") in self.overrides
+        return entry.kind in ("embedded", "local") and not overridden
+
     def _open(self, entry: ModelEntry) -> Backend:
         url = self.overrides.get(entry.key) or self.overrides.get(entry.params.get("label", ""))
         if url:
@@ -75,7 +83,10 @@ class BackendPool:
 
         serving = self.plan.serving.get(entry.key, {})
         loaded = self.loaded(entry.key)
-        return LocalBackend(loaded, batch_size=int(serving.get("batch_size", 16)), adapter=adapter)
+        # Attaching an adapter rewrites the shared model's layers: never in the middle of another backend's
+        # batch or of a LoRA training run on the same weights (runtime/adapters.py holds the same lock).
+        with loaded.lock:
+            return LocalBackend(loaded, batch_size=int(serving.get("batch_size", 16)), adapter=adapter)
 
     def loaded(self, model_key: str) -> Any:
         """The in-process weights of a root model (embedded or local), loaded once."""

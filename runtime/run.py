@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from intro.compiler.plan import Plan, Step
+from intro.compiler.plan import Measure, Plan, Step
 
-from . import cube, measures, training
+from . import cube, cubes_extra, measures, training
 from .cache import Cache, default_cache_dir
 from .executor import Counters, Executor
 from .pool import BackendPool
@@ -108,7 +108,7 @@ class _StudyRun:
         self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
         self._step_started = time.monotonic()
         self.executor = Executor(
-            plan,
+            training.ordered_after_bases(plan),
             cache,
             pool,
             handlers={"prediction": self.prediction, **training.handlers(self)},
@@ -151,7 +151,8 @@ class _StudyRun:
         cells = {key: measures.aggregate(group) for key, group in measures.grouped(rows).items()}
         name, coords = self.point_of[step.id]
         self.cubes[name].fill(coords, rows, cells)
-        cube.write(self.cubes[name].dataset(), self.directory / "cube.zarr", name)
+        dataset = cubes_extra.with_self_vs_cross(self.cubes[name].dataset())
+        cube.write(dataset, self.directory / "cube.zarr", name)
 
 
 # ---------------------------------------------------------------- intro show
@@ -169,8 +170,25 @@ def show_run(directory: Path) -> int:
         except (FileNotFoundError, KeyError, OSError):
             print(f"{measure.name}: no results yet")
             continue
-        print(summary_table(dataset, measure.name))
+        print(measure_table(dataset, measure))
+    training_group = cubes_extra.training_group(plan)
+    if (directory / "cube.zarr" / training_group).is_dir():
+        print(_table("finetuning", *cubes_extra.training_rows(xr.open_zarr(directory / "cube.zarr", group=training_group))))
     return OK
+
+
+def measure_table(dataset: Any, measure: Measure) -> str:
+    """The summary of one measure's cube, by kind."""
+    title = f"{measure.name} ({measure.kind})"
+    if measure.kind == "calibration":
+        return _table(title, *cubes_extra.calibration_rows(dataset))
+    if measure.kind == "behaviour_change":
+        return _table(title, *cubes_extra.behaviour_change_rows(dataset))
+    text = summary_table(dataset, measure.name)
+    if "z_vs_self" in dataset:
+        title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"
+        text += "\n" + _table(title, *cubes_extra.self_vs_cross_rows(dataset))
+    return text
 
 
 def summary_table(dataset: Any, name: str) -> str:

@@ -339,7 +339,10 @@ class ChatServer(ThreadingHTTPServer):
             self.requests_served += 1
 
     def start_in_thread(self) -> ChatServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="intro-serve-http", daemon=True)
+        # A short poll interval makes close() quick; the cost is a few idle wakeups a second.
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="intro-serve-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -362,6 +365,10 @@ class ChatHandler(BaseHTTPRequestHandler):
     server: ChatServer
     # HTTP/1.1 keeps connections alive between a client's requests.
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in one segment, at once: with Nagle's algorithm on, a keep-alive client's
+    # delayed ACK would hold each body back for up to 40 ms.
+    disable_nagle_algorithm = True
+    wbufsize = -1
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") in ("/v1/models", "/models"):
@@ -432,9 +439,7 @@ def make_server(
         backend, max_batch=max_batch, batch_window=batch_window, batches_in_flight=batches_in_flight
     )
     try:
-        return ChatServer(
-            backend, host, port, runner, request_timeout=request_timeout, model_name=model_name
-        )
+        return ChatServer(backend, host, port, runner, request_timeout=request_timeout, model_name=model_name)
     except BaseException:
         runner.close()
         raise

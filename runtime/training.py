@@ -1,9 +1,353 @@
-"""Step handlers for training data and finetuning (filled in with the finetuning issue)."""
+"""Step handlers for Looking Inward's finetuning studies: training data, LoRA finetuning, and the two
+measurements that need finetuned models (calibration, behaviour change).
+
+Training data steps (`hypotheticals`, `answers`) turn cached object-level answers into chat examples, written
+as `examples.jsonl` in the step's artifact directory. A `finetune` step trains LoRA on its root model's shared
+weights (`adapters.train_adapter`) and stores the adapter as safetensors under
+`<cache>/artifacts/<step hash>/adapter`, which is exactly where `BackendPool` finds a finetuned model's
+adapter. Artifacts are keyed by content hash and marked DONE last, so a finished step is never redone, by this
+study or any other sharing the cache, and an interrupted one is redone from scratch.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import attrs
+from attrs import frozen
+
+from intro.compiler.plan import Plan, Prompt, Step
+
+from . import behaviour_change, calibration, cube, cubes_extra
+from .cache import Cache, atomic_write
+from .measures import Texts, property_value, reduce_samples
+from .requests import BackendError, Message
+
+EXAMPLES_FILE = "examples.jsonl"
+ADAPTER_DIR = "adapter"
+IN_PROCESS = ("embedded", "local")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training examples
+
+
+@frozen
+class TrainingExample:
+    """A conversation and the assistant reply to learn, with where it came from."""
+
+    task: str
+    item: str
+    property: str | None  # None for object-level answers
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    target: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "item": self.item,
+            "property": self.property,
+            "messages": [list(m) for m in self.messages],
+            "target": self.target,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainingExample:
+        messages = tuple((m[0], m[1]) for m in data["messages"])
+        return cls(data["task"], data["item"], data["property"], messages, data["target"])
+
+    def chat(self) -> tuple[tuple[Message, ...], str]:
+        return tuple(Message(role, content) for role, content in self.messages), self.target
+
+
+def hypothetical_examples(
+    params: Mapping[str, Any],
+    objects: Texts,
+    items: Mapping[str, Mapping[str, Any]],
+    prompts: Mapping[str, Prompt],
+) -> list[TrainingExample]:
+    """Hypothetical questions answered with the true property of the subject's behaviour.
+
+    Items whose behaviour does not comply with the task, or lacks the property, teach nothing and are left out.
+    """
+    examples = []
+    for task, item, prop, object_key, hypothetical_key in params["rows"]:
+        kind, choices = params["tasks"][task]["answer"], params["tasks"][task]["choices"]
+        behaviour = reduce_samples(objects[object_key], params.get("reduce", "mode"))
+        value = property_value(behaviour, params["properties"][prop]["extract"], kind, choices, items[item])
+        if value is not None:
+            examples.append(TrainingExample(task, item, prop, prompts[hypothetical_key].messages, value))
+    return examples
+
+
+def answer_examples(
+    params: Mapping[str, Any],
+    objects: Texts,
+    prompts: Mapping[str, Prompt],
+) -> list[TrainingExample]:
+    """Object-level prompts answered with the model's own behaviour (empty and non-compliant answers left out).
+
+    Compliance needs the task's answer kind; steps that carry `tasks` are checked, others only drop empties.
+    """
+    tasks = params.get("tasks", {})
+    examples = []
+    for task, item, object_key in params["rows"]:
+        behaviour = reduce_samples(objects[object_key], params.get("reduce", "mode")).strip()
+        if behaviour and _complies(behaviour, tasks.get(task)):
+            examples.append(TrainingExample(task, item, None, prompts[object_key].messages, behaviour))
+    return examples
+
+
+def _complies(behaviour: str, task: Mapping[str, Any] | None) -> bool:
+    from intro.stdlib.extractors import complies
+
+    return task is None or complies(behaviour, task["answer"], task["choices"])
+
+
+def write_examples(directory: Path, examples: Sequence[TrainingExample]) -> None:
+    text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples)
+    atomic_write(directory / EXAMPLES_FILE, text)
+
+
+def read_examples(directory: Path) -> list[TrainingExample]:
+    lines = (directory / EXAMPLES_FILE).read_text(encoding="utf-8").splitlines()
+    return [TrainingExample.from_json(json.loads(line)) for line in lines if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models and hyperparameters
+
+
+@frozen
+class Lineage:
+    """What a finetune step trains on: the root model's key, and the adapter of a finetuned base (or None)."""
+
+    root: str
+    parent_step: str | None
+
+
+def lineage(plan: Plan, base: str) -> Lineage:
+    """Trace a finetune's base to its in-process root; API and steered models cannot be finetuned here."""
+    entry = plan.models[base]
+    label = entry.params.get("label", base)
+    if entry.kind == "finetuned":
+        root = plan.models[entry.params["root"]]
+        _require_in_process(root.kind, root.params.get("label", root.key))
+        return Lineage(root.key, entry.params["step"])
+    if entry.kind == "steered":
+        raise BackendError(f"cannot finetune '{label}': training a steered model is not supported; finetune its base")
+    _require_in_process(entry.kind, label)
+    return Lineage(base, None)
+
+
+def _require_in_process(kind: str, label: str) -> None:
+    if kind == "litellm":
+        raise BackendError(
+            f"cannot finetune '{label}': finetuning API models (litellm) is not supported by this runtime yet; "
+            "finetune an in-process model (embedded or local)"
+        )
+    if kind not in IN_PROCESS:
+        raise BackendError(f"cannot finetune '{label}': a '{kind}' model has no weights to train")
+
+
+def lora_hyperparameters(hparams: Mapping[str, Any]) -> Any:
+    from .finetune import LoraHyperparameters
+
+    return LoraHyperparameters(
+        rank=int(hparams["rank"]),
+        alpha=float(hparams["alpha"]),
+        lr=float(hparams["lr"]),
+        epochs=int(hparams["epochs"]),
+        batch_size=int(hparams["batch"]),
+        seed=int(hparams["seed"]),
+    )
+
+
+def ordered_after_bases(plan: Plan) -> Plan:
+    """The plan with each finetune step depending on its base model's finetune step, when the base is finetuned.
+
+    Training on a finetuned base needs the base's adapter; a plan whose finetune steps list only their data
+    step could run both trainings in the same wave. Adding the edge changes no step's hash.
+    """
+    steps = []
+    for step in plan.steps:
+        base = plan.models[step.params["base"]] if step.kind == "finetune" else None
+        if base is not None and base.kind == "finetuned" and base.params["step"] not in step.deps:
+            step = attrs.evolve(step, deps=(*step.deps, base.params["step"]))
+        steps.append(step)
+    return attrs.evolve(plan, steps=tuple(steps))
+
+
+def finetuned_model_of(plan: Plan, step_id: str) -> str:
+    """The plan's key of the model a finetune step produces."""
+    return next(k for k, m in plan.models.items() if m.kind == "finetuned" and m.params.get("step") == step_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Handlers
+
+
+class TrainingSteps:
+    """The handlers of one study run (`run` is runtime/run.py's `_StudyRun`: plan, cache, pool, executor)."""
+
+    def __init__(self, run: Any):
+        self.run = run
+        self.plan: Plan = run.plan
+        self.cache: Cache = run.cache
+        self.calibration_cubes = {
+            m.name: cubes_extra.CalibrationCube(self.plan, m) for m in self.plan.measures if m.kind == "calibration"
+        }
+        self.change_cubes = {
+            m.name: cubes_extra.BehaviourChangeCube(self.plan, m)
+            for m in self.plan.measures
+            if m.kind == "behaviour_change"
+        }
+        self.reused = 0
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "hypotheticals": self.hypotheticals,
+            "answers": self.answers,
+            "finetune": self.finetune,
+            "calibration": self.calibration,
+            "behaviour_change": self.behaviour_change,
+        }
+
+    def texts(self, steps: Mapping[str, str]) -> dict[str, list[str]]:
+        return self.run.executor.texts_of(steps)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ training data
+    def hypotheticals(self, step: Step) -> None:
+        if self.cache.artifact_done(step.hash):
+            return
+        p = step.params
+        examples = hypothetical_examples(p, self.texts(p["object_steps"]), self.plan.items, self.plan.prompts)
+        self._store_examples(step, examples, rows=len(p["rows"]))
+
+    def answers(self, step: Step) -> None:
+        if self.cache.artifact_done(step.hash):
+            return
+        p = step.params
+        examples = answer_examples(p, self.texts(p["object_steps"]), self.plan.prompts)
+        self._store_examples(step, examples, rows=len(p["rows"]))
+
+    def _store_examples(self, step: Step, examples: Sequence[TrainingExample], rows: int) -> None:
+        directory = self.cache.artifact_dir(step.hash)
+        write_examples(directory, examples)
+        self.cache.mark_artifact_done(step.hash, {"kind": step.kind, "examples": len(examples), "rows": rows})
+        self.run.say(f"  {step.id}: {len(examples)} training examples ({rows - len(examples)} rows left out)")
+
+    # ------------------------------------------------------------ finetuning
+    async def finetune(self, step: Step) -> None:
+        if self.cache.artifact_done(step.hash):
+            self.reused += 1
+            self.run.say(f"  {step.id}: adapter reused from the cache")
+        else:
+            await self._train(step)
+            self.run.executor.counters.trained += 1
+        self._write_training_cube()
+
+    async def _train(self, step: Step) -> None:
+        p = step.params
+        origin = lineage(self.plan, p["base"])
+        parent = self._parent_adapter(step, origin)
+        data = self.plan.step(p["data"])
+        examples = [e.chat() for e in read_examples(self.cache.artifact_dir(data.hash))]
+        if not examples:
+            raise BackendError(f"{step.id}: no training examples (every answer in {data.id} was left out)")
+        loaded = self.run.pool.loaded(origin.root)
+        hyperparameters = lora_hyperparameters(p["hparams"])
+        self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
+        directory = self.cache.artifact_dir(step.hash)
+        result = await asyncio.to_thread(_train_into, directory, loaded, examples, hyperparameters, parent)
+        info = {
+            "kind": "finetune",
+            "losses": list(result.losses),
+            "examples": result.examples,
+            "tokens": result.tokens,
+            "target_tokens": result.target_tokens,
+            "seconds": round(result.seconds, 3),
+            "hyperparameters": hyperparameters.as_dict(),
+            "root": self.plan.models[origin.root].identity,
+            "parent": origin.parent_step and self.plan.step(origin.parent_step).hash,
+        }
+        self.cache.mark_artifact_done(step.hash, info)
+        losses = result.losses
+        self.run.say(
+            f"  {step.id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({result.seconds:.1f} s)"
+        )
+
+    def _parent_adapter(self, step: Step, origin: Lineage) -> Path | None:
+        if origin.parent_step is None:
+            return None
+        parent = self.plan.step(origin.parent_step)
+        if not self.cache.artifact_done(parent.hash):
+            raise RuntimeError(f"{step.id} runs before its base model's finetuning ({parent.id}) has finished")
+        return self.cache.artifact_dir(parent.hash) / ADAPTER_DIR
+
+    def _write_training_cube(self) -> None:
+        records = {}
+        for step in self.plan.steps:
+            if step.kind == "finetune" and self.cache.artifact_done(step.hash):
+                records[finetuned_model_of(self.plan, step.id)] = self.cache.artifact_info(step.hash)
+        dataset = cubes_extra.training_dataset(self.plan, records)
+        cube.write(dataset, self.run.directory / "cube.zarr", cubes_extra.training_group(self.plan))
+
+    # ------------------------------------------------------------ measurements
+    def calibration(self, step: Step) -> None:
+        p = step.params
+        samples = calibration.item_samples(
+            p, self.texts(p["object_steps"]), self.texts(p["hypothetical_steps"]), self.plan.items, _tasks(p)
+        )
+        cells = calibration.calibration_cells(samples, top_k=int(p["top_k"]))
+        name, coords = self.run.point_of[step.id]
+        self.calibration_cubes[name].fill(coords, cells)
+        cube.write(self.calibration_cubes[name].dataset(), self.run.directory / "cube.zarr", name)
+
+    def behaviour_change(self, step: Step) -> None:
+        p = step.params
+        rows = behaviour_change.evaluate_behaviour_change(
+            p,
+            self.texts(p["before_steps"]),
+            self.texts(p["object_steps"]),
+            self.texts(p["hypothetical_steps"]),
+            self.plan.items,
+            _tasks(p),
+        )
+        groups = behaviour_change.grouped_changes(rows)
+        cells = {key: behaviour_change.aggregate_changes(group) for key, group in groups.items()}
+        name, coords = self.run.point_of[step.id]
+        self.change_cubes[name].fill(coords, rows, cells)
+        cube.write(self.change_cubes[name].dataset(), self.run.directory / "cube.zarr", name)
+
+
+def _tasks(params: Mapping[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    return {name: (t["answer"], t["choices"]) for name, t in params["tasks"].items()}
+
+
+def _train_into(directory: Path, loaded: Any, examples: list[Any], hyperparameters: Any, parent: Path | None) -> Any:
+    """Train into a fresh temporary directory, then move it into place: a torn run leaves no half adapter."""
+    from .adapters import train_adapter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-adapter-"))
+    try:
+        result = train_adapter(loaded, examples, hyperparameters, scratch, parent=parent)
+        target = directory / ADAPTER_DIR
+        if target.exists():  # left by a run killed between the move and DONE
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
 
 
 def handlers(run: Any) -> dict[str, Any]:
-    return {}
+    return TrainingSteps(run).handlers()

@@ -8,19 +8,27 @@ answered normally; a per-message call counter shows how many tries each took. `l
 answer by a fixed time, for throughput benches.
 
 The server binds 127.0.0.1 only and stops itself after `lifetime` seconds even if a test forgets to.
+`echo_server_process` runs one in a child process, so that a benchmarked client does not share its
+interpreter (and GIL) with the server's threads.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from attrs import frozen
@@ -146,7 +154,9 @@ class EchoServer(ThreadingHTTPServer):
             self.in_flight -= 1
 
     def start(self) -> EchoServer:
-        serving = threading.Thread(target=self.serve_forever, name="echo-server", daemon=True)
+        serving = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="echo-server", daemon=True
+        )
         watchdog = threading.Thread(target=self._stop_after_lifetime, name="echo-watchdog", daemon=True)
         self._helpers = [serving, watchdog]
         for thread in self._helpers:
@@ -156,6 +166,10 @@ class EchoServer(ThreadingHTTPServer):
     def _stop_after_lifetime(self) -> None:
         if not self.stopping.wait(self.lifetime):
             self.shutdown()
+
+    def wait(self) -> None:
+        """Block until the server stops (closed, or its lifetime is over)."""
+        self._helpers[0].join()
 
     def close(self) -> None:
         self.stopping.set()  # also releases handlers that are hanging on purpose
@@ -179,6 +193,10 @@ def _as_fault(fault: Fault | str) -> Fault:
 class EchoHandler(BaseHTTPRequestHandler):
     server: EchoServer
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in one segment, at once: with Nagle's algorithm on, a keep-alive client's
+    # delayed ACK would hold each body back for up to 40 ms.
+    disable_nagle_algorithm = True
+    wbufsize = -1
 
     def do_GET(self) -> None:
         self._send_json(HTTPStatus.OK, models_body(self.server.model))
@@ -203,7 +221,10 @@ class EchoHandler(BaseHTTPRequestHandler):
         if fault is not None:
             self._misbehave(fault, bearer)
             return
-        self._send_json(HTTPStatus.OK, chat_completion_body(chat, _echo(chat, self.server.gives_logprobs), self.server.model))
+        self._send_json(
+            HTTPStatus.OK,
+            chat_completion_body(chat, _echo(chat, self.server.gives_logprobs), self.server.model),
+        )
         self.server.record_answer(content)
 
     def _misbehave(self, fault: Fault, bearer: str) -> None:
@@ -266,3 +287,53 @@ def _echo(chat: ChatRequest, gives_logprobs: bool) -> Generation:
         finish_reason=finish,
         logprobs=logprobs,
     )
+
+
+@frozen
+class ServerProcess:
+    """An echo server running in a child process: its base URL and process id."""
+
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the child has used so far (user + system), read from /proc (Linux)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def echo_server_process(latency: float = 0.0, lifetime: float = 600.0) -> Iterator[ServerProcess]:
+    """Run a fault-free `EchoServer` in a child process. The child stops when the block exits (its
+    stdin closes) or after `lifetime` seconds."""
+    command = [sys.executable, "-m", "tests.servers", "--latency", str(latency), "--lifetime", str(lifetime)]
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(command, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = child.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"the echo server process did not start (printed {url!r})")
+        yield ServerProcess(url=url, pid=child.pid)
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve a fault-free EchoServer until stdin closes.")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--lifetime", type=float, default=600.0)
+    options = parser.parse_args(argv)
+    with EchoServer(latency=options.latency, lifetime=options.lifetime) as server:
+        print(server.url, flush=True)
+        threading.Thread(target=lambda: (sys.stdin.read(), server.close()), daemon=True).start()
+        server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

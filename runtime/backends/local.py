@@ -362,9 +362,9 @@ class LocalBackend:
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
         prompts = [self.loaded.render(r.messages, r.prefill) for r in requests]
         input_ids, attention_mask = self.loaded.encode(prompts)
-        steering = self._steering(requests, prompts, attention_mask)
-        decoder = _Decoder(self.loaded, requests)
-        with steering:
+        steering = steering_windows(self.loaded, requests, prompts, attention_mask)
+        decoder = _Decoder(self.loaded, requests, compact=steering is None)
+        with steering.context(self.loaded.model) if steering else contextlib.nullcontext():
             decoder.run(input_ids, attention_mask)
         prompt_tokens = attention_mask.sum(dim=1).tolist()
         return [decoder.generation(row, int(prompt_tokens[row])) for row in range(len(requests))]
@@ -383,10 +383,6 @@ class LocalBackend:
     def _choice_ids(self, request: ScoreRequest) -> list[list[int]]:
         separator = "" if request.prefill else self.loaded.reply_separator
         return [self.loaded.encode_reply(separator + choice) for choice in request.choices]
-
-    def _steering(self, requests, prompts, attention_mask) -> contextlib.AbstractContextManager:
-        windows = steering_windows(self.loaded, requests, prompts, attention_mask)
-        return windows.context(self.loaded.model) if windows else contextlib.nullcontext()
 
 
 def plan_batches(requests: Sequence, batch_size: int, length) -> list[list[int]]:
@@ -544,18 +540,24 @@ class _Row:
 
 
 class _Decoder:
-    """A decode loop over a left-padded batch with a KV cache, one token per row per step."""
+    """A decode loop over a left-padded batch with a KV cache, one token per row per step.
 
-    def __init__(self, loaded: LoadedModel, requests: Sequence[GenerationRequest]):
+    With `compact`, rows that have finished leave the batch (and the cache) at once, so a batch costs
+    what its longest live rows cost; steered batches keep every row because their per-row deltas are
+    bound to batch positions.
+    """
+
+    def __init__(self, loaded: LoadedModel, requests: Sequence[GenerationRequest], *, compact: bool):
         self.loaded = loaded
+        self.compact = compact
         self.rows = [_Row(request, _generator(request)) for request in requests]
-        self.eos = torch.tensor(sorted(loaded.eos_token_ids), dtype=torch.long)
+        self.eos = loaded.eos_token_ids
         temperatures = [request.temperature for request in requests]
         self.temperatures = torch.tensor(temperatures, dtype=torch.float32, device=loaded.device)
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        step_ids, cache = input_ids, None
+        step_ids, cache, live = input_ids, None, list(range(len(self.rows)))
         for _ in range(max(row.request.max_tokens for row in self.rows)):
             output = self.loaded.model(
                 input_ids=step_ids,
@@ -566,31 +568,40 @@ class _Decoder:
                 logits_to_keep=1,
             )
             cache = output.past_key_values
-            tokens = self._advance(output.logits[:, -1, :].float())
-            if all(row.finish_reason for row in self.rows):
+            tokens = self._advance(live, output.logits[:, -1, :].float())
+            still = [index for index, row in enumerate(live) if self.rows[row].finish_reason is None]
+            if not still:
                 return
-            step_ids = tokens.to(self.loaded.device)[:, None]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(self.rows), 1))], dim=1)
+            if self.compact and len(still) < len(live):
+                keep = torch.tensor(still, device=attention_mask.device)
+                cache.batch_select_indices(keep)
+                attention_mask, positions, tokens = attention_mask[keep], positions[keep], tokens[keep]
+                live = [live[index] for index in still]
+            step_ids = tokens[:, None]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
             positions = positions[:, -1:] + 1
 
-    def _advance(self, logits: torch.Tensor) -> torch.Tensor:
-        tokens = choose_tokens(logits, self.temperatures, [row.generator for row in self.rows]).cpu()
-        logprobs = torch.log_softmax(logits, dim=-1) if self._wants_logprobs() else None
-        for index, row in enumerate(self.rows):
-            if row.finish_reason is None:
-                self._append(row, int(tokens[index]), None if logprobs is None else logprobs[index])
-        pad = self.loaded.tokenizer.pad_token_id
-        finished = torch.tensor([row.finish_reason is not None for row in self.rows])
-        return torch.where(finished, torch.full_like(tokens, pad), tokens)
+    def _advance(self, live: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """Choose and record the next token of every live row; finished rows are fed padding."""
+        generators = [self.rows[row].generator for row in live]
+        tokens = choose_tokens(logits, self.temperatures[live], generators)
+        chosen = tokens.tolist()
+        logprobs = torch.log_softmax(logits, dim=-1) if self._wants_logprobs(live) else None
+        for index, row in enumerate(live):
+            if self.rows[row].finish_reason is None:
+                self._append(self.rows[row], chosen[index], None if logprobs is None else logprobs[index])
+            else:
+                tokens[index] = self.loaded.tokenizer.pad_token_id
+        return tokens
 
-    def _wants_logprobs(self) -> bool:
-        return any(row.request.top_logprobs > 0 and row.finish_reason is None for row in self.rows)
+    def _wants_logprobs(self, live: list[int]) -> bool:
+        return any(self.rows[row].request.top_logprobs > 0 for row in live)
 
     def _append(self, row: _Row, token: int, logprobs: torch.Tensor | None) -> None:
         row.tokens.append(token)
         if row.request.top_logprobs > 0 and logprobs is not None:
             row.logprobs.append(self._token_logprob(token, logprobs, row.request.top_logprobs))
-        if token in self.loaded.eos_token_ids:
+        if token in self.eos:
             row.finish_reason = "stop"
         elif row.request.stop and self._find_stop(row) is not None:
             row.stop_at, row.finish_reason = self._find_stop(row), "stop"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
+import attrs
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from intro.runtime.backends.local import load_local_model
 from intro.runtime.finetune import (
     LoraHyperparameters,
@@ -23,6 +22,8 @@ from intro.runtime.finetune import (
     train_lora,
 )
 from intro.runtime.requests import Message
+from safetensors.torch import load_file
+
 from tests.tinymodels import make_tiny_model
 
 EXAMPLES = [
@@ -37,6 +38,8 @@ EXAMPLES = [
     ]
 ]
 FAST = LoraHyperparameters(rank=4, alpha=8, lr=1e-2, epochs=6, batch_size=3, seed=1)
+# For tests that need a trained adapter but not convergence.
+QUICK = LoraHyperparameters(rank=4, alpha=8, lr=1e-2, epochs=1, batch_size=3, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,15 @@ def test_truncation_drops_the_prompt_head_and_keeps_the_reply(qwen):
     assert short.input_ids[short.target_start :] == full.input_ids[full.target_start :]
 
 
+def test_a_reply_longer_than_max_length_keeps_one_prompt_token(qwen):
+    messages, _ = EXAMPLES[0]
+    example = encode_example(qwen, messages, "Tokyo is the capital of Japan", max_length=4)
+    assert len(example.input_ids) == 4 and example.target_start == 1
+    batch = collate([example], qwen.tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch.targets.tolist() == list(example.input_ids[1:])
+    assert torch.isfinite(reply_loss(qwen.model, batch))
+
+
 def test_reply_loss_equals_the_full_vocabulary_loss_on_reply_tokens(qwen):
     examples = [encode_example(qwen, messages, reply, 256) for messages, reply in EXAMPLES[:3]]
     batch = collate(examples, qwen.tokenizer.pad_token_id, torch.device("cpu"))
@@ -96,7 +108,9 @@ def test_reply_loss_equals_the_full_vocabulary_loss_on_reply_tokens(qwen):
             example.input_ids[example.target_start :]
         )
     with torch.no_grad():
-        expected = qwen.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        expected = qwen.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels
+        ).loss
         fast = reply_loss(qwen.model, batch)
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-6)
 
@@ -147,12 +161,12 @@ def test_training_lowers_the_loss(qwen, tmp_path):
 def test_finetune_writes_a_peft_adapter_and_leaves_the_base_model_as_it_was(qwen, tmp_path):
     ids, mask = probe(qwen)
     before = logits(qwen.model, ids, mask)
-    result = finetune(qwen, EXAMPLES[:3], FAST, tmp_path / "adapter")
+    result = finetune(qwen, EXAMPLES[:3], QUICK, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == FAST.rank
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == QUICK.rank
     record = json.loads((tmp_path / "adapter" / "training.json").read_text())
     assert record["losses"] == list(result.losses)
-    assert record["hyperparameters"]["seed"] == FAST.seed
+    assert record["hyperparameters"]["seed"] == QUICK.seed
     assert torch.equal(logits(qwen.model, ids, mask), before)
     assert all(parameter.requires_grad for parameter in qwen.model.parameters())
     assert not any("lora" in name for name, _ in qwen.model.named_modules())
@@ -160,9 +174,9 @@ def test_finetune_writes_a_peft_adapter_and_leaves_the_base_model_as_it_was(qwen
 
 def test_a_reloaded_adapter_reproduces_the_trained_model(qwen, tmp_path):
     base = copy.deepcopy(qwen.model)
-    trained = attach_lora(copy.deepcopy(qwen.model), FAST)
+    trained = attach_lora(copy.deepcopy(qwen.model), QUICK)
     encoded = [encode_example(qwen, messages, reply, 256) for messages, reply in EXAMPLES]
-    train_lora(trained, encoded, FAST, qwen.tokenizer.pad_token_id)
+    train_lora(trained, encoded, QUICK, qwen.tokenizer.pad_token_id)
     trained.save_pretrained(str(tmp_path / "adapter"))
     ids, mask = probe(qwen)
     expected = logits(trained, ids, mask)
@@ -172,8 +186,8 @@ def test_a_reloaded_adapter_reproduces_the_trained_model(qwen, tmp_path):
 
 
 def test_load_adapter_on_a_loaded_model_returns_a_loaded_model(qwen, tmp_path):
-    finetune(qwen, EXAMPLES, FAST, tmp_path / "adapter")
-    duplicate = load_local_model(qwen.source, device="cpu")
+    finetune(qwen, EXAMPLES, QUICK, tmp_path / "adapter")
+    duplicate = attrs.evolve(qwen, model=copy.deepcopy(qwen.model))
     adapted = load_adapter(duplicate, tmp_path / "adapter")
     assert adapted.tokenizer is duplicate.tokenizer and adapted.prompt_format == duplicate.prompt_format
     ids, mask = probe(qwen)
@@ -181,7 +195,7 @@ def test_load_adapter_on_a_loaded_model_returns_a_loaded_model(qwen, tmp_path):
 
 
 def test_merged_adapter_matches_the_unmerged_one(qwen, tmp_path):
-    finetune(qwen, EXAMPLES, FAST, tmp_path / "adapter")
+    finetune(qwen, EXAMPLES, QUICK, tmp_path / "adapter")
     ids, mask = probe(qwen)
     unmerged = logits(load_adapter(copy.deepcopy(qwen.model), tmp_path / "adapter"), ids, mask)
     merged = load_adapter(copy.deepcopy(qwen.model), tmp_path / "adapter", merge=True)
@@ -194,9 +208,10 @@ def _adapter_tensors(directory) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_same_adapter_other_seed_other_adapter(qwen, tmp_path):
-    first = finetune(qwen, EXAMPLES, FAST, tmp_path / "a")
-    second = finetune(qwen, EXAMPLES, FAST, tmp_path / "b")
-    third = finetune(qwen, EXAMPLES, LoraHyperparameters(**{**FAST.as_dict(), "seed": 2}), tmp_path / "c")
+    twice = attrs.evolve(QUICK, epochs=2)
+    first = finetune(qwen, EXAMPLES, twice, tmp_path / "a")
+    second = finetune(qwen, EXAMPLES, twice, tmp_path / "b")
+    third = finetune(qwen, EXAMPLES, attrs.evolve(twice, seed=2), tmp_path / "c")
     a, b, c = (_adapter_tensors(tmp_path / name) for name in "abc")
     assert first.losses == second.losses
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
@@ -208,10 +223,10 @@ def test_training_leaves_the_callers_random_state_alone(qwen, tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    finetune(qwen, EXAMPLES[:3], FAST, tmp_path / "adapter")
+    finetune(qwen, EXAMPLES[:3], QUICK, tmp_path / "adapter")
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_training_needs_examples(qwen, tmp_path):
     with pytest.raises(ValueError, match="at least one example"):
-        finetune(qwen, [], FAST, tmp_path / "adapter")
+        finetune(qwen, [], QUICK, tmp_path / "adapter")

@@ -261,7 +261,9 @@ def test_scoring_agrees_with_greedy_generation_on_single_token_choices(model_nam
         choices = single_token_alternatives(loaded, first.logprobs[0])
         if first.text not in choices or len(choices) < 2:
             continue
-        result = score(backend, [ScoreRequest(key="s", messages=(Message("user", question),), choices=tuple(choices))])
+        result = score(
+            backend, [ScoreRequest(key="s", messages=(Message("user", question),), choices=tuple(choices))]
+        )
         scored = result[0]
         assert max(scored.logprobs, key=scored.logprobs.get) == first.text
         assert sum(torch.tensor(list(scored.logprobs.values())).exp()) == pytest.approx(1.0, abs=1e-5)
@@ -286,7 +288,8 @@ def brute_force_logprob(loaded, prompt: str, continuation: list[int], steering=N
 def test_multi_token_choices_match_a_full_forward_pass(loaded):
     choices = ("Tokyo", "the red ball", "No, I do not.", "A")
     requests = [
-        ScoreRequest(key=str(i), messages=(Message("user", q),), choices=choices) for i, q in enumerate(QUESTIONS)
+        ScoreRequest(key=str(i), messages=(Message("user", q),), choices=choices)
+        for i, q in enumerate(QUESTIONS)
     ]
     results = score(LocalBackend(loaded, batch_size=3), requests)
     for request, result in zip(requests, results, strict=True):
@@ -298,7 +301,9 @@ def test_multi_token_choices_match_a_full_forward_pass(loaded):
 
 
 def test_score_with_prefill_scores_after_it(qwen):
-    request = ScoreRequest(key="p", messages=(Message("user", QUESTIONS[0]),), choices=("Tokyo", "Paris"), prefill="It is")
+    request = ScoreRequest(
+        key="p", messages=(Message("user", QUESTIONS[0]),), choices=("Tokyo", "Paris"), prefill="It is"
+    )
     result = score(LocalBackend(qwen), [request])[0]
     prompt = qwen.render(request.messages, prefill="It is")
     for choice in request.choices:
@@ -308,7 +313,9 @@ def test_score_with_prefill_scores_after_it(qwen):
 
 def test_empty_choice_is_refused(qwen):
     with pytest.raises(BackendError, match="empty choice"):
-        score(LocalBackend(qwen), [ScoreRequest(key="e", messages=(Message("user", "Hi"),), choices=("", "x"))])
+        score(
+            LocalBackend(qwen), [ScoreRequest(key="e", messages=(Message("user", "Hi"),), choices=("", "x"))]
+        )
 
 
 # --- steering ------------------------------------------------------------------------------------------
@@ -321,7 +328,9 @@ def save_vector(path: Path, vector: torch.Tensor) -> str:
     return str(path)
 
 
-def manual_steered_greedy(loaded, prompt: str, layer: int, delta: torch.Tensor, start: int, max_tokens: int) -> str:
+def manual_steered_greedy(
+    loaded, prompt: str, layer: int, delta: torch.Tensor, start: int, max_tokens: int
+) -> str:
     """Greedy decoding of one unpadded prompt, recomputing the whole sequence each step (no cache)."""
     ids = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     produced = []
@@ -341,7 +350,9 @@ def test_steered_generation_matches_an_unbatched_reference(loaded, tmp_path):
     path = save_vector(tmp_path / "v.safetensors", vector)
     steering = Steering(vector=path, layer=1, strength=4.0, start_text="Japan")
     steered = ask(QUESTIONS[0], key="steered", max_tokens=8, steering=steering)
-    longer = ask(QUESTIONS[1], key="longer", max_tokens=8, steering=Steering(vector=path, layer=1, strength=0.0))
+    longer = ask(
+        QUESTIONS[1], key="longer", max_tokens=8, steering=Steering(vector=path, layer=1, strength=0.0)
+    )
     results = generate(LocalBackend(loaded), [steered, longer])
     prompt = loaded.render(steered.messages)
     start = start_token(loaded, prompt, "Japan")
@@ -364,7 +375,9 @@ def start_token(loaded, prompt: str, text: str) -> int:
 def test_steering_window_end_leaves_generated_tokens_alone(qwen, tmp_path):
     vector = torch.randn(qwen.hidden_size, generator=torch.Generator().manual_seed(5))
     path = save_vector(tmp_path / "v.safetensors", vector)
-    request = ask(QUESTIONS[0], max_tokens=6, steering=Steering(vector=path, layer=0, strength=8.0, start=0, end=3))
+    request = ask(
+        QUESTIONS[0], max_tokens=6, steering=Steering(vector=path, layer=0, strength=8.0, start=0, end=3)
+    )
     steered = generate(LocalBackend(qwen), [request])[0].text
     prompt = qwen.render(request.messages)
     ids = qwen.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]

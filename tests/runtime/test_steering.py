@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from torch import nn
-
 from intro.runtime.activations import (
     chat_prompt,
     concept_vector,
@@ -27,6 +27,8 @@ from intro.runtime.steering import (
     read_residual,
     resolve_layer,
 )
+from torch import nn
+
 from tests.tinymodels import ARCHS, HIDDEN_SIZE, make_tiny_model
 
 PROMPTS = ["The dog likes the red ball and the blue sky.", "A cat found seven stones."]
@@ -85,8 +87,6 @@ def test_finds_mistral_layers():
 
 def test_finds_layers_through_a_peft_wrapper(qwen):
     from peft import LoraConfig, get_peft_model
-
-    import copy
 
     base = copy.deepcopy(qwen.model)
     wrapped = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
@@ -153,7 +153,9 @@ def test_window_adds_exactly_the_delta_between_start_and_end(loaded):
         inside = torch.zeros(ids.shape[1], dtype=torch.bool)
         inside[start[row] : end[row]] = True
         assert torch.equal(steered[row, ~inside], plain[row, ~inside])
-        torch.testing.assert_close(steered[row, inside] - plain[row, inside], added[row].expand(int(inside.sum()), -1))
+        torch.testing.assert_close(
+            steered[row, inside] - plain[row, inside], added[row].expand(int(inside.sum()), -1)
+        )
 
 
 def test_one_shared_vector_steers_every_row(qwen):
@@ -191,8 +193,6 @@ def test_a_wrong_number_of_rows_is_refused(qwen):
 
 
 def test_deltas_follow_the_hidden_states_dtype(qwen):
-    import copy
-
     model = copy.deepcopy(qwen.model).to(torch.bfloat16)
     ids, mask = batch_of(qwen)
     plain = logits(model, ids, mask)
@@ -376,9 +376,15 @@ def test_cosine_with_concept_is_measured_on_the_span_mean(loaded):
     with torch.no_grad():
         hidden = loaded.model(**ids, output_hidden_states=True).hidden_states[layer + 1][0]
     torch.testing.assert_close(activation, hidden[positions].mean(dim=0), rtol=0, atol=1e-5)
-    assert cosine_with_concept(loaded, messages, sentence, activation * 2, layer, sentence) == pytest.approx(1.0)
-    assert cosine_with_concept(loaded, messages, sentence, -activation, layer, sentence) == pytest.approx(-1.0)
-    cosines = cosines_with_concepts(loaded, messages, sentence, {"a": activation, "b": -activation}, layer, sentence)
+    assert cosine_with_concept(loaded, messages, sentence, activation * 2, layer, sentence) == pytest.approx(
+        1.0
+    )
+    assert cosine_with_concept(loaded, messages, sentence, -activation, layer, sentence) == pytest.approx(
+        -1.0
+    )
+    cosines = cosines_with_concepts(
+        loaded, messages, sentence, {"a": activation, "b": -activation}, layer, sentence
+    )
     assert cosines == pytest.approx({"a": 1.0, "b": -1.0})
 
 

@@ -1,0 +1,477 @@
+"""The canonical layout of `.intro` files, for `intro fmt`: parse to the syntax tree and print it back.
+
+Layout comes from the tree alone (2-space indents, one field per line in declaration bodies, short
+expressions on one line, long ones broken one element per line, one blank line between top-level
+declarations), so any two layouts of the same spec format the same. The tree holds no comments: the
+lexer hands them over (a `lexer_callbacks` hook on a Lark built from the same grammar) and the printer
+puts each back by source line: a comment on its own line goes before the next thing printed after it,
+at that thing's indent; a comment after code stays at the end of the printed line that holds that code.
+Blank lines the author put between statements, fields and comments are kept (at most one).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from importlib import resources
+
+from attrs import evolve, frozen
+from lark import Lark, Token, Tree
+
+from . import ast
+from .parser import parse
+
+WIDTH = 100
+INDENT = "  "
+
+# How a printed line may be separated from what comes before it.
+NO_GAP = "none"  # never a blank line (inside expressions)
+KEEP_GAP = "keep"  # a blank line where the source had one (statements, fields, comments)
+BLANK_GAP = "always"  # always a blank line (between top-level declarations)
+
+_OPENERS = ("{", "[", "(")
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+_UNARY, _POSTFIX, _ATTRIBUTE = 3, 4, 5
+
+
+@frozen
+class Comment:
+    line: int
+    text: str
+
+
+@frozen
+class _Line:
+    """One printed line (a long string may make it several physical lines) and the source lines it covers."""
+
+    indent: int
+    text: str
+    first: int  # comments above this source line are printed before it
+    last: int  # comments on or above this source line that are still unprinted end it
+    gap: str = NO_GAP
+    closing: bool = False  # a closing bracket: comments before it belong to the block it closes
+
+
+Block = list[_Line]
+
+
+def format_source(source: str, path: str) -> str:
+    """The canonical form of `source`. Raises CompileError (positioned) when it does not parse."""
+    module = parse(source, path)
+    comments, study_ends = _layout(source)
+    printer = _Printer(source, comments, study_ends)
+    return printer.module(module)
+
+
+# ---------------------------------------------------------------- comments, from the lexer
+_FOUND: ContextVar[list[Token]] = ContextVar("intro_format_comments")
+
+
+def _keep_comment(token: Token) -> Token:
+    _FOUND.get().append(token)
+    return token
+
+
+@functools.cache
+def _lark() -> Lark:
+    grammar = resources.files("intro.compiler").joinpath("grammar/intro.lark").read_text()
+    return Lark(
+        grammar,
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        lexer_callbacks={"COMMENT": _keep_comment},
+    )
+
+
+def _layout(source: str) -> tuple[list[Comment], list[int]]:
+    """The comments of `source` in order, and the line of each study's closing brace (the AST keeps neither)."""
+    found: list[Token] = []
+    token = _FOUND.set(found)
+    try:
+        tree = _lark().parse(source)
+    finally:
+        _FOUND.reset(token)
+    comments = [Comment(t.line or 1, str(t).rstrip()) for t in found]
+    ends = [c.meta.end_line for c in tree.children if isinstance(c, Tree) and c.data == "study"]
+    return comments, ends
+
+
+def comments_of(source: str) -> list[Comment]:
+    """Every comment in a source that parses (for tests and tools)."""
+    return _layout(source)[0]
+
+
+# ---------------------------------------------------------------- flat text of expressions
+def flat(node: ast.Expr) -> str:
+    """An expression on one line (a long string may still hold newlines)."""
+    match node:
+        case ast.Name():
+            return node.id
+        case ast.Str():
+            return _long_string(node.value) if node.long else _string(node.value)
+        case ast.Num():
+            return node.text or repr(node.value)
+        case ast.Bool():
+            return "true" if node.value else "false"
+        case ast.ListExpr():
+            return "[" + ", ".join(flat(item) for item in node.items) + "]"
+        case ast.Record():
+            if not node.fields:
+                return "{}"
+            return "{ " + ", ".join(f"{f.name}: {flat(f.value)}" for f in node.fields) + " }"
+        case ast.Call():
+            return _flat_operand(node.func, _POSTFIX) + "(" + ", ".join(_flat_args(node)) + ")"
+        case ast.Attr():
+            return _flat_operand(node.value, _ATTRIBUTE) + "." + node.name
+        case ast.Unary():
+            return node.op + _flat_operand(node.operand, _UNARY)
+        case ast.Binary():
+            context = _PRECEDENCE[node.op]
+            left, right = _flat_operand(node.left, context), _flat_operand(node.right, context, right=True)
+            return f"{left} {node.op} {right}"
+    raise TypeError(f"not an expression: {node!r}")
+
+
+def _flat_args(node: ast.Call) -> Iterator[str]:
+    yield from (flat(arg) for arg in node.args)
+    yield from (f"{named.name}: {flat(named.value)}" for named in node.kwargs)
+
+
+def _flat_operand(node: ast.Expr, context: int, right: bool = False) -> str:
+    text = flat(node)
+    return f"({text})" if _needs_parens(node, context, right) else text
+
+
+def _needs_parens(node: ast.Expr, context: int, right: bool = False) -> bool:
+    """Whether `node` needs parentheses as an operand of something of precedence `context`.
+
+    Operators associate to the left, so `a - (b - c)` keeps its parentheses and `(a - b) - c` loses
+    them. Before an attribute's dot a number keeps them too: `1.x` would lex as the number `1.` and `x`.
+    """
+    if context == _ATTRIBUTE:
+        return isinstance(node, ast.Num) or _needs_parens(node, _POSTFIX)
+    precedence = _precedence(node)
+    return precedence < context or (right and precedence == context)
+
+
+def _precedence(node: ast.Expr) -> int:
+    if isinstance(node, ast.Binary):
+        return _PRECEDENCE[node.op]
+    return _UNARY if isinstance(node, ast.Unary) else _POSTFIX
+
+
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _string(value: str) -> str:
+    return '"' + "".join(_SHORT_ESCAPES.get(char, char) for char in value) + '"'
+
+
+def _long_string(value: str) -> str:
+    """Triple-quoted: newlines and quotes as they are, except what the lexer would misread.
+
+    The lexer ends a long string at the first `\"\"\"`, escapes or not, so every third quote in a row is
+    escaped; a carriage return is escaped because reading a file turns it into a newline.
+    """
+    out, quotes = [], 0
+    for char in value:
+        if char == '"':
+            quotes += 1
+            if quotes == 3:
+                out.append('\\"')  # the backslash ends the run; this quote starts the next one
+                quotes = 1
+                continue
+        else:
+            quotes = 0
+        out.append({"\\": "\\\\", "\r": "\\r"}.get(char, char))
+    return '"""' + "".join(out) + '"""'
+
+
+# ---------------------------------------------------------------- source positions
+def _start_line(node: ast.Expr) -> int:
+    """The line of an expression's first token (an attribute's span is only the name after the dot)."""
+    while isinstance(node, ast.Attr):
+        node = node.value
+    return node.span.line
+
+
+def _end_column(block: Block) -> int:
+    line = block[-1]
+    if "\n" in line.text:
+        return len(line.text.rsplit("\n", 1)[1])
+    return len(INDENT) * line.indent + len(line.text)
+
+
+# ---------------------------------------------------------------- combining blocks
+def _prefix(text: str, block: Block) -> Block:
+    return [evolve(block[0], text=text + block[0].text), *block[1:]]
+
+
+def _suffix(block: Block, text: str, last: int = 0) -> Block:
+    end = block[-1]
+    return [*block[:-1], evolve(end, text=end.text + text, last=max(end.last, last))]
+
+
+def _join(head: Block, tail: Block) -> Block:
+    """`tail` goes on at the end of `head`'s last line."""
+    end, start = head[-1], tail[0]
+    merged = evolve(end, text=end.text + start.text, last=max(end.last, start.last))
+    return [*head[:-1], merged, *tail[1:]]
+
+
+def _wrap(opener: str, block: Block, closer: str) -> Block:
+    return _suffix(_prefix(opener, block), closer)
+
+
+def _with_gap(block: Block, gap: str) -> Block:
+    return [evolve(block[0], gap=gap), *block[1:]]
+
+
+# ---------------------------------------------------------------- the printer
+class _Printer:
+    def __init__(self, source: str, comments: Sequence[Comment], study_ends: Sequence[int]):
+        self.comments = list(comments)
+        self.comment_lines = [c.line for c in comments]
+        self.blank_lines = {n for n, text in enumerate(source.split("\n"), 1) if not text.strip()}
+        self.study_ends = iter(study_ends)
+        self.out: list[str] = []
+        self.next_comment = 0
+        self.last_line = 0  # the last source line printed so far
+        self.after_opener = True  # no blank line at the start of the file or of a block
+
+    # ------------------------------------------------------------ output
+    def module(self, module: ast.Module) -> str:
+        previous: tuple[ast.Item, Block] | None = None
+        for item in module.items:
+            block = self.item(item)
+            gap = BLANK_GAP if previous is None or not _same_short_kind(previous, (item, block)) else KEEP_GAP
+            self.emit(_with_gap(block, gap))
+            previous = (item, block)
+        self.flush_comments(before=None, indent=0, gap=KEEP_GAP)
+        return "\n".join(self.out) + "\n" if self.out else ""
+
+    def emit(self, block: Block) -> None:
+        for line, after in zip(block, [*block[1:], None], strict=True):
+            # A comment ends the last printed line holding code from its source line: `[1,  # one`
+            # prints as `[` then `1,  # one`.
+            self.emit_line(line, line.last if after is None else min(line.last, max(after.first - 1, 0)))
+
+    def emit_line(self, line: _Line, until: int) -> None:
+        indent = line.indent + (1 if line.closing else 0)
+        flushed = self.flush_comments(before=line.first, indent=indent, gap=line.gap)
+        if not line.closing and (line.gap == BLANK_GAP and not flushed or self.source_gap(line.gap, line.first)):
+            self.blank()
+        text = INDENT * line.indent + line.text
+        trailing = self.take_comments(until=until)
+        if trailing:
+            text += "  " + "  ".join(c.text for c in trailing)
+        self.out.append(text)
+        self.after_opener = line.text.endswith(_OPENERS)
+        self.last_line = max(self.last_line, line.last, *(c.line for c in trailing))
+
+    def flush_comments(self, before: int | None, indent: int, gap: str) -> int:
+        """Print the comments above source line `before` (all that are left when None) on their own lines."""
+        pending = self.take_comments(until=None if before is None else before - 1)
+        for index, comment in enumerate(pending):
+            if (index == 0 and gap == BLANK_GAP) or self.source_gap(gap, comment.line):
+                self.blank()
+            self.out.append(INDENT * indent + comment.text)
+            self.after_opener = False
+            self.last_line = max(self.last_line, comment.line)
+        return len(pending)
+
+    def take_comments(self, until: int | None) -> list[Comment]:
+        end = len(self.comments) if until is None else bisect.bisect_right(self.comment_lines, until)
+        taken = self.comments[self.next_comment : end]
+        self.next_comment = max(self.next_comment, end)
+        return taken
+
+    def source_gap(self, gap: str, line: int) -> bool:
+        """Whether the source had a blank line between what was printed last and `line` (and it counts)."""
+        if gap == NO_GAP:
+            return False
+        return any(n in self.blank_lines for n in range(self.last_line + 1, line))
+
+    def blank(self) -> None:
+        if self.out and self.out[-1] != "" and not self.after_opener:
+            self.out.append("")
+
+    def comment_inside(self, first: int, last: int) -> bool:
+        """Whether a comment sits on lines first..last-1: inside a construct that closes on line `last`."""
+        index = bisect.bisect_left(self.comment_lines, first)
+        return index < len(self.comment_lines) and self.comment_lines[index] < last
+
+    # ------------------------------------------------------------ top-level items
+    def item(self, item: ast.Item) -> Block:
+        match item:
+            case ast.Use():
+                return [_Line(0, _use_text(item), item.span.line, item.span.end_line)]
+            case ast.ModelDecl():
+                return self.model(item)
+            case ast.Decl():
+                head = _Line(0, f"{item.kind} {item.name} ", item.span.line, item.body.span.line)
+                return _join([head], self.body(item.body, 0))
+            case ast.Let():
+                return self.binding_statement("let", item.name, item.value, item.span.line, 0)
+            case ast.Study():
+                end = next(self.study_ends)
+                head = _Line(0, f"study {item.name} ", item.span.line, item.span.end_line)
+                return _join([head], self.statements(item.body, 0, item.span.line, end))
+        raise TypeError(f"not a top-level item: {item!r}")
+
+    def model(self, decl: ast.ModelDecl) -> Block:
+        text = f"model {decl.name} = {decl.backend.id} {_string(decl.locator.value)}"
+        head = [_Line(0, text, decl.span.line, decl.locator.span.end_line)]
+        if decl.options is None:
+            return head
+        return _join(_suffix(head, " "), self.body(decl.options, 0))
+
+    def body(self, record: ast.Record, indent: int) -> Block:
+        """A declaration's body: one field per line."""
+        first, last = record.span.line, record.span.end_line
+        if not record.fields and not self.comment_inside(first, last):
+            return [_Line(indent, "{}", first, last)]
+        fields = [self.field(f, indent + 1, KEEP_GAP) for f in record.fields]
+        return self.bracketed("{", fields, "}", indent, first, last, KEEP_GAP)
+
+    def field(self, field: ast.Field, indent: int, gap: str) -> Block:
+        head = f"{field.name}: "
+        value = self.expr(field.value, indent, len(INDENT) * indent + len(head))
+        return _with_gap(_prefix(head, _retag(value, field.span.line)), gap)
+
+    # ------------------------------------------------------------ statements
+    def statements(self, body: Sequence[ast.Statement], indent: int, first: int, last: int) -> Block:
+        if not body and not self.comment_inside(first, last):
+            return [_Line(indent, "{}", first, last)]
+        blocks = [_with_gap(self.statement(s, indent + 1), KEEP_GAP) for s in body]
+        return self.bracketed("{", blocks, "}", indent, first, last, KEEP_GAP)
+
+    def statement(self, stmt: ast.Statement, indent: int) -> Block:
+        match stmt:
+            case ast.Let():
+                return self.binding_statement("let", stmt.name, stmt.value, stmt.span.line, indent)
+            case ast.Measure():
+                return self.binding_statement("measure", stmt.name, stmt.value, stmt.span.line, indent)
+            case ast.For():
+                return self.loop(stmt, indent)
+        raise TypeError(f"not a statement: {stmt!r}")
+
+    def binding_statement(self, keyword: str, name: str, value: ast.Expr, line: int, indent: int) -> Block:
+        head = f"{keyword} {name} = "
+        block = self.expr(value, indent, len(INDENT) * indent + len(head))
+        return _prefix(head, _retag(block, line))
+
+    def loop(self, stmt: ast.For, indent: int) -> Block:
+        block = [_Line(indent, "for ", stmt.span.line, stmt.span.line)]
+        for index, binding in enumerate(stmt.bindings):
+            targets = binding.targets[0] if len(binding.targets) == 1 else "(" + ", ".join(binding.targets) + ")"
+            block = _suffix(block, ("" if index == 0 else ", ") + f"{targets} in ")
+            block = _join(block, self.expr(binding.iterable, indent, _end_column(block), reserve=2))
+        body_start = block[-1].last
+        return _join(_suffix(block, " "), self.statements(stmt.body, indent, body_start, stmt.span.end_line))
+
+    # ------------------------------------------------------------ expressions
+    def expr(self, node: ast.Expr, indent: int, column: int, reserve: int = 0) -> Block:
+        """`node` starting at `column` of a line indented `indent` levels, leaving `reserve` columns after it."""
+        text = flat(node)
+        first, last = _start_line(node), node.span.end_line
+        fits = "\n" not in text and column + len(text) + reserve <= WIDTH
+        if fits and not self.comment_inside(first, last):
+            return [_Line(indent, text, first, last)]
+        match node:
+            case ast.ListExpr():
+                return self.sequence("[", [(None, item) for item in node.items], "]", indent, first, last)
+            case ast.Record():
+                fields = [self.field(f, indent + 1, NO_GAP) for f in node.fields]
+                return self.bracketed("{", fields, "}", indent, first, last, NO_GAP)
+            case ast.Call():
+                return self.call(node, indent, column)
+            case ast.Attr():
+                return _suffix(self.operand(node.value, _ATTRIBUTE, indent, column), "." + node.name, last)
+            case ast.Unary():
+                return _prefix(node.op, self.operand(node.operand, _UNARY, indent, column + 1, reserve))
+            case ast.Binary():
+                context = _PRECEDENCE[node.op]
+                left = _suffix(self.operand(node.left, context, indent, column), f" {node.op} ")
+                right = self.operand(node.right, context, indent, _end_column(left), reserve, right=True)
+                return _join(left, right)
+        return [_Line(indent, text, first, last)]
+
+    def operand(
+        self, node: ast.Expr, context: int, indent: int, column: int, reserve: int = 0, right: bool = False
+    ) -> Block:
+        if _needs_parens(node, context, right):
+            return _wrap("(", self.expr(node, indent, column + 1, reserve + 1), ")")
+        return self.expr(node, indent, column, reserve)
+
+    def call(self, node: ast.Call, indent: int, column: int) -> Block:
+        func = self.operand(node.func, _POSTFIX, indent, column)
+        args = [(None, arg) for arg in node.args] + [(named.name, named.value) for named in node.kwargs]
+        if not args:
+            return _suffix(func, "()", node.span.end_line)
+        first, last = _start_line(node), node.span.end_line
+        return _join(func, self.sequence("(", args, ")", indent, func[-1].last, last, comments_from=first))
+
+    def sequence(
+        self,
+        opener: str,
+        items: list[tuple[str | None, ast.Expr]],
+        closer: str,
+        indent: int,
+        first: int,
+        last: int,
+        comments_from: int | None = None,
+    ) -> Block:
+        """Items of a list or call that do not fit on one line: all on one indented line, else one per line."""
+        if not items:
+            return [_Line(indent, opener + closer, first, last)]
+        texts = [(f"{name}: " if name else "") + flat(value) for name, value in items]
+        hugged = ", ".join(texts)
+        inner = len(INDENT) * (indent + 1)
+        if (
+            "\n" not in hugged
+            and inner + len(hugged) <= WIDTH
+            and not self.comment_inside(comments_from or first, last)
+        ):
+            middle = [_Line(indent + 1, hugged, _start_line(items[0][1]), items[-1][1].span.end_line)]
+            return self.bracketed(opener, [middle], closer, indent, first, last, NO_GAP)
+        lines = []
+        for name, value in items:
+            head = f"{name}: " if name else ""
+            block = self.expr(value, indent + 1, inner + len(head), reserve=1)
+            lines.append(_suffix(_prefix(head, block), ","))
+        return self.bracketed(opener, lines, closer, indent, first, last, NO_GAP)
+
+    def bracketed(
+        self, opener: str, parts: list[Block], closer: str, indent: int, first: int, last: int, gap: str
+    ) -> Block:
+        block = [_Line(indent, opener, first, first)]
+        for part in parts:
+            block.extend(part)
+        block.append(_Line(indent, closer, last, last, gap=gap, closing=True))
+        return block
+
+
+def _retag(block: Block, line: int) -> Block:
+    """A statement's first printed line starts at its keyword's line, which may be above its value's."""
+    return [evolve(block[0], first=min(block[0].first, line)), *block[1:]]
+
+
+def _use_text(use: ast.Use) -> str:
+    text = "use " + ".".join(use.module)
+    if use.names is not None:
+        text += ": " + ", ".join(n.id for n in use.names)
+    if use.alias is not None:
+        text += " as " + use.alias
+    return text
+
+
+def _same_short_kind(previous: tuple[ast.Item, Block], current: tuple[ast.Item, Block]) -> bool:
+    """Consecutive one-line `use`, `model` or `let` items may stay together, as their author grouped them."""
+    (before, before_block), (item, block) = previous, current
+    if len(before_block) != 1 or len(block) != 1 or "\n" in before_block[0].text + block[0].text:
+        return False
+    return type(before) is type(item) and isinstance(item, ast.Use | ast.ModelDecl | ast.Let)

@@ -1,0 +1,377 @@
+"""Result cubes for Looking Inward's finetuning studies, and the self-vs-cross test on prediction cubes.
+
+Each is an xarray Dataset written as a group of `cube.zarr` (see `cube.py` for the shared conventions:
+the measure's loop axes first, NaN where a point has not run, provenance in attrs). Per measure kind:
+
+calibration (`xr.open_zarr(store, group=name)`):
+- per (axes, task, property): `mad` (MAD x 100), `items` (items with an object-level behaviour), `pairs`;
+  per bin as well (dim `bin`, 10 equal-frequency bins): `object_mean`, `hypothetical_mean`, `bin_count`;
+- the same pooled over tasks, per (axes, property): `pooled_mad`, `pooled_items`, `pooled_pairs`,
+  `pooled_object_mean`, `pooled_hypothetical_mean`, `pooled_bin_count`.
+
+behaviour_change:
+- per item: `before_response`, `after_response`, `old_target`, `new_target`, `hypothetical_response`,
+  `prediction` (strings), `changed` (1/0; NaN where either behaviour lacks the property), `matches_old`,
+  `matches_new` (1/0 on changed items, NaN elsewhere);
+- per (axes, task, property) and pooled per (axes, property) with a `pooled_` prefix: `compared`, `changed_items`,
+  `change_rate`, `accuracy_old`, `old_ci_low`, `old_ci_high`, `accuracy_new`, `new_ci_low`, `new_ci_high`,
+  `p_new_vs_old`.
+
+training (group `training`): `loss` per (model, step) for every finetuned model of the plan, with `label`,
+`examples`, `target_tokens` and `seconds` per model.
+
+Prediction cubes with `subject` and `predictor` axes gain the self-vs-cross z-test (`with_self_vs_cross`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from intro.compiler.plan import Measure, Plan
+
+from . import metrics
+from .behaviour_change import ChangeAggregate, ChangeRow
+from .calibration import BINS, POOLED, CalibrationCell
+from .cube import provenance
+
+TRAINING_GROUP = "training"
+
+
+class _Frame:
+    """What every Looking Inward cube shares: the measure's axes, its tasks, properties and items per task."""
+
+    def __init__(self, plan: Plan, measure: Measure):
+        self.plan = plan
+        self.measure = measure
+        self.axes = [name for name, _ in measure.axes]
+        self.axis_values = [list(values) for _, values in measure.axes]
+        rows = [row for _, step_id in measure.points for row in plan.step(step_id).params["rows"]]
+        self.tasks = list(dict.fromkeys(r[0] for r in rows))
+        self.properties = list(dict.fromkeys(r[2] for r in rows))
+        self.items: dict[str, list[str]] = {t: [] for t in self.tasks}
+        for r in rows:
+            if r[1] not in self.items[r[0]]:
+                self.items[r[0]].append(r[1])
+        self.size = max((len(v) for v in self.items.values()), default=0)
+        self.shape = tuple(len(v) for v in self.axis_values)
+
+    def at(self, coords: Sequence[Any]) -> tuple[int, ...]:
+        return tuple(values.index(c) for values, c in zip(self.axis_values, coords, strict=True))
+
+    def cell(self, coords: Sequence[Any], task: str | None, prop: str) -> tuple[int, ...]:
+        """Index of a (task, property) cell, or of a pooled (property) cell when `task` is None."""
+        task_index = () if task is POOLED else (self.tasks.index(task),)
+        return (*self.at(coords), *task_index, self.properties.index(prop))
+
+    def item(self, coords: Sequence[Any], task: str, prop: str, item: str) -> tuple[int, ...]:
+        return (*self.cell(coords, task, prop), self.items[task].index(item))
+
+    def dims(self, *inner: str) -> tuple[str, ...]:
+        return (*self.axes, *inner)
+
+    def sizes(self, *inner: str) -> tuple[int, ...]:
+        lengths = {"task": len(self.tasks), "property": len(self.properties), "item": self.size, "bin": BINS}
+        return (*self.shape, *(lengths[d] for d in inner))
+
+    def coords(self) -> dict[str, Any]:
+        coords: dict[str, Any] = {n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)}
+        coords.update(task=self.tasks, property=self.properties, item=np.arange(self.size), bin=np.arange(BINS))
+        return coords
+
+    def item_ids(self) -> np.ndarray:
+        padded = [[*self.items[t], *[""] * (self.size - len(self.items[t]))] for t in self.tasks]
+        return np.array(padded, dtype=object).reshape(len(self.tasks), self.size).astype(str)
+
+    def dataset(self, data: Mapping[str, Any]) -> xr.Dataset:
+        used = {d for dims, _ in data.values() for d in dims}
+        coords = {name: values for name, values in self.coords().items() if name in used}
+        return xr.Dataset(dict(data), coords=coords, attrs=provenance(self.plan, self.measure))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration
+
+CALIBRATION_CELLS = ("mad", "items", "pairs")
+CALIBRATION_BINS = ("object_mean", "hypothetical_mean", "bin_count")
+
+
+class CalibrationCube:
+    """The cube of one calibration measure, filled point by point."""
+
+    def __init__(self, plan: Plan, measure: Measure):
+        self.frame = f = _Frame(plan, measure)
+        self.cells = {n: np.full(f.sizes("task", "property"), np.nan) for n in CALIBRATION_CELLS}
+        self.bins = {n: np.full(f.sizes("task", "property", "bin"), np.nan) for n in CALIBRATION_BINS}
+        self.pooled = {n: np.full(f.sizes("property"), np.nan) for n in CALIBRATION_CELLS}
+        self.pooled_bins = {n: np.full(f.sizes("property", "bin"), np.nan) for n in CALIBRATION_BINS}
+
+    def fill(self, coords: Sequence[Any], cells: Mapping[tuple[str | None, str], CalibrationCell]) -> None:
+        for (task, prop), cell in cells.items():
+            where = self.frame.cell(coords, task, prop)
+            scalars, binned = (self.pooled, self.pooled_bins) if task is POOLED else (self.cells, self.bins)
+            scalars["mad"][where] = cell.curve.mad
+            scalars["items"][where] = cell.items
+            scalars["pairs"][where] = cell.pairs
+            filled = len(cell.curve.counts)
+            binned["object_mean"][where][:filled] = cell.curve.object_mean
+            binned["hypothetical_mean"][where][:filled] = cell.curve.hypothetical_mean
+            binned["bin_count"][where][:filled] = cell.curve.counts
+
+    def dataset(self) -> xr.Dataset:
+        f = self.frame
+        data: dict[str, Any] = {n: (f.dims("task", "property"), v) for n, v in self.cells.items()}
+        data.update({n: (f.dims("task", "property", "bin"), v) for n, v in self.bins.items()})
+        data.update({f"pooled_{n}": (f.dims("property"), v) for n, v in self.pooled.items()})
+        data.update({f"pooled_{n}": (f.dims("property", "bin"), v) for n, v in self.pooled_bins.items()})
+        return f.dataset(data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Behaviour change
+
+CHANGE_STRINGS = ("before_response", "after_response", "old_target", "new_target", "hypothetical_response", "prediction")
+CHANGE_FLAGS = ("changed", "matches_old", "matches_new")
+CHANGE_CELLS = {  # cube variable -> ChangeAggregate field
+    "compared": "compared",
+    "changed_items": "changed",
+    "change_rate": "change_rate",
+    "accuracy_old": "accuracy_old",
+    "old_ci_low": "old_ci_low",
+    "old_ci_high": "old_ci_high",
+    "accuracy_new": "accuracy_new",
+    "new_ci_low": "new_ci_low",
+    "new_ci_high": "new_ci_high",
+    "p_new_vs_old": "p_new_vs_old",
+}
+
+
+class BehaviourChangeCube:
+    """The cube of one behaviour_change measure, filled point by point."""
+
+    def __init__(self, plan: Plan, measure: Measure):
+        self.frame = f = _Frame(plan, measure)
+        self.strings = {n: np.full(f.sizes("task", "property", "item"), "", dtype=object) for n in CHANGE_STRINGS}
+        self.flags = {n: np.full(f.sizes("task", "property", "item"), np.nan) for n in CHANGE_FLAGS}
+        self.cells = {n: np.full(f.sizes("task", "property"), np.nan) for n in CHANGE_CELLS}
+        self.pooled = {n: np.full(f.sizes("property"), np.nan) for n in CHANGE_CELLS}
+
+    def fill(
+        self,
+        coords: Sequence[Any],
+        rows: Sequence[ChangeRow],
+        cells: Mapping[tuple[str | None, str], ChangeAggregate],
+    ) -> None:
+        for row in rows:
+            self._fill_row(self.frame.item(coords, row.task, row.property, row.item), row)
+        for (task, prop), aggregate in cells.items():
+            target = self.pooled if task is POOLED else self.cells
+            where = self.frame.cell(coords, task, prop)
+            for name, attribute in CHANGE_CELLS.items():
+                target[name][where] = getattr(aggregate, attribute)
+
+    def _fill_row(self, where: tuple[int, ...], row: ChangeRow) -> None:
+        texts = (row.before_response, row.after_response, row.old, row.new, row.hypothetical_response, row.predicted)
+        for name, text in zip(CHANGE_STRINGS, texts, strict=True):
+            self.strings[name][where] = text or ""
+        self.flags["changed"][where] = float(row.changed) if row.compared else np.nan
+        self.flags["matches_old"][where] = float(row.matches_old) if row.changed else np.nan
+        self.flags["matches_new"][where] = float(row.matches_new) if row.changed else np.nan
+
+    def dataset(self) -> xr.Dataset:
+        f = self.frame
+        data: dict[str, Any] = {n: (f.dims("task", "property", "item"), v.astype(str)) for n, v in self.strings.items()}
+        data.update({n: (f.dims("task", "property", "item"), v) for n, v in self.flags.items()})
+        data["item_id"] = (("task", "item"), f.item_ids())
+        data.update({n: (f.dims("task", "property"), v) for n, v in self.cells.items()})
+        data.update({f"pooled_{n}": (f.dims("property"), v) for n, v in self.pooled.items()})
+        return f.dataset(data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training losses
+
+
+def training_group(plan: Plan) -> str:
+    """Where the loss curves go: `training`, unless a measure already has that name."""
+    return TRAINING_GROUP if all(m.name != TRAINING_GROUP for m in plan.measures) else f"{TRAINING_GROUP}_losses"
+
+
+def training_dataset(plan: Plan, records: Mapping[str, Mapping[str, Any]]) -> xr.Dataset:
+    """Loss per optimizer step of each finetuned model; `records` maps model keys to their DONE info."""
+    keys = list(records)
+    steps = max((len(r["losses"]) for r in records.values()), default=0)
+    loss = np.full((len(keys), steps), np.nan)
+    for row, key in enumerate(keys):
+        losses = records[key]["losses"]
+        loss[row, : len(losses)] = losses
+    per_model = {
+        name: (("model",), np.array([float(records[k].get(name, np.nan)) for k in keys]))
+        for name in ("examples", "target_tokens", "seconds")
+    }
+    labels = [str(plan.models[k].params.get("label", k)) for k in keys]
+    attrs = provenance(plan, Measure(TRAINING_GROUP, "training", (), ()))
+    return xr.Dataset(
+        {"loss": (("model", "step"), loss), **per_model},
+        coords={"model": keys, "label": ("model", labels), "step": np.arange(steps)},
+        attrs=attrs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Self vs cross prediction
+
+
+def with_self_vs_cross(dataset: xr.Dataset) -> xr.Dataset:
+    """Add Looking Inward's test of self- vs cross-prediction to a prediction cube with subject/predictor axes.
+
+    For each subject, the predictor that is the subject itself (same coordinate) is compared with every other
+    predictor by the pooled two-proportion z-test on accuracy: z > 0 when self-prediction is better.
+    `z_vs_self` / `p_vs_self` pool the items of every task (dims: other axes, subject, predictor, property);
+    `z_vs_self_by_task` / `p_vs_self_by_task` keep the task dim; `pooled_accuracy` / `pooled_n` are the pooled
+    proportions tested. NaN on the self row itself, and where a subject is not among the predictors.
+    """
+    if not {"subject", "predictor"} <= set(dataset["correct"].dims):
+        return dataset
+    correct = dataset["correct"]
+    successes, counts = (correct == 1).sum("item"), correct.notnull().sum("item")
+    pooled_successes, pooled_counts = successes.sum("task"), counts.sum("task")
+    z_task, p_task = _self_vs_cross(successes, counts)
+    z, p = _self_vs_cross(pooled_successes, pooled_counts)
+    pooled_accuracy = (pooled_successes / pooled_counts.where(pooled_counts > 0)).astype(float)
+    return dataset.assign(
+        z_vs_self=z,
+        p_vs_self=p,
+        z_vs_self_by_task=z_task,
+        p_vs_self_by_task=p_task,
+        pooled_accuracy=pooled_accuracy,
+        pooled_n=pooled_counts.astype(float),
+    )
+
+
+def _self_vs_cross(successes: xr.DataArray, counts: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    predictors = [str(v) for v in successes["predictor"].values]
+    z = xr.full_like(successes, np.nan, dtype=float)
+    p = xr.full_like(successes, np.nan, dtype=float)
+    for subject in successes["subject"].values:
+        if str(subject) not in predictors:
+            continue
+        own = {"subject": subject, "predictor": subject}
+        cross_successes, self_successes = xr.broadcast(successes.sel(subject=subject), successes.sel(own))
+        cross_counts, self_counts = xr.broadcast(counts.sel(subject=subject), counts.sel(own))
+        z_values, p_values = metrics.two_proportion_ztest(
+            self_successes.values, self_counts.values, cross_successes.values, cross_counts.values
+        )
+        is_self = (cross_successes["predictor"] == subject).broadcast_like(cross_successes).values
+        z.loc[{"subject": subject}] = np.where(is_self, np.nan, z_values)
+        p.loc[{"subject": subject}] = np.where(is_self, np.nan, p_values)
+    return z, p
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `intro show` tables: (header, rows) pairs for run.py's table printer
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    return "nan" if value != value else f"{float(value):.{digits}f}"
+
+
+def _count(value: Any) -> str:
+    return "-" if value != value else str(int(value))
+
+
+def _axes_of(variable: xr.DataArray, *inner: str) -> list[str]:
+    return [d for d in variable.dims if d not in inner]
+
+
+def self_vs_cross_rows(dataset: xr.Dataset) -> Table:
+    """Per (other axes, subject, cross predictor, property): self vs cross accuracy pooled over tasks, z, p."""
+    axes = _axes_of(dataset["z_vs_self"], "subject", "predictor", "property")
+    header = [*axes, "subject", "predictor", "property", "self", "cross", "z", "p", "n self", "n cross"]
+    frame = dataset[["z_vs_self", "p_vs_self", "pooled_accuracy", "pooled_n"]].to_dataframe().reset_index()
+    rows = []
+    for _, row in frame.iterrows():
+        if row["z_vs_self"] != row["z_vs_self"]:
+            continue
+        own = frame
+        for name in (*axes, "property"):
+            own = own[own[name] == row[name]]
+        own = own[(own["subject"] == row["subject"]) & (own["predictor"] == row["subject"])].iloc[0]
+        rows.append(
+            [*(str(row[a]) for a in axes), str(row["subject"]), str(row["predictor"]), str(row["property"]),
+             _number(own["pooled_accuracy"]), _number(row["pooled_accuracy"]), _number(row["z_vs_self"]),
+             _number(row["p_vs_self"], 4), _count(own["pooled_n"]), _count(row["pooled_n"])]
+        )  # fmt: skip
+    return header, rows
+
+
+def calibration_rows(dataset: xr.Dataset) -> Table:
+    """Per (axes, property): MAD x 100 pooled over tasks, then per task."""
+    axes = _axes_of(dataset["pooled_mad"], "property")
+    header = [*axes, "task", "property", "MAD x100", "items", "pairs"]
+    pooled = dataset[["pooled_mad", "pooled_items", "pooled_pairs"]].to_dataframe().reset_index()
+    per_task = dataset[["mad", "items", "pairs"]].to_dataframe().reset_index()
+    rows = [
+        [*(str(r[a]) for a in axes), "all", str(r["property"]), _number(r["pooled_mad"], 1),
+         _count(r["pooled_items"]), _count(r["pooled_pairs"])]
+        for _, r in pooled.iterrows()
+        if r["pooled_items"] == r["pooled_items"]
+    ]  # fmt: skip
+    rows += [
+        [*(str(r[a]) for a in axes), str(r["task"]), str(r["property"]), _number(r["mad"], 1),
+         _count(r["items"]), _count(r["pairs"])]
+        for _, r in per_task.iterrows()
+        if r["items"] == r["items"]
+    ]  # fmt: skip
+    return header, rows
+
+
+def behaviour_change_rows(dataset: xr.Dataset) -> Table:
+    """Per (axes, property) pooled over tasks, then per task: accuracy against the old and the new behaviour."""
+    axes = _axes_of(dataset["pooled_compared"], "property")
+    header = [*axes, "task", "property", "changed", "vs old", "95% CI", "vs new", "95% CI", "p"]
+    rows = []
+    for prefix, task_of in (("pooled_", lambda r: "all"), ("", lambda r: str(r["task"]))):
+        names = [f"{prefix}{n}" for n in CHANGE_CELLS]
+        frame = dataset[names].to_dataframe().reset_index()
+        for _, r in frame.iterrows():
+            if r[f"{prefix}compared"] != r[f"{prefix}compared"]:
+                continue
+            rows.append(_change_row(r, prefix, axes, task_of(r)))
+    return header, rows
+
+
+def _change_row(r: Any, prefix: str, axes: list[str], task: str) -> list[str]:
+    def get(name: str) -> Any:
+        return r[f"{prefix}{name}"]
+
+    return [
+        *(str(r[a]) for a in axes),
+        task,
+        str(r["property"]),
+        f"{_count(get('changed_items'))}/{_count(get('compared'))}",
+        _number(get("accuracy_old")),
+        f"[{_number(get('old_ci_low'))}, {_number(get('old_ci_high'))}]",
+        _number(get("accuracy_new")),
+        f"[{_number(get('new_ci_low'))}, {_number(get('new_ci_high'))}]",
+        _number(get("p_new_vs_old"), 4),
+    ]
+
+
+def training_rows(dataset: xr.Dataset) -> Table:
+    header = ["model", "examples", "steps", "first loss", "last loss", "seconds"]
+    rows = []
+    for key in dataset["model"].values:
+        model = dataset.sel(model=key)
+        losses = model["loss"].values[~np.isnan(model["loss"].values)]
+        first, last = (losses[0], losses[-1]) if losses.size else (np.nan, np.nan)
+        rows.append(
+            [str(model["label"].values), _count(model["examples"].values), str(losses.size),
+             _number(first, 3), _number(last, 3), _number(model["seconds"].values, 1)]
+        )  # fmt: skip
+    return header, rows

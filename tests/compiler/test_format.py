@@ -1,0 +1,306 @@
+"""`intro fmt`: the canonical form keeps meaning and comments, and formatting it again changes nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from intro.compiler import CompileError
+from intro.compiler.format import comments_of, format_source
+from intro.compiler.parser import parse
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = sorted(ROOT.glob("specs/**/*.intro")) + sorted(ROOT.glob("stdlib/**/*.intro"))
+
+
+def assert_canonical(source: str, path: str = "spec.intro") -> str:
+    """Format `source` and check the three promises of `fmt`; return the formatted text."""
+    formatted = format_source(source, path)
+    assert parse(formatted, path) == parse(source, path), "formatting changed the meaning"
+    assert format_source(formatted, path) == formatted, "formatting is not idempotent"
+    assert _comment_text(formatted) == _comment_text(source), "a comment was lost or changed"
+    return formatted
+
+
+def _comment_text(source: str) -> str:
+    # Comments that land on one line are joined with two spaces, so compare them as one stream.
+    return "  ".join(c.text for c in comments_of(source))
+
+
+# ---------------------------------------------------------------- the project's own specs
+def test_there_are_specs_to_format() -> None:
+    names = {p.name for p in SOURCES}
+    assert "looking_inward_mini.intro" in names and "looking_inward.intro" in names
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_project_specs_format_canonically(path: Path) -> None:
+    assert_canonical(path.read_text(encoding="utf-8"), str(path))
+
+
+# ---------------------------------------------------------------- layout, exactly
+MESSY = """\
+# header
+
+use stdlib.looking_inward as li   # trailing on use
+model  a = embedded "gemma-3-270m" {   # opener comment
+  # before logprobs
+  logprobs: true  # trailing logprobs
+
+  # before finetune, after blank
+  finetune: false,
+  # dangling at end of body
+}
+sampling greedy { temperature: 0  max_tokens: 24 }
+task empty {}
+let xs = [1,  # one
+  2,
+  # before three
+  3]
+let y = 1 + 2 *(3 - 4) - (5 - 6)   # arithmetic
+let z = -(1 + 2) / -x.y
+let w = { a: 1, b: "q\\"uote\\n" }
+let lg = prediction(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, xx, yy, zz, aaa)
+study s {   # study trailing
+  # first statement comment
+  let q = 1
+
+
+  # after two blanks
+  for (a, b) in pairs([x, y]), c in [1] {
+    measure m = f(a,   # arg comment
+       b)
+  }
+  # end of study
+}
+# after study
+
+# eof
+"""
+
+CANONICAL = """\
+# header
+
+use stdlib.looking_inward as li  # trailing on use
+
+model a = embedded "gemma-3-270m" {  # opener comment
+  # before logprobs
+  logprobs: true  # trailing logprobs
+
+  # before finetune, after blank
+  finetune: false
+  # dangling at end of body
+}
+
+sampling greedy {
+  temperature: 0
+  max_tokens: 24
+}
+
+task empty {}
+
+let xs = [
+  1,  # one
+  2,
+  # before three
+  3,
+]
+
+let y = 1 + 2 * (3 - 4) - (5 - 6)  # arithmetic
+let z = -(1 + 2) / -x.y
+let w = { a: 1, b: "q\\"uote\\n" }
+
+let lg = prediction(
+  a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, xx, yy, zz, aaa
+)
+
+study s {  # study trailing
+  # first statement comment
+  let q = 1
+
+  # after two blanks
+  for (a, b) in pairs([x, y]), c in [1] {
+    measure m = f(
+      a,  # arg comment
+      b,
+    )
+  }
+  # end of study
+}
+# after study
+
+# eof
+"""
+
+
+def test_layout_and_comment_placement() -> None:
+    assert assert_canonical(MESSY) == CANONICAL
+
+
+def test_long_call_breaks_one_argument_per_line_when_one_indented_line_is_too_short() -> None:
+    args = ", ".join(f"argument_number_{i}" for i in range(8))
+    formatted = assert_canonical(f"let x = f({args})\n")
+    assert formatted == "let x = f(\n" + "".join(f"  argument_number_{i},\n" for i in range(8)) + ")\n"
+
+
+def test_short_record_stays_on_one_line_and_long_one_breaks() -> None:
+    assert assert_canonical("let r = {a: 1 b: 2}") == "let r = { a: 1, b: 2 }\n"
+    fields = " ".join(f"field_{i}: {i}" for i in range(12))
+    expected = "let r = {\n" + "".join(f"  field_{i}: {i}\n" for i in range(12)) + "}\n"
+    assert assert_canonical(f"let r = {{{fields}}}") == expected
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("(a + b) + c", "a + b + c"),
+        ("a + (b + c)", "a + (b + c)"),
+        ("a - (b - c)", "a - (b - c)"),
+        ("(a * b) + (c * d)", "a * b + c * d"),
+        ("(a + b) * (c - d)", "(a + b) * (c - d)"),
+        ("a / (b * c)", "a / (b * c)"),
+        ("-(-a)", "--a"),
+        ("-(a + b)", "-(a + b)"),
+        ("(-a).b", "(-a).b"),
+        ("(a + b).c(d)", "(a + b).c(d)"),
+        ("(1).x", "(1).x"),
+        ("((((1))))", "1"),
+        ("f()(g)", "f()(g)"),
+    ],
+)
+def test_parentheses_are_kept_exactly_where_needed(written: str, canonical: str) -> None:
+    assert assert_canonical(f"let v = {written}\n") == f"let v = {canonical}\n"
+
+
+@pytest.mark.parametrize("number", ["1e-4", "1_000", "0.5", "2.5E+3", "007", "3."[:-1]])
+def test_numbers_are_printed_as_written(number: str) -> None:
+    assert assert_canonical(f"let n = {number}\n") == f"let n = {number}\n"
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        (r'"tab\there"', r'"tab\there"'),
+        ('"raw\ttab"', r'"raw\ttab"'),
+        (r'"brace \{ kept"', '"brace { kept"'),
+        (r'"back\\slash and \"quotes\""', r'"back\\slash and \"quotes\""'),
+        ('"""two\nlines"""', '"""two\nlines"""'),
+        (r'"""escaped \"\"\" run"""', r'"""escaped ""\" run"""'),
+        (r'"""has \r return"""', r'"""has \r return"""'),
+        (r'"""back\\slash"""', r'"""back\\slash"""'),
+        ('"""say "hi" twice"""', '"""say "hi" twice"""'),
+    ],
+)
+def test_strings_keep_their_kind_and_value(written: str, canonical: str) -> None:
+    assert assert_canonical(f"let s = {written}\n") == f"let s = {canonical}\n"
+
+
+def test_long_strings_keep_their_lines_unindented() -> None:
+    source = 'task t {\n    data: "d.jsonl"\n    prompt: """first\n    second\n{{ x }}"""  # note\n}\n'
+    expected = 'task t {\n  data: "d.jsonl"\n  prompt: """first\n    second\n{{ x }}"""  # note\n}\n'
+    assert assert_canonical(source) == expected
+
+
+def test_windows_line_endings_become_newlines() -> None:
+    assert assert_canonical("let a = 1  # one\r\nlet b = 2\r\n") == "let a = 1  # one\nlet b = 2\n"
+
+
+def test_grouped_one_line_items_stay_grouped_and_others_are_separated() -> None:
+    source = 'use a\nuse b\nmodel x = embedded "m"\nmodel y = embedded "n"\nlet p = 1\n\nlet q = 2\nlet r = 3\n'
+    expected = 'use a\nuse b\n\nmodel x = embedded "m"\nmodel y = embedded "n"\n\nlet p = 1\n\nlet q = 2\nlet r = 3\n'
+    assert assert_canonical(source) == expected
+
+
+def test_empty_and_comment_only_files() -> None:
+    assert format_source("", "empty.intro") == ""
+    assert assert_canonical("\n\n# only a comment\n\n\n# and another   \n") == "# only a comment\n\n# and another\n"
+
+
+def test_unparseable_source_is_a_positioned_compile_error() -> None:
+    with pytest.raises(CompileError) as caught:
+        format_source("let x = [1, 2\n", "broken.intro")
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.code, diagnostic.span.path, diagnostic.span.line) == ("E002", "broken.intro", 2)
+
+
+# ---------------------------------------------------------------- generated variants of the real specs
+_TOKEN = re.compile(
+    r'"""[\s\S]*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*'
+    r"|[0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?|\s+|."
+)
+_SEPARATORS = [" ", "  ", "\n", "\n\n\n", "\t", " # note {i}\n", "\n# own line {i}\n", "\n  \n  # indented {i}\n"]
+
+
+def _tokens(source: str) -> list[str]:
+    return [t for t in _TOKEN.findall(source) if not t.isspace()]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), path=st.sampled_from(SOURCES))
+def test_any_layout_of_a_project_spec_formats_to_the_same_canonical_text(data: st.DataObject, path: Path) -> None:
+    original = path.read_text(encoding="utf-8")
+    tokens = _tokens(original)
+    choices = data.draw(st.lists(st.sampled_from(_SEPARATORS), min_size=len(tokens), max_size=len(tokens)))
+    pieces = []
+    for index, (token, separator) in enumerate(zip(tokens, choices, strict=True)):
+        # A comment runs to the end of its line, so whatever follows it starts on a new one.
+        pieces.append(token + ("\n" if token.startswith("#") else separator.format(i=index)))
+    variant = "".join(pieces)
+    formatted = assert_canonical(variant, str(path))
+    assert parse(formatted, str(path)) == parse(original, str(path))
+
+
+# ---------------------------------------------------------------- generated expressions
+def _short(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def _long(value: str) -> str:
+    return '"""' + value.replace("\\", "\\\\").replace('"', '\\"') + '"""'
+
+
+_NAMES = st.sampled_from(["a", "b", "task_x", "_y", "li", "Z9"])
+# Quotes (runs of them), backslashes and line breaks are what string printing gets wrong: they come often.
+_PIECES = st.one_of(
+    st.sampled_from(['"', '""', '"""', "\\", "\n", "\r", "\t", "{", "#"]),
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+)
+_TEXT = st.lists(_PIECES, max_size=8).map("".join)
+_ATOMS = st.one_of(
+    _NAMES,
+    st.integers(0, 10**15).map(str),
+    st.sampled_from(["1e-4", "1_000", "0.5", "2.5E+3", "true", "false"]),
+    _TEXT.map(_short),
+    _TEXT.filter(lambda v: not v.endswith('"')).map(_long),
+)
+
+
+def _call(parts: tuple[str, list[str], list[tuple[str, str]]]) -> str:
+    func, args, named = parts
+    return f"({func})(" + ", ".join([*args, *(f"{n}: {v}" for n, v in named)]) + ")"
+
+
+def _compound(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.lists(st.tuples(_NAMES, inner), max_size=3).map(lambda fs: "{" + " ".join(f"{n}: {v}" for n, v in fs) + "}"),
+        st.tuples(inner, st.lists(inner, max_size=3), st.lists(st.tuples(_NAMES, inner), max_size=2)).map(_call),
+        st.tuples(inner, _NAMES).map(lambda t: f"({t[0]}).{t[1]}"),
+        inner.map(lambda x: f"-({x})"),
+        st.tuples(inner, st.sampled_from("+-*/"), inner).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
+    )
+
+
+EXPRESSIONS = st.recursive(_ATOMS, _compound, max_leaves=14)
+
+
+@settings(max_examples=150, deadline=None)
+@given(expression=EXPRESSIONS, comment=st.booleans())
+def test_generated_expressions_keep_their_meaning(expression: str, comment: bool) -> None:
+    note = "  # about it" if comment else ""
+    assert_canonical(f"let value = {expression}{note}\nstudy s {{\n  measure m = {expression}\n}}\n")
