@@ -92,6 +92,11 @@ def aiohttp_call(url: str) -> Call:
         async with session[0].post(f"{url}/chat/completions", json=body) as response:
             return await response.json()
 
+    async def close() -> None:
+        if session:
+            await session[0].close()
+
+    call.close = close  # type: ignore[attr-defined]
     return call
 
 
@@ -125,7 +130,7 @@ async def measure(label: str, call: Call, server: ServerProcess, rounds: int, pr
 
 async def run_all(rounds: int, profile: bool) -> list[Measurement]:
     with echo_server_process(latency=LATENCY) as server:
-        return [
+        results = [
             await measure(
                 "LiteLLMBackend, openai/echo",
                 litellm_call(server.url, "openai/echo"),
@@ -142,8 +147,11 @@ async def run_all(rounds: int, profile: bool) -> list[Measurement]:
                 False,
             ),
             await measure("openai SDK alone", openai_call(server.url), server, rounds, False),
-            await measure("aiohttp alone", aiohttp_call(server.url), server, rounds, False),
         ]
+        bare = aiohttp_call(server.url)
+        results.append(await measure("aiohttp alone", bare, server, rounds, False))
+        await bare.close()  # type: ignore[attr-defined]
+        return results
 
 
 def main() -> int:

@@ -174,6 +174,18 @@ def test_greedy_text_does_not_depend_on_batch_size(loaded):
     assert [g.text for g in together] == [g.text for g in alone]
 
 
+def test_rows_that_finish_early_leave_the_others_unchanged(loaded):
+    lengths = (3, 12, 6, 9)
+    requests = [
+        ask(q, key=str(i), max_tokens=n, temperature=0.8 * (i % 2), seed=i)
+        for i, (q, n) in enumerate(zip(QUESTIONS, lengths, strict=True))
+    ]
+    together = generate(LocalBackend(loaded, batch_size=4), requests)
+    alone = generate(LocalBackend(loaded, batch_size=1), requests)
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.completion_tokens for g in together] == list(lengths)
+
+
 def test_sampled_request_is_the_same_alone_and_in_a_mixed_batch(loaded):
     target = ask(QUESTIONS[2], key="target", temperature=1.0, seed=7, max_tokens=16)
     alone = generate(LocalBackend(loaded), [target])[0]
