@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from intro.runtime.backends.local import LoadedModel, LocalBackend, load_local_model
 from intro.runtime.requests import GenerationRequest, Message
 
@@ -104,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs; the best time counts")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -112,8 +112,11 @@ def main() -> None:
     prompts = benchmark_prompts(args.prompts)
     run_backend(loaded, prompts[: args.batch_size][:2], args)  # warm-up: first-call allocations
     run_transformers(loaded, prompts[: args.batch_size][:2], args)
-    ours_s, ours_tokens = run_backend(loaded, prompts, args)
-    theirs_s, theirs_tokens = run_transformers(loaded, prompts, args)
+    ours, theirs = [], []
+    for _ in range(args.repeats):  # interleaved, so a burst of load on a shared machine hits both sides
+        ours.append(run_backend(loaded, prompts, args))
+        theirs.append(run_transformers(loaded, prompts, args))
+    (ours_s, ours_tokens), (theirs_s, theirs_tokens) = min(ours), min(theirs)
     report("LocalBackend.generate", len(prompts), ours_s, ours_tokens)
     report("transformers generate", len(prompts), theirs_s, theirs_tokens)
     print(f"throughput ratio (prompts/s, ours / transformers): {theirs_s / ours_s:.2f}  (target >= 0.9)")

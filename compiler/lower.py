@@ -173,7 +173,8 @@ class Lowering:
             "stop": list(sampling.stop),
             "seed": sampling.seed,
             "samples": sampling.samples,
-            "prompts": list(dict.fromkeys(prompts)),
+            # Sorted: the same set of prompts is the same step, whichever measurement asked for it.
+            "prompts": sorted(set(prompts)),
         }
         content = [self.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
         deps = [self.models[key].params["step"]] if self.models[key].kind == "finetuned" else []

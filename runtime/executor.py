@@ -59,6 +59,7 @@ class Executor:
         self._steps = {s.id: s for s in plan.steps}
         # In-process models share the CPU (or GPU): running two at once only makes both slower.
         self._compute = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future[None]] = {}
 
     async def run(self) -> Counters:
         done: set[str] = set()
@@ -91,11 +92,24 @@ class Executor:
         todo = self.missing(step)
         total = step.params["samples"] * len(step.params["prompts"])
         self.counters.cached += total - len(todo)
+        # Another step running now may already be asking for some of these: wait for its answer instead.
+        theirs = [self._inflight[key] for key, _, _ in todo if key in self._inflight]
+        mine = [r for r in todo if r[0] not in self._inflight]
+        loop = asyncio.get_running_loop()
+        for key, _, _ in mine:
+            self._inflight[key] = loop.create_future()
+        try:
+            await self._call(step, mine, total - len(todo), total)
+        except BaseException as error:
+            self._release(mine, error)
+            raise
+        await asyncio.gather(*theirs)
+
+    async def _call(self, step: Step, todo: list[tuple[str, str, int]], finished: int, total: int) -> None:
         if not todo:
             return
         backend = self.pool.backend(step.params["model"])
         steering = self._steering(step.params["model"])
-        finished = total - len(todo)
         for chunk in _chunks(todo, CHUNK):
             batch = [self._request(step, key, prompt, sample, steering) for key, prompt, sample in chunk]
             if self.pool.in_process(step.params["model"]):
@@ -108,9 +122,17 @@ class Executor:
                 self.counters.calls += 1
                 self.counters.prompt_tokens += result.prompt_tokens
                 self.counters.completion_tokens += result.completion_tokens
+                self._inflight.pop(result.key).set_result(None)
             finished += len(chunk)
             if self.on_progress:
                 self.on_progress(step, finished, total)
+
+    def _release(self, claimed: list[tuple[str, str, int]], error: BaseException) -> None:
+        for key, _, _ in claimed:
+            future = self._inflight.pop(key, None)
+            if future is not None and not future.done():
+                future.set_exception(RuntimeError(f"the call this step shares failed: {error}"))
+                future.exception()  # mark retrieved: the failing step reports the error itself
 
     def _request(self, step: Step, key: str, prompt_key: str, sample: int, steering: Steering | None) -> GenerationRequest:
         prompt = self.plan.prompts[prompt_key]

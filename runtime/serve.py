@@ -33,6 +33,7 @@ from intro.runtime.requests import (
     Generation,
     GenerationRequest,
     Message,
+    RetryableError,
     TokenLogprob,
 )
 
@@ -200,6 +201,10 @@ def error_body(message: str, kind: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
+# A queued request and the future its HTTP thread waits on.
+_Pending = tuple[GenerationRequest, concurrent.futures.Future[Generation]]
+
+
 class BatchingRunner:
     """Runs a backend on a private event loop and merges requests that arrive together into batches.
 
@@ -217,9 +222,7 @@ class BatchingRunner:
         self._thread = threading.Thread(target=self._loop.run_forever, name="intro-serve-loop", daemon=True)
         self._thread.start()
         # Created here, not on the loop, so `submit` works at once; a Queue binds to a loop on first wait.
-        self._queue: asyncio.Queue[tuple[GenerationRequest, concurrent.futures.Future[Generation]]] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._collector = asyncio.run_coroutine_threadsafe(self._start(batches_in_flight), self._loop)
 
     async def _start(self, batches_in_flight: int) -> None:
@@ -238,7 +241,7 @@ class BatchingRunner:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (request, future))
         return future
 
-    async def _next_batch(self) -> list[tuple[GenerationRequest, concurrent.futures.Future[Generation]]]:
+    async def _next_batch(self) -> list[_Pending]:
         batch = [await self._queue.get()]
         deadline = self._loop.time() + self.batch_window
         while len(batch) < self.max_batch:
@@ -254,14 +257,14 @@ class BatchingRunner:
                 batch.append(self._queue.get_nowait())
         return batch
 
-    async def _run(self, batch, slots: asyncio.Semaphore) -> None:
+    async def _run(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
         try:
             self.batch_sizes.append(len(batch))
             await self._answer(batch)
         finally:
             slots.release()
 
-    async def _answer(self, batch) -> None:
+    async def _answer(self, batch: list[_Pending]) -> None:
         requests = [request for request, _ in batch]
         try:
             generations = await self.backend.generate(requests)
@@ -389,6 +392,10 @@ class ChatHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.BAD_REQUEST, error_body(str(error), "invalid_request_error"))
         except concurrent.futures.TimeoutError:
             self._send_json(HTTPStatus.GATEWAY_TIMEOUT, error_body("the model took too long", "timeout"))
+        except RetryableError as error:
+            # The served backend is itself rate limited or flaky: pass the hint on so clients retry.
+            headers = {} if error.retry_after is None else {"Retry-After": f"{error.retry_after:g}"}
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, error_body(str(error), "server_error"), headers)
         except Exception as error:
             log.exception("generation failed")
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, error_body(str(error), "server_error"))
@@ -405,11 +412,15 @@ class ChatHandler(BaseHTTPRequestHandler):
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InvalidRequestError("the request body is not valid JSON") from None
 
-    def _send_json(self, status: HTTPStatus, body: Mapping[str, Any]) -> None:
+    def _send_json(
+        self, status: HTTPStatus, body: Mapping[str, Any], headers: Mapping[str, str] = {}
+    ) -> None:
         payload = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 

@@ -222,23 +222,36 @@ class LiteLLMBackend:
         raise failure
 
     def _api_key(self) -> str | None:
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise BackendError(
-                    f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.model}"
-                )
-            return key
+        if not self.api_key_env:
+            return self._provider_default_key()
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise BackendError(
+                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.model}"
+            )
+        return key
+
+    def _provider_default_key(self) -> str | None:
+        _, provider = self._provider  # a model litellm cannot place fails here, clearly
         missing = import_litellm().validate_environment(model=self.model).get("missing_keys") or []
         if not missing:
-            return None  # litellm finds the provider's own variable
+            return None  # litellm reads the provider's own variable
         if self.api_base:
             return PLACEHOLDER_KEY
-        raise BackendError(f"{self.model} needs the environment variable(s) {', '.join(missing)} to be set")
+        raise BackendError(
+            f"{self.model} (provider {provider}) needs the environment variable(s) {', '.join(missing)}; "
+            "set it, or name another variable with api_key_env"
+        )
 
     @functools.cached_property
     def _provider(self) -> tuple[str, str]:
-        model, provider, _, _ = import_litellm().get_llm_provider(self.model, api_base=self.api_base)
+        try:
+            model, provider, _, _ = import_litellm().get_llm_provider(self.model, api_base=self.api_base)
+        except Exception as error:
+            message = redact(str(error), environment_secrets())
+            raise BackendError(
+                f"litellm cannot tell which provider serves {self.model!r}: {message}"
+            ) from None
         return model, provider
 
     def _supported_params(self) -> frozenset[str]:
@@ -299,8 +312,10 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 def classify_error(error: Exception, where: str, secrets: Iterable[str]) -> BackendError:
     """Map an exception from litellm to RetryableError (worth another try) or BackendError (not)."""
+    if isinstance(error, RetryableError):
+        return RetryableError(redact(str(error), secrets), error.retry_after)
     if isinstance(error, BackendError):
-        return type(error)(redact(str(error), secrets))
+        return BackendError(redact(str(error), secrets))
     detail = redact(_provider_message(error), secrets)
     status = getattr(error, "status_code", None)
     if status in (401, 403):

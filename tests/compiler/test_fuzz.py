@@ -59,8 +59,10 @@ study fuzz {
   }
   for (a, b) in pairs([qwen, gemma]), layer in [0.5, 12], strength in [1, 2 * 2, -4 / 2] {
     let dog = concept(a, "dog", layer, take(["cat", "tree", "car"], 2))
-    let steered = inject(a, strength * dog - random_like(dog), layer, 1.0, start: "Trial")
+    let steered = inject(a, -(strength * dog) / 2, layer, 1.0, start: "Trial")
+    let control = inject(a, random_like(dog, seed: 1), layer, strength)
     measure steered_prediction = prediction(steered, b, paper.test, [first_character])
+    measure control_prediction = prediction(control, b, paper.test, [first_character])
   }
 }
 """
@@ -188,7 +190,7 @@ def _random_text(data: st.DataObject, tokens: list[str]) -> list[str]:
 
 
 def _huge_number(data: st.DataObject, tokens: list[str]) -> list[str]:
-    numbers = [i for i, t in enumerate(tokens) if t[0].isdigit()] or [_index(data, tokens)]
+    numbers = [i for i, t in enumerate(tokens) if t[:1].isdigit()] or [_index(data, tokens)]
     i = data.draw(st.sampled_from(numbers))
     return [*tokens[:i], data.draw(st.sampled_from(_HUGE_NUMBERS)), *tokens[i + 1 :]]
 
@@ -219,9 +221,7 @@ def mutate(data: st.DataObject) -> bytes:
     for mutation in data.draw(st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=4)):
         tokens = mutation(data, tokens)
     encoded = "".join(tokens).encode("utf-8")
-    if data.draw(st.booleans().filter(lambda _: True), label="splice random bytes") and data.draw(
-        st.integers(0, 9)
-    ) == 0:
+    if data.draw(st.integers(0, 9), label="one in ten: splice in bytes that may not be UTF-8") == 0:
         at = data.draw(st.integers(0, len(encoded)))
         encoded = encoded[:at] + data.draw(st.binary(min_size=1, max_size=8)) + encoded[at:]
     return encoded

@@ -397,3 +397,23 @@ def test_limiter_caps_in_flight_calls_across_event_loops():
     run(burst())  # a second loop: a semaphore bound to the first would raise here
     assert limiter.peak == 3
     assert limiter.in_flight == 0
+
+
+def test_a_model_litellm_cannot_place_or_without_its_key_fails_clearly(monkeypatch):
+    with pytest.raises(BackendError, match="cannot tell which provider serves 'no-provider-here'"):
+        run(LiteLLMBackend("no-provider-here").generate([GenerationRequest(key="a", messages=user("hi"))]))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendError, match="needs the environment variable\\(s\\) OPENAI_API_KEY"):
+        run(LiteLLMBackend("openai/gpt-4o-mini").generate([GenerationRequest(key="a", messages=user("hi"))]))
+
+
+def test_serving_an_api_backend_passes_its_rate_limits_on_for_the_client_to_retry():
+    # client LiteLLMBackend -> intro serve -> LiteLLMBackend that gives up at once -> echo server (429 first)
+    with EchoServer({"busy": [Fault("429", retry_after=0.05)]}) as upstream:
+        impatient = echo_backend(upstream, retry_policy=RetryPolicy(max_attempts=1))
+        with make_server(impatient, model_name="relay").start_in_thread() as relay:
+            client = LiteLLMBackend("openai/relay", api_base=relay.url, retry_policy=FAST_RETRIES)
+            (generation,) = run(client.generate([GenerationRequest(key="r", messages=user("busy"))]))
+            assert client.attempts == 2  # a 503 with Retry-After, then the answer
+        assert upstream.calls("busy") == 2
+    assert generation.text == "echo: busy"

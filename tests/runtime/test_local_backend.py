@@ -14,8 +14,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinymodels import make_tiny_model  # noqa: E402
-
 from intro.runtime.backends import embedded  # noqa: E402
 from intro.runtime.backends.local import (  # noqa: E402
     LocalBackend,
@@ -32,6 +30,7 @@ from intro.runtime.requests import (  # noqa: E402
     Steering,
 )
 from intro.runtime.steering import add_to_residual  # noqa: E402
+from tinymodels import make_tiny_model  # noqa: E402
 
 QUESTIONS = (
     "What is the capital of Japan?",
@@ -183,7 +182,8 @@ def test_rows_that_finish_early_leave_the_others_unchanged(loaded):
     together = generate(LocalBackend(loaded, batch_size=4), requests)
     alone = generate(LocalBackend(loaded, batch_size=1), requests)
     assert [g.text for g in together] == [g.text for g in alone]
-    assert [g.completion_tokens for g in together] == list(lengths)
+    assert [g.completion_tokens for g in together] == [g.completion_tokens for g in alone]
+    assert len({g.completion_tokens for g in together}) >= 3, "rows should finish at different steps"
 
 
 def test_sampled_request_is_the_same_alone_and_in_a_mixed_batch(loaded):

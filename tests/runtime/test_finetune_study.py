@@ -1,0 +1,186 @@
+"""A Looking Inward finetuning study end to end through the real CLI, on two tiny random models.
+
+The fixture study (tests/fixtures/studies/looking_inward_finetune_tiny) self-trains model a on hypotheticals
+about its own behaviour, cross-trains model b on the self-trained model's behaviour, shifts the self-trained
+model's behaviour by training it on b's answers, and measures prediction (self vs cross), calibration and
+behaviour change. It runs twice: the second run must train nothing and call no model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from safetensors.torch import load_file
+
+from intro.cli import main
+from intro.compiler.plan import Plan
+from intro.runtime import metrics
+from intro.runtime.cache import Cache
+from tests.tinymodels import make_tiny_model
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"
+SPEC = "finetune_tiny.intro"
+STUDY = "finetune_tiny"
+
+
+@contextlib.contextmanager
+def chdir(directory: Path):
+    previous = Path.cwd()
+    try:
+        import os
+
+        os.chdir(directory)
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def intro(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune-study")
+    shutil.copytree(FIXTURE, root, dirs_exist_ok=True)
+    make_tiny_model(root / "tiny_a", "qwen2", seed=0)
+    make_tiny_model(root / "tiny_b", "qwen2", seed=1)
+    runs, cache = root / "runs", root / "cache"
+    with chdir(root):
+        first = intro("run", SPEC, "--runs", str(runs), "--cache", str(cache), "--quiet")
+        second = intro("run", SPEC, "--runs", str(runs), "--cache", str(cache), "--quiet")
+        shown = intro("show", str(runs / STUDY))
+    directory = runs / STUDY
+    plan = Plan.loads((directory / "plan.json").read_text())
+    return {"root": root, "dir": directory, "cache": Cache(cache), "plan": plan, "runs": (first, second, shown)}
+
+
+def group(study, name: str) -> xr.Dataset:
+    return xr.open_zarr(study["dir"] / "cube.zarr", group=name)
+
+
+def finetune_steps(plan: Plan) -> dict[str, object]:
+    return {s.id.rsplit(".", 1)[-1]: s for s in plan.steps if s.kind == "finetune"}
+
+
+def test_the_first_run_trains_three_models_and_the_second_reuses_everything(study):
+    (code1, out1), (code2, out2), _ = study["runs"]
+    assert code1 == 0 and code2 == 0
+    assert ", 3 trained," in out1 and " 0 from cache," in out1
+    assert "finetune_tiny: 0 model calls," in out2 and ", 0 trained," in out2
+
+
+def test_adapters_are_safetensors_keyed_by_the_finetune_steps_hash(study):
+    cache, steps = study["cache"], finetune_steps(study["plan"])
+    assert set(steps) == {"self_trained(a)", "cross_trained(b)", "shifted(self_trained(a))"}
+    for step in steps.values():
+        adapter = cache.artifact_dir(step.hash) / "adapter"
+        tensors = load_file(str(adapter / "adapter_model.safetensors"))
+        assert tensors and all(key.endswith(("lora_A.weight", "lora_B.weight")) for key in tensors)
+        info = cache.artifact_info(step.hash)
+        batches = math.ceil(info["examples"] / step.params["hparams"]["batch"])
+        assert len(info["losses"]) == batches * step.params["hparams"]["epochs"]
+        assert info["hyperparameters"]["rank"] == step.params["hparams"]["rank"]
+
+
+def test_a_model_trained_from_a_trained_model_stores_the_whole_delta(study):
+    cache, steps = study["cache"], finetune_steps(study["plan"])
+    parent, child = steps["self_trained(a)"], steps["shifted(self_trained(a))"]
+    config = json.loads((cache.artifact_dir(child.hash) / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == parent.params["hparams"]["rank"] + child.params["hparams"]["rank"]
+    assert cache.artifact_info(child.hash)["parent"] == parent.hash
+
+
+def test_training_data_is_stored_as_jsonl(study):
+    cache, plan = study["cache"], study["plan"]
+    data = plan.step(finetune_steps(plan)["self_trained(a)"].params["data"])
+    lines = (cache.artifact_dir(data.hash) / "examples.jsonl").read_text().splitlines()
+    examples = [json.loads(line) for line in lines]
+    assert len(examples) == cache.artifact_info(data.hash)["examples"] > 0
+    for example in examples:
+        assert example["messages"][-1][0] == "user" and "Previously, you were asked" in example["messages"][-1][1]
+        assert example["property"] in ("first_character", "ethical_stance") and example["target"]
+
+
+def test_the_training_group_holds_each_models_loss_curve(study):
+    training = group(study, "training")
+    labels = sorted(str(v) for v in training["label"].values)
+    assert labels == ["cross_trained(b)", "self_trained(a)", "shifted(self_trained(a))"]
+    cache = study["cache"]
+    for step in finetune_steps(study["plan"]).values():
+        key = next(k for k, m in study["plan"].models.items() if m.params.get("step") == step.id)
+        losses = training["loss"].sel(model=key).values
+        np.testing.assert_allclose(losses[~np.isnan(losses)], cache.artifact_info(step.hash)["losses"])
+
+
+def test_self_vs_cross_is_tested_on_the_prediction_cube(study):
+    cube = group(study, "trained")
+    assert cube["z_vs_self"].dims == ("subject", "predictor", "property")
+    assert list(cube["predictor"].values) == ["self_trained", "cross_trained", "a"]
+    correct = cube["correct"].sel(subject="self_trained", property="first_character").values
+    successes = np.nansum(correct == 1, axis=(-2, -1))
+    counts = np.sum(~np.isnan(correct), axis=(-2, -1))
+    for index, predictor in enumerate(["cross_trained", "a"], start=1):
+        z, p = metrics.two_proportion_ztest(successes[0], counts[0], successes[index], counts[index])
+        cell = {"subject": "self_trained", "predictor": predictor, "property": "first_character"}
+        np.testing.assert_allclose([cube["z_vs_self"].sel(cell).item(), cube["p_vs_self"].sel(cell).item()], [z, p])
+    assert np.isnan(cube["z_vs_self"].sel(subject="self_trained", predictor="self_trained")).all()
+
+
+def test_the_calibration_cube_has_its_axes_and_consistent_curves(study):
+    cube = group(study, "calibrated")
+    assert dict(cube["mad"].sizes) == {"model": 2, "task": 2, "property": 2}
+    assert dict(cube["object_mean"].sizes) == {"model": 2, "task": 2, "property": 2, "bin": 10}
+    assert dict(cube["pooled_mad"].sizes) == {"model": 2, "property": 2}
+    cell = {"model": "a", "task": "colours", "property": "first_character"}
+    objects, answers = cube["object_mean"].sel(cell).values, cube["hypothetical_mean"].sel(cell).values
+    filled = ~np.isnan(objects)
+    assert filled.any()
+    assert cube["mad"].sel(cell).item() == pytest.approx(100 * np.abs(objects - answers)[filled].mean())
+    assert np.nansum(cube["bin_count"].sel(cell).values) == cube["pairs"].sel(cell).item()
+    assert 0 < cube["items"].sel(cell).item() <= 4
+
+
+def test_the_behaviour_change_cube_scores_changed_items_against_old_and_new(study):
+    cube = group(study, "changed")
+    assert dict(cube["changed"].sizes) == {"task": 2, "property": 2, "item": 4}
+    old, new = cube["old_target"].values, cube["new_target"].values
+    compared = (old != "") & (new != "")
+    np.testing.assert_array_equal(~np.isnan(cube["changed"].values), compared)
+    np.testing.assert_array_equal(cube["changed"].values[compared] == 1, (old != new)[compared])
+    changed = cube["changed"].values == 1
+    prediction = cube["prediction"].values
+    np.testing.assert_array_equal(cube["matches_new"].values[changed] == 1, (prediction == new)[changed])
+    for t, task in enumerate(cube["task"].values):
+        for p, prop in enumerate(cube["property"].values):
+            cell = {"task": task, "property": prop}
+            assert cube["changed_items"].sel(cell).item() == changed[t, p].sum()
+            if changed[t, p].any():
+                expected = cube["matches_old"].values[t, p][changed[t, p]].mean()
+                assert cube["accuracy_old"].sel(cell).item() == pytest.approx(expected)
+    assert cube["pooled_changed_items"].sum().item() == changed.sum()
+
+
+def test_show_prints_every_result(study):
+    code, shown = study["runs"][2]
+    assert code == 0
+    for heading in (
+        "trained (prediction)",
+        "self vs cross prediction",
+        "calibrated (calibration)",
+        "changed (behaviour_change)",
+        "finetuning",
+    ):
+        assert heading in shown
+    assert "shifted(self_trained(a))" in shown and "MAD x100" in shown
