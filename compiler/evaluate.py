@@ -152,6 +152,9 @@ class _Namespace:
         self._evaluating.add(name)
         try:
             self._evaluate_item(item)
+        except _Abort:
+            self.values.setdefault(name, _POISON)
+            raise
         finally:
             self._evaluating.discard(name)
         return self.values.get(name, _MISSING)
@@ -193,6 +196,8 @@ def _declared_names(item: ast.Item) -> Iterator[tuple[str, Span]]:
 
 
 _MISSING = object()
+# The value of a name whose definition failed: using it aborts quietly, so one error is reported once.
+_POISON = object()
 
 
 # ---------------------------------------------------------------- expressions
@@ -267,6 +272,8 @@ class Evaluator:
 
     def _Name(self, node: ast.Name) -> Any:
         value = self.scope.lookup(node.id)
+        if value is _POISON:
+            raise _Abort
         if value is _MISSING:
             self.ctx.fail(
                 "E100", f"unknown name '{node.id}'", node.span, *did_you_mean(node.id, self.scope.visible_names())
@@ -277,6 +284,8 @@ class Evaluator:
         base = self.expr(node.value)
         if isinstance(base, Module):
             value = base.lookup(node.name)
+            if value is _POISON:
+                raise _Abort
             if value is _MISSING:
                 notes = did_you_mean(node.name, base.names())
                 self.ctx.fail("E104", f"module '{base.name}' has no '{node.name}'", node.span, *notes)
@@ -404,7 +413,8 @@ class _StudyRunner:
             try:
                 self.statement(statement, inner, local, coords)
             except _Abort:
-                continue
+                if isinstance(statement, ast.Let):
+                    local.setdefault(statement.name, _POISON)
 
     def statement(self, stmt: ast.Statement, scope: Scope, local: dict[str, Any], coords: tuple[Any, ...]) -> None:
         match stmt:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -107,7 +108,7 @@ class LiteLLMBackend:
         return await _all_or_nothing([self._score_one(request) for request in requests])
 
     async def aclose(self) -> None:
-        """Nothing to release: litellm's HTTP clients are shared process-wide and closed at exit."""
+        await stop_litellm_background_work()
 
     # --- one request -------------------------------------------------------------------------------
 
@@ -264,6 +265,19 @@ class LiteLLMBackend:
 
     def _secrets(self, key: str | None) -> list[str]:
         return [s for s in (key, *environment_secrets()) if s and s != PLACEHOLDER_KEY]
+
+
+async def stop_litellm_background_work() -> None:
+    """Finish and stop litellm's background logging task on the running event loop, so that it does not
+    outlive the loop (each `asyncio.run` makes a new one); litellm restarts it on its next call."""
+    if "litellm" not in sys.modules:
+        return
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    except ImportError:  # a litellm without the worker has nothing to stop
+        return
+    await GLOBAL_LOGGING_WORKER.flush()
+    await GLOBAL_LOGGING_WORKER.stop()
 
 
 async def _all_or_nothing(calls: list[Awaitable[Any]]) -> list[Any]:

@@ -165,6 +165,8 @@ def test_the_behaviour_change_cube_scores_changed_items_against_old_and_new(stud
     for t, task in enumerate(cube["task"].values):
         for p, prop in enumerate(cube["property"].values):
             cell = {"task": task, "property": prop}
+            if np.isnan(cube["compared"].sel(cell).item()):
+                continue  # the property cannot read this task: no rows
             assert cube["changed_items"].sel(cell).item() == changed[t, p].sum()
             if changed[t, p].any():
                 expected = cube["matches_old"].values[t, p][changed[t, p]].mean()

@@ -22,6 +22,7 @@ from intro.runtime.backends.litellm_backend import (
     redact,
     retry_after_seconds,
     score_from_top_logprobs,
+    stop_litellm_background_work,
 )
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.requests import (
@@ -47,7 +48,15 @@ def user(text: str) -> tuple[Message, ...]:
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    """Run on a fresh event loop and, as the executor does when it finishes, stop litellm's work on it."""
+
+    async def then_stop():
+        try:
+            return await coroutine
+        finally:
+            await stop_litellm_background_work()
+
+    return asyncio.run(then_stop())
 
 
 @pytest.fixture(scope="module")
