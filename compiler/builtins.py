@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import ir
+from .concepts import INJECTED_THOUGHT
 from .diagnostics import Span
 from .types import Function, Param
 
@@ -304,5 +305,6 @@ FUNCTIONS: dict[str, Function] = dict(
         _fn("column", _column, Param("path", "string"), Param("field", "string")),
         _fn("logit_readout", _graders),
         _fn("judge", _judge, Param("model", "model")),
+        ("injected_thought", INJECTED_THOUGHT),
     ]
 )

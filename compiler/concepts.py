@@ -104,8 +104,12 @@ def lower_injected_thought(lowering: Lowering, step_id: str, m: ir.InjectedThoug
         "injected_step": injected,
         "control_step": control,
     }
-    deps = [injected, control]
-    return lowering._measure_step(step_id, "injected_thought", params, deps)
+    # What the result depends on: model identities, never the plan's keys or step ids.
+    hidden = ("model", "steered", "injected_step", "control_step", "grader")
+    content = {k: v for k, v in params.items() if k not in hidden}
+    content["model"] = lowering.models[params["model"]].identity
+    content["grader"] = {k: v for k, v in params["grader"].items() if k != "judge"}
+    return lowering.add_step(step_id, "injected_thought", [injected, control], params, content)
 
 
 def trial_samples(lowering: Lowering, model: ir.Model, prompt: str, m: ir.InjectedThought) -> str:
@@ -124,8 +128,9 @@ def trial_samples(lowering: Lowering, model: ir.Model, prompt: str, m: ir.Inject
     content = [lowering.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
     entry = lowering.models[key]
     deps = [entry.params["vector"]] if entry.kind == "steered" else []
-    role = "injected" if entry.kind == "steered" else "control"
-    return lowering.add_step(f"sample.{lowering.study.name}.{role}[{lowering.label(model)}]", "sample", deps, params, content)
+    where = f"injected[{m.word},{m.layer},{m.strength:g}]" if entry.kind == "steered" else "control"
+    step_id = f"sample.{lowering.study.name}.{where}[{lowering.label(model)}]"
+    return lowering.add_step(step_id, "sample", deps, params, content)
 
 
 def _grader(lowering: Lowering, grader: ir.Grader) -> dict[str, Any]:

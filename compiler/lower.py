@@ -10,7 +10,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import ir
+from . import concepts, ir
 from .declarations import render
 from .plan import STEP_VERSIONS, Measure, ModelEntry, Plan, Prompt, Step, digest
 
@@ -245,6 +245,8 @@ class Lowering:
             return "calibration", self._calibration(step_id, value)
         if isinstance(value, ir.BehaviourChange):
             return "behaviour_change", self._behaviour_change(step_id, value)
+        if isinstance(value, ir.InjectedThought):
+            return "injected_thought", concepts.lower_injected_thought(self, step_id, value)
         raise NotImplementedError(f"measurement {_kind(value)} cannot be lowered yet")
 
     def _prediction(self, step_id: str, m: ir.Prediction) -> str:

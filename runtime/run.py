@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
 
-from . import cube, cubes_extra, measures, training
+from . import concepts, cube, cubes_extra, measures, training
 from .cache import Cache, default_cache_dir
 from .executor import Counters, Executor
 from .pool import BackendPool
@@ -111,7 +111,7 @@ class _StudyRun:
             training.ordered_after_bases(plan),
             cache,
             pool,
-            handlers={"prediction": self.prediction, **training.handlers(self)},
+            handlers={"prediction": self.prediction, **training.handlers(self), **concepts.handlers(self)},
             on_step=self.step_done,
             on_progress=self.progress,
         )
@@ -184,6 +184,8 @@ def measure_table(dataset: Any, measure: Measure) -> str:
         return _table(title, *cubes_extra.calibration_rows(dataset))
     if measure.kind == "behaviour_change":
         return _table(title, *cubes_extra.behaviour_change_rows(dataset))
+    if measure.kind == "injected_thought":
+        return _table(title, *concepts.injection_rows(dataset))
     text = summary_table(dataset, measure.name)
     if "z_vs_self" in dataset:
         title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"

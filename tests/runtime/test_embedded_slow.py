@@ -69,4 +69,6 @@ def test_second_load_comes_from_the_safetensors_cache(tmp_path, monkeypatch):
     request = GenerationRequest(key="g", messages=JAPAN, max_tokens=6)
     texts = [asyncio.run(LocalBackend(m).generate([request]))[0].text for m in (first, second)]
     assert texts[0] == texts[1], "the cached copy must compute exactly what the GGUF did"
+    # Half a gigabyte of weights should not linger in pytest's kept temp directories.
     shutil.rmtree(tmp_path / "converted")
+    shutil.rmtree(tmp_path / "embedded")
