@@ -7,9 +7,10 @@ labels=labels).loss`, AdamW. Because initialisation and order are shared, the tw
 the bench reports their largest difference as a check that the fast path computes the same loss.
 
     python bench/finetune.py                                       # tiny random qwen2 model (seconds)
-    python bench/finetune.py --embedded qwen2.5-coder-0.5b-instruct --examples 16 --repeats 1
+    python bench/finetune.py --embedded qwen2.5-coder-0.5b-instruct --examples 24 --repeats 2 --warmup 0
 
-Prints one JSON object: tokens/s of each side (median over repeats), their ratio (target >= 0.9), the
+Prints one JSON object: tokens/s of each side (median over rounds; by wall clock and by this process's CPU
+time, steadier when other work shares the cores), their ratio (target >= 0.9), the
 loss curves' largest difference, and the settings.
 """
 
@@ -128,6 +129,13 @@ def load(arguments: argparse.Namespace):
     return load_local_model(str(directory), device=arguments.device)
 
 
+def timed(action):
+    """(wall seconds, CPU seconds of this process, result): CPU time is steadier on a shared machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = action()
+    return time.perf_counter() - wall, time.process_time() - cpu, value
+
+
 def run(arguments: argparse.Namespace) -> dict:
     loaded = load(arguments)
     for parameter in loaded.model.parameters():
@@ -136,38 +144,55 @@ def run(arguments: argparse.Namespace) -> dict:
     hyperparameters = LoraHyperparameters(
         rank=arguments.rank, batch_size=arguments.batch_size, epochs=arguments.epochs, seed=arguments.seed
     )
-    ours, plain, ours_losses, plain_losses = [], [], [], []
+    rates: dict[str, dict[str, list[float]]] = {
+        "ours": {"wall": [], "cpu": []},
+        "plain": {"wall": [], "cpu": []},
+    }
+    losses: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for repeat in range(arguments.repeats + 1):  # the first round warms both paths up and is dropped
-            started = time.perf_counter()
-            result = finetune(loaded, examples, hyperparameters, f"{scratch}/ours{repeat}")
-            ours_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            tokens, plain_losses = plain_peft_loop(
-                loaded, examples, hyperparameters, f"{scratch}/plain{repeat}"
-            )
-            plain_seconds = time.perf_counter() - started
-            ours_losses = list(result.losses)
-            if repeat or arguments.repeats == 0:
-                ours.append(result.tokens / ours_seconds)
-                plain.append(tokens / plain_seconds)
-    ours_rate, plain_rate = statistics.median(ours), statistics.median(plain)
+        sides = {
+            "ours": lambda run: finetune(loaded, examples, hyperparameters, f"{scratch}/ours{run}"),
+            "plain": lambda run: plain_peft_loop(loaded, examples, hyperparameters, f"{scratch}/plain{run}"),
+        }
+        for round_index in range(arguments.warmup + arguments.repeats):
+            # Alternate which side goes first so drift in the machine's load does not favour one side.
+            order = ["ours", "plain"] if round_index % 2 == 0 else ["plain", "ours"]
+            for side in order:
+                wall, cpu, value = timed(lambda side=side, run=round_index: sides[side](run))
+                tokens, curve = (value.tokens, list(value.losses)) if side == "ours" else value
+                losses[side] = curve
+                if round_index >= arguments.warmup:
+                    rates[side]["wall"].append(tokens / wall)
+                    rates[side]["cpu"].append(tokens / cpu)
+    result = finetune_summary(rates, losses)
     return {
         "model": arguments.embedded or f"tiny-{arguments.tiny_arch}",
         "device": str(loaded.device),
         "torch_threads": torch.get_num_threads(),
         "examples": len(examples),
-        "tokens_per_run": result.tokens,
-        "target_tokens_per_run": result.target_tokens,
-        "steps": len(result.losses),
-        "ours_tokens_per_s": round(ours_rate, 1),
-        "plain_peft_tokens_per_s": round(plain_rate, 1),
-        "ratio": round(ours_rate / plain_rate, 3),
-        "ours_runs": [round(rate, 1) for rate in ours],
-        "plain_runs": [round(rate, 1) for rate in plain],
-        "max_loss_difference": max(abs(a - b) for a, b in zip(ours_losses, plain_losses, strict=True)),
-        "first_loss": round(ours_losses[0], 4),
-        "last_loss": round(ours_losses[-1], 4),
+        "tokens_per_run": tokens,
+        "steps": len(losses["ours"]),
+        **result,
+    }
+
+
+def finetune_summary(rates: dict[str, dict[str, list[float]]], losses: dict[str, list[float]]) -> dict:
+    median = {
+        side: {clock: statistics.median(values) for clock, values in by_clock.items()}
+        for side, by_clock in rates.items()
+    }
+    return {
+        "ours_tokens_per_s": round(median["ours"]["wall"], 1),
+        "plain_peft_tokens_per_s": round(median["plain"]["wall"], 1),
+        "ratio": round(median["ours"]["wall"] / median["plain"]["wall"], 3),
+        "ours_tokens_per_cpu_s": round(median["ours"]["cpu"], 1),
+        "plain_peft_tokens_per_cpu_s": round(median["plain"]["cpu"], 1),
+        "ratio_cpu_time": round(median["ours"]["cpu"] / median["plain"]["cpu"], 3),
+        "ours_runs_wall": [round(rate, 1) for rate in rates["ours"]["wall"]],
+        "plain_runs_wall": [round(rate, 1) for rate in rates["plain"]["wall"]],
+        "max_loss_difference": max(abs(a - b) for a, b in zip(losses["ours"], losses["plain"], strict=True)),
+        "first_loss": round(losses["ours"][0], 4),
+        "last_loss": round(losses["ours"][-1], 4),
     }
 
 
@@ -183,9 +208,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed rounds after one warm-up round (0: no warm-up)"
-    )
+    parser.add_argument("--repeats", type=int, default=4, help="timed rounds (each runs both sides)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     print(json.dumps(run(parser.parse_args()), indent=2))
 
 

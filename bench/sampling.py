@@ -73,15 +73,19 @@ def run_transformers(loaded: LoadedModel, prompts: list[str], args) -> tuple[flo
             output = loaded.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                do_sample=True,
-                temperature=args.temperature,
-                top_k=None,
-                top_p=None,
+                **sampling_options(args.temperature),
                 max_new_tokens=args.max_tokens,
                 pad_token_id=loaded.tokenizer.pad_token_id,
             )
         tokens += count_generated(loaded, output[:, input_ids.shape[1] :])
     return time.perf_counter() - started, tokens
+
+
+def sampling_options(temperature: float) -> dict:
+    """transformers' settings for plain sampling at `temperature` (greedy at 0), nothing filtered."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None}
 
 
 def count_generated(loaded: LoadedModel, generated: torch.Tensor) -> int:

@@ -34,7 +34,11 @@ def _conversation(ctx: Context, turns: tuple[Any, ...], span: Span) -> tuple[tup
     messages = []
     for turn in turns:
         if not isinstance(turn, Mapping) or len(turn) != 1:
-            ctx.fail("E320", "each turn of a conversation is a record with one field: user, assistant or system", span)
+            ctx.fail(
+                "E320",
+                "each turn of a conversation is a record with one field: user, assistant or system",
+                span,
+            )
         (role, content), *_ = turn.items()
         if role not in ROLES or not isinstance(content, str):
             ctx.fail("E320", f"a turn must be {{ user | assistant | system: \"text\" }}, not '{role}'", span)
@@ -50,18 +54,33 @@ def _injected_thought(ctx: Context, spans: Mapping[str, Span], at: Span, **a: An
     _require(ctx, a["model"], "activations", spans["model"], "be steered")
     prompt = _conversation(ctx, a["prompt"], spans["prompt"])
     if not any(a["start"] in content for _, content in prompt):
-        ctx.fail("E322", f"the injection start '{a['start']}' does not occur in the conversation", spans["start"])
+        ctx.fail(
+            "E322", f"the injection start '{a['start']}' does not occur in the conversation", spans["start"]
+        )
     if a["trials"] < 1:
         ctx.fail("E323", "trials must be at least 1", spans["trials"])
     sampling: ir.Sampling = a["sampling"]
     if a["trials"] > 1 and sampling.temperature == 0:
-        ctx.fail("E304", "several trials at temperature 0 from an in-process model are identical", spans["sampling"])
+        ctx.fail(
+            "E304",
+            "several trials at temperature 0 from an in-process model are identical",
+            spans["sampling"],
+        )
     grader: ir.Grader = a["grader"]
     if grader.kind == "logit":
         _require(ctx, a["model"], "activations", spans["grader"], "be read by logits")
     layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
     return ir.InjectedThought(
-        a["model"], a["vector"], a["word"], layer, float(a["strength"]), a["trials"], prompt, a["start"], sampling, grader
+        a["model"],
+        a["vector"],
+        a["word"],
+        layer,
+        float(a["strength"]),
+        a["trials"],
+        prompt,
+        a["start"],
+        sampling,
+        grader,
     )
 
 

@@ -38,6 +38,8 @@ _UNARY, _POSTFIX, _ATTRIBUTE = 3, 4, 5
 
 @frozen
 class Comment:
+    """A `#` comment: the source line it is on and its text (trailing whitespace dropped)."""
+
     line: int
     text: str
 
@@ -262,7 +264,9 @@ class _Printer:
     def emit_line(self, line: _Line, until: int) -> None:
         indent = line.indent + (1 if line.closing else 0)
         flushed = self.flush_comments(before=line.first, indent=indent, gap=line.gap)
-        if not line.closing and (line.gap == BLANK_GAP and not flushed or self.source_gap(line.gap, line.first)):
+        if not line.closing and (
+            line.gap == BLANK_GAP and not flushed or self.source_gap(line.gap, line.first)
+        ):
             self.blank()
         text = INDENT * line.indent + line.text
         trailing = self.take_comments(until=until)
@@ -365,11 +369,20 @@ class _Printer:
         return _prefix(head, _retag(block, line))
 
     def loop(self, stmt: ast.For, indent: int) -> Block:
+        """`for a in x, b in y {`; a header too long for one line puts each binding on its own line."""
+        heads = [_target_text(b.targets) + " in " for b in stmt.bindings]
+        one_line = "for " + ", ".join(h + flat(b.iterable) for h, b in zip(heads, stmt.bindings, strict=True))
+        too_long = len(INDENT) * indent + len(one_line) + len(" {") > WIDTH or "\n" in one_line
+        stacked = too_long or self.comment_inside(stmt.span.line, stmt.bindings[-1].span.line)
         block = [_Line(indent, "for ", stmt.span.line, stmt.span.line)]
-        for index, binding in enumerate(stmt.bindings):
-            targets = binding.targets[0] if len(binding.targets) == 1 else "(" + ", ".join(binding.targets) + ")"
-            block = _suffix(block, ("" if index == 0 else ", ") + f"{targets} in ")
-            block = _join(block, self.expr(binding.iterable, indent, _end_column(block), reserve=2))
+        for index, (head, binding) in enumerate(zip(heads, stmt.bindings, strict=True)):
+            if index and stacked:
+                # Continuation lines line up under the first binding, just after `for `.
+                block = [*_suffix(block, ","), _Line(indent + 2, "", binding.span.line, binding.span.line)]
+            elif index:
+                block = _suffix(block, ", ")
+            block = _suffix(block, head)
+            block = _join(block, self.expr(binding.iterable, block[-1].indent, _end_column(block), reserve=2))
         body_start = block[-1].last
         return _join(_suffix(block, " "), self.statements(stmt.body, indent, body_start, stmt.span.end_line))
 
@@ -418,7 +431,7 @@ class _Printer:
     def sequence(
         self,
         opener: str,
-        items: list[tuple[str | None, ast.Expr]],
+        items: Sequence[tuple[str | None, ast.Expr]],
         closer: str,
         indent: int,
         first: int,
@@ -458,6 +471,10 @@ class _Printer:
 def _retag(block: Block, line: int) -> Block:
     """A statement's first printed line starts at its keyword's line, which may be above its value's."""
     return [evolve(block[0], first=min(block[0].first, line)), *block[1:]]
+
+
+def _target_text(targets: tuple[str, ...]) -> str:
+    return targets[0] if len(targets) == 1 else "(" + ", ".join(targets) + ")"
 
 
 def _use_text(use: ast.Use) -> str:

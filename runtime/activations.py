@@ -48,9 +48,13 @@ def last_token_activations(
     chunks = []
     for first in range(0, len(prompts), batch_size):
         ids, mask = chat.encode(prompts[first : first + batch_size])
-        last = torch.full((ids.shape[0],), -1, dtype=torch.long)
-        chunks.append(read_residual(chat.model, ids, mask, layer, last).float().cpu())
+        chunks.append(read_residual(chat.model, ids, mask, layer, last_positions(mask)).float().cpu())
     return torch.cat(chunks)
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, whichever side the tokenizer pads on."""
+    return attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(dim=-1)
 
 
 def concept_vectors(

@@ -106,7 +106,9 @@ def _factors(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor,
     for key, tensor in state.items():
         module, _, rest = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
         if rest not in ("A.weight", "B.weight"):
-            raise ValueError(f"adapter tensor {key!r} is not a LoRA A/B weight; only plain LoRA adapters are supported")
+            raise ValueError(
+                f"adapter tensor {key!r} is not a LoRA A/B weight; only plain LoRA adapters are supported"
+            )
         parts.setdefault(module, {})[rest[0]] = tensor
     incomplete = sorted(m for m, p in parts.items() if set(p) != {"A", "B"})
     if incomplete:
@@ -165,7 +167,9 @@ def _check_stackable(config: Mapping[str, Any]) -> None:
 
 
 def _union_targets(first: AdapterWeights, second: AdapterWeights) -> list[str]:
-    return sorted(set(first.config.get("target_modules") or ()) | set(second.config.get("target_modules") or ()))
+    return sorted(
+        set(first.config.get("target_modules") or ()) | set(second.config.get("target_modules") or ())
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +192,9 @@ def train_adapter(
     if not examples:
         raise ValueError("finetuning needs at least one example")
     started = time.perf_counter()
-    encoded = [encode_example(loaded, messages, reply, hyperparameters.max_length) for messages, reply in examples]
+    encoded = [
+        encode_example(loaded, messages, reply, hyperparameters.max_length) for messages, reply in examples
+    ]
     with loaded.lock, _training_adapter(loaded.model, hyperparameters, parent):
         losses = train_lora(loaded.model, encoded, hyperparameters, pad_token_id(loaded.tokenizer))
         trained = _adapter_of(loaded.model, TRAINING_ADAPTER)
@@ -207,7 +213,9 @@ def train_adapter(
 
 
 @contextlib.contextmanager
-def _training_adapter(model: nn.Module, hyperparameters: LoraHyperparameters, parent: str | Path | None) -> Iterator[None]:
+def _training_adapter(
+    model: nn.Module, hyperparameters: LoraHyperparameters, parent: str | Path | None
+) -> Iterator[None]:
     """A fresh trainable adapter on `model`, alone trainable and active with `parent`; removed afterwards."""
     from peft import LoraConfig
 

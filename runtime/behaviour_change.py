@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from attrs import frozen
-
 from intro.stdlib.extractors import prediction
 
 from . import metrics

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from attrs import frozen
-
 from intro.compiler.plan import Measure, Plan, Step, digest
 from intro.stdlib import graders
 from intro.stdlib.extractors import normalise
@@ -83,7 +82,9 @@ class InjectionCube:
         shape = tuple(len(v) for v in self.axis_values)
         self.trials = max((int(plan.step(s).params["trials"]) for _, s in measure.points), default=0)
         trial_shape = (*shape, self.trials)
-        self.responses = {n: np.full(trial_shape, "", dtype=object) for n in ("injected_response", "control_response")}
+        self.responses = {
+            n: np.full(trial_shape, "", dtype=object) for n in ("injected_response", "control_response")
+        }
         self.grades = {n: np.full(trial_shape, np.nan) for n in TRIAL_GRADES}
         names = [*(f"{r}{s}" for r in RATES for s in ("", "_low", "_high")), "n_injected", "n_control"]
         names += ["p_yes_injected", "p_yes_control", "p_yes_shift"]
@@ -103,7 +104,9 @@ class InjectionCube:
         data: dict[str, Any] = {n: (trial_dims, v.astype(str)) for n, v in self.responses.items()}
         data.update({n: (trial_dims, v) for n, v in self.grades.items()})
         data.update({n: (tuple(self.axes), v) for n, v in self.cells.items()})
-        coords: dict[str, Any] = {n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)}
+        coords: dict[str, Any] = {
+            n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)
+        }
         coords["trial"] = np.arange(self.trials)
         return xr.Dataset(data, coords=coords, attrs=cube.provenance(self.plan, self.measure))
 
@@ -126,9 +129,16 @@ def injection_rows(dataset: xr.Dataset) -> tuple[list[str], list[list[str]]]:
         if r["n_injected"] != r["n_injected"]:
             continue
         rows.append(
-            [*(str(r[a]) for a in axes), f"{r['detection']:.2f}", f"{r['identification']:.2f}",
-             f"{r['false_positive']:.2f}", f"{r['net']:+.2f} [{r['net_low']:+.2f}, {r['net_high']:+.2f}]",
-             f"{r['p_yes_injected']:.3f}", f"{r['p_yes_control']:.3f}", str(int(r["n_injected"]))]
+            [
+                *(str(r[a]) for a in axes),
+                f"{r['detection']:.2f}",
+                f"{r['identification']:.2f}",
+                f"{r['false_positive']:.2f}",
+                f"{r['net']:+.2f} [{r['net_low']:+.2f}, {r['net_high']:+.2f}]",
+                f"{r['p_yes_injected']:.3f}",
+                f"{r['p_yes_control']:.3f}",
+                str(int(r["n_injected"])),
+            ]
         )
     return header, rows
 
@@ -141,7 +151,9 @@ class ConceptSteps:
         self.run = run
         self.plan: Plan = run.plan
         self.cache = run.cache
-        self.cubes = {m.name: InjectionCube(self.plan, m) for m in self.plan.measures if m.kind == "injected_thought"}
+        self.cubes = {
+            m.name: InjectionCube(self.plan, m) for m in self.plan.measures if m.kind == "injected_thought"
+        }
 
     def handlers(self) -> dict[str, Any]:
         return {"vector": self.vector, "injected_thought": self.injected_thought}
@@ -150,8 +162,10 @@ class ConceptSteps:
     async def vector(self, step: Step) -> None:
         if self.cache.artifact_done(step.hash):
             return
+        # Load on the event loop, as the executor does: two threads loading one model would race.
+        loaded = self.run.pool.loaded(step.params["model"]) if step.params["op"] == "concept" else None
         async with self.run.executor._compute:
-            vector = await asyncio.to_thread(self._make_vector, step.params)
+            vector = await asyncio.to_thread(self._make_vector, step.params, loaded)
         from .activations import save_vector
 
         save_vector(self.cache.artifact_dir(step.hash) / VECTOR_FILE, vector)
@@ -159,12 +173,11 @@ class ConceptSteps:
         self.cache.mark_artifact_done(step.hash, {"kind": "vector", "op": step.params["op"], "norm": norm})
         self.run.say(f"  {step.id}: norm {norm:.2f}")
 
-    def _make_vector(self, p: Mapping[str, Any]) -> Any:
+    def _make_vector(self, p: Mapping[str, Any], loaded: Any) -> Any:
         from .activations import concept_vector, load_vector, random_vector_like
 
         op = p["op"]
         if op == "concept":
-            loaded = self.run.pool.loaded(p["model"])
             with loaded.lock:
                 return concept_vector(loaded, p["word"], p["baseline"], p["layer"], p["template"])
         if op == "file":

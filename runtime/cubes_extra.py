@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-
 from intro.compiler.plan import Measure, Plan
 
 from . import metrics
@@ -78,8 +77,12 @@ class _Frame:
         return (*self.shape, *(lengths[d] for d in inner))
 
     def coords(self) -> dict[str, Any]:
-        coords: dict[str, Any] = {n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)}
-        coords.update(task=self.tasks, property=self.properties, item=np.arange(self.size), bin=np.arange(BINS))
+        coords: dict[str, Any] = {
+            n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)
+        }
+        coords.update(
+            task=self.tasks, property=self.properties, item=np.arange(self.size), bin=np.arange(BINS)
+        )
         return coords
 
     def item_ids(self) -> np.ndarray:
@@ -133,7 +136,14 @@ class CalibrationCube:
 # ---------------------------------------------------------------------------------------------------------
 # Behaviour change
 
-CHANGE_STRINGS = ("before_response", "after_response", "old_target", "new_target", "hypothetical_response", "prediction")
+CHANGE_STRINGS = (
+    "before_response",
+    "after_response",
+    "old_target",
+    "new_target",
+    "hypothetical_response",
+    "prediction",
+)
 CHANGE_FLAGS = ("changed", "matches_old", "matches_new")
 CHANGE_CELLS = {  # cube variable -> ChangeAggregate field
     "compared": "compared",
@@ -154,7 +164,9 @@ class BehaviourChangeCube:
 
     def __init__(self, plan: Plan, measure: Measure):
         self.frame = f = _Frame(plan, measure)
-        self.strings = {n: np.full(f.sizes("task", "property", "item"), "", dtype=object) for n in CHANGE_STRINGS}
+        self.strings = {
+            n: np.full(f.sizes("task", "property", "item"), "", dtype=object) for n in CHANGE_STRINGS
+        }
         self.flags = {n: np.full(f.sizes("task", "property", "item"), np.nan) for n in CHANGE_FLAGS}
         self.cells = {n: np.full(f.sizes("task", "property"), np.nan) for n in CHANGE_CELLS}
         self.pooled = {n: np.full(f.sizes("property"), np.nan) for n in CHANGE_CELLS}
@@ -174,7 +186,14 @@ class BehaviourChangeCube:
                 target[name][where] = getattr(aggregate, attribute)
 
     def _fill_row(self, where: tuple[int, ...], row: ChangeRow) -> None:
-        texts = (row.before_response, row.after_response, row.old, row.new, row.hypothetical_response, row.predicted)
+        texts = (
+            row.before_response,
+            row.after_response,
+            row.old,
+            row.new,
+            row.hypothetical_response,
+            row.predicted,
+        )
         for name, text in zip(CHANGE_STRINGS, texts, strict=True):
             self.strings[name][where] = text or ""
         self.flags["changed"][where] = float(row.changed) if row.compared else np.nan
@@ -183,7 +202,9 @@ class BehaviourChangeCube:
 
     def dataset(self) -> xr.Dataset:
         f = self.frame
-        data: dict[str, Any] = {n: (f.dims("task", "property", "item"), v.astype(str)) for n, v in self.strings.items()}
+        data: dict[str, Any] = {
+            n: (f.dims("task", "property", "item"), v.astype(str)) for n, v in self.strings.items()
+        }
         data.update({n: (f.dims("task", "property", "item"), v) for n, v in self.flags.items()})
         data["item_id"] = (("task", "item"), f.item_ids())
         data.update({n: (f.dims("task", "property"), v) for n, v in self.cells.items()})
@@ -197,7 +218,9 @@ class BehaviourChangeCube:
 
 def training_group(plan: Plan) -> str:
     """Where the loss curves go: `training`, unless a measure already has that name."""
-    return TRAINING_GROUP if all(m.name != TRAINING_GROUP for m in plan.measures) else f"{TRAINING_GROUP}_losses"
+    return (
+        TRAINING_GROUP if all(m.name != TRAINING_GROUP for m in plan.measures) else f"{TRAINING_GROUP}_losses"
+    )
 
 
 def training_dataset(plan: Plan, records: Mapping[str, Mapping[str, Any]]) -> xr.Dataset:
@@ -293,21 +316,31 @@ def self_vs_cross_rows(dataset: xr.Dataset) -> Table:
     """Per (other axes, subject, cross predictor, property): self vs cross accuracy pooled over tasks, z, p."""
     axes = _axes_of(dataset["z_vs_self"], "subject", "predictor", "property")
     header = [*axes, "subject", "predictor", "property", "self", "cross", "z", "p", "n self", "n cross"]
-    frame = dataset[["z_vs_self", "p_vs_self", "pooled_accuracy", "pooled_n"]].to_dataframe().reset_index()
-    rows = []
-    for _, row in frame.iterrows():
-        if row["z_vs_self"] != row["z_vs_self"]:
-            continue
-        own = frame
-        for name in (*axes, "property"):
-            own = own[own[name] == row[name]]
-        own = own[(own["subject"] == row["subject"]) & (own["predictor"] == row["subject"])].iloc[0]
-        rows.append(
-            [*(str(row[a]) for a in axes), str(row["subject"]), str(row["predictor"]), str(row["property"]),
-             _number(own["pooled_accuracy"]), _number(row["pooled_accuracy"]), _number(row["z_vs_self"]),
-             _number(row["p_vs_self"], 4), _count(own["pooled_n"]), _count(row["pooled_n"])]
-        )  # fmt: skip
+    tested = dataset.assign(
+        self_accuracy=_at_self(dataset["pooled_accuracy"]), self_n=_at_self(dataset["pooled_n"])
+    )
+    names = ["z_vs_self", "p_vs_self", "pooled_accuracy", "pooled_n", "self_accuracy", "self_n"]
+    rows = [
+        [*(str(r[a]) for a in axes), str(r["subject"]), str(r["predictor"]), str(r["property"]),
+         _number(r["self_accuracy"]), _number(r["pooled_accuracy"]), _number(r["z_vs_self"]),
+         _number(r["p_vs_self"], 4), _count(r["self_n"]), _count(r["pooled_n"])]
+        for _, r in tested[names].to_dataframe().reset_index().iterrows()
+        if r["z_vs_self"] == r["z_vs_self"]
+    ]  # fmt: skip
     return header, rows
+
+
+def _at_self(variable: xr.DataArray) -> xr.DataArray:
+    """Each subject's own-predictor value, repeated along the predictor dim (NaN where it has none)."""
+    predictors = set(variable["predictor"].values)
+    own = [
+        variable.sel(subject=s, predictor=s, drop=True).expand_dims(subject=[s])
+        for s in variable["subject"].values
+        if s in predictors
+    ]
+    if not own:
+        return xr.full_like(variable, np.nan, dtype=float)
+    return xr.concat(own, dim="subject").reindex(subject=variable["subject"]).broadcast_like(variable)
 
 
 def calibration_rows(dataset: xr.Dataset) -> Table:

@@ -82,7 +82,7 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[s
         return summary
     if not done:
         summary["status"] = "will run"
-    elif own and step.hash not in own:
+    elif step.hash not in own:
         summary["status"] = "from another study"
     else:
         summary["status"] = "cached"

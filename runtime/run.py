@@ -173,7 +173,8 @@ def show_run(directory: Path) -> int:
         print(measure_table(dataset, measure))
     training_group = cubes_extra.training_group(plan)
     if (directory / "cube.zarr" / training_group).is_dir():
-        print(_table("finetuning", *cubes_extra.training_rows(xr.open_zarr(directory / "cube.zarr", group=training_group))))
+        training = xr.open_zarr(directory / "cube.zarr", group=training_group)
+        print(_table("finetuning", *cubes_extra.training_rows(training)))
     return OK
 
 

@@ -282,8 +282,11 @@ class BatchingRunner:
             missing = BackendError(f"the backend returned no generation for request {request.key}")
             _settle(future, result=found, error=None if found else missing)
 
-    def close(self) -> None:
+    def close(self, *, close_backend: bool = False) -> None:
+        """Stop the loop; with `close_backend`, first close the backend on it, the loop it ran on."""
         self._collector.cancel()
+        if close_backend and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.backend.aclose(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
@@ -349,13 +352,14 @@ class ChatServer(ThreadingHTTPServer):
         self._thread.start()
         return self
 
-    def close(self) -> None:
-        """Stop serving, release the port and the backend loop (the backend itself stays open)."""
+    def close(self, *, close_backend: bool = False) -> None:
+        """Stop serving and release the port and the backend's loop. The backend stays open unless
+        `close_backend`: whoever made it may still use it."""
         if self._thread is not None:
             self.shutdown()
             self._thread.join(timeout=5)
         self.server_close()
-        self.runner.close()
+        self.runner.close(close_backend=close_backend)
 
     def __enter__(self) -> ChatServer:
         return self
@@ -456,14 +460,18 @@ def make_server(
         raise
 
 
-def serve_forever(backend: Backend, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve `backend` until interrupted (Ctrl-C)."""
-    with make_server(backend, host, port) as server:
-        print(f"serving {backend.name} at {server.url}  (Ctrl-C to stop)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("stopped", flush=True)
+def serve_forever(
+    backend: Backend, host: str = "127.0.0.1", port: int = 8000, *, close_backend: bool = False
+):
+    """Serve `backend` until interrupted (Ctrl-C); then close the server (and the backend, if asked)."""
+    server = make_server(backend, host, port)
+    print(f"serving {backend.name} at {server.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.close(close_backend=close_backend)
 
 
 def main_serve(source: str, host: str, port: int) -> int:
@@ -476,8 +484,5 @@ def main_serve(source: str, host: str, port: int) -> int:
     except BackendError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    try:
-        serve_forever(backend, host, port)
-    finally:
-        asyncio.run(backend.aclose())
+    serve_forever(backend, host, port, close_backend=True)
     return 0

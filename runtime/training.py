@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 from attrs import frozen
-
 from intro.compiler.plan import Plan, Prompt, Step
 
 from . import behaviour_change, calibration, cube, cubes_extra
@@ -142,7 +141,9 @@ def lineage(plan: Plan, base: str) -> Lineage:
         _require_in_process(root.kind, root.params.get("label", root.key))
         return Lineage(root.key, entry.params["step"])
     if entry.kind == "steered":
-        raise BackendError(f"cannot finetune '{label}': training a steered model is not supported; finetune its base")
+        raise BackendError(
+            f"cannot finetune '{label}': training a steered model is not supported; finetune its base"
+        )
     _require_in_process(entry.kind, label)
     return Lineage(base, None)
 
@@ -187,7 +188,9 @@ def ordered_after_bases(plan: Plan) -> Plan:
 
 def finetuned_model_of(plan: Plan, step_id: str) -> str:
     """The plan's key of the model a finetune step produces."""
-    return next(k for k, m in plan.models.items() if m.kind == "finetuned" and m.params.get("step") == step_id)
+    return next(
+        k for k, m in plan.models.items() if m.kind == "finetuned" and m.params.get("step") == step_id
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,7 +205,9 @@ class TrainingSteps:
         self.plan: Plan = run.plan
         self.cache: Cache = run.cache
         self.calibration_cubes = {
-            m.name: cubes_extra.CalibrationCube(self.plan, m) for m in self.plan.measures if m.kind == "calibration"
+            m.name: cubes_extra.CalibrationCube(self.plan, m)
+            for m in self.plan.measures
+            if m.kind == "calibration"
         }
         self.change_cubes = {
             m.name: cubes_extra.BehaviourChangeCube(self.plan, m)
@@ -289,7 +294,9 @@ class TrainingSteps:
             return None
         parent = self.plan.step(origin.parent_step)
         if not self.cache.artifact_done(parent.hash):
-            raise RuntimeError(f"{step.id} runs before its base model's finetuning ({parent.id}) has finished")
+            raise RuntimeError(
+                f"{step.id} runs before its base model's finetuning ({parent.id}) has finished"
+            )
         return self.cache.artifact_dir(parent.hash) / ADAPTER_DIR
 
     def _write_training_cube(self) -> None:
@@ -332,7 +339,9 @@ def _tasks(params: Mapping[str, Any]) -> dict[str, tuple[str, list[str]]]:
     return {name: (t["answer"], t["choices"]) for name, t in params["tasks"].items()}
 
 
-def _train_into(directory: Path, loaded: Any, examples: list[Any], hyperparameters: Any, parent: Path | None) -> Any:
+def _train_into(
+    directory: Path, loaded: Any, examples: list[Any], hyperparameters: Any, parent: Path | None
+) -> Any:
     """Train into a fresh temporary directory, then move it into place: a torn run leaves no half adapter."""
     from .adapters import train_adapter
 

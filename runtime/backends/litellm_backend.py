@@ -67,7 +67,11 @@ class LiteLLMBackend:
 
     `api_key_env` names the environment variable holding the key; without it litellm's provider default
     (e.g. OPENAI_API_KEY) is used, and a keyless local `api_base` gets a placeholder. `supports_logprobs`
-    None means "ask and see"; False makes requests that need logprobs fail before any call is made.
+    None means "believe litellm's table of provider parameters, then check the answer"; False makes
+    requests that need logprobs fail before any call is made.
+
+    A prefill is sent as a trailing assistant message. Providers with prefill support (Anthropic,
+    `intro serve`) continue it; others may answer it as a new turn, which the spec's author must know.
     """
 
     def __init__(
@@ -155,7 +159,10 @@ class LiteLLMBackend:
             )
 
     def _require_logprobs(self) -> None:
-        if self.supports_logprobs is False:
+        # Unless told, believe litellm's table of what each provider accepts; asking a provider that
+        # does not take the parameter would only earn an opaque 400.
+        known = self.supports_logprobs
+        if known is False or (known is None and "logprobs" not in self._supported_params()):
             raise self._no_logprobs_error()
 
     def _no_logprobs_error(self) -> BackendError:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from intro.compiler import Plan
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -139,8 +139,7 @@ def test_a_planted_change_in_a_spec_is_caught(tmp_path: Path) -> None:
     assert mismatch is not None and mismatch.startswith("exit code 0")
 
 
-# ---------------------------------------------------------------- known bugs, written as the tests that will pass
-@pytest.mark.xfail(strict=True, reason="bug: a `let` that failed is reported again as an unknown name where used")
+# ---------------------------------------------------------------- one mistake, one error
 def test_a_failed_let_is_not_reported_again(tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "data", tmp_path / "data")
     source = (FIXTURES / "17_too_many_arguments.intro").read_text(encoding="utf-8")

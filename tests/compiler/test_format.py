@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from intro.compiler import CompileError
 from intro.compiler.format import comments_of, format_source
 from intro.compiler.parser import parse
@@ -147,6 +146,30 @@ def test_long_call_breaks_one_argument_per_line_when_one_indented_line_is_too_sh
     assert formatted == "let x = f(\n" + "".join(f"  argument_number_{i},\n" for i in range(8)) + ")\n"
 
 
+def test_long_loop_header_puts_one_binding_per_line() -> None:
+    source = (
+        "study s {\n"
+        '  for layer in layers(qwen, 2, 0.6, 0.7), strength in [2, 4, 8], word in ["dog", "ocean", "volcano"] {\n'
+        "    for a in [1],  # first axis\n"
+        "        b in [2] { measure m = f(a, b) }\n"
+        "  }\n"
+        "}\n"
+    )
+    expected = (
+        "study s {\n"
+        "  for layer in layers(qwen, 2, 0.6, 0.7),\n"
+        "      strength in [2, 4, 8],\n"
+        '      word in ["dog", "ocean", "volcano"] {\n'
+        "    for a in [1],  # first axis\n"
+        "        b in [2] {\n"
+        "      measure m = f(a, b)\n"
+        "    }\n"
+        "  }\n"
+        "}\n"
+    )
+    assert assert_canonical(source) == expected
+
+
 def test_short_record_stays_on_one_line_and_long_one_breaks() -> None:
     assert assert_canonical("let r = {a: 1 b: 2}") == "let r = { a: 1, b: 2 }\n"
     fields = " ".join(f"field_{i}: {i}" for i in range(12))
@@ -210,14 +233,19 @@ def test_windows_line_endings_become_newlines() -> None:
 
 
 def test_grouped_one_line_items_stay_grouped_and_others_are_separated() -> None:
-    source = 'use a\nuse b\nmodel x = embedded "m"\nmodel y = embedded "n"\nlet p = 1\n\nlet q = 2\nlet r = 3\n'
+    source = (
+        'use a\nuse b\nmodel x = embedded "m"\nmodel y = embedded "n"\nlet p = 1\n\nlet q = 2\nlet r = 3\n'
+    )
     expected = 'use a\nuse b\n\nmodel x = embedded "m"\nmodel y = embedded "n"\n\nlet p = 1\n\nlet q = 2\nlet r = 3\n'
     assert assert_canonical(source) == expected
 
 
 def test_empty_and_comment_only_files() -> None:
     assert format_source("", "empty.intro") == ""
-    assert assert_canonical("\n\n# only a comment\n\n\n# and another   \n") == "# only a comment\n\n# and another\n"
+    assert (
+        assert_canonical("\n\n# only a comment\n\n\n# and another   \n")
+        == "# only a comment\n\n# and another\n"
+    )
 
 
 def test_unparseable_source_is_a_positioned_compile_error() -> None:
@@ -232,7 +260,16 @@ _TOKEN = re.compile(
     r'"""[\s\S]*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*'
     r"|[0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?|\s+|."
 )
-_SEPARATORS = [" ", "  ", "\n", "\n\n\n", "\t", " # note {i}\n", "\n# own line {i}\n", "\n  \n  # indented {i}\n"]
+_SEPARATORS = [
+    " ",
+    "  ",
+    "\n",
+    "\n\n\n",
+    "\t",
+    " # note {i}\n",
+    "\n# own line {i}\n",
+    "\n  \n  # indented {i}\n",
+]
 
 
 def _tokens(source: str) -> list[str]:
@@ -241,7 +278,9 @@ def _tokens(source: str) -> list[str]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), path=st.sampled_from(SOURCES))
-def test_any_layout_of_a_project_spec_formats_to_the_same_canonical_text(data: st.DataObject, path: Path) -> None:
+def test_any_layout_of_a_project_spec_formats_to_the_same_canonical_text(
+    data: st.DataObject, path: Path
+) -> None:
     original = path.read_text(encoding="utf-8")
     tokens = _tokens(original)
     choices = data.draw(st.lists(st.sampled_from(_SEPARATORS), min_size=len(tokens), max_size=len(tokens)))
@@ -288,8 +327,12 @@ def _call(parts: tuple[str, list[str], list[tuple[str, str]]]) -> str:
 def _compound(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
-        st.lists(st.tuples(_NAMES, inner), max_size=3).map(lambda fs: "{" + " ".join(f"{n}: {v}" for n, v in fs) + "}"),
-        st.tuples(inner, st.lists(inner, max_size=3), st.lists(st.tuples(_NAMES, inner), max_size=2)).map(_call),
+        st.lists(st.tuples(_NAMES, inner), max_size=3).map(
+            lambda fs: "{" + " ".join(f"{n}: {v}" for n, v in fs) + "}"
+        ),
+        st.tuples(inner, st.lists(inner, max_size=3), st.lists(st.tuples(_NAMES, inner), max_size=2)).map(
+            _call
+        ),
         st.tuples(inner, _NAMES).map(lambda t: f"({t[0]}).{t[1]}"),
         inner.map(lambda x: f"-({x})"),
         st.tuples(inner, st.sampled_from("+-*/"), inner).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from intro.compiler import Plan, compile_spec
 
 SPEC = """\
@@ -127,7 +126,7 @@ def test_where_a_model_is_served_changes_no_hash(compile_source) -> None:  # typ
     plan = compile_source(SPEC)
     moved = compile_source(
         SPEC.replace("http://localhost:8001/v1", "https://inference.example.org/v1").replace(
-            "logprobs: true,", "logprobs: true, concurrency: 2, timeout: 5, api_key_env: \"KEY\","
+            "logprobs: true,", 'logprobs: true, concurrency: 2, timeout: 5, api_key_env: "KEY",'
         )
     )
     assert moved.serving["gpt"] != plan.serving["gpt"], "the change must reach the plan"

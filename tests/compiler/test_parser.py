@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from intro.compiler import CompileError
 from intro.compiler import ast as a
 from intro.compiler.diagnostics import Span
 from intro.compiler.parser import _MAX_DEPTH, parse
-
 
 ANYWHERE = Span.point("t.intro", 1, 1)  # spans are out of equality, so any span will do
 
@@ -64,7 +62,9 @@ def test_model_declaration_with_and_without_options() -> None:
 @pytest.mark.parametrize("kind", ["task", "property", "split", "sampling"])
 def test_declaration_kinds(kind: str) -> None:
     decl = parse_one(f"{kind} thing {{ a: 1  b: 2, c: 3 }}")
-    assert decl == n.Decl(kind, "thing", n.Record(tuple(n.Field(n, n.Num(i)) for i, n in enumerate("abc", 1))))
+    assert decl == n.Decl(
+        kind, "thing", n.Record(tuple(n.Field(name, n.Num(i)) for i, name in enumerate("abc", 1)))
+    )
 
 
 def test_study_with_loops_lets_and_measures() -> None:
@@ -105,7 +105,9 @@ def test_lists_and_records() -> None:
     assert value_of("[]") == n.ListExpr(())
     assert value_of("[1, 2,]") == n.ListExpr((n.Num(1), n.Num(2)))
     assert value_of("{}") == n.Record(())
-    assert value_of("{ a: [true, false] }") == n.Record((n.Field("a", n.ListExpr((n.Bool(True), n.Bool(False)))),))
+    assert value_of("{ a: [true, false] }") == n.Record(
+        (n.Field("a", n.ListExpr((n.Bool(True), n.Bool(False)))),)
+    )
 
 
 def test_keywords_are_names_where_no_keyword_fits() -> None:
@@ -125,14 +127,24 @@ def test_spans_cover_what_they_name() -> None:
 
 def test_layout_and_comments_are_out_of_equality() -> None:
     compact = parse("let x = [1, 2]\nstudy s { measure m = f(x) }", "a.intro")
-    spread = parse("# note\nlet x = [\n  1,  # one\n  2,\n]\n\nstudy s {\n  measure m = f(\n    x,\n  )\n}\n", "b.intro")
+    spread = parse(
+        "# note\nlet x = [\n  1,  # one\n  2,\n]\n\nstudy s {\n  measure m = f(\n    x,\n  )\n}\n", "b.intro"
+    )
     assert compact == spread
 
 
 # ---------------------------------------------------------------- literals
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("0", 0), ("1_000", 1000), ("0.5", 0.5), ("1e-4", 1e-4), ("2.5E+3", 2500.0), ("007", 7), ("1e-99999", 0.0)],
+    [
+        ("0", 0),
+        ("1_000", 1000),
+        ("0.5", 0.5),
+        ("1e-4", 1e-4),
+        ("2.5E+3", 2500.0),
+        ("007", 7),
+        ("1e-99999", 0.0),
+    ],
 )
 def test_numbers_keep_their_text(text: str, value: float) -> None:
     number = value_of(text)
@@ -152,7 +164,10 @@ def test_string_escapes() -> None:
         ('model qwen embedded "x"', ("E002", "unexpected name 'embedded'", 1, 12, ("expected '='",))),
         ('let x = "open', ("E001", "unterminated string", 1, 9, ())),
         ("let x = 1 @ 2", ("E001", "unexpected character '@'", 1, 11, ())),
-        ("study s {\n  let x = 1\n", ("E002", "unexpected end of file", 3, 1, ("expected one of 'for', 'let', 'measure', '}'",))),
+        (
+            "study s {\n  let x = 1\n",
+            ("E002", "unexpected end of file", 3, 1, ("expected one of 'for', 'let', 'measure', '}'",)),
+        ),
         ("let x = 1" + "0" * 40, ("E004", "number literal is too long", 1, 9, ())),
         ("let x = 1e999", ("E004", "number '1e999' is out of range", 1, 9, ())),
         ('let x = "a \\q"', ("E003", "unknown escape '\\q' in string", 1, 9, ())),
@@ -165,17 +180,28 @@ def test_syntax_errors_are_positioned(source: str, expected: tuple[object, ...])
 
 
 def test_nesting_limit_is_exact_and_positioned() -> None:
-    # start > let_stmt > list ... : the tree is two levels deeper than the brackets.
-    fits = _MAX_DEPTH - 2
+    # The tree is start > let_stmt > list ... > number: three levels more than there are brackets.
+    fits = _MAX_DEPTH - 3
     assert isinstance(value_of("[" * fits + "1" + "]" * fits), a.ListExpr)
-    code, message, line, column, _ = error_of("let v = " + "[" * (fits + 1) + "1" + "]" * (fits + 1))
-    assert (code, line, column) == ("E005", 1, 9 + fits)
+    code, message, line, column, notes = error_of("let v = " + "[" * (fits + 1) + "1" + "]" * (fits + 1))
+    assert (code, line, column) == (
+        "E005",
+        1,
+        len("let v = ") + fits + 2,
+    )  # at the first node too deep: the 1
     assert message == f"nesting is too deep (more than {_MAX_DEPTH} levels)"
+    assert notes == ("split it into several `let`s",)
 
 
 @pytest.mark.parametrize(
     "source",
-    ["[" * 5000 + "]" * 5000, "-" * 1000 + "1", "f(" * 1000 + ")" * 1000, "1" + " + 1" * 1000, "a" + ".b" * 1000],
+    [
+        "[" * 5000 + "]" * 5000,
+        "-" * 1000 + "1",
+        "f(" * 1000 + ")" * 1000,
+        "1" + " + 1" * 1000,
+        "a" + ".b" * 1000,
+    ],
     ids=["lists", "negations", "calls", "sums", "attributes"],
 )
 def test_deep_nesting_of_every_kind_is_an_error_not_a_crash(source: str) -> None:

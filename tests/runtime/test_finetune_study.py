@@ -18,36 +18,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from safetensors.torch import load_file
-
-from intro.cli import main
 from intro.compiler.plan import Plan
 from intro.runtime import metrics
 from intro.runtime.cache import Cache
+from safetensors.torch import load_file
+
+from intro.cli import main
 from tests.tinymodels import make_tiny_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"
-SPEC = "finetune_tiny.intro"
-STUDY = "finetune_tiny"
+SPEC = "looking_inward_finetune_tiny.intro"
+STUDY = "looking_inward_finetune_tiny"
+
+# Serving a finetuned model loads a second adapter next to the first; peft warns about that on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 
 
-@contextlib.contextmanager
-def chdir(directory: Path):
-    previous = Path.cwd()
-    try:
-        import os
-
-        os.chdir(directory)
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Weight digests are remembered under the intro cache directory: keep them out of the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INTRO_CACHE_DIR", str(tmp_path_factory.mktemp("intro-cache")))
         yield
-    finally:
-        os.chdir(previous)
 
 
 def intro(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    code, out, _ = intro_with_errors(*argv)
+    return code, out
+
+
+def intro_with_errors(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(argv))
-    return code, out.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +61,19 @@ def study(tmp_path_factory):
     make_tiny_model(root / "tiny_a", "qwen2", seed=0)
     make_tiny_model(root / "tiny_b", "qwen2", seed=1)
     runs, cache = root / "runs", root / "cache"
-    with chdir(root):
+    with contextlib.chdir(root):
         first = intro("run", SPEC, "--runs", str(runs), "--cache", str(cache), "--quiet")
         second = intro("run", SPEC, "--runs", str(runs), "--cache", str(cache), "--quiet")
         shown = intro("show", str(runs / STUDY))
     directory = runs / STUDY
     plan = Plan.loads((directory / "plan.json").read_text())
-    return {"root": root, "dir": directory, "cache": Cache(cache), "plan": plan, "runs": (first, second, shown)}
+    return {
+        "root": root,
+        "dir": directory,
+        "cache": Cache(cache),
+        "plan": plan,
+        "runs": (first, second, shown),
+    }
 
 
 def group(study, name: str) -> xr.Dataset:
@@ -78,7 +88,7 @@ def test_the_first_run_trains_three_models_and_the_second_reuses_everything(stud
     (code1, out1), (code2, out2), _ = study["runs"]
     assert code1 == 0 and code2 == 0
     assert ", 3 trained," in out1 and " 0 from cache," in out1
-    assert "finetune_tiny: 0 model calls," in out2 and ", 0 trained," in out2
+    assert f"{STUDY}: 0 model calls," in out2 and ", 0 trained," in out2
 
 
 def test_adapters_are_safetensors_keyed_by_the_finetune_steps_hash(study):
@@ -109,7 +119,10 @@ def test_training_data_is_stored_as_jsonl(study):
     examples = [json.loads(line) for line in lines]
     assert len(examples) == cache.artifact_info(data.hash)["examples"] > 0
     for example in examples:
-        assert example["messages"][-1][0] == "user" and "Previously, you were asked" in example["messages"][-1][1]
+        assert (
+            example["messages"][-1][0] == "user"
+            and "Previously, you were asked" in example["messages"][-1][1]
+        )
         assert example["property"] in ("first_character", "ethical_stance") and example["target"]
 
 
@@ -134,7 +147,9 @@ def test_self_vs_cross_is_tested_on_the_prediction_cube(study):
     for index, predictor in enumerate(["cross_trained", "a"], start=1):
         z, p = metrics.two_proportion_ztest(successes[0], counts[0], successes[index], counts[index])
         cell = {"subject": "self_trained", "predictor": predictor, "property": "first_character"}
-        np.testing.assert_allclose([cube["z_vs_self"].sel(cell).item(), cube["p_vs_self"].sel(cell).item()], [z, p])
+        np.testing.assert_allclose(
+            [cube["z_vs_self"].sel(cell).item(), cube["p_vs_self"].sel(cell).item()], [z, p]
+        )
     assert np.isnan(cube["z_vs_self"].sel(subject="self_trained", predictor="self_trained")).all()
 
 
@@ -186,3 +201,28 @@ def test_show_prints_every_result(study):
     ):
         assert heading in shown
     assert "shifted(self_trained(a))" in shown and "MAD x100" in shown
+
+
+API_SPEC = """
+use stdlib.looking_inward as li
+model a = local "tiny_a"
+model api = litellm "openai/gpt-4o-mini" { finetune: true }
+task animals { data: "data/animals.jsonl" prompt: "What are the next 3 animals after {{ sequence }}?" }
+task colours { data: "data/colours.jsonl" prompt: "What are the next 3 colours after {{ sequence }}?" }
+split s { train: [animals]  test: [colours]  items: 4  seed: 1 }
+study api_finetune {
+  let tuned = finetune(api, hypotheticals(a, s.train, [li.first_character]))
+  measure m = prediction(tuned, a, s.test, [li.first_character])
+}
+"""
+
+
+def test_finetuning_an_api_model_fails_with_a_clear_message_before_any_api_call(study):
+    root = study["root"]
+    (root / "api.intro").write_text(API_SPEC)
+    with contextlib.chdir(root):
+        code, _, errors = intro_with_errors(
+            "run", "api.intro", "--runs", "runs", "--cache", "cache", "--quiet"
+        )
+    assert code == 1
+    assert "cannot finetune 'api': finetuning API models (litellm) is not supported" in errors

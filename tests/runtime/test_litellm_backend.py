@@ -416,13 +416,39 @@ def test_a_model_litellm_cannot_place_or_without_its_key_fails_clearly(monkeypat
         run(LiteLLMBackend("openai/gpt-4o-mini").generate([GenerationRequest(key="a", messages=user("hi"))]))
 
 
-def test_serving_an_api_backend_passes_its_rate_limits_on_for_the_client_to_retry():
-    # client LiteLLMBackend -> intro serve -> LiteLLMBackend that gives up at once -> echo server (429 first)
-    with EchoServer({"busy": [Fault("429", retry_after=0.05)]}) as upstream:
-        impatient = echo_backend(upstream, retry_policy=RetryPolicy(max_attempts=1))
-        with make_server(impatient, model_name="relay").start_in_thread() as relay:
-            client = LiteLLMBackend("openai/relay", api_base=relay.url, retry_policy=FAST_RETRIES)
-            (generation,) = run(client.generate([GenerationRequest(key="r", messages=user("busy"))]))
-            assert client.attempts == 2  # a 503 with Retry-After, then the answer
-        assert upstream.calls("busy") == 2
-    assert generation.text == "echo: busy"
+class BusyOnceBackend:
+    """The tiny model behind a gate that reports itself rate limited on its first call."""
+
+    def __init__(self, inner: LocalBackend):
+        self.inner, self.name, self.calls = inner, "busy-once", 0
+
+    async def generate(self, requests):
+        self.calls += 1
+        if self.calls == 1:
+            raise RetryableError("upstream rate limited", retry_after=0.05)
+        return await self.inner.generate(requests)
+
+    async def score(self, requests):
+        return await self.inner.score(requests)
+
+    async def aclose(self):
+        return None
+
+
+def test_a_served_backends_transient_failure_reaches_the_client_as_a_retryable_503(local):
+    gate = BusyOnceBackend(local)
+    request = GenerationRequest(key="r", messages=user("The dog"), max_tokens=4)
+    with make_server(gate, model_name="gate").start_in_thread() as server:
+        client = LiteLLMBackend("openai/gate", api_base=server.url, retry_policy=FAST_RETRIES)
+        (generation,) = run(client.generate([request]))
+    assert (client.attempts, gate.calls) == (2, 2)  # a 503 with Retry-After, then the answer
+    assert generation.text == run(local.generate([request]))[0].text
+
+
+def test_a_provider_known_to_lack_logprobs_is_refused_before_any_call(monkeypatch):
+    monkeypatch.setenv("INTRO_ANTHROPIC_KEY", "unused-key")
+    claude = LiteLLMBackend("anthropic/claude-3-5-sonnet-20240620", api_key_env="INTRO_ANTHROPIC_KEY")
+    score = ScoreRequest(key="s", messages=user("hi"), choices=("A", "B"))
+    with pytest.raises(BackendError, match="needs logprobs and model anthropic/claude-3-5-sonnet-20240620"):
+        run(claude.score([score]))
+    assert claude.attempts == 0

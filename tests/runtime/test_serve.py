@@ -105,8 +105,10 @@ def test_trailing_assistant_message_is_a_prefill(server, local):
     assert body["choices"][0]["message"]["content"] == direct.text
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, local):
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(local):
+    # A wide window, so that a loaded machine starting the client threads slowly still batches them.
+    server = make_server(local, batch_window=0.3).start_in_thread()
+    with server, ThreadPoolExecutor(len(PROMPTS)) as pool:
         answers = list(pool.map(lambda p: post(server.url, chat(p, max_tokens=6)), PROMPTS))
     expected = [local_generation(local, p, max_tokens=6).text for p in PROMPTS]
     assert [body["choices"][0]["message"]["content"] for _, body in answers] == expected
@@ -147,7 +149,7 @@ class RefusingBackend:
 
 
 def test_a_failing_request_does_not_sink_its_batch_neighbours(local):
-    server = make_server(RefusingBackend(local), batch_window=0.2).start_in_thread()
+    server = make_server(RefusingBackend(local), batch_window=0.5).start_in_thread()
     with server, ThreadPoolExecutor(3) as pool:
         results = list(
             pool.map(lambda p: post(server.url, chat(p, max_tokens=3)), ["a cat", "refuse me", "The dog"])

@@ -12,6 +12,7 @@ from intro.runtime.activations import (
     concept_vectors,
     cosine_with_concept,
     cosines_with_concepts,
+    last_positions,
     load_vector,
     random_vector_like,
     save_vector,
@@ -326,6 +327,13 @@ def test_concept_vectors_share_one_baseline(qwen):
     assert not torch.allclose(together["dog"], together["cat"])
 
 
+def test_last_positions_find_the_last_real_token_on_either_padding_side():
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    assert last_positions(left).tolist() == [3, 3]
+    assert last_positions(right).tolist() == [1, 2]
+
+
 def test_chat_prompt_uses_the_chat_template(qwen):
     assert chat_prompt(qwen, "dog").startswith("<|im_start|>user\nTell me about dog<|im_end|>")
 
@@ -391,3 +399,24 @@ def test_cosine_with_concept_is_measured_on_the_span_mean(loaded):
 def test_a_span_missing_from_the_prompt_is_refused(qwen):
     with pytest.raises(ValueError, match="does not occur"):
         span_token_positions(qwen, "hello there", "dog")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The embedded model (slow): the DESIGN.md §5 steering check
+
+
+@pytest.mark.slow
+def test_a_dog_vector_at_two_thirds_depth_steers_qwen_towards_dogs():
+    qwen = load_local_model("embedded:qwen2.5-coder-0.5b-instruct", device="cpu")
+    baseline = ["apple", "river", "music", "table", "cloud", "chair", "money", "winter", "phone", "garden"]
+    vector = concept_vector(qwen, "dogs", baseline, 2 / 3, batch_size=11)
+    ids, mask = qwen.encode([qwen.render((Message("user", "Write one sentence about whatever you like."),))])
+
+    def reply(strength: float) -> str:
+        with add_to_residual(qwen.model, 2 / 3, strength * vector, start=[ids.shape[1] - 1]):
+            out = qwen.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False)
+        return qwen.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).lower()
+
+    assert 2 < vector.norm() < 30  # read through the chat template; raw prompts gave ~10x larger vectors
+    assert "dog" not in reply(0.0)
+    assert "dog" in reply(2.0) or "pupp" in reply(2.0)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-
 from intro.compiler.plan import Measure, ModelEntry, Plan, Prompt, Step
 from intro.runtime import adapters, behaviour_change, calibration, cubes_extra
 from intro.runtime.adapters import AdapterWeights, read_adapter, stack_adapters, train_adapter, write_adapter
@@ -19,6 +18,7 @@ from intro.runtime.backends.local import LocalBackend, activate_adapter, attach_
 from intro.runtime.finetune import LoraHyperparameters
 from intro.runtime.requests import BackendError, GenerationRequest, Message
 from intro.runtime.training import (
+    Lineage,
     TrainingExample,
     answer_examples,
     hypothetical_examples,
@@ -28,6 +28,7 @@ from intro.runtime.training import (
     read_examples,
     write_examples,
 )
+
 from tests.tinymodels import make_tiny_model
 
 EXAMPLES = [
@@ -37,6 +38,17 @@ EXAMPLES = [
 QUICK = LoraHyperparameters(rank=4, alpha=8, lr=1e-2, epochs=1, batch_size=2, seed=1)
 # Enough steps for a tiny model to learn two short replies by heart.
 MEMORISE = LoraHyperparameters(rank=8, alpha=16, lr=3e-2, epochs=15, batch_size=2, seed=1)
+
+# Loading a second adapter into a model makes peft warn that it now holds several: that is the design.
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Weight digests are remembered under the intro cache directory: keep them out of the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INTRO_CACHE_DIR", str(tmp_path_factory.mktemp("intro-cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +121,15 @@ def test_a_child_adapter_is_stored_stacked_on_its_parent(qwen, memorised, tmp_pa
     assert any(child.factors[m][1][:, parent.rank :].abs().sum() > 0 for m in child.factors)
 
 
+def test_a_bf16_model_trains_its_adapter_in_float32_and_keeps_its_own_dtype(qwen, tmp_path):
+    half = attrs.evolve(qwen, model=copy.deepcopy(qwen.model).to(torch.bfloat16))
+    result = train_adapter(half, EXAMPLES, attrs.evolve(QUICK, epochs=3), tmp_path / "adapter")
+    assert result.losses[-1] < result.losses[0]
+    factors = read_adapter(tmp_path / "adapter").factors.values()
+    assert {tensor.dtype for pair in factors for tensor in pair} == {torch.float32}
+    assert {parameter.dtype for parameter in half.model.parameters()} == {torch.bfloat16}
+
+
 def test_training_needs_examples(qwen, tmp_path):
     with pytest.raises(ValueError, match="at least one example"):
         train_adapter(qwen, [], QUICK, tmp_path / "adapter")
@@ -118,7 +139,9 @@ def test_training_needs_examples(qwen, tmp_path):
 # Stacking
 
 
-def random_adapter(template: AdapterWeights, rank: int, alpha: float, seed: int, drop: int = 0) -> AdapterWeights:
+def random_adapter(
+    template: AdapterWeights, rank: int, alpha: float, seed: int, drop: int = 0
+) -> AdapterWeights:
     generator = torch.Generator().manual_seed(seed)
     factors = {}
     for module, (a, b) in sorted(template.factors.items())[drop:]:
@@ -151,7 +174,9 @@ def test_a_stacked_adapter_computes_the_sum_of_its_parts(qwen, memorised, tmp_pa
     torch.testing.assert_close(stacked, both, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("setting", [{"use_dora": True}, {"rank_pattern": {"q_proj": 2}}, {"target_modules": ".*"}])
+@pytest.mark.parametrize(
+    "setting", [{"use_dora": True}, {"rank_pattern": {"q_proj": 2}}, {"target_modules": ".*"}]
+)
 def test_only_plain_lora_adapters_stack(memorised, setting):
     plain = read_adapter(memorised[0])
     odd = AdapterWeights({**plain.config, **setting}, plain.factors)
@@ -248,7 +273,9 @@ def lineage_plan() -> Plan:
         "api": ModelEntry("api", "litellm", "litellm:x", {"label": "api"}),
         "ft-1": ModelEntry("ft-1", "finetuned", "finetuned:h1", {"base": "a", "step": "ft1", "root": "a"}),
         "ft-2": ModelEntry("ft-2", "finetuned", "finetuned:h2", {"base": "ft-1", "step": "ft2", "root": "a"}),
-        "ft-api": ModelEntry("ft-api", "finetuned", "finetuned:h3", {"base": "api", "step": "ft3", "root": "api"}),
+        "ft-api": ModelEntry(
+            "ft-api", "finetuned", "finetuned:h3", {"base": "api", "step": "ft3", "root": "api"}
+        ),
         "st": ModelEntry("st", "steered", "steered:s", {"base": "a", "label": "st"}),
     }
     steps = (
@@ -262,14 +289,8 @@ def lineage_plan() -> Plan:
 
 def test_lineage_traces_a_finetuned_base_to_its_root():
     plan = lineage_plan()
-    assert lineage(plan, "a") == lineage_plan_result("a", None)
-    assert lineage(plan, "ft-2") == lineage_plan_result("a", "ft2")
-
-
-def lineage_plan_result(root, parent):
-    from intro.runtime.training import Lineage
-
-    return Lineage(root, parent)
+    assert lineage(plan, "a") == Lineage("a", None)
+    assert lineage(plan, "ft-2") == Lineage("a", "ft2")
 
 
 @pytest.mark.parametrize(("base", "message"), [("api", "litellm"), ("ft-api", "litellm"), ("st", "steered")])
@@ -384,7 +405,9 @@ def test_behaviour_change_groups_pool_over_tasks():
     rows = change_rows()
     moved = [attrs.evolve(r, task="colours") if i % 2 else r for i, r in enumerate(rows)]
     groups = behaviour_change.grouped_changes(moved)
-    assert len(groups[("animals", "first_character")]) == 3 and len(groups[("colours", "first_character")]) == 3
+    assert (
+        len(groups[("animals", "first_character")]) == 3 and len(groups[("colours", "first_character")]) == 3
+    )
     assert groups[(None, "first_character")] == moved
 
 
@@ -424,7 +447,9 @@ def test_self_vs_cross_is_the_two_proportion_z_test_of_the_pooled_accuracies():
     # Per task t1: 3/4 vs 1/4; p = 1/2; z = (1/2) / sqrt(1/4 * 1/2).
     by_task = dataset["z_vs_self_by_task"].sel(subject="m1", predictor="m2", task="t1", property="p").item()
     assert by_task == pytest.approx(0.5 / math.sqrt(0.125))
-    assert dataset["pooled_accuracy"].sel(subject="m1", predictor="m1", property="p").item() == pytest.approx(5 / 6)
+    assert dataset["pooled_accuracy"].sel(subject="m1", predictor="m1", property="p").item() == pytest.approx(
+        5 / 6
+    )
     assert dataset["pooled_n"].sel(subject="m1", predictor="m2", property="p").item() == 6
 
 
@@ -449,3 +474,27 @@ def test_the_training_group_moves_aside_for_a_measure_of_that_name():
     assert cubes_extra.training_group(plan) == "training"
     renamed = attrs.evolve(plan, measures=(Measure("training", "prediction", (), ()),))
     assert cubes_extra.training_group(renamed) == "training_losses"
+
+
+def test_self_vs_cross_does_not_depend_on_the_order_of_the_axes():
+    correct = np.random.default_rng(3).integers(0, 2, size=(2, 3, 2, 1, 5)).astype(float)
+    correct[1, 2, :, :, 3:] = np.nan
+    straight = cubes_extra.with_self_vs_cross(prediction_cube(correct))
+    flipped = cubes_extra.with_self_vs_cross(prediction_cube(correct).transpose("predictor", "subject", ...))
+    for name in ("z_vs_self", "p_vs_self", "z_vs_self_by_task", "pooled_accuracy"):
+        xr.testing.assert_allclose(flipped[name].transpose(*straight[name].dims), straight[name])
+    assert np.isfinite(straight["z_vs_self"].sel(subject="m2", predictor="m1")).all()
+
+
+def test_the_self_vs_cross_table_pairs_each_cross_predictor_with_the_subjects_own():
+    correct = np.full((2, 3, 2, 1, 4), np.nan)
+    correct[0, 0, 0, 0] = [1, 1, 1, 0]  # m1 predicting m1: 3/4
+    correct[0, 1, 0, 0] = [1, 0, 0, 0]  # m2 predicting m1: 1/4
+    correct[1, 1, 0, 0] = [1, 1, 0, 0]  # m2 predicting m2: 2/4
+    correct[1, 0, 0, 0] = [0, 0, 0, 0]  # m1 predicting m2: 0/4
+    header, rows = cubes_extra.self_vs_cross_rows(cubes_extra.with_self_vs_cross(prediction_cube(correct)))
+    assert header[:5] == ["subject", "predictor", "property", "self", "cross"]
+    assert [row[:5] + row[-2:] for row in rows] == [
+        ["m1", "m2", "p", "0.75", "0.25", "4", "4"],
+        ["m2", "m1", "p", "0.50", "0.00", "4", "4"],
+    ]

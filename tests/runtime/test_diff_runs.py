@@ -1,0 +1,122 @@
+"""Reuse across studies and the comparison of two runs.
+
+Study A runs; B is A with one task's template edited. `intro plan B` must predict exactly the calls that
+B's run then makes at the server (only the edited task's prompts), and `intro diff runA runB` compares
+the two cubes cell by cell with paired statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import stats
+
+from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.resultdiff import compare_prediction_cubes
+from intro.runtime.serve import make_server
+from tests.tinymodels import cached_tiny_model
+
+SPEC = """
+use stdlib.looking_inward as li
+model a = local "{model}"
+task seq {{ data: "seq.jsonl" prompt: "{seq_prompt}" }}
+task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B) {{{{ option_b }}}}" answer: "choice" choices: ["A", "B"] }}
+split s {{ test: [seq, ab] items: 8 seed: 1 }}
+study {name} {{
+  measure self = prediction(a, a, s.test, [li.first_character, li.ethical_stance])
+}}
+"""
+
+
+def write(directory: Path, name: str, seq_prompt: str) -> Path:
+    with (directory / "seq.jsonl").open("w") as f:
+        for i in range(20):
+            f.write(json.dumps({"id": f"s{i}", "split": "val", "sequence": f"cat, dog, item{i}"}) + "\n")
+    with (directory / "ab.jsonl").open("w") as f:
+        for i in range(20):
+            row = {"id": f"q{i}", "split": "val", "question": f"Pick {i}?", "option_a": "yes", "option_b": "no", "matching": "AB"[i % 2]}
+            f.write(json.dumps(row) + "\n")
+    spec = directory / f"{name}.intro"
+    spec.write_text(SPEC.format(model=cached_tiny_model("qwen2"), name=name, seq_prompt=seq_prompt))
+    return spec
+
+
+def intro(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "intro.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = make_server(LocalBackend(load_local_model(str(cached_tiny_model("qwen2")))))
+    srv.start_in_thread()
+    yield srv
+    srv.close()
+
+
+def test_b_samples_only_the_edited_task_and_plan_predicts_the_calls(tmp_path, server):
+    spec_a = write(tmp_path, "study_a", "Next animals after {{ sequence }}?")
+    spec_b = write(tmp_path, "study_b", "Which animals come after {{ sequence }}?")
+    cache = str(tmp_path / "cache")
+    run_a = intro("run", str(spec_a), "--cache", cache, "--serve", f"a={server.url}", "--quiet", cwd=tmp_path)
+    assert run_a.returncode == 0, run_a.stderr
+
+    plan = json.loads(intro("plan", str(spec_b), "--cache", cache, "--json", cwd=tmp_path).stdout)
+    to_run = {s["id"]: s["to_run"] for s in plan["steps"] if s["kind"] == "sample"}
+    assert all(n == 0 for step, n in to_run.items() if ",ab]" in step)  # the untouched task is reused
+    assert all(n > 0 for step, n in to_run.items() if ",seq]" in step)
+    assert any(s["status"] == "from another study" for s in plan["steps"])
+
+    before = server.requests_served
+    run_b = intro("run", str(spec_b), "--cache", cache, "--serve", f"a={server.url}", "--quiet", cwd=tmp_path)
+    assert run_b.returncode == 0, run_b.stderr
+    assert server.requests_served - before == plan["totals"]["calls_to_make"] == sum(to_run.values())
+
+    diff = intro("diff", "runs/study_a", "runs/study_b", cwd=tmp_path)
+    assert diff.returncode in (0, 2), diff.stderr
+    assert "measure self:" in diff.stdout and "McNemar" in diff.stdout
+
+
+def cube(correct: np.ndarray, ids: list[str], tasks=("t",)) -> xr.Dataset:
+    items = len(ids)
+    return xr.Dataset(
+        {
+            "correct": (("task", "property", "item"), correct.reshape(len(tasks), 1, items)),
+            "item_id": (("task", "item"), np.array([ids] * len(tasks))),
+            "accuracy": (("task", "property"), np.nanmean(correct.reshape(len(tasks), 1, items), axis=2)),
+        },
+        coords={"task": list(tasks), "property": ["p"], "item": np.arange(items)},
+    )
+
+
+def test_result_comparison_pairs_items_by_id_and_matches_scipy():
+    rng = np.random.default_rng(3)
+    a_correct = rng.random(40) < 0.4
+    b_correct = a_correct.copy()
+    b_correct[rng.choice(40, 12, replace=False)] ^= True
+    ids = [f"i{k}" for k in range(40)]
+    order = rng.permutation(40)  # B lists the same items in another order
+    a = cube(a_correct.astype(float), ids)
+    b = cube(b_correct[order].astype(float), [ids[k] for k in order])
+    result = compare_prediction_cubes(a, b, resamples=2000)
+    (cell,) = result["cells"]
+    discordant_b_only = int(np.sum(~a_correct & b_correct))
+    discordant_a_only = int(np.sum(a_correct & ~b_correct))
+    expected_p = stats.binomtest(min(discordant_a_only, discordant_b_only), discordant_a_only + discordant_b_only, 0.5).pvalue
+    assert cell["n"] == 40
+    assert cell["difference"] == pytest.approx(b_correct.mean() - a_correct.mean())
+    assert cell["p_value"] == pytest.approx(expected_p)
+    assert cell["ci_low"] <= cell["difference"] <= cell["ci_high"]
+
+
+def test_cells_only_in_one_run_are_flagged_not_compared():
+    a = cube(np.array([1.0, 0.0, 1.0, 1.0]), ["x", "y", "z", "w"], tasks=("t", "u")[:1])
+    b = cube(np.array([1.0, 1.0, 0.0, np.nan, 1.0, 1.0, 1.0, 1.0]), ["x", "y", "z", "w"], tasks=("t", "u"))
+    result = compare_prediction_cubes(a, b)
+    assert result["only_in_b"] == ["task=u"]
+    assert result["cells"][0]["n"] == 3  # the item dropped in B (NaN) is left out of the pairing
