@@ -53,7 +53,7 @@ FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "split": {
         "train": ("tasks", ()),
-        "test": ("tasks", REQUIRED),
+        "test": ("tasks", ()),
         "items": ("int", 100),
         "seed": ("int", 0),
     },

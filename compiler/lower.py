@@ -78,10 +78,12 @@ class Lowering:
         base = self.model(model.base)
         data = self.training_data(model.data)
         hparams = dict(model.hparams)
+        # Finetuning a finetuned model starts from its adapter: it must exist first.
+        parent = [self.models[base].params["step"]] if self.models[base].kind == "finetuned" else []
         step = self.add_step(
             f"finetune.{self.study.name}.{self.label(model)}",
             "finetune",
-            [data],
+            [*parent, data],
             {"base": base, "data": data, "hparams": hparams},
             [self.models[base].identity, hparams],
         )
@@ -233,7 +235,13 @@ class Lowering:
             return self.add_step(step_id, "hypotheticals", objects.values(), params, content)
         objects = self.object_steps(data.model, data.selection, data.sampling)
         rows = [[t.name, k, self.prompt(self.object_prompt(t, r))] for t, k, r in self.rows(data.selection)]
-        params = {"model": self.model(data.model), "rows": rows, "object_steps": objects, "reduce": data.sampling.reduce}
+        params = {
+            "model": self.model(data.model),
+            "rows": rows,
+            "object_steps": objects,
+            "reduce": data.sampling.reduce,
+            "tasks": _tasks(data.selection),
+        }
         content = {"rows": rows, "reduce": data.sampling.reduce}
         return self.add_step(f"answers.{self.study.name}[{self.label(data.model)}]", "answers", objects.values(), params, content)
 

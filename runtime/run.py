@@ -108,7 +108,7 @@ class _StudyRun:
         self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
         self._step_started = time.monotonic()
         self.executor = Executor(
-            training.ordered_after_bases(plan),
+            plan,
             cache,
             pool,
             handlers={"prediction": self.prediction, **training.handlers(self), **concepts.handlers(self)},

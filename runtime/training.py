@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 from attrs import frozen
 from intro.compiler.plan import Plan, Prompt, Step
 
@@ -169,21 +168,6 @@ def lora_hyperparameters(hparams: Mapping[str, Any]) -> Any:
         batch_size=int(hparams["batch"]),
         seed=int(hparams["seed"]),
     )
-
-
-def ordered_after_bases(plan: Plan) -> Plan:
-    """The plan with each finetune step depending on its base model's finetune step, when the base is finetuned.
-
-    Training on a finetuned base needs the base's adapter; a plan whose finetune steps list only their data
-    step could run both trainings in the same wave. Adding the edge changes no step's hash.
-    """
-    steps = []
-    for step in plan.steps:
-        base = plan.models[step.params["base"]] if step.kind == "finetune" else None
-        if base is not None and base.kind == "finetuned" and base.params["step"] not in step.deps:
-            step = attrs.evolve(step, deps=(*step.deps, base.params["step"]))
-        steps.append(step)
-    return attrs.evolve(plan, steps=tuple(steps))
 
 
 def finetuned_model_of(plan: Plan, step_id: str) -> str:

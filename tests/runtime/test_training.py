@@ -24,7 +24,6 @@ from intro.runtime.training import (
     hypothetical_examples,
     lineage,
     lora_hyperparameters,
-    ordered_after_bases,
     read_examples,
     write_examples,
 )
@@ -297,14 +296,6 @@ def test_lineage_traces_a_finetuned_base_to_its_root():
 def test_api_and_steered_models_cannot_be_finetuned(base, message):
     with pytest.raises(BackendError, match=message):
         lineage(lineage_plan(), base)
-
-
-def test_a_finetune_on_a_finetuned_base_runs_after_the_base_is_trained():
-    plan = lineage_plan()
-    ordered = ordered_after_bases(plan)
-    assert ordered.step("ft2").deps == ("data2", "ft1")
-    assert ordered.step("ft1").deps == ("data1",)
-    assert [s.hash for s in ordered.steps] == [s.hash for s in plan.steps] and ordered.hash == plan.hash
 
 
 # ---------------------------------------------------------------------------------------------------------
