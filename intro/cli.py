@@ -77,6 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command("show", _show, "print a summary table of a run's results")
     p.add_argument("run", type=Path, help="a run directory (runs/<study>)")
 
+    p = command("report", _report, "draw a run's figures as PNGs and one HTML page")
+    p.add_argument("run", type=Path, help="a run directory (runs/<study>)")
+    p.add_argument("-o", "--output", type=Path, help="folder for the report (default: <run>/report)")
+
     p = command("diff", _diff, "compare two studies (specs) or two runs (run directories)")
     p.add_argument("a", type=Path, help="a spec, or a run directory")
     p.add_argument("b", type=Path)
@@ -204,6 +208,17 @@ def _show(args: argparse.Namespace) -> int:
     from intro.runtime.run import show_run
 
     return show_run(args.run)
+
+
+def _report(args: argparse.Namespace) -> int:
+    if not (args.run / "plan.json").is_file():
+        print(f"intro: {args.run} is not a run directory (no plan.json)", file=sys.stderr)
+        return BAD_INPUT
+    from intro.runtime.report import write_report
+
+    page = write_report(args.run, args.output)
+    print(f"wrote {page}")
+    return OK
 
 
 def _diff(args: argparse.Namespace) -> int:

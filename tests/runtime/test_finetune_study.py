@@ -226,3 +226,17 @@ def test_finetuning_an_api_model_fails_with_a_clear_message_before_any_api_call(
         )
     assert code == 1
     assert "cannot finetune 'api': finetuning API models (litellm) is not supported" in errors
+
+
+def test_report_draws_every_figure_into_one_self_contained_page(study):
+    code, out = intro("report", str(study["dir"]))
+    assert code == 0, out
+    report = study["dir"] / "report"
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    kinds = {m.name: m.kind for m in study["plan"].measures}
+    assert pngs == sorted([f"{name}.png" for name in kinds] + ["training.png"])
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)  # no links to files: one page to send around
+    assert study["plan"].hash[:16] in page and STUDY in page
+    for png in pngs:
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

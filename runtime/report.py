@@ -1,0 +1,255 @@
+"""`intro report`: the papers' figures from a run's cubes, as PNG files and one self-contained HTML page.
+
+- prediction measures: pooled accuracy of every point with its 95% bootstrap CI and the mode baseline,
+  grouped by subject, so self- vs cross-prediction and before/after training sit side by side
+  (Binder et al. 2024, Fig. 1/4);
+- calibration: object-level vs hypothetical probability per equal-frequency bin, with MAD x 100;
+- behaviour change: accuracy against the old vs the new behaviour;
+- injected thought: layer x strength heatmaps of detection and net score (Lindsey 2025);
+- training: loss curves of every finetuned model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display here or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from intro.compiler.plan import Plan  # noqa: E402
+
+from . import metrics  # noqa: E402
+
+Figure = Any
+
+
+def write_report(run: Path, output: Path | None = None) -> Path:
+    plan = Plan.loads((run / "plan.json").read_text(encoding="utf-8"))
+    output = output or run / "report"
+    output.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, str, str]] = []  # (title, png file, table text)
+    for measure in plan.measures:
+        dataset = _open(run, measure.name)
+        if dataset is None:
+            continue
+        draw = FIGURES.get(measure.kind)
+        if draw is None:
+            continue
+        figure = draw(dataset, measure.name)
+        name = f"{measure.name}.png"
+        figure.savefig(output / name, dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        sections.append((f"{measure.name} ({measure.kind})", name, _table(dataset, measure)))
+    training = _open(run, "training")
+    if training is not None and "loss" in training:
+        figure = training_figure(training)
+        figure.savefig(output / "training.png", dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        sections.append(("training", "training.png", ""))
+    page = output / "report.html"
+    page.write_text(_html(plan, output, sections), encoding="utf-8")
+    return page
+
+
+def _open(run: Path, group: str) -> xr.Dataset | None:
+    try:
+        return xr.open_zarr(run / "cube.zarr", group=group).load()
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        return None
+
+
+def _table(dataset: xr.Dataset, measure: Any) -> str:
+    from .run import measure_table
+
+    try:
+        return str(measure_table(dataset, measure))
+    except Exception as error:  # a table is a convenience; the figure is the report
+        return f"(no table: {error})"
+
+
+# ---------------------------------------------------------------- prediction
+def pooled_points(dataset: xr.Dataset) -> list[dict[str, Any]]:
+    """Accuracy pooled over tasks, properties and items at each point of the measure's axes."""
+    axes = [d for d in dataset["correct"].dims if d not in ("task", "property", "item")]
+    points = []
+    for index in np.ndindex(*(dataset.sizes[a] for a in axes)):
+        where = {a: i for a, i in zip(axes, index, strict=True)}
+        correct = dataset["correct"].isel(where).values.ravel()
+        kept = correct[np.isfinite(correct)]
+        if kept.size == 0:
+            continue
+        n = dataset["n"].isel(where).values
+        baseline = dataset["mode_baseline"].isel(where).values
+        valid = np.isfinite(n) & np.isfinite(baseline) & (n > 0)
+        low, high = metrics.bootstrap_ci(kept, seed=0)
+        points.append(
+            {
+                "coords": {a: str(dataset[a].values[i]) for a, i in where.items()},
+                "accuracy": float(kept.mean()),
+                "low": float(low),
+                "high": float(high),
+                "baseline": float(np.average(baseline[valid], weights=n[valid])) if valid.any() else float("nan"),
+                "n": int(kept.size),
+            }
+        )
+    return points
+
+
+def prediction_figure(dataset: xr.Dataset, name: str) -> Figure:
+    points = pooled_points(dataset)
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(points)), 3.6))
+    labels = [", ".join(f"{k}={v}" for k, v in p["coords"].items()) or name for p in points]
+    x = np.arange(len(points))
+    accuracy = np.array([p["accuracy"] for p in points])
+    errors = np.array([[p["accuracy"] - p["low"] for p in points], [p["high"] - p["accuracy"] for p in points]])
+    colours = [_colour(p["coords"]) for p in points]
+    axis.bar(x, accuracy, yerr=errors, color=colours, capsize=4, label="accuracy (95% CI)")
+    axis.scatter(x, [p["baseline"] for p in points], marker="_", s=600, color="black", label="mode baseline", zorder=3)
+    axis.set_xticks(x, labels, rotation=30, ha="right")
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy (pooled over tasks and properties)")
+    axis.set_title(name)
+    axis.legend(loc="upper right", fontsize=8)
+    return figure
+
+
+def _colour(coords: dict[str, str]) -> str:
+    # Self-prediction in one colour, cross-prediction in another, anything else neutral.
+    if "subject" in coords and "predictor" in coords:
+        return "#2b6cb0" if coords["subject"] == coords["predictor"] else "#dd6b20"
+    return "#4a5568"
+
+
+# ---------------------------------------------------------------- calibration
+def calibration_figure(dataset: xr.Dataset, name: str) -> Figure:
+    axes = [d for d in dataset["pooled_mad"].dims if d != "property"]
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for index in np.ndindex(*(dataset.sizes[a] for a in axes)):
+        where = {a: i for a, i in zip(axes, index, strict=True)}
+        for p, prop in enumerate(dataset["property"].values):
+            cell = dataset.isel({**where, "property": p})
+            xs, ys = cell["pooled_object_mean"].values, cell["pooled_hypothetical_mean"].values
+            keep = np.isfinite(xs) & np.isfinite(ys)
+            if not keep.any():
+                continue
+            label = ", ".join(str(dataset[a].values[i]) for a, i in where.items())
+            mad = float(cell["pooled_mad"].values)
+            axis.plot(xs[keep], ys[keep], marker="o", label=f"{label} {prop}: MAD {mad:.1f}")
+    axis.set_xlabel("object-level probability")
+    axis.set_ylabel("hypothetical probability")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title(name)
+    axis.legend(fontsize=7)
+    return figure
+
+
+# ---------------------------------------------------------------- behaviour change
+def behaviour_figure(dataset: xr.Dataset, name: str) -> Figure:
+    axes = [d for d in dataset["pooled_accuracy_old"].dims if d != "property"]
+    rows = []
+    for index in np.ndindex(*(dataset.sizes[a] for a in axes)):
+        cell = dataset.isel(dict(zip(axes, index, strict=True)))
+        label = ", ".join(str(dataset[a].values[i]) for a, i in zip(axes, index, strict=True)) or name
+        for p, prop in enumerate(dataset["property"].values):
+            c = cell.isel(property=p)
+            rows.append((f"{label} {prop}", c))
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.4 * len(rows)), 3.6))
+    x = np.arange(len(rows))
+    for offset, which, colour in ((-0.2, "old", "#a0aec0"), (0.2, "new", "#2f855a")):
+        values = np.array([float(c[f"pooled_accuracy_{which}"]) for _, c in rows])
+        low = np.array([float(c[f"pooled_{which}_ci_low"]) for _, c in rows])
+        high = np.array([float(c[f"pooled_{which}_ci_high"]) for _, c in rows])
+        axis.bar(x + offset, values, width=0.4, color=colour, yerr=[values - low, high - values], capsize=3, label=f"vs {which} behaviour")
+    axis.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy on items whose behaviour changed")
+    axis.set_title(name)
+    axis.legend(fontsize=8)
+    return figure
+
+
+# ---------------------------------------------------------------- injected thought
+def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
+    variables = [v for v in ("detection", "identification", "false_positive", "net") if v in dataset]
+    figure, axes = plt.subplots(1, len(variables), figsize=(3.4 * len(variables), 3.2))
+    axes = np.atleast_1d(axes)
+    for axis, variable in zip(axes, variables, strict=True):
+        data = dataset[variable]
+        others = [d for d in data.dims if d not in ("layer", "strength")]
+        grid = data.mean(dim=others) if others else data
+        if set(grid.dims) == {"layer", "strength"}:
+            grid = grid.transpose("layer", "strength")
+            image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis", vmin=-1 if variable == "net" else 0, vmax=1)
+            axis.set_xticks(range(grid.sizes["strength"]), [str(v) for v in grid["strength"].values])
+            axis.set_yticks(range(grid.sizes["layer"]), [str(v) for v in grid["layer"].values])
+            axis.set_xlabel("strength")
+            axis.set_ylabel("layer")
+            figure.colorbar(image, ax=axis, fraction=0.046)
+        else:
+            values = np.atleast_1d(grid.values)
+            axis.bar(np.arange(values.size), values)
+        axis.set_title(variable)
+    figure.suptitle(name)
+    figure.tight_layout()
+    return figure
+
+
+def training_figure(dataset: xr.Dataset) -> Figure:
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    labels = dataset["label"].values if "label" in dataset.coords or "label" in dataset else dataset["model"].values
+    for i, model in enumerate(dataset["model"].values):
+        loss = dataset["loss"].sel(model=model).values
+        keep = np.isfinite(loss)
+        axis.plot(np.arange(loss.size)[keep], loss[keep], label=str(labels[i]))
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("training loss")
+    axis.set_title("LoRA training")
+    axis.legend(fontsize=7)
+    return figure
+
+
+FIGURES: dict[str, Callable[[xr.Dataset, str], Figure]] = {
+    "prediction": prediction_figure,
+    "calibration": calibration_figure,
+    "behaviour_change": behaviour_figure,
+    "injected_thought": injection_figure,
+}
+
+
+# ---------------------------------------------------------------- the page
+def _html(plan: Plan, output: Path, sections: list[tuple[str, str, str]]) -> str:
+    created = ""
+    parts = []
+    for title, png, table in sections:
+        encoded = base64.b64encode((output / png).read_bytes()).decode()
+        parts.append(
+            f"<section><h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>"
+            + (f"<pre>{html.escape(table)}</pre>" if table else "")
+            + "</section>"
+        )
+    for measure in plan.measures:
+        cube = _open(output.parent, measure.name)
+        if cube is not None and "created" in cube.attrs:
+            created = str(cube.attrs["created"])
+            break
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(plan.study)} — intro report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}}
+img{{max-width:100%}}pre{{font-size:12px;background:#f7fafc;padding:8px;overflow-x:auto}}
+.meta{{color:#4a5568}}</style></head><body>
+<h1>{html.escape(plan.study)}</h1>
+<p class="meta">spec {html.escape(plan.source)} · plan {plan.hash[:16]} · results written {html.escape(created)}</p>
+{''.join(parts) or '<p>No results yet.</p>'}
+</body></html>
+"""
+
