@@ -52,7 +52,18 @@ def main() -> None:
         listed = sum(len(s.params["prompts"]) * s.params["samples"] for s in plan.steps if s.kind == "sample")
         unique = {k for s in plan.steps if s.kind == "sample" for k, _, _ in requests(plan, s)}
         start = time.perf_counter()
-        command = [sys.executable, "-m", "intro.cli", "run", str(spec), "--runs", str(root / "runs"), "--cache", str(root / "cache"), "--quiet"]
+        command = [
+            sys.executable,
+            "-m",
+            "intro.cli",
+            "run",
+            str(spec),
+            "--runs",
+            str(root / "runs"),
+            "--cache",
+            str(root / "cache"),
+            "--quiet",
+        ]
         result = subprocess.run(command, cwd=root, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         if result.returncode not in (0,):

@@ -36,10 +36,17 @@ def _require(ctx: Context, model: ir.Model, capability: str, span: Span, purpose
             "finetune": "declare it with { finetune: true } if the provider can finetune it",
             "logprobs": "declare it with { logprobs: true } if the provider returns logprobs",
         }[capability]
-        ctx.fail("E300", f"model '{root.name}' cannot {purpose}: it lacks the '{capability}' capability", span, hint)
+        ctx.fail(
+            "E300",
+            f"model '{root.name}' cannot {purpose}: it lacks the '{capability}' capability",
+            span,
+            hint,
+        )
 
 
-def _check_properties(ctx: Context, selection: ir.Selection, properties: tuple[ir.Property, ...], spans: Spans) -> None:
+def _check_properties(
+    ctx: Context, selection: ir.Selection, properties: tuple[ir.Property, ...], spans: Spans
+) -> None:
     if not selection.tasks:
         ctx.fail("E301", "the task selection is empty", spans["tasks"])
     if not properties:
@@ -109,7 +116,13 @@ def _prediction(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Prediction
     _check_properties(ctx, a["tasks"], a["properties"], spans)
     _check_sampling(ctx, a["subject"], a["object"], spans["object"])
     return ir.Prediction(
-        a["predictor"], a["subject"], a["tasks"], tuple(a["properties"]), a["object"], a["hypothetical"], a["template"]
+        a["predictor"],
+        a["subject"],
+        a["tasks"],
+        tuple(a["properties"]),
+        a["object"],
+        a["hypothetical"],
+        a["template"],
     )
 
 
@@ -118,7 +131,13 @@ def _calibration(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Calibrati
     if a["sampling"].samples < 2 or a["sampling"].temperature == 0:
         ctx.fail("E308", "calibration needs several samples at a temperature above 0", spans["sampling"])
     return ir.Calibration(
-        a["predictor"], a["subject"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"], a["top_k"]
+        a["predictor"],
+        a["subject"],
+        a["tasks"],
+        tuple(a["properties"]),
+        a["sampling"],
+        a["template"],
+        a["top_k"],
     )
 
 
@@ -126,7 +145,9 @@ def _behaviour_change(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Beha
     _check_properties(ctx, a["tasks"], a["properties"], spans)
     if a["before"] == a["after"]:
         ctx.fail("E309", "before and after are the same model", spans["after"])
-    return ir.BehaviourChange(a["before"], a["after"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"])
+    return ir.BehaviourChange(
+        a["before"], a["after"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"]
+    )
 
 
 # ---------------------------------------------------------------- vectors

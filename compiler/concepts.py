@@ -109,8 +109,10 @@ def lower_injected_thought(lowering: Lowering, step_id: str, m: ir.InjectedThoug
     prompt = lowering.prompt(Prompt(m.prompt))
     injected = trial_samples(lowering, steered, prompt, m)
     control = trial_samples(lowering, m.model, prompt, m)
-    params = {
-        "model": lowering.model(m.model),
+    model = lowering.model(m.model)
+    grader = _grader(lowering, m.grader)
+    params: dict[str, Any] = {
+        "model": model,
         "steered": lowering.model(steered),
         "word": m.word,
         "layer": m.layer,
@@ -119,15 +121,15 @@ def lower_injected_thought(lowering: Lowering, step_id: str, m: ir.InjectedThoug
         "prompt": prompt,
         "question": m.prompt[-1][1],
         "choices": list(YES_NO),
-        "grader": _grader(lowering, m.grader),
+        "grader": grader,
         "injected_step": injected,
         "control_step": control,
     }
     # What the result depends on: model identities, never the plan's keys or step ids.
     hidden = ("model", "steered", "injected_step", "control_step", "grader")
     content = {k: v for k, v in params.items() if k not in hidden}
-    content["model"] = lowering.models[params["model"]].identity
-    content["grader"] = {k: v for k, v in params["grader"].items() if k != "judge"}
+    content["model"] = lowering.models[model].identity
+    content["grader"] = {k: v for k, v in grader.items() if k != "judge"}
     return lowering.add_step(step_id, "injected_thought", [injected, control], params, content)
 
 

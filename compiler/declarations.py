@@ -80,12 +80,16 @@ FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
 _JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def read_fields(kind: str, record: ast.Record | None, ev: Evaluator, ctx: Context, at: Span) -> dict[str, Any]:
+def read_fields(
+    kind: str, record: ast.Record | None, ev: Evaluator, ctx: Context, at: Span
+) -> dict[str, Any]:
     """Evaluate a declaration's fields against its table; report unknown, missing and mistyped fields."""
     table = FIELDS[kind]
     given: dict[str, tuple[Any, Span]] = {}
+    misspelled = False
     for field in record.fields if record else ():
         if field.name not in table:
+            misspelled = True
             notes = did_you_mean(field.name, table) or (f"{kind} fields: {', '.join(table)}",)
             ctx.sink.error("E120", f"unknown field '{field.name}' in {kind}", field.span, *notes)
             continue
@@ -97,12 +101,16 @@ def read_fields(kind: str, record: ast.Record | None, ev: Evaluator, ctx: Contex
     for name, (type_, default) in table.items():
         if name not in given:
             if default is REQUIRED:
+                if misspelled:  # most likely the misspelled field, already reported with a suggestion
+                    ctx.abort()
                 ctx.fail("E121", f"{kind} is missing field '{name}'", at)
             values[name] = default
             continue
         value, span = given[name]
         if not CHECKS[type_](value):
-            ctx.fail("E201", f"field '{name}' must be a {describe_type(type_)}, not a {type_name(value)}", span)
+            ctx.fail(
+                "E201", f"field '{name}' must be a {describe_type(type_)}, not a {type_name(value)}", span
+            )
         values[name] = value
         values["_spans"][name] = span
     return values
@@ -129,7 +137,15 @@ def build_model(decl: ast.ModelDecl, ev: Evaluator, ctx: Context) -> ir.BaseMode
         return _local(decl, locator, serving, ctx)
     capabilities = API_CAPABILITIES | {c for c in API_OPTIONAL_CAPABILITIES if options[c]}
     return ir.BaseModel(
-        decl.name, "litellm", locator, frozenset(capabilities), f"litellm:{locator}", None, True, serving, span=decl.span
+        decl.name,
+        "litellm",
+        locator,
+        frozenset(capabilities),
+        f"litellm:{locator}",
+        None,
+        True,
+        serving,
+        span=decl.span,
     )
 
 
@@ -163,7 +179,15 @@ def _local(decl: ast.ModelDecl, locator: str, serving: tuple[Any, ...], ctx: Con
     layers = _config_layers(path)
     identity = f"local:{directory_digest(path)}"
     return ir.BaseModel(
-        decl.name, "local", str(path.resolve()), IN_PROCESS_CAPABILITIES, identity, layers, True, serving, span=decl.span
+        decl.name,
+        "local",
+        str(path.resolve()),
+        IN_PROCESS_CAPABILITIES,
+        identity,
+        layers,
+        True,
+        serving,
+        span=decl.span,
     )
 
 
@@ -193,7 +217,7 @@ def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
         notes = did_you_mean(fields["answer"], ANSWER_KINDS) or (f"answer kinds: {', '.join(ANSWER_KINDS)}",)
         ctx.fail("E142", f"unknown answer kind '{fields['answer']}'", spans["answer"], *notes)
     if fields["answer"] == "choice" and not fields["choices"]:
-        ctx.fail("E143", "a task with answer \"choice\" needs `choices`", decl.span)
+        ctx.fail("E143", 'a task with answer "choice" needs `choices`', decl.span)
     _check_template(fields["prompt"], spans["prompt"], rows, path, ctx)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return ir.Task(
@@ -212,7 +236,9 @@ def template_fields(template: str) -> set[str]:
     return set(jinja2.meta.find_undeclared_variables(_JINJA.parse(template)))
 
 
-def _check_template(template: str, span: Span, rows: tuple[Mapping[str, Any], ...], path: Path, ctx: Context) -> None:
+def _check_template(
+    template: str, span: Span, rows: tuple[Mapping[str, Any], ...], path: Path, ctx: Context
+) -> None:
     try:
         needed = template_fields(template)
     except jinja2.TemplateSyntaxError as exc:
@@ -259,7 +285,9 @@ def _split(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Split:
         ctx.fail("E160", "items must be at most 1,000,000", spans["items"])
     overlap = {t.name for t in fields["train"]} & {t.name for t in fields["test"]}
     if overlap:
-        ctx.fail("E161", f"task(s) {', '.join(sorted(overlap))} are both trained on and held out", spans["test"])
+        ctx.fail(
+            "E161", f"task(s) {', '.join(sorted(overlap))} are both trained on and held out", spans["test"]
+        )
     train = ir.Selection(tuple(fields["train"]), "train", fields["items"], fields["seed"])
     test = ir.Selection(tuple(fields["test"]), "val", fields["items"], fields["seed"])
     return ir.Split(decl.name, train, test)

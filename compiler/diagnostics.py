@@ -91,9 +91,10 @@ def render(diagnostic: Diagnostic, source: str | None) -> str:
     text = _source_line(source, span.line)
     if text is not None:
         width = (span.end_column - span.column) if span.end_line == span.line else len(text) - span.column + 1
+        text, column, width = _window(text, span.column, max(1, width))
         gutter = f"{span.line:>4} | "
         lines.append(gutter + text)
-        lines.append(" " * (len(gutter) + span.column - 1) + "^" * max(1, width))
+        lines.append(" " * (len(gutter) + column - 1) + "^" * width)
     lines.extend(f"     = note: {note}" for note in diagnostic.notes)
     return "\n".join(lines)
 
@@ -106,6 +107,21 @@ def render_all(error: CompileError, sources: dict[str, str], limit: int = 20) ->
     count = len(error.diagnostics)
     shown.append(f"{count} error{'s' if count != 1 else ''}")
     return "\n".join(shown)
+
+
+_WINDOW = 100
+
+
+def _window(text: str, column: int, width: int) -> tuple[str, int, int]:
+    """Cut a long source line to about 100 characters around the span, marking the cuts with '...'."""
+    if len(text) <= _WINDOW:
+        return text, column, width
+    start = max(0, min(column - 1 - _WINDOW // 3, len(text) - _WINDOW))
+    shown = text[start : start + _WINDOW]
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if start + _WINDOW < len(text) else ""
+    width = min(width, _WINDOW - (column - 1 - start))
+    return prefix + shown + suffix, column - start + len(prefix), max(1, width)
 
 
 def _source_line(source: str | None, line: int) -> str | None:

@@ -110,9 +110,20 @@ def _walk(value: Any, add: Any) -> None:
         case ir.Property():
             add("property", value.name, {"extract": value.extract, "question": value.question})
         case ir.Sampling():
-            add("sampling", _sampling_name(value), {k: getattr(value, k) for k in ("temperature", "samples", "max_tokens", "seed", "stop", "reduce")})
+            add(
+                "sampling",
+                _sampling_name(value),
+                {
+                    k: getattr(value, k)
+                    for k in ("temperature", "samples", "max_tokens", "seed", "stop", "reduce")
+                },
+            )
         case ir.Selection():
-            add("split", f"{value.part} selection", {"tasks": [t.name for t in value.tasks], "items": value.items, "seed": value.seed})
+            add(
+                "split",
+                f"{value.part} selection",
+                {"tasks": [t.name for t in value.tasks], "items": value.items, "seed": value.seed},
+            )
     if hasattr(value, "__attrs_attrs__"):
         for field in value.__attrs_attrs__:
             if field.eq:
@@ -132,12 +143,21 @@ def _describe_model(model: ir.Model, add: Any) -> None:
         add(
             "model",
             model.name,
-            {"backend": model.backend, "locator": model.locator, "identity": model.identity, "capabilities": sorted(model.capabilities)},
+            {
+                "backend": model.backend,
+                "locator": model.locator,
+                "identity": model.identity,
+                "capabilities": sorted(model.capabilities),
+            },
         )
     elif isinstance(model, ir.FinetunedModel):
         add("model", f"{model.label}({_root(model)})", {"base": _root(model), "hparams": dict(model.hparams)})
     else:
-        add("model", f"{model.label}({_root(model)})", {"base": _root(model), "layer": model.layer, "strength": model.strength, "start": model.start})
+        add(
+            "model",
+            f"{model.label}({_root(model)})",
+            {"base": _root(model), "layer": model.layer, "strength": model.strength, "start": model.start},
+        )
 
 
 def _root(model: ir.Model) -> str:
@@ -184,7 +204,9 @@ def plan_changes(a: Plan, b: Plan) -> list[StepChange]:
     return out
 
 
-def _reasons(a: Plan, old: Step, b: Plan, new: Step, steps_a: Mapping[str, Step], steps_b: Mapping[str, Step]) -> list[str]:
+def _reasons(
+    a: Plan, old: Step, b: Plan, new: Step, steps_a: Mapping[str, Step], steps_b: Mapping[str, Step]
+) -> list[str]:
     reasons = []
     if old.kind == "sample":
         reasons += _sample_reasons(a, old, b, new)

@@ -35,6 +35,10 @@ class Context:
         self.sink = sink
         self.directory = directory
 
+    def abort(self) -> NoReturn:
+        """Stop this statement without a new error (one was already reported for its cause)."""
+        raise _Abort
+
     def fail(self, code: str, message: str, span: Span, *notes: str) -> NoReturn:
         self.sink.error(code, message, span, *notes)
         raise _Abort
@@ -87,7 +91,9 @@ class Program:
             path = directory.joinpath(*parts).with_suffix(".intro")
         if not path.is_file():
             where = "the standard library" if parts[0] == "stdlib" else str(directory)
-            self.sink.error("E111", f"no module '{'.'.join(parts)}' in {where}", use.span)
+            siblings = [p.stem for p in path.parent.glob("*.intro")] if path.parent.is_dir() else []
+            notes = did_you_mean(path.stem, siblings)
+            self.sink.error("E111", f"no module '{'.'.join(parts)}' in {where}", use.span, *notes)
             raise _Abort
         return path
 
@@ -180,7 +186,9 @@ class _Namespace:
             value = namespace.lookup(name.id)
             if value is _MISSING:
                 notes = did_you_mean(name.id, namespace.names())
-                self.ctx.sink.error("E104", f"module '{'.'.join(use.module)}' has no '{name.id}'", name.span, *notes)
+                self.ctx.sink.error(
+                    "E104", f"module '{'.'.join(use.module)}' has no '{name.id}'", name.span, *notes
+                )
                 continue
             self.values[name.id] = value
 
@@ -276,7 +284,10 @@ class Evaluator:
             raise _Abort
         if value is _MISSING:
             self.ctx.fail(
-                "E100", f"unknown name '{node.id}'", node.span, *did_you_mean(node.id, self.scope.visible_names())
+                "E100",
+                f"unknown name '{node.id}'",
+                node.span,
+                *did_you_mean(node.id, self.scope.visible_names()),
             )
         return value
 
@@ -350,7 +361,9 @@ def call(func: Function, node: ast.Call, ev: Evaluator) -> Any:
     if len(node.args) > len(func.params):
         extra = node.args[len(func.params)]
         ev.ctx.fail(
-            "E205", f"{func.name}() takes at most {len(func.params)} arguments, got {len(node.args)}", extra.span
+            "E205",
+            f"{func.name}() takes at most {len(func.params)} arguments, got {len(node.args)}",
+            extra.span,
         )
     bound: dict[str, tuple[Any, Span]] = {}
     for param, arg in zip(func.params, node.args, strict=False):
@@ -406,7 +419,9 @@ class _StudyRunner:
         self.axes: dict[str, list[ir.Scalar]] = {}
         self._measure_axes: dict[str, tuple[tuple[str, ...], Span]] = {}
 
-    def block(self, body: tuple[ast.Statement, ...], scope: Scope, coords: tuple[tuple[str, Any], ...]) -> None:
+    def block(
+        self, body: tuple[ast.Statement, ...], scope: Scope, coords: tuple[tuple[str, Any], ...]
+    ) -> None:
         local: dict[str, Any] = {}
         inner = scope.child(local)
         for statement in body:
@@ -416,7 +431,9 @@ class _StudyRunner:
                 if isinstance(statement, ast.Let):
                     local.setdefault(statement.name, _POISON)
 
-    def statement(self, stmt: ast.Statement, scope: Scope, local: dict[str, Any], coords: tuple[Any, ...]) -> None:
+    def statement(
+        self, stmt: ast.Statement, scope: Scope, local: dict[str, Any], coords: tuple[Any, ...]
+    ) -> None:
         match stmt:
             case ast.Let():
                 if stmt.name in local:

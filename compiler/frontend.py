@@ -46,7 +46,7 @@ def _check(path: Path, study: str | None) -> Checked:
         blocks = [b for b in blocks if b.name == study]
         if not blocks:
             sink.error("E400", f"no study '{study}' in this file", Span.point(str(path), 1, 1))
-    elif not blocks:
+    elif not blocks and not sink.items:
         sink.error("E401", "this file declares no study", Span.point(str(path), 1, 1))
     seen: dict[str, Span] = {}
     studies = []

@@ -120,7 +120,9 @@ class Lowering:
                     "template": vector.template,
                 }
                 content = [self.models[model].identity, {k: v for k, v in params.items() if k != "model"}]
-                return self.add_step(f"{name}.concept[{vector.word},{vector.layer}]", "vector", [], params, content)
+                return self.add_step(
+                    f"{name}.concept[{vector.word},{vector.layer}]", "vector", [], params, content
+                )
             case ir.RandomVector():
                 like = self.vector(vector.like)
                 params = {"op": "random", "of": like, "seed": vector.seed}
@@ -169,7 +171,9 @@ class Lowering:
         return _prompt(task.system, _render(template, {"object_prompt": object_text, "question": question}))
 
     # ------------------------------------------------------------ sampling
-    def sample(self, model: ir.Model, task: ir.Task, role: str, prompts: Sequence[str], sampling: ir.Sampling) -> str:
+    def sample(
+        self, model: ir.Model, task: ir.Task, role: str, prompts: Sequence[str], sampling: ir.Sampling
+    ) -> str:
         key = self.model(model)
         params = {
             "model": key,
@@ -192,7 +196,9 @@ class Lowering:
         by_task: dict[str, tuple[ir.Task, list[str]]] = {}
         for task, _, row in self.rows(selection):
             by_task.setdefault(task.name, (task, []))[1].append(self.prompt(self.object_prompt(task, row)))
-        return {name: self.sample(model, task, "object", ps, sampling) for name, (task, ps) in by_task.items()}
+        return {
+            name: self.sample(model, task, "object", ps, sampling) for name, (task, ps) in by_task.items()
+        }
 
     def hypothetical_rows(
         self, selection: ir.Selection, properties: Sequence[ir.Property], template: str
@@ -207,12 +213,17 @@ class Lowering:
                     rows.append([task.name, item_key, prop.name, object_key, hypothetical])
         return rows
 
-    def hypothetical_steps(self, model: ir.Model, selection: ir.Selection, rows: list[list[Any]], sampling: ir.Sampling) -> dict[str, str]:
+    def hypothetical_steps(
+        self, model: ir.Model, selection: ir.Selection, rows: list[list[Any]], sampling: ir.Sampling
+    ) -> dict[str, str]:
         tasks = {t.name: t for t in selection.tasks}
         by_task: dict[str, list[str]] = {}
         for task, _, _, _, hypothetical in rows:
             by_task.setdefault(task, []).append(hypothetical)
-        return {name: self.sample(model, tasks[name], "hypothetical", ps, sampling) for name, ps in by_task.items()}
+        return {
+            name: self.sample(model, tasks[name], "hypothetical", ps, sampling)
+            for name, ps in by_task.items()
+        }
 
     # ------------------------------------------------------------ training data
     def training_data(self, data: ir.TrainingData) -> str:
@@ -243,7 +254,13 @@ class Lowering:
             "tasks": _tasks(data.selection),
         }
         content = {"rows": rows, "reduce": data.sampling.reduce}
-        return self.add_step(f"answers.{self.study.name}[{self.label(data.model)}]", "answers", objects.values(), params, content)
+        return self.add_step(
+            f"answers.{self.study.name}[{self.label(data.model)}]",
+            "answers",
+            objects.values(),
+            params,
+            content,
+        )
 
     # ------------------------------------------------------------ measurements
     def measurement(self, point: ir.MeasurePoint) -> tuple[str, str]:
@@ -291,7 +308,9 @@ class Lowering:
             "properties": _extractors(m.properties),
             "tasks": _tasks(m.selection),
         }
-        return self._measure_step(step_id, "calibration", params, [*objects.values(), *hypotheticals.values()])
+        return self._measure_step(
+            step_id, "calibration", params, [*objects.values(), *hypotheticals.values()]
+        )
 
     def _behaviour_change(self, step_id: str, m: ir.BehaviourChange) -> str:
         rows = self.hypothetical_rows(m.selection, m.properties, m.template)

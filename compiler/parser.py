@@ -83,10 +83,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, path: str, source: str) -> Diagnost
     if isinstance(exc, UnexpectedCharacters):
         position = exc.pos_in_stream or 0
         char = source[position] if position < len(source) else "?"
-        if char == '"':
-            message = "unterminated string"
-        else:
-            message = f"unexpected character {char!r}"
+        message = "unterminated string" if char == '"' else f"unexpected character {char!r}"
         return Diagnostic("E001", message, Span.point(path, line, column))
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         line, column = _end_position(source)
@@ -184,7 +181,9 @@ class _ToAst(Transformer[Any, Any]):
     def alias(self, meta: Any, name: Token) -> tuple[str, str]:
         return ("alias", str(name))
 
-    def model_decl(self, meta: Any, name: Token, backend: Token, locator: Token, options: Any) -> ast.ModelDecl:
+    def model_decl(
+        self, meta: Any, name: Token, backend: Token, locator: Token, options: Any
+    ) -> ast.ModelDecl:
         return ast.ModelDecl(
             str(name),
             ast.Name(str(backend), span=self._tok(backend)),

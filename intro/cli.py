@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return BAD_INPUT
     try:
         return int(args.handler(args))
+    except BrokenPipeError:
+        # The reader went away (`intro plan --json | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown from failing too
+        return OK
     except KeyboardInterrupt:
         print("intro: interrupted; finished work is kept and the next run resumes from it", file=sys.stderr)
         return 130
@@ -40,7 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="intro", description="Compile, plan, run, report and diff introspection studies.")
     sub = parser.add_subparsers(metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(handler=handler)
         return p
@@ -57,7 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command("plan", _plan, "show what running a spec would do (a dry run)")
     p.add_argument("spec", type=Path)
     p.add_argument("--study")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="directory holding study runs (default: runs)")
+    p.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="directory holding study runs (default: runs)"
+    )
     p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 3 when any step would run")
@@ -71,7 +80,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
-    p.add_argument("--serve", action="append", default=[], metavar="MODEL=URL", help="serve MODEL from an OpenAI-compatible URL")
+    p.add_argument(
+        "--serve",
+        action="append",
+        default=[],
+        metavar="MODEL=URL",
+        help="serve MODEL from an OpenAI-compatible URL",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command("show", _show, "print a summary table of a run's results")
@@ -84,7 +99,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command("diff", _diff, "compare two studies (specs) or two runs (run directories)")
     p.add_argument("a", type=Path, help="a spec, or a run directory")
     p.add_argument("b", type=Path)
-    p.add_argument("--cache", type=Path, help="request cache to count reusable work in (default: the per-user cache)")
+    p.add_argument(
+        "--cache", type=Path, help="request cache to count reusable work in (default: the per-user cache)"
+    )
     p.add_argument("--json", action="store_true")
 
     p = command("serve", _serve, "serve a model over an OpenAI-compatible HTTP API")
@@ -232,8 +249,10 @@ def _diff(args: argparse.Namespace) -> int:
                 return FAILED
         report = compare_runs(args.a, args.b)
         print(json.dumps(report, indent=1) if args.json else render_comparison(report))
-        different = report["only_in_a"] or report["only_in_b"] or any(
-            c["difference"] != 0 for m in report["measures"].values() for c in m.get("cells", [])
+        different = (
+            report["only_in_a"]
+            or report["only_in_b"]
+            or any(c["difference"] != 0 for m in report["measures"].values() for c in m.get("cells", []))
         )
         return 2 if different else OK
     if args.a.is_dir() or args.b.is_dir():
@@ -255,12 +274,18 @@ def _diff_specs(args: argparse.Namespace) -> int:
     studies_b = {s.name: s for s in checked_b.studies}
     report = []
     for study_a in checked_a.studies:
-        study_b = studies_b.get(study_a.name) or (checked_b.studies[0] if len(checked_b.studies) == 1 else None)
+        study_b = studies_b.get(study_a.name) or (
+            checked_b.studies[0] if len(checked_b.studies) == 1 else None
+        )
         if study_b is None:
             report.append({"study": study_a.name, "error": "no study of that name in B"})
             continue
         plan_a, plan_b = lower(study_a, str(args.a)), lower(study_b, str(args.b))
-        report.append(_study_diff(plan_a, plan_b, spec_changes(study_a, study_b), plan_changes(plan_a, plan_b), args.cache))
+        report.append(
+            _study_diff(
+                plan_a, plan_b, spec_changes(study_a, study_b), plan_changes(plan_a, plan_b), args.cache
+            )
+        )
     print(json.dumps(report, indent=1) if args.json else "\n".join(_render_diff(r) for r in report))
     different = any(r.get("error") or r["spec"] or r["plan"] for r in report)
     return 2 if different else OK

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from attrs import frozen
+
 from intro.stdlib.extractors import prediction
 
 from . import metrics

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from attrs import frozen
+
 from intro.compiler.plan import Measure, Plan, Step, digest
 from intro.stdlib import graders
 from intro.stdlib.extractors import normalise

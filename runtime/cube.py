@@ -60,7 +60,9 @@ class PredictionCube:
     def _index(self, coords: Sequence[Any]) -> tuple[int, ...]:
         return tuple(values.index(c) for values, c in zip(self.axis_values, coords, strict=True))
 
-    def fill(self, coords: Sequence[Any], rows: Sequence[PredictionRow], cells: Mapping[tuple[str, str], Aggregate]) -> None:
+    def fill(
+        self, coords: Sequence[Any], rows: Sequence[PredictionRow], cells: Mapping[tuple[str, str], Aggregate]
+    ) -> None:
         at = self._index(coords)
         for row in rows:
             t, p = self.tasks.index(row.task), self.properties.index(row.property)
@@ -83,11 +85,15 @@ class PredictionCube:
         item_ids = np.array(
             [[*self.items[t], *[""] * (size - len(self.items[t]))] for t in self.tasks], dtype=object
         ).reshape(len(self.tasks), size)
-        data: dict[str, Any] = {name: (item_dims, values.astype(str)) for name, values in self.strings.items()}
+        data: dict[str, Any] = {
+            name: (item_dims, values.astype(str)) for name, values in self.strings.items()
+        }
         data["correct"] = (item_dims, self.correct)
         data["item_id"] = (("task", "item"), item_ids.astype(str))
         data.update({name: (cell_dims, values) for name, values in self.aggregates.items()})
-        coords: dict[str, Any] = {name: [str(v) for v in values] for name, values in zip(self.axes, self.axis_values, strict=True)}
+        coords: dict[str, Any] = {
+            name: [str(v) for v in values] for name, values in zip(self.axes, self.axis_values, strict=True)
+        }
         coords.update({"task": self.tasks, "property": self.properties, "item": np.arange(size)})
         return xr.Dataset(data, coords=coords, attrs=provenance(self.plan, self.measure))
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
 from intro.compiler.plan import Measure, Plan
 
 from . import metrics

@@ -134,7 +134,9 @@ class Executor:
                 future.set_exception(RuntimeError(f"the call this step shares failed: {error}"))
                 future.exception()  # mark retrieved: the failing step reports the error itself
 
-    def _request(self, step: Step, key: str, prompt_key: str, sample: int, steering: Steering | None) -> GenerationRequest:
+    def _request(
+        self, step: Step, key: str, prompt_key: str, sample: int, steering: Steering | None
+    ) -> GenerationRequest:
         prompt = self.plan.prompts[prompt_key]
         p = step.params
         return GenerationRequest(
@@ -154,7 +156,9 @@ class Executor:
             return None
         vector = self._steps[entry.params["vector"]]
         path = self.cache.artifact_dir(vector.hash) / "vector.safetensors"
-        return Steering(str(path), entry.params["layer"], entry.params["strength"], start_text=entry.params["start"])
+        return Steering(
+            str(path), entry.params["layer"], entry.params["strength"], start_text=entry.params["start"]
+        )
 
     # ------------------------------------------------------------ reading results
     def texts(self, step_id: str) -> dict[str, list[str]]:

@@ -49,7 +49,9 @@ class PredictionRow:
         return self.correct is not None
 
 
-def property_value(response: str, prop: str, task_kind: str, choices: Sequence[str], item: Mapping[str, Any]) -> str | None:
+def property_value(
+    response: str, prop: str, task_kind: str, choices: Sequence[str], item: Mapping[str, Any]
+) -> str | None:
     if not complies(response, task_kind, choices):
         return None
     return EXTRACTORS[prop](response, item)

@@ -75,7 +75,9 @@ class BackendPool:
             from .backends.litellm_backend import LiteLLMBackend
 
             serving = self.plan.serving.get(root.key, {})
-            return LiteLLMBackend(info["model_id"], api_base=serving.get("api_base"), api_key_env=serving.get("api_key_env"))
+            return LiteLLMBackend(
+                info["model_id"], api_base=serving.get("api_base"), api_key_env=serving.get("api_key_env")
+            )
         return self._local(root, adapter=str(self.cache.artifact_dir(step.hash) / "adapter"))
 
     def _local(self, entry: ModelEntry, adapter: str | None) -> Backend:
@@ -97,7 +99,9 @@ class BackendPool:
             from .backends.local import load_local_model
 
             serving = self.plan.serving.get(entry.key, {})
-            source = f"embedded:{entry.params['locator']}" if entry.kind == "embedded" else entry.params["locator"]
+            source = (
+                f"embedded:{entry.params['locator']}" if entry.kind == "embedded" else entry.params["locator"]
+            )
             self._loaded[model_key] = load_local_model(source, device=serving.get("device"))
         return self._loaded[model_key]
 

@@ -96,7 +96,9 @@ def pooled_points(dataset: xr.Dataset) -> list[dict[str, Any]]:
                 "accuracy": float(kept.mean()),
                 "low": float(low),
                 "high": float(high),
-                "baseline": float(np.average(baseline[valid], weights=n[valid])) if valid.any() else float("nan"),
+                "baseline": float(np.average(baseline[valid], weights=n[valid]))
+                if valid.any()
+                else float("nan"),
                 "n": int(kept.size),
             }
         )
@@ -109,10 +111,14 @@ def prediction_figure(dataset: xr.Dataset, name: str) -> Figure:
     labels = [", ".join(f"{k}={v}" for k, v in p["coords"].items()) or name for p in points]
     x = np.arange(len(points))
     accuracy = np.array([p["accuracy"] for p in points])
-    errors = np.array([[p["accuracy"] - p["low"] for p in points], [p["high"] - p["accuracy"] for p in points]])
+    errors = np.array(
+        [[p["accuracy"] - p["low"] for p in points], [p["high"] - p["accuracy"] for p in points]]
+    )
     colours = [_colour(p["coords"]) for p in points]
     axis.bar(x, accuracy, yerr=errors, color=colours, capsize=4, label="accuracy (95% CI)")
-    axis.scatter(x, [p["baseline"] for p in points], marker="_", s=600, color="black", label="mode baseline", zorder=3)
+    axis.scatter(
+        x, [p["baseline"] for p in points], marker="_", s=600, color="black", label="mode baseline", zorder=3
+    )
     axis.set_xticks(x, labels, rotation=30, ha="right")
     axis.set_ylim(0, 1)
     axis.set_ylabel("accuracy (pooled over tasks and properties)")
@@ -169,7 +175,15 @@ def behaviour_figure(dataset: xr.Dataset, name: str) -> Figure:
         values = np.array([float(c[f"pooled_accuracy_{which}"]) for _, c in rows])
         low = np.array([float(c[f"pooled_{which}_ci_low"]) for _, c in rows])
         high = np.array([float(c[f"pooled_{which}_ci_high"]) for _, c in rows])
-        axis.bar(x + offset, values, width=0.4, color=colour, yerr=[values - low, high - values], capsize=3, label=f"vs {which} behaviour")
+        axis.bar(
+            x + offset,
+            values,
+            width=0.4,
+            color=colour,
+            yerr=[values - low, high - values],
+            capsize=3,
+            label=f"vs {which} behaviour",
+        )
     axis.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
     axis.set_ylim(0, 1)
     axis.set_ylabel("accuracy on items whose behaviour changed")
@@ -189,7 +203,14 @@ def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
         grid = data.mean(dim=others) if others else data
         if set(grid.dims) == {"layer", "strength"}:
             grid = grid.transpose("layer", "strength")
-            image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis", vmin=-1 if variable == "net" else 0, vmax=1)
+            image = axis.imshow(
+                grid.values,
+                origin="lower",
+                aspect="auto",
+                cmap="viridis",
+                vmin=-1 if variable == "net" else 0,
+                vmax=1,
+            )
             axis.set_xticks(range(grid.sizes["strength"]), [str(v) for v in grid["strength"].values])
             axis.set_yticks(range(grid.sizes["layer"]), [str(v) for v in grid["layer"].values])
             axis.set_xlabel("strength")
@@ -206,7 +227,11 @@ def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
 
 def training_figure(dataset: xr.Dataset) -> Figure:
     figure, axis = plt.subplots(figsize=(5, 3.4))
-    labels = dataset["label"].values if "label" in dataset.coords or "label" in dataset else dataset["model"].values
+    labels = (
+        dataset["label"].values
+        if "label" in dataset.coords or "label" in dataset
+        else dataset["model"].values
+    )
     for i, model in enumerate(dataset["model"].values):
         loss = dataset["loss"].sel(model=model).values
         keep = np.isfinite(loss)
@@ -249,7 +274,6 @@ img{{max-width:100%}}pre{{font-size:12px;background:#f7fafc;padding:8px;overflow
 .meta{{color:#4a5568}}</style></head><body>
 <h1>{html.escape(plan.study)}</h1>
 <p class="meta">spec {html.escape(plan.source)} · plan {plan.hash[:16]} · results written {html.escape(created)}</p>
-{''.join(parts) or '<p>No results yet.</p>'}
+{"".join(parts) or "<p>No results yet.</p>"}
 </body></html>
 """
-

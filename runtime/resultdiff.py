@@ -36,7 +36,9 @@ def compare_runs(run_a: Path, run_b: Path, *, resamples: int = 1000, seed: int =
     return report
 
 
-def compare_prediction_cubes(a: xr.Dataset, b: xr.Dataset, *, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def compare_prediction_cubes(
+    a: xr.Dataset, b: xr.Dataset, *, resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     cell_dims = [d for d in a["accuracy"].dims]
     if cell_dims != list(b["accuracy"].dims):
         return {"error": f"the cubes have different dimensions: {cell_dims} vs {list(b['accuracy'].dims)}"}
@@ -73,12 +75,16 @@ def _paired_items(a: xr.Dataset, b: xr.Dataset, coords: dict[str, Any]) -> tuple
     return values[:, 0].astype(bool), values[:, 1].astype(bool)
 
 
-def _compare_cell(a: xr.Dataset, b: xr.Dataset, coords: dict[str, Any], resamples: int, seed: int) -> dict[str, Any] | None:
+def _compare_cell(
+    a: xr.Dataset, b: xr.Dataset, coords: dict[str, Any], resamples: int, seed: int
+) -> dict[str, Any] | None:
     x, y = _paired_items(a, b, coords)
     if len(x) == 0:
         return None
     statistic, p = metrics.mcnemar(x, y)
-    low, high = metrics.paired_bootstrap_diff_ci(y.astype(float), x.astype(float), resamples=resamples, seed=seed)
+    low, high = metrics.paired_bootstrap_diff_ci(
+        y.astype(float), x.astype(float), resamples=resamples, seed=seed
+    )
     return {
         **{k: str(v) for k, v in coords.items()},
         "n": int(len(x)),
@@ -109,7 +115,8 @@ def render_comparison(report: dict[str, Any]) -> str:
         for c in result["cells"]:
             flag = " *" if c["p_value"] < 0.05 else ""
             lines.append(
-                "  " + "  ".join(c[d] for d in dims)
+                "  "
+                + "  ".join(c[d] for d in dims)
                 + f"  {c['n']}  {c['accuracy_a']:.2f}  {c['accuracy_b']:.2f}  {c['difference']:+.2f}"
                 + f"  [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]  {c['p_value']:.3g}{flag}"
             )

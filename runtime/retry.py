@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from attrs import frozen
+
 from intro.runtime.requests import RetryableError
 
 log = logging.getLogger(__name__)

@@ -80,7 +80,9 @@ def run_plans(
     return status
 
 
-def run_plan(plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, quiet: bool = False) -> Counters:
+def run_plan(
+    plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, quiet: bool = False
+) -> Counters:
     (directory / "plan.json").write_text(plan.dumps(), encoding="utf-8")
     log = (directory / "run.log").open("a", encoding="utf-8")
     journal = (directory / "journal.jsonl").open("a", encoding="utf-8")
@@ -96,7 +98,16 @@ def run_plan(plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, st
 class _StudyRun:
     """One execution of one plan: the executor plus the handlers that turn results into cubes."""
 
-    def __init__(self, plan: Plan, directory: Path, cache: Cache, pool: BackendPool, log: TextIO, journal: TextIO, quiet: bool):
+    def __init__(
+        self,
+        plan: Plan,
+        directory: Path,
+        cache: Cache,
+        pool: BackendPool,
+        log: TextIO,
+        journal: TextIO,
+        quiet: bool,
+    ):
         self.plan = plan
         self.directory = directory
         self.cache = cache
@@ -135,7 +146,12 @@ class _StudyRun:
 
     def step_done(self, step: Step, counters: Counters) -> None:
         now = time.monotonic()
-        entry = {"step": step.id, "hash": step.hash, "seconds": round(now - self._step_started, 3), "calls": counters.calls}
+        entry = {
+            "step": step.id,
+            "hash": step.hash,
+            "seconds": round(now - self._step_started, 3),
+            "calls": counters.calls,
+        }
         self.journal.write(json.dumps(entry) + "\n")
         self.journal.flush()
         self.say(f"[{counters.steps_done}/{len(self.plan.steps)}] {step.id} done")
@@ -204,8 +220,15 @@ def summary_table(dataset: Any, name: str) -> str:
         if row["n"] != row["n"]:  # NaN: not run yet
             continue
         lines.append(
-            [*(str(row[a]) for a in axes), row["task"], row["property"], f"{row['accuracy']:.2f}",
-             f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]", f"{row['mode_baseline']:.2f}", str(int(row["n"]))]
+            [
+                *(str(row[a]) for a in axes),
+                row["task"],
+                row["property"],
+                f"{row['accuracy']:.2f}",
+                f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]",
+                f"{row['mode_baseline']:.2f}",
+                str(int(row["n"])),
+            ]
         )
     return _table(f"{name} ({dataset.attrs.get('kind', '')})", header, lines)
 

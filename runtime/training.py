@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
+
 from intro.compiler.plan import Plan, Prompt, Step
 
 from . import behaviour_change, calibration, cube, cubes_extra

@@ -19,9 +19,10 @@ from functools import cache
 from typing import Any
 
 from attrs import frozen
-from intro.stdlib.extractors import normalise
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+
+from intro.stdlib.extractors import normalise
 
 # ---------------------------------------------------------------------------------------------------
 # Rule graders

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
+
 from intro.runtime.requests import Generation, TokenLogprob
 from intro.runtime.serve import ChatRequest, chat_completion_body, error_body, models_body, parse_chat_request
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from intro.compiler import compile_spec
 from intro.compiler.diagnostics import CompileError
 

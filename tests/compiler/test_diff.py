@@ -45,8 +45,18 @@ def test_diff_matches_golden(case, tmp_path):
 
 
 def test_every_kind_of_change_is_covered():
-    assert {"layout_only", "serving_only", "prompt_word", "model_added", "model_identity", "sampling_parameter",
-            "property_changed", "split_items", "measure_added", "axis_values"} <= set(CASES)
+    assert {
+        "layout_only",
+        "serving_only",
+        "prompt_word",
+        "model_added",
+        "model_identity",
+        "sampling_parameter",
+        "property_changed",
+        "split_items",
+        "measure_added",
+        "axis_values",
+    } <= set(CASES)
 
 
 def test_a_study_compared_with_itself_is_unchanged(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from intro.compiler import CompileError
 from intro.compiler.format import comments_of, format_source
 from intro.compiler.parser import parse

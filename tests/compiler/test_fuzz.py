@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from intro.cli import main
 from intro.compiler import CompileError
 from intro.compiler.format import format_source
 from intro.compiler.parser import parse
-
-from intro.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("INTRO_FUZZ_EXAMPLES", "200"))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from intro.compiler import Plan, compile_spec
 
 SPEC = """\

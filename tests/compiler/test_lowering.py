@@ -26,7 +26,10 @@ study lower {
 def compile_here(tmp_path: Path):
     with (tmp_path / "seq.jsonl").open("w") as f:
         for i in range(8):
-            f.write(json.dumps({"id": f"s{i}", "split": "train" if i % 2 else "val", "sequence": f"a{i}, b"}) + "\n")
+            f.write(
+                json.dumps({"id": f"s{i}", "split": "train" if i % 2 else "val", "sequence": f"a{i}, b"})
+                + "\n"
+            )
     with (tmp_path / "ab.jsonl").open("w") as f:
         for i in range(8):
             f.write(json.dumps({"id": f"q{i}", "split": "train", "q": f"Q{i}?"}) + "\n")
@@ -46,4 +49,7 @@ def test_finetuning_a_finetuned_model_waits_for_its_base(tmp_path):
 def test_answer_data_knows_its_tasks_answer_kinds(tmp_path):
     plan = compile_here(tmp_path)
     (answers,) = [s for s in plan.steps if s.kind == "answers"]
-    assert answers.params["tasks"] == {"seq": {"answer": "text", "choices": []}, "ab": {"answer": "choice", "choices": ["A", "B"]}}
+    assert answers.params["tasks"] == {
+        "seq": {"answer": "text", "choices": []},
+        "ab": {"answer": "choice", "choices": ["A", "B"]},
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from intro.compiler import CompileError
 from intro.compiler import ast as a
 from intro.compiler.diagnostics import Span

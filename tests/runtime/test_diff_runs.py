@@ -40,7 +40,14 @@ def write(directory: Path, name: str, seq_prompt: str) -> Path:
             f.write(json.dumps({"id": f"s{i}", "split": "val", "sequence": f"cat, dog, item{i}"}) + "\n")
     with (directory / "ab.jsonl").open("w") as f:
         for i in range(20):
-            row = {"id": f"q{i}", "split": "val", "question": f"Pick {i}?", "option_a": "yes", "option_b": "no", "matching": "AB"[i % 2]}
+            row = {
+                "id": f"q{i}",
+                "split": "val",
+                "question": f"Pick {i}?",
+                "option_a": "yes",
+                "option_b": "no",
+                "matching": "AB"[i % 2],
+            }
             f.write(json.dumps(row) + "\n")
     spec = directory / f"{name}.intro"
     spec.write_text(SPEC.format(model=cached_tiny_model("qwen2"), name=name, seq_prompt=seq_prompt))
@@ -48,7 +55,9 @@ def write(directory: Path, name: str, seq_prompt: str) -> Path:
 
 
 def intro(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "intro.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "intro.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +116,9 @@ def test_result_comparison_pairs_items_by_id_and_matches_scipy():
     (cell,) = result["cells"]
     discordant_b_only = int(np.sum(~a_correct & b_correct))
     discordant_a_only = int(np.sum(a_correct & ~b_correct))
-    expected_p = stats.binomtest(min(discordant_a_only, discordant_b_only), discordant_a_only + discordant_b_only, 0.5).pvalue
+    expected_p = stats.binomtest(
+        min(discordant_a_only, discordant_b_only), discordant_a_only + discordant_b_only, 0.5
+    ).pvalue
     assert cell["n"] == 40
     assert cell["difference"] == pytest.approx(b_correct.mean() - a_correct.mean())
     assert cell["p_value"] == pytest.approx(expected_p)

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from intro.compiler.plan import Plan
-from intro.runtime import metrics
-from intro.runtime.cache import Cache
 from safetensors.torch import load_file
 
 from intro.cli import main
+from intro.compiler.plan import Plan
+from intro.runtime import metrics
+from intro.runtime.cache import Cache
 from tests.tinymodels import make_tiny_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+
 from intro.runtime.backends.litellm_backend import (
     LiteLLMBackend,
     check_single_token_choices,
@@ -35,7 +36,6 @@ from intro.runtime.requests import (
 )
 from intro.runtime.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
 from intro.runtime.serve import make_server
-
 from tests.servers import EchoServer, Fault, echo_text
 from tests.tinymodels import make_tiny_model
 

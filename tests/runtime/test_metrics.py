@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
+
 from intro.runtime.metrics import (
     MCNEMAR_EXACT_BELOW,
     Rate,
@@ -28,7 +30,6 @@ from intro.runtime.metrics import (
     two_proportion_ztest,
     wilson_interval,
 )
-from scipy import stats
 
 # ---------------------------------------------------------------------------------------------------
 # normalise_answer, accuracy

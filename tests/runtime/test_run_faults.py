@@ -43,17 +43,42 @@ def write(directory: Path, url: str) -> Path:
 def test_every_fault_kind_is_retried_and_the_cube_is_complete(tmp_path):
     probe = write(tmp_path, "http://127.0.0.1:1/v1")
     plan = compile_spec(probe)[0]
-    contents = sorted({plan.prompts[p].messages[-1][1] for s in plan.steps if s.kind == "sample" for p in s.params["prompts"]})
+    contents = sorted(
+        {
+            plan.prompts[p].messages[-1][1]
+            for s in plan.steps
+            if s.kind == "sample"
+            for p in s.params["prompts"]
+        }
+    )
     # A different fault (with a 429 carrying Retry-After first) for the first calls of several prompts.
-    script = {content: [kind] if kind != "429" else ["429"] for content, kind in zip(contents, FAULTS * 3, strict=False)}
+    script = {
+        content: [kind] if kind != "429" else ["429"]
+        for content, kind in zip(contents, FAULTS * 3, strict=False)
+    }
     with EchoServer(script, hang_seconds=4.0, api_key=KEY) as server:
         spec = write(tmp_path, server.url)
         plan = compile_spec(spec)[0]
         unique = {k for s in plan.steps if s.kind == "sample" for k, _, _ in requests(plan, s)}
         env = {**os.environ, "INTRO_TEST_KEY": KEY}
         result = subprocess.run(
-            [sys.executable, "-m", "intro.cli", "run", str(spec), "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"), "--quiet"],
-            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "intro.cli",
+                "run",
+                str(spec),
+                "--runs",
+                str(tmp_path / "runs"),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--quiet",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         faulted = [c for c in script]

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.requests import BackendError, GenerationRequest, Message
 from intro.runtime.serve import InvalidRequestError, make_server, parse_chat_request
-
 from tests.tinymodels import make_tiny_model
 
 PROMPTS = ("What is the capital of Japan?", "Is the sky blue?", "The dog", "Count: 1 2 3", "a cat", "Paris")

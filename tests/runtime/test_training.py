@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+
 from intro.compiler.plan import Measure, ModelEntry, Plan, Prompt, Step
 from intro.runtime import adapters, behaviour_change, calibration, cubes_extra
 from intro.runtime.adapters import AdapterWeights, read_adapter, stack_adapters, train_adapter, write_adapter
@@ -27,7 +28,6 @@ from intro.runtime.training import (
     read_examples,
     write_examples,
 )
-
 from tests.tinymodels import make_tiny_model
 
 EXAMPLES = [

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 
 import pytest
+
 from intro.compiler.datasets import load_stdlib_rows, stdlib_data_dir, stdlib_data_names
 from intro.stdlib import datagen
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from intro.stdlib.extractors import (
     ANSWER_KINDS,
     EXTRACTORS,
