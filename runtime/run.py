@@ -23,6 +23,7 @@ from . import concepts, cube, cubes_extra, measures, training
 from .cache import Cache, default_cache_dir
 from .executor import Counters, Executor
 from .pool import BackendPool
+from .progress import Progress
 from .requests import BackendError
 
 OK, FAILED, LOCKED = 0, 1, 4
@@ -117,45 +118,46 @@ class _StudyRun:
         self.quiet = quiet
         self.cubes = {m.name: cube.PredictionCube(plan, m) for m in plan.measures if m.kind == "prediction"}
         self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
-        self._step_started = time.monotonic()
+        self._started = time.monotonic()
+        self.progress: Progress
         self.executor = Executor(
             plan,
             cache,
             pool,
             handlers={"prediction": self.prediction, **training.handlers(self), **concepts.handlers(self)},
             on_step=self.step_done,
-            on_progress=self.progress,
+            on_progress=self.calls_progress,
         )
 
     async def execute(self) -> Counters:
-        self.say(f"{self.plan.study}: {len(self.plan.steps)} steps, plan {self.plan.hash[:12]}")
-        try:
-            return await self.executor.run()
-        finally:
-            await self.pool.aclose()
+        to_make = sum(len(self.executor.missing(s)) for s in self.plan.steps if s.kind == "sample")
+        with Progress(len(self.plan.steps), to_make, self.log, quiet=self.quiet) as progress:
+            self.progress = progress
+            progress.say(
+                f"{self.plan.study}: {len(self.plan.steps)} steps, {to_make} model calls to make, plan {self.plan.hash[:12]}"
+            )
+            try:
+                return await self.executor.run()
+            finally:
+                await self.pool.aclose()
 
     def say(self, line: str) -> None:
-        self.log.write(line + "\n")
-        self.log.flush()
-        if not self.quiet:
-            print(line, file=sys.stderr, flush=True)
+        self.progress.say(line)
 
-    def progress(self, step: Step, finished: int, total: int) -> None:
-        rate = finished / max(time.monotonic() - self._step_started, 1e-9)
-        self.say(f"  {step.id}: {finished}/{total} calls ({rate:.2f}/s)")
+    def calls_progress(self, step: Step, finished: int, total: int) -> None:
+        self.progress.calls(step, finished, total, self.executor.counters)
 
     def step_done(self, step: Step, counters: Counters) -> None:
         now = time.monotonic()
         entry = {
             "step": step.id,
             "hash": step.hash,
-            "seconds": round(now - self._step_started, 3),
+            "finished_after_s": round(now - self._started, 3),
             "calls": counters.calls,
         }
         self.journal.write(json.dumps(entry) + "\n")
         self.journal.flush()
-        self.say(f"[{counters.steps_done}/{len(self.plan.steps)}] {step.id} done")
-        self._step_started = now
+        self.progress.step(step, counters)
 
     # ------------------------------------------------------------ measurements
     def prediction(self, step: Step) -> None:

@@ -94,7 +94,8 @@ def unique_requests(spec: Path) -> set[str]:
 
 
 def cached_keys(cache: Path) -> set[str]:
-    return {p.stem for p in (cache / "requests").rglob("*.json")}
+    # Temporary files a killed writer left behind are not results (writes are atomic renames).
+    return {p.stem for p in (cache / "requests").rglob("*.json") if not p.name.startswith(".tmp-")}
 
 
 def cube(workdir: Path) -> xr.Dataset:
