@@ -16,7 +16,6 @@ repaired by the next run.
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,14 +26,15 @@ import xarray as xr
 
 from intro.compiler.plan import Measure, Plan
 
+from .calibration import BINS, POOLED
 from .measures import Aggregate, PredictionRow
 
 ITEM_VARIABLES = ("object_response", "target", "hypothetical_response", "prediction")
 AGGREGATES = ("accuracy", "ci_low", "ci_high", "n", "mode_baseline", "compliance")
 
 
-class PredictionCube:
-    """The cube of one prediction-style measure, filled point by point as steps finish."""
+class Frame:
+    """What every Looking Inward cube shares: the measure's axes, its tasks, properties and items per task."""
 
     def __init__(self, plan: Plan, measure: Measure):
         self.plan = plan
@@ -44,58 +44,86 @@ class PredictionCube:
         rows = [row for _, step_id in measure.points for row in plan.step(step_id).params["rows"]]
         self.tasks = list(dict.fromkeys(r[0] for r in rows))
         self.properties = list(dict.fromkeys(r[2] for r in rows))
-        items_per_task: dict[str, list[str]] = {t: [] for t in self.tasks}
+        self.items: dict[str, list[str]] = {t: [] for t in self.tasks}
         for r in rows:
-            if r[1] not in items_per_task[r[0]]:
-                items_per_task[r[0]].append(r[1])
-        self.items = items_per_task
-        size = max((len(v) for v in items_per_task.values()), default=0)
-        shape = [len(v) for v in self.axis_values]
-        self.item_shape = (*shape, len(self.tasks), len(self.properties), size)
-        self.cell_shape = (*shape, len(self.tasks), len(self.properties))
-        self.strings = {name: np.full(self.item_shape, "", dtype=object) for name in ITEM_VARIABLES}
-        self.correct = np.full(self.item_shape, np.nan)
-        self.aggregates = {name: np.full(self.cell_shape, np.nan) for name in AGGREGATES}
+            if r[1] not in self.items[r[0]]:
+                self.items[r[0]].append(r[1])
+        self.size = max((len(v) for v in self.items.values()), default=0)
+        self.shape = tuple(len(v) for v in self.axis_values)
 
-    def _index(self, coords: Sequence[Any]) -> tuple[int, ...]:
+    def at(self, coords: Sequence[Any]) -> tuple[int, ...]:
         return tuple(values.index(c) for values, c in zip(self.axis_values, coords, strict=True))
+
+    def cell(self, coords: Sequence[Any], task: str | None, prop: str) -> tuple[int, ...]:
+        """Index of a (task, property) cell, or of a pooled (property) cell when `task` is None."""
+        task_index = () if task is POOLED else (self.tasks.index(task),)
+        return (*self.at(coords), *task_index, self.properties.index(prop))
+
+    def item(self, coords: Sequence[Any], task: str, prop: str, item: str) -> tuple[int, ...]:
+        return (*self.cell(coords, task, prop), self.items[task].index(item))
+
+    def dims(self, *inner: str) -> tuple[str, ...]:
+        return (*self.axes, *inner)
+
+    def sizes(self, *inner: str) -> tuple[int, ...]:
+        lengths = {"task": len(self.tasks), "property": len(self.properties), "item": self.size, "bin": BINS}
+        return (*self.shape, *(lengths[d] for d in inner))
+
+    def coords(self) -> dict[str, Any]:
+        coords: dict[str, Any] = {
+            n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)
+        }
+        coords.update(
+            task=self.tasks, property=self.properties, item=np.arange(self.size), bin=np.arange(BINS)
+        )
+        return coords
+
+    def item_ids(self) -> np.ndarray:
+        padded = [[*self.items[t], *[""] * (self.size - len(self.items[t]))] for t in self.tasks]
+        return np.array(padded, dtype=object).reshape(len(self.tasks), self.size).astype(str)
+
+    def dataset(self, data: Mapping[str, Any]) -> xr.Dataset:
+        used = {d for dims, _ in data.values() for d in dims}
+        coords = {name: values for name, values in self.coords().items() if name in used}
+        return xr.Dataset(dict(data), coords=coords, attrs=provenance(self.plan, self.measure))
+
+
+class PredictionCube:
+    """The cube of one prediction measure, filled point by point as steps finish."""
+
+    def __init__(self, plan: Plan, measure: Measure):
+        self.frame = f = Frame(plan, measure)
+        self.strings = {
+            name: np.full(f.sizes("task", "property", "item"), "", dtype=object) for name in ITEM_VARIABLES
+        }
+        self.correct = np.full(f.sizes("task", "property", "item"), np.nan)
+        self.aggregates = {name: np.full(f.sizes("task", "property"), np.nan) for name in AGGREGATES}
 
     def fill(
         self, coords: Sequence[Any], rows: Sequence[PredictionRow], cells: Mapping[tuple[str, str], Aggregate]
     ) -> None:
-        at = self._index(coords)
         for row in rows:
-            t, p = self.tasks.index(row.task), self.properties.index(row.property)
-            i = self.items[row.task].index(row.item)
-            where = (*at, t, p, i)
+            where = self.frame.item(coords, row.task, row.property, row.item)
             self.strings["object_response"][where] = row.object_response
             self.strings["target"][where] = row.target or ""
             self.strings["hypothetical_response"][where] = row.hypothetical_response
             self.strings["prediction"][where] = row.predicted or ""
             self.correct[where] = np.nan if row.correct is None else float(row.correct)
         for (task, prop), agg in cells.items():
-            where = (*at, self.tasks.index(task), self.properties.index(prop))
+            where = self.frame.cell(coords, task, prop)
             for name in AGGREGATES:
                 self.aggregates[name][where] = getattr(agg, name)
 
     def dataset(self) -> xr.Dataset:
-        item_dims = (*self.axes, "task", "property", "item")
-        cell_dims = (*self.axes, "task", "property")
-        size = self.item_shape[-1]
-        item_ids = np.array(
-            [[*self.items[t], *[""] * (size - len(self.items[t]))] for t in self.tasks], dtype=object
-        ).reshape(len(self.tasks), size)
+        f = self.frame
+        item_dims, cell_dims = f.dims("task", "property", "item"), f.dims("task", "property")
         data: dict[str, Any] = {
             name: (item_dims, values.astype(str)) for name, values in self.strings.items()
         }
         data["correct"] = (item_dims, self.correct)
-        data["item_id"] = (("task", "item"), item_ids.astype(str))
+        data["item_id"] = (("task", "item"), f.item_ids())
         data.update({name: (cell_dims, values) for name, values in self.aggregates.items()})
-        coords: dict[str, Any] = {
-            name: [str(v) for v in values] for name, values in zip(self.axes, self.axis_values, strict=True)
-        }
-        coords.update({"task": self.tasks, "property": self.properties, "item": np.arange(size)})
-        return xr.Dataset(data, coords=coords, attrs=provenance(self.plan, self.measure))
+        return f.dataset(data)
 
 
 def provenance(plan: Plan, measure: Measure) -> dict[str, Any]:
@@ -127,6 +155,3 @@ def write(dataset: xr.Dataset, store: Path, group: str) -> None:
     # Zarr format 2: its string encoding is specified and read by every zarr library (v3 has none yet).
     dataset.to_zarr(store, group=group, mode="w", zarr_format=2, consolidated=True)
 
-
-def axis_points(measure: Measure) -> list[tuple[Any, ...]]:
-    return list(itertools.product(*(values for _, values in measure.axes)))

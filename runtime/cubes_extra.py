@@ -35,65 +35,11 @@ from intro.compiler.plan import Measure, Plan
 
 from . import metrics
 from .behaviour_change import ChangeAggregate, ChangeRow
-from .calibration import BINS, POOLED, CalibrationCell
+from .calibration import POOLED, CalibrationCell
+from .cube import Frame as _Frame
 from .cube import provenance
 
 TRAINING_GROUP = "training"
-
-
-class _Frame:
-    """What every Looking Inward cube shares: the measure's axes, its tasks, properties and items per task."""
-
-    def __init__(self, plan: Plan, measure: Measure):
-        self.plan = plan
-        self.measure = measure
-        self.axes = [name for name, _ in measure.axes]
-        self.axis_values = [list(values) for _, values in measure.axes]
-        rows = [row for _, step_id in measure.points for row in plan.step(step_id).params["rows"]]
-        self.tasks = list(dict.fromkeys(r[0] for r in rows))
-        self.properties = list(dict.fromkeys(r[2] for r in rows))
-        self.items: dict[str, list[str]] = {t: [] for t in self.tasks}
-        for r in rows:
-            if r[1] not in self.items[r[0]]:
-                self.items[r[0]].append(r[1])
-        self.size = max((len(v) for v in self.items.values()), default=0)
-        self.shape = tuple(len(v) for v in self.axis_values)
-
-    def at(self, coords: Sequence[Any]) -> tuple[int, ...]:
-        return tuple(values.index(c) for values, c in zip(self.axis_values, coords, strict=True))
-
-    def cell(self, coords: Sequence[Any], task: str | None, prop: str) -> tuple[int, ...]:
-        """Index of a (task, property) cell, or of a pooled (property) cell when `task` is None."""
-        task_index = () if task is POOLED else (self.tasks.index(task),)
-        return (*self.at(coords), *task_index, self.properties.index(prop))
-
-    def item(self, coords: Sequence[Any], task: str, prop: str, item: str) -> tuple[int, ...]:
-        return (*self.cell(coords, task, prop), self.items[task].index(item))
-
-    def dims(self, *inner: str) -> tuple[str, ...]:
-        return (*self.axes, *inner)
-
-    def sizes(self, *inner: str) -> tuple[int, ...]:
-        lengths = {"task": len(self.tasks), "property": len(self.properties), "item": self.size, "bin": BINS}
-        return (*self.shape, *(lengths[d] for d in inner))
-
-    def coords(self) -> dict[str, Any]:
-        coords: dict[str, Any] = {
-            n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)
-        }
-        coords.update(
-            task=self.tasks, property=self.properties, item=np.arange(self.size), bin=np.arange(BINS)
-        )
-        return coords
-
-    def item_ids(self) -> np.ndarray:
-        padded = [[*self.items[t], *[""] * (self.size - len(self.items[t]))] for t in self.tasks]
-        return np.array(padded, dtype=object).reshape(len(self.tasks), self.size).astype(str)
-
-    def dataset(self, data: Mapping[str, Any]) -> xr.Dataset:
-        used = {d for dims, _ in data.values() for d in dims}
-        coords = {name: values for name, values in self.coords().items() if name in used}
-        return xr.Dataset(dict(data), coords=coords, attrs=provenance(self.plan, self.measure))
 
 
 # ---------------------------------------------------------------------------------------------------------
