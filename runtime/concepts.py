@@ -165,7 +165,7 @@ class ConceptSteps:
             return
         # Load on the event loop, as the executor does: two threads loading one model would race.
         loaded = self.run.pool.loaded(step.params["model"]) if step.params["op"] == "concept" else None
-        async with self.run.executor._compute:
+        async with self.run.executor.compute:
             vector = await asyncio.to_thread(self._make_vector, step.params, loaded)
         from .activations import save_vector
 
@@ -238,9 +238,9 @@ class ConceptSteps:
         key = digest(["score", identity, p["prompt"], p["choices"]])
         record = self.cache.get(key)
         if record is None:
-            steering = self.run.executor._steering(model_key)
+            steering = self.run.executor.steering(model_key)
             request = ScoreRequest(key, self._messages(p["prompt"]), tuple(p["choices"]), steering=steering)
-            async with self.run.executor._compute:
+            async with self.run.executor.compute:
                 (score,) = await self.run.pool.backend(model_key).score([request])
             record = {"logprobs": score.logprobs, "raw_logprobs": score.raw_logprobs}
             self.cache.put(key, record)
@@ -264,7 +264,7 @@ class ConceptSteps:
         if missing:
             backend = self.run.pool.backend(judge)
             if self.run.pool.in_process(judge):
-                async with self.run.executor._compute:
+                async with self.run.executor.compute:
                     answers = await backend.generate(missing)
             else:
                 answers = await backend.generate(missing)

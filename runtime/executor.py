@@ -58,7 +58,8 @@ class Executor:
         self.on_progress = on_progress
         self._steps = {s.id: s for s in plan.steps}
         # In-process models share the CPU (or GPU): running two at once only makes both slower.
-        self._compute = asyncio.Lock()
+        # Public: step handlers that compute in-process (training, vectors, scoring) take it too.
+        self.compute = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future[None]] = {}
 
     async def run(self) -> Counters:
@@ -109,11 +110,11 @@ class Executor:
         if not todo:
             return
         backend = self.pool.backend(step.params["model"])
-        steering = self._steering(step.params["model"])
+        steering = self.steering(step.params["model"])
         for chunk in _chunks(todo, CHUNK):
             batch = [self._request(step, key, prompt, sample, steering) for key, prompt, sample in chunk]
             if self.pool.in_process(step.params["model"]):
-                async with self._compute:
+                async with self.compute:
                     results = await backend.generate(batch)
             else:
                 results = await backend.generate(batch)
@@ -150,7 +151,7 @@ class Executor:
             steering=steering,
         )
 
-    def _steering(self, model_key: str) -> Steering | None:
+    def steering(self, model_key: str) -> Steering | None:
         entry = self.plan.models[model_key]
         if entry.kind != "steered":
             return None

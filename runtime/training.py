@@ -256,7 +256,8 @@ class TrainingSteps:
         hyperparameters = lora_hyperparameters(p["hparams"])
         self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
         directory = self.cache.artifact_dir(step.hash)
-        result = await asyncio.to_thread(_train_into, directory, loaded, examples, hyperparameters, parent)
+        async with self.run.executor.compute:  # training shares the processor with generation
+            result = await asyncio.to_thread(_train_into, directory, loaded, examples, hyperparameters, parent)
         info = {
             "kind": "finetune",
             "losses": list(result.losses),
