@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
 from intro.runtime.backends.local import load_local_model  # noqa: E402
 from intro.runtime.finetune import (  # noqa: E402
     IGNORE_INDEX,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from intro.runtime.backends.local import LoadedModel, LocalBackend, load_local_model
 from intro.runtime.requests import GenerationRequest, Message
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
+
 from intro.runtime.requests import Message
 from intro.runtime.steering import read_residual, residual_stream
-from torch import nn
 
 DEFAULT_TEMPLATE = "Tell me about {word}"
 VECTOR_KEY = "vector"

@@ -28,8 +28,9 @@ import attrs
 import torch
 import torch.nn.functional as F
 from attrs import field, frozen
-from intro.runtime.requests import Message
 from torch import nn
+
+from intro.runtime.requests import Message
 
 IGNORE_INDEX = -100
 

@@ -3,7 +3,9 @@
 It lets anything that speaks the OpenAI chat API (litellm, the openai client, curl, another machine's
 intro) use a model that runs in this process, e.g. an embedded open-weights model on a GPU box. Endpoints:
 `POST /v1/chat/completions` (text only, n=1, logprobs and top_logprobs in OpenAI's shape, usage counts;
-a trailing assistant message is a prefill that the answer continues) and `GET /v1/models`.
+a trailing assistant message is a prefill that the answer continues) and `GET /v1/models`. With
+`serve_finetune.enable_finetuning` (as `intro serve` does) also OpenAI's files and fine-tuning endpoints:
+LoRA jobs on the served model, whose fine-tuned models then answer chat completions addressed to them.
 
 The HTTP side is the standard library's `ThreadingHTTPServer`: one thread per connection, each blocking
 on a future. The backend side is one asyncio loop in its own thread that gathers requests arriving
@@ -335,11 +337,19 @@ class ChatServer(ThreadingHTTPServer):
         self.requests_served = 0
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # The files and fine-tuning endpoints (runtime/serve_finetune.py), when enabled.
+        self.finetuning: Any = None
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    def runner_for(self, model: Any) -> tuple[BatchingRunner, str]:
+        """The runner that answers a request naming `model`, and the model name the reply gives: a
+        fine-tuned model's own runner, else the served model's (requests may name any model)."""
+        tuned = self.finetuning.runner_for(model) if self.finetuning and isinstance(model, str) else None
+        return (tuned, model) if tuned else (self.runner, self.model_name)
 
     def count_served(self) -> None:
         with self._count_lock:
@@ -360,6 +370,8 @@ class ChatServer(ThreadingHTTPServer):
             self.shutdown()
             self._thread.join(timeout=5)
         self.server_close()
+        if self.finetuning is not None:
+            self.finetuning.close()
         self.runner.close(close_backend=close_backend)
 
     def __enter__(self) -> ChatServer:
@@ -383,18 +395,23 @@ class ChatHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, models_body(self.server.model_name))
         elif self.path.rstrip("/") == "/health":
             self._send_json(HTTPStatus.OK, {"status": "ok"})
-        else:
+        elif not self._finetuning_route("GET"):
             self._send_json(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path}", "not_found_error"))
 
     def do_POST(self) -> None:
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            self._send_json(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path}", "not_found_error"))
+            if not self._finetuning_route("POST"):
+                self._send_json(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path}", "not_found_error"))
             return
         try:
-            chat = parse_chat_request(self._read_json(), key=uuid.uuid4().hex)
-            generation = self.server.runner.submit(chat.generation).result(self.server.request_timeout)
+            body = self._read_json()
+            chat = parse_chat_request(body, key=uuid.uuid4().hex)
+            runner, model = self.server.runner_for(body.get("model"))
+            generation = runner.submit(chat.generation).result(self.server.request_timeout)
         except InvalidRequestError as error:
             self._send_json(HTTPStatus.BAD_REQUEST, error_body(str(error), "invalid_request_error"))
+        except LookupError as error:  # a fine-tuned model this server never made
+            self._send_json(HTTPStatus.NOT_FOUND, error_body(str(error), "model_not_found"))
         except concurrent.futures.TimeoutError:
             self._send_json(HTTPStatus.GATEWAY_TIMEOUT, error_body("the model took too long", "timeout"))
         except RetryableError as error:
@@ -405,8 +422,16 @@ class ChatHandler(BaseHTTPRequestHandler):
             log.exception("generation failed")
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, error_body(str(error), "server_error"))
         else:
-            self._send_json(HTTPStatus.OK, chat_completion_body(chat, generation, self.server.model_name))
+            self._send_json(HTTPStatus.OK, chat_completion_body(chat, generation, model))
             self.server.count_served()
+
+    def _finetuning_route(self, method: str) -> bool:
+        """Answer a files or fine-tuning request if this is one and the server has those endpoints."""
+        service = self.server.finetuning
+        reply = service.handle(method, self.path, self.headers, self.rfile) if service else None
+        if reply is not None:
+            self._send_json(*reply)
+        return reply is not None
 
     def _read_json(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -465,8 +490,11 @@ def serve_forever(
     backend: Backend, host: str = "127.0.0.1", port: int = 8000, *, close_backend: bool = False
 ):
     """Serve `backend` until interrupted (Ctrl-C); then close the server (and the backend, if asked)."""
-    server = make_server(backend, host, port)
-    print(f"serving {backend.name} at {server.url}  (Ctrl-C to stop)", flush=True)
+    _serve_until_interrupted(make_server(backend, host, port), close_backend=close_backend)
+
+
+def _serve_until_interrupted(server: ChatServer, *, close_backend: bool) -> None:
+    print(f"serving {server.backend.name} at {server.url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -475,15 +503,20 @@ def serve_forever(
         server.close(close_backend=close_backend)
 
 
-def main_serve(source: str, host: str, port: int) -> int:
-    """`intro serve MODEL --host H --port N`: load a local model (`embedded:<name>` or a directory)
-    and serve it. Returns the process exit code."""
+def main_serve(source: str, host: str, port: int, state: str | None = None) -> int:
+    """`intro serve MODEL --host H --port N [--state DIR]`: load a local model (`embedded:<name>` or a
+    directory) and serve it, with the files and fine-tuning endpoints keeping their state in `state` (a
+    fresh temporary directory by default). Returns the process exit code."""
     from intro.runtime.backends.local import LocalBackend, load_local_model
+    from intro.runtime.serve_finetune import enable_finetuning
 
     try:
         backend = LocalBackend(load_local_model(source))
     except BackendError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    serve_forever(backend, host, port, close_backend=True)
+    server = make_server(backend, host, port)
+    service = enable_finetuning(server, backend.loaded, state)
+    print(f"fine-tuning state in {service.state.root}", flush=True)
+    _serve_until_interrupted(server, close_backend=True)
     return 0

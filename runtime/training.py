@@ -5,8 +5,10 @@ Training data steps (`hypotheticals`, `answers`) turn cached object-level answer
 as `examples.jsonl` in the step's artifact directory. A `finetune` step trains LoRA on its root model's shared
 weights (`adapters.train_adapter`) and stores the adapter as safetensors under
 `<cache>/artifacts/<step hash>/adapter`, which is exactly where `BackendPool` finds a finetuned model's
-adapter. Artifacts are keyed by content hash and marked DONE last, so a finished step is never redone, by this
-study or any other sharing the cache, and an interrupted one is redone from scratch.
+adapter. A finetune of an API model (litellm root) runs as the provider's fine-tuning job instead
+(`api_finetune.finetune_api_model`). Artifacts are keyed by content hash and marked DONE last, so a finished
+step is never redone, by this study or any other sharing the cache, and an interrupted one is redone from
+scratch (an API job is resumed: its id is recorded before it is waited on).
 """
 
 from __future__ import annotations
@@ -133,28 +135,24 @@ class Lineage:
 
 
 def lineage(plan: Plan, base: str) -> Lineage:
-    """Trace a finetune's base to its in-process root; API and steered models cannot be finetuned here."""
+    """Trace a finetune's base to its root: in-process (LoRA here) or litellm (a provider's fine-tuning job,
+    runtime/api_finetune.py); steered models cannot be finetuned."""
     entry = plan.models[base]
     label = entry.params.get("label", base)
     if entry.kind == "finetuned":
         root = plan.models[entry.params["root"]]
-        _require_in_process(root.kind, root.params.get("label", root.key))
+        _require_trainable(root.kind, root.params.get("label", root.key))
         return Lineage(root.key, entry.params["step"])
     if entry.kind == "steered":
         raise BackendError(
             f"cannot finetune '{label}': training a steered model is not supported; finetune its base"
         )
-    _require_in_process(entry.kind, label)
+    _require_trainable(entry.kind, label)
     return Lineage(base, None)
 
 
-def _require_in_process(kind: str, label: str) -> None:
-    if kind == "litellm":
-        raise BackendError(
-            f"cannot finetune '{label}': finetuning API models (litellm) is not supported by this runtime yet; "
-            "finetune an in-process model (embedded or local)"
-        )
-    if kind not in IN_PROCESS:
+def _require_trainable(kind: str, label: str) -> None:
+    if kind not in (*IN_PROCESS, "litellm"):
         raise BackendError(f"cannot finetune '{label}': a '{kind}' model has no weights to train")
 
 
@@ -247,6 +245,11 @@ class TrainingSteps:
     async def _train(self, step: Step) -> None:
         p = step.params
         origin = lineage(self.plan, p["base"])
+        if self.plan.models[origin.root].kind == "litellm":
+            from .api_finetune import finetune_api_model
+
+            await finetune_api_model(self.plan, self.cache, step, origin, self.run.say)
+            return
         parent = self._parent_adapter(step, origin)
         data = self.plan.step(p["data"])
         examples = [e.chat() for e in read_examples(self.cache.artifact_dir(data.hash))]
@@ -257,7 +260,9 @@ class TrainingSteps:
         self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
         directory = self.cache.artifact_dir(step.hash)
         async with self.run.executor.compute:  # training shares the processor with generation
-            result = await asyncio.to_thread(_train_into, directory, loaded, examples, hyperparameters, parent)
+            result = await asyncio.to_thread(
+                _train_into, directory, loaded, examples, hyperparameters, parent
+            )
         info = {
             "kind": "finetune",
             "losses": list(result.losses),

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from attrs import frozen
+
 from intro.runtime.requests import BackendError
 
 # name -> facts a spec checker needs: architecture family, decoder layers, residual width, prompt format

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 from attrs import define, field, frozen
+
 from intro.runtime.backends.embedded import (
     EMBEDDED_MODELS,
     intro_cache_dir,
@@ -478,7 +479,10 @@ def steering_windows(
         _window(loaded, steering, prompt, int(pad))
         for steering, prompt, pad in zip(steerings, prompts, pads, strict=True)
     ]
-    deltas = torch.stack([steering.strength * _steering_vector(steering.vector) for steering in steerings])
+    vectors = [_steering_vector(steering.vector, loaded.hidden_size) for steering in steerings]
+    deltas = torch.stack(
+        [steering.strength * vector for steering, vector in zip(steerings, vectors, strict=True)]
+    )
     return SteeringWindows(
         layer=steerings[0].layer,
         deltas=deltas.to(loaded.device),
@@ -511,15 +515,22 @@ def _token_before_text(loaded: LoadedModel, prompt: str, text: str) -> int:
 _VECTORS: dict[tuple[str, int], torch.Tensor] = {}
 
 
-def _steering_vector(path: str) -> torch.Tensor:
+def _steering_vector(path: str, hidden_size: int) -> torch.Tensor:
     from safetensors.torch import load_file
 
+    if not Path(path).is_file():
+        raise BackendError(f"steering vector file {path} does not exist")
     key = (path, Path(path).stat().st_mtime_ns)
     if key not in _VECTORS:
         tensors = load_file(path)
         if "vector" not in tensors:
             raise BackendError(f"steering file {path} holds no tensor named 'vector'")
         _VECTORS[key] = tensors["vector"].float().reshape(-1)
+    if _VECTORS[key].numel() != hidden_size:
+        raise BackendError(
+            f"steering vector {path} has {_VECTORS[key].numel()} values but the model's residual stream "
+            f"has {hidden_size}"
+        )
     return _VECTORS[key]
 
 

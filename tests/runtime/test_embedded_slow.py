@@ -10,6 +10,7 @@ import shutil
 import time
 
 import pytest
+
 from intro.runtime.backends.embedded import EMBEDDED_WEIGHTS, intro_cache_dir, resolve_embedded
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.requests import GenerationRequest, Message, ScoreRequest

@@ -8,6 +8,8 @@ import json
 import attrs
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from intro.runtime.backends.local import load_local_model
 from intro.runtime.finetune import (
     LoraHyperparameters,
@@ -22,8 +24,6 @@ from intro.runtime.finetune import (
     train_lora,
 )
 from intro.runtime.requests import Message
-from safetensors.torch import load_file
-
 from tests.tinymodels import make_tiny_model
 
 EXAMPLES = [

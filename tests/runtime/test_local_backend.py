@@ -14,6 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tinymodels import make_tiny_model  # noqa: E402
+
 from intro.runtime.backends import embedded  # noqa: E402
 from intro.runtime.backends.local import (  # noqa: E402
     LocalBackend,
@@ -30,7 +32,6 @@ from intro.runtime.requests import (  # noqa: E402
     Steering,
 )
 from intro.runtime.steering import add_to_residual  # noqa: E402
-from tinymodels import make_tiny_model  # noqa: E402
 
 QUESTIONS = (
     "What is the capital of Japan?",
@@ -418,6 +419,13 @@ def test_steered_scoring_matches_a_steered_full_forward_pass(loaded, tmp_path):
                 steering=lambda: add_to_residual(loaded.model, 1, 3.0 * vector, [2], [None]),
             )
             assert result.raw_logprobs[choice] == pytest.approx(expected, abs=1e-4)
+
+
+def test_steering_vector_of_the_wrong_width_is_refused(qwen, tmp_path):
+    path = save_vector(tmp_path / "v.safetensors", torch.ones(qwen.hidden_size + 1))
+    request = ask(QUESTIONS[0], steering=Steering(vector=path, layer=0, strength=1.0))
+    with pytest.raises(BackendError, match="residual stream"):
+        generate(LocalBackend(qwen), [request])
 
 
 def test_batches_are_grouped_by_steering_layer():

@@ -1,0 +1,505 @@
+"""OpenAI-style files and fine-tuning endpoints for `intro serve`: LoRA training of the served model.
+
+With them a served in-process model (say an embedded model on a GPU box) is finetuned exactly as an API
+model is, through litellm's `acreate_file` / `acreate_fine_tuning_job` / `aretrieve_fine_tuning_job`:
+
+- `POST /v1/files` (multipart form: `file`, `purpose` "fine-tune") stores the JSONL and returns a file object;
+  `GET /v1/files/{id}` returns it again.
+- `POST /v1/fine_tuning/jobs` (`training_file`, `model`, `hyperparameters` {n_epochs, batch_size,
+  learning_rate_multiplier}, `seed`, `suffix`) queues a LoRA training job; `GET /v1/fine_tuning/jobs/{id}`
+  reports it: validating_files -> queued -> running -> succeeded | failed.
+- A chat completion addressed to a job's `fine_tuned_model` ("ft:<base>:<suffix>:<job id>") is answered by
+  the served weights with that job's adapter switched on. A job whose `model` is itself a fine-tuned model
+  trains on top of that model's adapter (`adapters.train_adapter(parent=...)`).
+
+Jobs run one at a time on one worker thread, since they share the served weights. The learning rate is
+`learning_rate_multiplier * BASE_LEARNING_RATE` (1e-4, the language's default `lr`), the unit intro's client
+(`runtime/api_finetune.py`) converts to. Every file and job lives in a state directory, written atomically,
+so a restarted server still answers for finished jobs, and takes up again the jobs it had not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from email.parser import BytesParser
+from email.policy import HTTP
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from attrs import frozen
+
+from intro.runtime.cache import atomic_write
+from intro.runtime.requests import Message
+from intro.runtime.serve import BatchingRunner, ChatServer, InvalidRequestError, error_body
+
+log = logging.getLogger(__name__)
+
+# `learning_rate_multiplier` 1 trains at this rate: the language's default `lr`.
+BASE_LEARNING_RATE = 1e-4
+DEFAULT_EPOCHS = 1
+DEFAULT_BATCH_SIZE = 8
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's limit for one file
+TERMINAL = ("succeeded", "failed", "cancelled")
+_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+Reply = tuple[HTTPStatus, dict[str, Any]]
+
+
+class ModelNotFoundError(LookupError):
+    """A request named a fine-tuned model this server has not produced (HTTP 404)."""
+
+
+class TrainingFileError(ValueError):
+    """A training file line that is not a chat example; the message names the line."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Requests: multipart uploads, job parameters, training files
+# ---------------------------------------------------------------------------------------------------
+
+
+@frozen
+class FormPart:
+    value: bytes
+    filename: str | None
+
+
+def parse_form(content_type: str, body: bytes) -> dict[str, FormPart]:
+    """The fields of a multipart/form-data body, by name."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidRequestError("uploads must be multipart/form-data")
+    # The email package reads MIME multiparts; a form body is one once its Content-Type is put in front.
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise InvalidRequestError("the multipart body could not be read")
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = FormPart(part.get_payload(decode=True) or b"", part.get_filename())
+    return fields
+
+
+@frozen
+class JobHyperparameters:
+    """OpenAI's fine-tuning hyperparameters with "auto" resolved to this server's defaults."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
+
+
+def parse_hyperparameters(raw: Any) -> JobHyperparameters:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("'hyperparameters' must be an object")
+    return JobHyperparameters(
+        n_epochs=int(_positive(raw, "n_epochs", DEFAULT_EPOCHS, integer=True)),
+        batch_size=int(_positive(raw, "batch_size", DEFAULT_BATCH_SIZE, integer=True)),
+        learning_rate_multiplier=float(_positive(raw, "learning_rate_multiplier", 1.0, integer=False)),
+    )
+
+
+def _positive(raw: Mapping[str, Any], name: str, default: float, *, integer: bool) -> float:
+    value = raw.get(name, "auto")
+    if value == "auto" or value is None:
+        return default
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        kind = "integer" if integer else "number"
+        raise InvalidRequestError(f'hyperparameters.{name} must be a positive {kind} or "auto"')
+    return value
+
+
+def read_training_file(text: str) -> list[tuple[tuple[Message, ...], str]]:
+    """Chat examples (conversation, assistant reply) from OpenAI fine-tuning JSONL.
+
+    Each non-empty line is {"messages": [...]} whose last message is the assistant reply to learn.
+    """
+    examples = [_example(line, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not examples:
+        raise TrainingFileError("the training file holds no examples")
+    return examples
+
+
+def _example(line: str, number: int) -> tuple[tuple[Message, ...], str]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise TrainingFileError(f"line {number}: not valid JSON ({error.msg})") from None
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise TrainingFileError(f'line {number}: needs "messages", a list of at least two messages')
+    chat = tuple(_message(item, number, index) for index, item in enumerate(messages))
+    if chat[-1].role != "assistant" or not chat[-1].content.strip():
+        raise TrainingFileError(f"line {number}: the last message must be a non-empty assistant reply")
+    return chat[:-1], chat[-1].content
+
+
+def _message(item: Any, number: int, index: int) -> Message:
+    if not isinstance(item, dict) or item.get("role") not in ("system", "user", "assistant"):
+        raise TrainingFileError(f"line {number}: messages[{index}] needs a role of system, user or assistant")
+    if not isinstance(item.get("content"), str):
+        raise TrainingFileError(f"line {number}: messages[{index}].content must be a string")
+    return Message(item["role"], item["content"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# State on disk
+# ---------------------------------------------------------------------------------------------------
+
+
+class FineTuningState:
+    """Files and jobs under one directory: `files/<id>.jsonl` with `files/<id>.json`, `jobs/<id>.json`,
+    and each finished job's adapter in `jobs/<id>/adapter`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        (self.root / "files").mkdir(parents=True, exist_ok=True)
+        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def save_file(self, meta: Mapping[str, Any], content: bytes) -> None:
+        data = self.root / "files" / f"{meta['id']}.jsonl"
+        scratch = data.with_name(f".tmp-{meta['id']}")
+        scratch.write_bytes(content)
+        os.replace(scratch, data)
+        atomic_write(self.root / "files" / f"{meta['id']}.json", json.dumps(meta))
+
+    def file(self, file_id: str) -> dict[str, Any] | None:
+        return _read_json(self.root / "files" / f"{file_id}.json") if _ID.match(file_id) else None
+
+    def file_text(self, file_id: str) -> str:
+        try:
+            return (self.root / "files" / f"{file_id}.jsonl").read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise TrainingFileError("the file is not UTF-8 text") from None
+
+    def save_job(self, job: Mapping[str, Any]) -> None:
+        with self._lock:
+            atomic_write(self.root / "jobs" / f"{job['id']}.json", json.dumps(job))
+
+    def update_job(self, job_id: str, **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            path = self.root / "jobs" / f"{job_id}.json"
+            job = {**json.loads(path.read_text(encoding="utf-8")), **changes}
+            atomic_write(path, json.dumps(job))
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return _read_json(self.root / "jobs" / f"{job_id}.json") if _ID.match(job_id) else None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        found = (_read_json(path) for path in (self.root / "jobs").glob("*.json"))
+        return sorted((job for job in found if job), key=lambda job: (job["created_at"], job["id"]))
+
+    def adapter_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id / "adapter"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------------------------------
+
+
+class FineTuningService:
+    """Files, fine-tuning jobs and fine-tuned models of one served `LoadedModel`.
+
+    `jobs_created` counts job creations since this service started (what a client that resumes a job
+    instead of creating a second one must leave unchanged). `rank` and `alpha` are the LoRA settings of
+    every job: OpenAI's API has no field for them.
+    """
+
+    def __init__(
+        self,
+        loaded: Any,
+        state_dir: str | Path,
+        *,
+        rank: int = 8,
+        alpha: float = 16.0,
+        max_batch: int = 32,
+        batch_window: float = 0.005,
+    ):
+        self.loaded = loaded
+        self.state = FineTuningState(Path(state_dir))
+        self.rank, self.alpha = rank, alpha
+        self.max_batch, self.batch_window = max_batch, batch_window
+        self.jobs_created = 0
+        self._count_lock = threading.Lock()
+        self._runners: dict[str, BatchingRunner] = {}
+        self._runners_lock = threading.Lock()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="intro-finetune-worker", daemon=True)
+        self._worker.start()
+        for job in self.state.jobs():
+            if job["status"] not in TERMINAL:  # left unfinished by a server that stopped: take it up again
+                self._validate_and_queue(job["id"])
+
+    # ------------------------------------------------------------ HTTP routing
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: BinaryIO) -> Reply | None:
+        """Answer a files or fine-tuning request, or None when `path` is not one of these endpoints."""
+        parts = [p for p in path.split("?", 1)[0].strip("/").split("/") if p]
+        if parts[:1] == ["v1"]:
+            parts = parts[1:]
+        try:
+            return self._dispatch(method, parts, headers, body)
+        except InvalidRequestError as error:
+            return HTTPStatus.BAD_REQUEST, error_body(str(error), "invalid_request_error")
+        except Exception as error:
+            log.exception("fine-tuning request failed")
+            return HTTPStatus.INTERNAL_SERVER_ERROR, error_body(str(error), "server_error")
+
+    def _dispatch(
+        self, method: str, parts: list[str], headers: Mapping[str, str], body: BinaryIO
+    ) -> Reply | None:
+        if method == "POST" and parts == ["files"]:
+            form = parse_form(headers.get("Content-Type", ""), _read_body(headers, body, MAX_UPLOAD_BYTES))
+            return HTTPStatus.OK, self.upload(form)
+        if method == "GET" and len(parts) == 2 and parts[0] == "files":
+            return _found(self.state.file(parts[1]), f"no file {parts[1]}")
+        if method == "POST" and parts == ["fine_tuning", "jobs"]:
+            request = _json_body(_read_body(headers, body, MAX_UPLOAD_BYTES))
+            return HTTPStatus.OK, self.create_job(request)
+        if method == "GET" and len(parts) == 3 and parts[:2] == ["fine_tuning", "jobs"]:
+            return _found(self.state.job(parts[2]), f"no fine-tuning job {parts[2]}")
+        return None
+
+    # ------------------------------------------------------------ files
+    def upload(self, form: Mapping[str, FormPart]) -> dict[str, Any]:
+        if "file" not in form:
+            raise InvalidRequestError("the upload has no 'file' field")
+        purpose = form["purpose"].value.decode() if "purpose" in form else ""
+        if purpose != "fine-tune":
+            raise InvalidRequestError(f"only purpose 'fine-tune' is supported, not {purpose!r}")
+        content = form["file"].value
+        meta = {
+            "id": f"file-{uuid.uuid4().hex[:24]}",
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": form["file"].filename or "upload.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+        self.state.save_file(meta, content)
+        return meta
+
+    # ------------------------------------------------------------ jobs
+    def create_job(self, request: Any) -> dict[str, Any]:
+        """Record a job and queue it; its training file is validated by the worker, as OpenAI does."""
+        if not isinstance(request, dict):
+            raise InvalidRequestError("the request body must be a JSON object")
+        training_file, model = request.get("training_file"), request.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError("'model' must name the model to finetune")
+        if not isinstance(training_file, str) or self.state.file(training_file) is None:
+            raise InvalidRequestError(f"training_file {training_file!r} is not an uploaded file")
+        job = self._new_job(request, model, training_file)
+        self.state.save_job(job)
+        with self._count_lock:
+            self.jobs_created += 1
+        return self._validate_and_queue(job["id"])
+
+    def _validate_and_queue(self, job_id: str) -> dict[str, Any]:
+        """Check the job's training file (cheap: JSON lines) and queue the job, or fail it naming the line."""
+        job = self.state.update_job(job_id, status="validating_files")
+        try:
+            read_training_file(self.state.file_text(job["training_file"]))
+        except TrainingFileError as error:
+            message = f"training file {job['training_file']}: {error}"
+            invalid = {"code": "invalid_training_file", "message": message, "param": "training_file"}
+            return self.state.update_job(job_id, status="failed", finished_at=int(time.time()), error=invalid)
+        job = self.state.update_job(job_id, status="queued")
+        self._queue.put(job_id)
+        return job
+
+    def _new_job(self, request: Mapping[str, Any], model: str, training_file: str) -> dict[str, Any]:
+        parent = self._job_of_model(model)
+        if model.startswith("ft:") and parent is None:
+            raise InvalidRequestError(f"model {model!r} is not a fine-tuned model of this server")
+        seed = request.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidRequestError("'seed' must be an integer")
+        suffix = request.get("suffix")
+        if suffix is not None and (not isinstance(suffix, str) or ":" in suffix):
+            raise InvalidRequestError("'suffix' must be a string without ':'")
+        return {
+            "id": f"ftjob-{uuid.uuid4().hex[:24]}",
+            "object": "fine_tuning.job",
+            "created_at": int(time.time()),
+            "finished_at": None,
+            "model": model,
+            "fine_tuned_model": None,
+            "organization_id": "intro",
+            "result_files": [],
+            "status": "validating_files",
+            "training_file": training_file,
+            "validation_file": None,
+            "hyperparameters": parse_hyperparameters(request.get("hyperparameters")).as_dict(),
+            "seed": 0 if seed is None else seed,
+            "suffix": suffix,
+            "trained_tokens": None,
+            "error": None,
+            "integrations": [],
+            "estimated_finish": None,
+            # The root model's name and the job whose adapter this one trains on (fine-tuning a fine-tune).
+            "base_model": parent["base_model"] if parent else model,
+            "parent_job": parent["id"] if parent else None,
+        }
+
+    def _job_of_model(self, model: str) -> dict[str, Any] | None:
+        if not model.startswith("ft:"):
+            return None
+        job = self.state.job(model.rsplit(":", 1)[-1])
+        return job if job and job["fine_tuned_model"] == model and job["status"] == "succeeded" else None
+
+    def _work(self) -> None:
+        while (job_id := self._queue.get()) is not None:
+            try:
+                self._run_job(job_id)
+            except Exception as error:  # a job's failure must never stop the worker
+                self.state.update_job(
+                    job_id,
+                    status="failed",
+                    finished_at=int(time.time()),
+                    error=_error("training_error", error),
+                )
+
+    def _run_job(self, job_id: str) -> None:
+        job = self.state.update_job(job_id, status="running")
+        examples = read_training_file(self.state.file_text(job["training_file"]))
+        tokens = self._train(job, examples)
+        name = f"ft:{job['base_model']}:{job['suffix'] or 'intro'}:{job_id}"
+        self.state.update_job(
+            job_id,
+            status="succeeded",
+            finished_at=int(time.time()),
+            fine_tuned_model=name,
+            trained_tokens=tokens,
+        )
+
+    def _train(self, job: Mapping[str, Any], examples: Sequence[tuple[tuple[Message, ...], str]]) -> int:
+        from intro.runtime.adapters import train_adapter
+        from intro.runtime.finetune import LoraHyperparameters
+
+        hyper = job["hyperparameters"]
+        hyperparameters = LoraHyperparameters(
+            rank=self.rank,
+            alpha=self.alpha,
+            lr=hyper["learning_rate_multiplier"] * BASE_LEARNING_RATE,
+            epochs=hyper["n_epochs"],
+            batch_size=hyper["batch_size"],
+            seed=job["seed"],
+        )
+        parent = self.state.adapter_dir(job["parent_job"]) if job["parent_job"] else None
+        target = self.state.adapter_dir(job["id"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Trained into scratch and moved into place: a server stopped mid-training leaves no half adapter.
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-adapter-"))
+        try:
+            result = train_adapter(self.loaded, examples, hyperparameters, scratch, parent=parent)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(scratch, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return int(result.tokens)
+
+    # ------------------------------------------------------------ fine-tuned models
+    def runner_for(self, model: str) -> BatchingRunner | None:
+        """The runner answering for fine-tuned model `model`, or None for a name that is not one ("ft:...")."""
+        if not model.startswith("ft:"):
+            return None
+        job = self._job_of_model(model)
+        if job is None:
+            raise ModelNotFoundError(f"the model {model!r} does not exist on this server")
+        with self._runners_lock:
+            if model not in self._runners:
+                self._runners[model] = BatchingRunner(
+                    self._adapter_backend(job["id"]),
+                    max_batch=self.max_batch,
+                    batch_window=self.batch_window,
+                    batches_in_flight=1,
+                )
+            return self._runners[model]
+
+    def _adapter_backend(self, job_id: str) -> Any:
+        from intro.runtime.backends.local import LocalBackend
+
+        # Loading an adapter rewrites the shared model's layers: never in the middle of a batch or training.
+        with self.loaded.lock:
+            return LocalBackend(self.loaded, adapter=str(self.state.adapter_dir(job_id)))
+
+    def close(self) -> None:
+        """Stop the worker (after the job it is training, if any) and the fine-tuned models' runners."""
+        self._queue.put(None)
+        with self._runners_lock:
+            for runner in self._runners.values():
+                runner.close()
+            self._runners.clear()
+
+
+def _read_body(headers: Mapping[str, str], body: BinaryIO, limit: int) -> bytes:
+    length = int(headers.get("Content-Length") or 0)
+    if length > limit:
+        raise InvalidRequestError("the request body is too large")
+    return body.read(length)
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequestError("the request body is not valid JSON") from None
+
+
+def _found(record: dict[str, Any] | None, missing: str) -> Reply:
+    if record is None:
+        return HTTPStatus.NOT_FOUND, error_body(missing, "invalid_request_error")
+    return HTTPStatus.OK, record
+
+
+def _error(code: str, error: Exception) -> dict[str, Any]:
+    return {"code": code, "message": f"{type(error).__name__}: {error}", "param": None}
+
+
+def enable_finetuning(
+    server: ChatServer, loaded: Any, state_dir: str | Path | None = None
+) -> FineTuningService:
+    """Give `server` the files and fine-tuning endpoints for `loaded` (the model its backend serves).
+
+    Without `state_dir` the state lives in a fresh temporary directory, forgotten with the server."""
+    directory = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="intro-serve-state-"))
+    service = FineTuningService(
+        loaded, directory, max_batch=server.runner.max_batch, batch_window=server.runner.batch_window
+    )
+    server.finetuning = service
+    return service
