@@ -108,6 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="embedded:<name> or a directory of weights")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--state", type=Path, help="where uploaded files and fine-tuning jobs live (default: a temporary folder)")
     return parser
 
 
@@ -336,7 +337,7 @@ def _render_diff(r: dict) -> str:  # type: ignore[type-arg]
 def _serve(args: argparse.Namespace) -> int:
     from intro.runtime.serve import main_serve
 
-    return main_serve(args.model, args.host, args.port)
+    return main_serve(args.model, args.host, args.port, args.state)
 
 
 if __name__ == "__main__":
