@@ -108,7 +108,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="embedded:<name> or a directory of weights")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--state", type=Path, help="where uploaded files and fine-tuning jobs live (default: a temporary folder)")
+    p.add_argument(
+        "--state",
+        type=Path,
+        help="where uploaded files and fine-tuning jobs live (default: a temporary folder)",
+    )
     return parser
 
 

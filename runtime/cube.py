@@ -154,4 +154,3 @@ def write(dataset: xr.Dataset, store: Path, group: str) -> None:
     store.mkdir(parents=True, exist_ok=True)
     # Zarr format 2: its string encoding is specified and read by every zarr library (v3 has none yet).
     dataset.to_zarr(store, group=group, mode="w", zarr_format=2, consolidated=True)
-

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
 
-from . import concepts, cube, cubes_extra, measures, training
+from . import concepts, cube, cubes_extra, measures, memory, training
 from .cache import Cache, default_cache_dir
 from .executor import Counters, Executor
 from .pool import BackendPool
@@ -58,6 +58,7 @@ def run_plans(
     serving: Mapping[str, str] | None = None,
     quiet: bool = False,
 ) -> int:
+    memory.limit_arenas()
     cache = Cache(cache_dir or default_cache_dir())
     status = OK
     for plan in plans:
@@ -158,6 +159,8 @@ class _StudyRun:
         self.journal.write(json.dumps(entry) + "\n")
         self.journal.flush()
         self.progress.step(step, counters)
+        if step.kind != "sample" or self.pool.in_process(step.params["model"]):
+            memory.release_free_memory()
 
     # ------------------------------------------------------------ measurements
     def prediction(self, step: Step) -> None:

@@ -426,7 +426,16 @@ def attach_adapter(model: Any, adapter: Path) -> str:
         raise BackendError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
     name = "adapter_" + directory_digest(adapter)[:16]
     if name not in (getattr(model, "peft_config", None) or {}):
-        model.load_adapter(str(adapter), adapter_name=name)
+        from transformers.utils import logging as hf_logging
+
+        # transformers reports the base weights as "missing" from an adapter checkpoint, which is
+        # expected for LoRA and only alarms users; keep real errors.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model.load_adapter(str(adapter), adapter_name=name)
+        finally:
+            hf_logging.set_verbosity(verbosity)
     return name
 
 
@@ -553,8 +562,8 @@ class _Row:
 class _Decoder:
     """A decode loop over a left-padded batch with a KV cache, one token per row per step.
 
-    With `compact`, rows that have finished leave the batch (and the cache) at once, so a batch costs
-    what its longest live rows cost; steered batches keep every row because their per-row deltas are
+    With `compact`, finished rows leave the batch (and the cache) once they are a quarter of it, so a
+    batch costs about what its live rows cost; steered batches keep every row because their per-row deltas are
     bound to batch positions.
     """
 
@@ -583,7 +592,7 @@ class _Decoder:
             still = [index for index, row in enumerate(live) if self.rows[row].finish_reason is None]
             if not still:
                 return
-            if self.compact and len(still) < len(live):
+            if self.compact and _worth_compacting(len(live), len(still)):
                 keep = torch.tensor(still, device=attention_mask.device)
                 cache.batch_select_indices(keep)
                 attention_mask, positions, tokens = attention_mask[keep], positions[keep], tokens[keep]
@@ -649,6 +658,11 @@ class _Decoder:
             finish_reason=row.finish_reason or "length",
             logprobs=tuple(row.logprobs) if row.request.top_logprobs > 0 else None,
         )
+
+
+def _worth_compacting(live: int, still: int) -> bool:
+    # Dropping rows copies every layer's cache; wait until it removes a quarter of the batch.
+    return live - still >= max(1, live // 4)
 
 
 def _generator(request: GenerationRequest) -> torch.Generator | None:

@@ -73,3 +73,13 @@ def test_second_load_comes_from_the_safetensors_cache(tmp_path, monkeypatch):
     # Half a gigabyte of weights should not linger in pytest's kept temp directories.
     shutil.rmtree(tmp_path / "converted")
     shutil.rmtree(tmp_path / "embedded")
+
+
+def test_a_directory_holding_a_gguf_reuses_the_converted_copy(tmp_path):
+    qwen_gguf = resolve_embedded("qwen2.5-coder-0.5b-instruct")
+    (tmp_path / "model.gguf").symlink_to(qwen_gguf.path)
+    started = time.perf_counter()
+    loaded = load_local_model(str(tmp_path), device="cpu")
+    print(f"\nGGUF directory loaded in {time.perf_counter() - started:.1f} s")
+    assert loaded.identity == qwen_gguf.sha256
+    assert loaded.prompt_format == "chat"
