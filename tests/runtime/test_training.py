@@ -292,10 +292,15 @@ def test_lineage_traces_a_finetuned_base_to_its_root():
     assert lineage(plan, "ft-2") == Lineage("a", "ft2")
 
 
-@pytest.mark.parametrize(("base", "message"), [("api", "litellm"), ("ft-api", "litellm"), ("st", "steered")])
-def test_api_and_steered_models_cannot_be_finetuned(base, message):
-    with pytest.raises(BackendError, match=message):
-        lineage(lineage_plan(), base)
+def test_api_models_train_as_provider_jobs_rooted_at_the_api_model():
+    plan = lineage_plan()
+    assert lineage(plan, "api") == Lineage("api", None)
+    assert lineage(plan, "ft-api") == Lineage("api", "ft3")
+
+
+def test_steered_models_cannot_be_finetuned():
+    with pytest.raises(BackendError, match="steered"):
+        lineage(lineage_plan(), "st")
 
 
 # ---------------------------------------------------------------------------------------------------------
