@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from attrs import frozen
 
 from intro.compiler.plan import Measure, Plan
 
@@ -355,3 +356,84 @@ def training_rows(dataset: xr.Dataset) -> Table:
              _number(first, 3), _number(last, 3), _number(model["seconds"].values, 1)]
         )  # fmt: skip
     return header, rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Self vs cross across two measures
+#
+# A study usually trains its predictors inside a sweep, so self- and cross-prediction are two measures over
+# the same axes (`self` and `cross` in looking_inward_mini): at every point both predict the same subject,
+# one by the subject itself and one by another model. The paper's test compares them point by point.
+
+
+@frozen
+class SelfCrossPair:
+    """Two prediction measures over the same points and subjects: `own` has predictor == subject."""
+
+    own: str
+    cross: str
+
+
+def self_cross_pairs(plan: Plan) -> list[SelfCrossPair]:
+    """Every (self, cross) pair of prediction measures in the plan, in declaration order."""
+    predictions = [m for m in plan.measures if m.kind == "prediction"]
+    roles = {m.name: _point_roles(plan, m) for m in predictions}
+    pairs = []
+    for own in predictions:
+        own_roles = roles[own.name]
+        if not own_roles or any(subject != predictor for subject, predictor in own_roles.values()):
+            continue
+        for cross in predictions:
+            cross_roles = roles[cross.name]
+            if cross.axes != own.axes or cross_roles.keys() != own_roles.keys():
+                continue
+            if all(
+                cross_roles[point][0] == own_roles[point][0] and cross_roles[point][1] != own_roles[point][1]
+                for point in own_roles
+            ):
+                pairs.append(SelfCrossPair(own.name, cross.name))
+    return pairs
+
+
+def _point_roles(plan: Plan, measure: Measure) -> dict[tuple[Any, ...], tuple[str, str]]:
+    steps = {step.id: step for step in plan.steps}
+    return {
+        coords: (steps[step].params["subject"], steps[step].params["predictor"])
+        for coords, step in measure.points
+    }
+
+
+def self_cross_rows(own: xr.Dataset, cross: xr.Dataset) -> Table:
+    """Per (point, property), items of every task pooled: self vs cross accuracy, two-proportion z and p."""
+    own_successes, own_counts = _pooled_over_tasks(own)
+    cross_successes, cross_counts = _pooled_over_tasks(cross)
+    own_successes, cross_successes = xr.align(own_successes, cross_successes, join="inner")
+    own_counts, cross_counts = xr.align(own_counts, cross_counts, join="inner")
+    z, p = metrics.two_proportion_ztest(
+        own_successes.values, own_counts.values, cross_successes.values, cross_counts.values
+    )
+    axes = list(own_successes.dims)
+    header = [*axes, "self", "cross", "z", "p", "n self", "n cross"]
+    rows = []
+    for index in np.ndindex(*own_successes.shape):
+        n_own, n_cross = float(own_counts.values[index]), float(cross_counts.values[index])
+        if n_own == 0 or n_cross == 0:
+            continue
+        coords = [str(own_successes[a].values[i]) for a, i in zip(axes, index, strict=True)]
+        rows.append(
+            [
+                *coords,
+                _number(own_successes.values[index] / n_own),
+                _number(cross_successes.values[index] / n_cross),
+                _number(np.asarray(z)[index]),
+                _number(np.asarray(p)[index], 4),
+                _count(n_own),
+                _count(n_cross),
+            ]
+        )
+    return header, rows
+
+
+def _pooled_over_tasks(dataset: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    correct = dataset["correct"]
+    return (correct == 1).sum(("task", "item")), correct.notnull().sum(("task", "item"))

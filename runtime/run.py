@@ -192,6 +192,8 @@ def show_run(directory: Path) -> int:
             print(f"{measure.name}: no results yet")
             continue
         print(measure_table(dataset, measure))
+    for pair in cubes_extra.self_cross_pairs(plan):
+        print(self_cross_table(directory, pair))
     training_group = cubes_extra.training_group(plan)
     if (directory / "cube.zarr" / training_group).is_dir():
         training = xr.open_zarr(directory / "cube.zarr", group=training_group)
@@ -213,6 +215,22 @@ def measure_table(dataset: Any, measure: Measure) -> str:
         title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"
         text += "\n" + _table(title, *cubes_extra.self_vs_cross_rows(dataset))
     return text
+
+
+def self_cross_table(directory: Path, pair: cubes_extra.SelfCrossPair) -> str:
+    """The paper's test across two measures: each subject predicting itself vs another model predicting it."""
+    import xarray as xr
+
+    title = (
+        f"self vs cross prediction: '{pair.own}' vs '{pair.cross}', items of every task pooled "
+        "(two-proportion z; z > 0: self better)"
+    )
+    try:
+        own = xr.open_zarr(directory / "cube.zarr", group=pair.own)
+        cross = xr.open_zarr(directory / "cube.zarr", group=pair.cross)
+    except (FileNotFoundError, KeyError, OSError):
+        return f"{title}: no results yet"
+    return _table(title, *cubes_extra.self_cross_rows(own, cross))
 
 
 def summary_table(dataset: Any, name: str) -> str:
