@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import sys
@@ -226,7 +227,18 @@ class BatchingRunner:
         self._thread.start()
         # Created here, not on the loop, so `submit` works at once; a Queue binds to a loop on first wait.
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._collector = asyncio.run_coroutine_threadsafe(self._start(batches_in_flight), self._loop)
+        self._collector = asyncio.run_coroutine_threadsafe(
+            self._spawn(batches_in_flight), self._loop
+        ).result()
+
+    async def _spawn(self, batches_in_flight: int) -> asyncio.Task[None]:
+        return asyncio.create_task(self._start(batches_in_flight))
+
+    async def _stop_collector(self) -> None:
+        # Let the cancellation finish on the loop, so no task is left pending when the loop stops.
+        self._collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._collector
 
     async def _start(self, batches_in_flight: int) -> None:
         slots = asyncio.Semaphore(batches_in_flight)
@@ -287,7 +299,8 @@ class BatchingRunner:
 
     def close(self, *, close_backend: bool = False) -> None:
         """Stop the loop; with `close_backend`, first close the backend on it, the loop it ran on."""
-        self._collector.cancel()
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop_collector(), self._loop).result(timeout=30)
         if close_backend and self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self.backend.aclose(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
