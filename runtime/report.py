@@ -26,7 +26,7 @@ import xarray as xr  # noqa: E402
 
 from intro.compiler.plan import Plan  # noqa: E402
 
-from . import metrics  # noqa: E402
+from . import cubes_extra, metrics  # noqa: E402
 
 Figure = Any
 
@@ -48,6 +48,15 @@ def write_report(run: Path, output: Path | None = None) -> Path:
         figure.savefig(output / name, dpi=120, bbox_inches="tight")
         plt.close(figure)
         sections.append((f"{measure.name} ({measure.kind})", name, _table(dataset, measure)))
+    for pair in cubes_extra.self_cross_pairs(plan):
+        own, cross = _open(run, pair.own), _open(run, pair.cross)
+        if own is None or cross is None:
+            continue
+        figure = self_cross_figure(own, cross, pair)
+        name = f"{pair.own}_vs_{pair.cross}.png"
+        figure.savefig(output / name, dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        sections.append((f"self vs cross: {pair.own} vs {pair.cross}", name, _self_cross_table(run, pair)))
     training = _open(run, "training")
     if training is not None and "loss" in training:
         figure = training_figure(training)
@@ -125,6 +134,42 @@ def prediction_figure(dataset: xr.Dataset, name: str) -> Figure:
     axis.set_title(name)
     axis.legend(loc="upper right", fontsize=8)
     return figure
+
+
+def self_cross_figure(own: xr.Dataset, cross: xr.Dataset, pair: cubes_extra.SelfCrossPair) -> Figure:
+    """Binder et al. 2024, Fig. 1: each subject predicted by itself and by another model, side by side."""
+    crossed = {tuple(p["coords"].items()): p for p in pooled_points(cross)}
+    points = [(p, crossed[key]) for p in pooled_points(own) if (key := tuple(p["coords"].items())) in crossed]
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.0 + 1.6 * len(points)), 3.6))
+    x = np.arange(len(points))
+    for offset, side, label, colour in ((-0.2, 0, "self", "#2b6cb0"), (0.2, 1, "cross", "#dd6b20")):
+        values = np.array([pp[side]["accuracy"] for pp in points])
+        low = np.array([pp[side]["low"] for pp in points])
+        high = np.array([pp[side]["high"] for pp in points])
+        axis.bar(x + offset, values, width=0.4, color=colour, yerr=[values - low, high - values], capsize=3,
+                 label=f"{_role(label, pair.own if side == 0 else pair.cross)}, 95% CI")  # fmt: skip
+        axis.scatter(x + offset, [pp[side]["baseline"] for pp in points], marker="_", s=300, color="black",
+                     zorder=3, label="mode baseline" if side == 0 else None)  # fmt: skip
+    labels = [", ".join(f"{k}={v}" for k, v in own_point["coords"].items()) for own_point, _ in points]
+    axis.set_xticks(x, labels, rotation=30, ha="right")
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy (pooled over tasks and properties)")
+    axis.set_title(f"self vs cross prediction: {pair.own} vs {pair.cross}")
+    axis.legend(loc="upper right", fontsize=8)
+    return figure
+
+
+def _role(role: str, measure: str) -> str:
+    return role if role == measure else f"{role} ({measure})"
+
+
+def _self_cross_table(run: Path, pair: cubes_extra.SelfCrossPair) -> str:
+    from .run import self_cross_table
+
+    try:
+        return self_cross_table(run, pair)
+    except Exception as error:  # a table is a convenience; the figure is the report
+        return f"(no table: {error})"
 
 
 def _colour(coords: dict[str, str]) -> str:

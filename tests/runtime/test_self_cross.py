@@ -66,3 +66,35 @@ def test_rows_pool_the_items_of_every_task_and_match_a_hand_computed_z_test():
     assert float(rows[0][5]) == pytest.approx(2 * stats.norm.sf(abs(z)), abs=5e-5)
     assert rows[0][6:] == ["5", "6"]
     assert rows[1][:4] == ["gemma", "p", "0.20", "1.00"] and float(rows[1][4]) < 0
+
+
+def point_cube(correct: np.ndarray) -> xr.Dataset:
+    dims = ("subject", "other", "task", "property", "item")
+    cells = ("subject", "other", "task", "property")
+    shape = correct.shape[:-1]
+    return xr.Dataset(
+        {
+            "correct": (dims, correct),
+            "n": (cells, np.full(shape, correct.shape[-1], dtype=float)),
+            "mode_baseline": (cells, np.full(shape, 0.5)),
+        },
+        coords={"subject": ["qwen", "gemma"], "other": ["gemma", "qwen"], "task": ["t"], "property": ["p"]},
+    )
+
+
+def test_show_and_report_put_self_and_cross_side_by_side(tmp_path):
+    from intro.runtime import cube, report, run
+
+    own = measure("self", [("st_q", "st_q"), ("st_g", "st_g")])
+    cross = measure("cross", [("st_q", "ct_g"), ("st_g", "ct_q")])
+    plan = plan_of(own, cross)
+    (tmp_path / "plan.json").write_text(plan.dumps(), encoding="utf-8")
+    rng = np.random.default_rng(0)
+    for name, rate in (("self", 0.8), ("cross", 0.3)):
+        correct = (rng.random((2, 2, 1, 1, 20)) < rate).astype(float)
+        cube.write(point_cube(correct), tmp_path / "cube.zarr", name)
+    table = run.self_cross_table(tmp_path, cubes_extra.SelfCrossPair("self", "cross"))
+    assert "'self' vs 'cross'" in table and "qwen" in table and "gemma" in table
+    page = report.write_report(tmp_path)
+    assert (tmp_path / "report" / "self_vs_cross.png").stat().st_size > 5000
+    assert "self vs cross: self vs cross" in page.read_text(encoding="utf-8")
