@@ -218,12 +218,25 @@ def test_a_rejected_key_fails_fast_with_a_clear_message(monkeypatch):
     assert "wrong-key-123" not in str(caught.value)
 
 
-def test_a_planted_key_never_appears_in_errors_logs_or_reprs(monkeypatch, caplog, capfd):
+@pytest.fixture
+def debug_logs():
+    """The client libraries' loggers at DEBUG for one test, then back to their levels (a quiet exit)."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+LIBRARY_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "openai")
+
+
+def test_a_planted_key_never_appears_in_errors_logs_or_reprs(monkeypatch, caplog, capfd, debug_logs):
     secret = f"sk-planted-{uuid.uuid4().hex}"
     monkeypatch.setenv("INTRO_PLANTED_KEY", secret)
     caplog.set_level(logging.DEBUG)
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "openai"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
     scripts = {"flaky": ["429", "500", "malformed"], "reject": ["401"]}
     with EchoServer(scripts) as server:
         backend = echo_backend(server, api_key_env="INTRO_PLANTED_KEY")
