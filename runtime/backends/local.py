@@ -203,7 +203,8 @@ def _load_weights(
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     require_memory(count_parameters(config) * _bytes_per(dtype) * LOAD_OVERHEAD, device, what=source)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    with _no_progress_bars():  # loading converted weights takes a second; a bar per load only clutters logs
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     _prepare_tokenizer(tokenizer)
@@ -281,6 +282,19 @@ def converted_gguf(gguf: Path, sha256: str) -> Path:
         if not (target / "config.json").exists():
             _convert_gguf(gguf, target)
     return target
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -501,6 +515,9 @@ def steering_windows(
 
 
 def _window(loaded: LoadedModel, steering: Steering, prompt: str, pad: int) -> tuple[int, int]:
+    if steering.span_text is not None:
+        first, stop = _tokens_of_text(loaded, prompt, steering.span_text)
+        return first + pad, stop + pad
     start = steering.start
     if steering.start_text is not None:
         start = _token_before_text(loaded, prompt, steering.start_text)
@@ -519,6 +536,23 @@ def _token_before_text(loaded: LoadedModel, prompt: str, text: str) -> int:
     spans = encoded["offset_mapping"]
     first = next(index for index, (_, stop) in enumerate(spans) if stop > offset)
     return max(first - 1, 0)
+
+
+def _tokens_of_text(loaded: LoadedModel, prompt: str, text: str) -> tuple[int, int]:
+    """[first, stop) token indices of the tokens that overlap the first occurrence of `text`."""
+    offset = prompt.find(text) if text else -1
+    if offset < 0:
+        raise BackendError(f"steering span_text {text!r} does not occur in the rendered prompt")
+    spans = _offsets(loaded, prompt)
+    overlapping = [i for i, (begin, stop) in enumerate(spans) if begin < offset + len(text) and stop > offset]
+    return overlapping[0], overlapping[-1] + 1
+
+
+def _offsets(loaded: LoadedModel, prompt: str) -> list[tuple[int, int]]:
+    encoded = loaded.tokenizer(
+        prompt, add_special_tokens=loaded.prompt_format == "plain", return_offsets_mapping=True
+    )
+    return [tuple(pair) for pair in encoded["offset_mapping"]]
 
 
 _VECTORS: dict[tuple[str, int], torch.Tensor] = {}
