@@ -26,9 +26,11 @@ class Steering:
 
     `start` is the first prompt token position (0-based, in the rendered prompt's tokens) that receives
     the vector; every later position, generated tokens included, receives it too. `end` (exclusive),
-    when set, stops injection after that prompt position and nothing generated is steered; this is how
-    "inject only on a sentence's tokens" is expressed. `start_text`, when set, overrides `start`: the
-    injection begins at the token just before the first occurrence of that text in the rendered prompt.
+    when set, stops injection after that prompt position and nothing generated is steered. `start_text`,
+    when set, overrides `start`: the injection begins at the token just before the first occurrence of
+    that text in the rendered prompt. `span_text`, when set, overrides all three: exactly the prompt
+    tokens that overlap the first occurrence of that text are steered (start *and* end), and nothing
+    generated is; this is how "inject only on a sentence's tokens" is expressed.
     `vector` is a path to a safetensors file holding one tensor named "vector".
     """
 
@@ -38,6 +40,7 @@ class Steering:
     start: int = 0
     end: int | None = None
     start_text: str | None = None
+    span_text: str | None = None
 
 
 @frozen

@@ -399,6 +399,72 @@ def test_steering_window_end_leaves_generated_tokens_alone(qwen, tmp_path):
     assert steered == qwen.tokenizer.decode(reference[0, ids.shape[1] :], skip_special_tokens=True)
 
 
+SENTENCE = "The dog found the red ball."
+
+
+def span_bounds(loaded, prompt: str, text: str) -> tuple[int, int]:
+    """[first, stop) of the tokens covering `text`, found by decoding growing prefixes (not offsets)."""
+    ids = loaded.tokenizer(prompt, add_special_tokens=loaded.prompt_format == "plain")["input_ids"]
+    begin, end = prompt.index(text), prompt.index(text) + len(text)
+    lengths = [len(loaded.tokenizer.decode(ids[: i + 1])) for i in range(len(ids))]
+    first = next(i for i, length in enumerate(lengths) if length > begin)
+    stop = next(i for i, length in enumerate(lengths) if length >= end) + 1
+    return first, stop
+
+
+def test_span_steering_adds_the_vector_on_the_span_tokens_only(loaded, tmp_path):
+    from intro.runtime.backends.local import steering_windows
+    from intro.runtime.steering import read_residual
+
+    vector = torch.randn(loaded.hidden_size, generator=torch.Generator().manual_seed(2))
+    path = save_vector(tmp_path / "v.safetensors", vector)
+    messages = (Message("user", f"Repeat the line below.\n\n{SENTENCE}"),)
+    requests = [
+        ScoreRequest("a", messages, ("yes",), steering=Steering(path, 1, 3.0, span_text=SENTENCE)),
+        ScoreRequest("b", (Message("user", QUESTIONS[1]),), ("yes",), steering=Steering(path, 1, 0.0)),
+    ]
+    prompts = [loaded.render(r.messages) for r in requests]
+    ids, mask = loaded.encode(prompts)
+    windows = steering_windows(loaded, requests, prompts, mask)
+    every = torch.arange(ids.shape[1]).expand(2, -1)
+    plain = read_residual(loaded.model, ids, mask, 1, every)
+    with windows.context(loaded.model):
+        steered = read_residual(loaded.model, ids, mask, 1, every)
+    pad = int(ids.shape[1] - mask[0].sum())
+    first, stop = span_bounds(loaded, prompts[0], SENTENCE)
+    inside = torch.zeros(ids.shape[1], dtype=torch.bool)
+    inside[pad + first : pad + stop] = True
+    assert SENTENCE in loaded.tokenizer.decode(ids[0, inside])
+    # Positions after the span (the chat template's closing tokens) are untouched, as are those before.
+    assert inside[-1].item() is False
+    assert torch.equal(steered[0, ~inside], plain[0, ~inside])
+    torch.testing.assert_close(
+        steered[0, inside] - plain[0, inside], 3.0 * vector.expand(int(inside.sum()), -1)
+    )
+
+
+def test_span_steering_ends_before_the_reply(qwen, tmp_path):
+    vector = torch.randn(qwen.hidden_size, generator=torch.Generator().manual_seed(6))
+    path = save_vector(tmp_path / "v.safetensors", vector)
+    request = ask(f"Repeat the line below.\n\n{SENTENCE}", max_tokens=6)
+    spanned = attrs.evolve(request, steering=Steering(path, 0, 8.0, span_text=SENTENCE))
+    steered = generate(LocalBackend(qwen), [spanned])[0].text
+    prompt = qwen.render(request.messages)
+    first, stop = span_bounds(qwen, prompt, SENTENCE)
+    ids = qwen.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad(), add_to_residual(qwen.model, 0, 8.0 * vector, [first], [stop]):
+        reference = qwen.model.generate(input_ids=ids, do_sample=False, max_new_tokens=6)
+    assert steered == qwen.tokenizer.decode(reference[0, ids.shape[1] :], skip_special_tokens=True)
+    assert steered != generate(LocalBackend(qwen), [request])[0].text
+
+
+def test_a_span_missing_from_the_prompt_is_refused(qwen, tmp_path):
+    path = save_vector(tmp_path / "v.safetensors", torch.ones(qwen.hidden_size))
+    request = ask(QUESTIONS[0], steering=Steering(path, 0, 1.0, span_text="a sentence not there"))
+    with pytest.raises(BackendError, match="span_text"):
+        generate(LocalBackend(qwen), [request])
+
+
 def test_steered_scoring_matches_a_steered_full_forward_pass(loaded, tmp_path):
     vector = torch.randn(loaded.hidden_size, generator=torch.Generator().manual_seed(9))
     path = save_vector(tmp_path / "v.safetensors", vector)
