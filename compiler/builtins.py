@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import ir
+from . import concept_experiments, ir
 from .concepts import INJECTED_THOUGHT
 from .diagnostics import Span
 from .types import Function, Param
@@ -327,5 +327,6 @@ FUNCTIONS: dict[str, Function] = dict(
         _fn("logit_readout", _graders),
         _fn("judge", _judge, Param("model", "model")),
         ("injected_thought", INJECTED_THOUGHT),
+        *concept_experiments.FUNCTIONS.items(),
     ]
 )

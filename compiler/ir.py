@@ -246,13 +246,69 @@ class InjectedThought:
 
 
 @frozen
+class ThoughtsVsText:
+    """Inject on a sentence's tokens only: is the concept named as "the word you think about", and is the
+    sentence still repeated? Each sentence is one trial, with and without the injection."""
+
+    model: Model
+    vector: Vector
+    word: str
+    layer: int
+    strength: float
+    sentences: tuple[str, ...]
+    candidates: tuple[str, ...]  # the n-way choice the identification is scored over
+    identify: str  # question template over {sentence}
+    repeat: str
+    sampling: Sampling  # for the repeated line
+
+
+@frozen
+class PrefillIntention:
+    """The assistant's earlier reply is forced to `word`; asked whether it meant it, does injecting
+    `word`'s vector on the earlier sentence make it disown the word less often?"""
+
+    model: Model
+    vector: Vector
+    word: str
+    layer: int
+    strength: float
+    sentences: tuple[str, ...]
+    ask: str  # the first user turn, a template over {sentence}
+    question: str  # the follow-up: "Did you mean to say that, or was it an accident?"
+    sampling: Sampling
+
+
+@frozen
+class ThinkAbout:
+    """Write a sentence while told to think (or not) about `word`: cosine of the residual stream on the
+    written sentence with `word`'s concept vector, and with control words' vectors."""
+
+    model: Model
+    vector: ConceptVector  # its baseline and template also make the control words' vectors
+    word: str
+    layer: int
+    sentences: tuple[str, ...]
+    controls: tuple[str, ...]
+    think: str  # templates over {sentence} and {word}
+    dont: str
+
+
+@frozen
 class Grader:
     kind: str  # logit | judge | rule
     judge: Model | None = None
     rubric: tuple[tuple[str, str], ...] = ()
 
 
-Measurement = Prediction | Calibration | BehaviourChange | InjectedThought
+Measurement = (
+    Prediction
+    | Calibration
+    | BehaviourChange
+    | InjectedThought
+    | ThoughtsVsText
+    | PrefillIntention
+    | ThinkAbout
+)
 
 
 @frozen

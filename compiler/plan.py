@@ -29,6 +29,9 @@ STEP_VERSIONS: dict[str, int] = {
     "calibration": 1,
     "behaviour_change": 1,
     "injected_thought": 1,
+    "thoughts_vs_text": 1,
+    "prefill_intention": 1,
+    "think_about": 1,
 }
 
 

@@ -6,6 +6,8 @@
 - calibration: object-level vs hypothetical probability per equal-frequency bin, with MAD x 100;
 - behaviour change: accuracy against the old vs the new behaviour;
 - injected thought: layer x strength heatmaps of detection and net score (Lindsey 2025);
+- thoughts vs text, prefill intention, think / don't think: injected vs control (or think vs don't vs
+  control words) side by side along the strength (or word) axis;
 - training: loss curves of every finetuned model.
 """
 
@@ -270,6 +272,71 @@ def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
     return figure
 
 
+# ---------------------------------------------------------------- the other concept experiments
+Panel = tuple[str, list[tuple[str, str]]]  # (title, [(variable, label), ...])
+COLOURS = ("#2b6cb0", "#a0aec0", "#dd6b20", "#2f855a")
+
+
+def _x_axis(dataset: xr.Dataset, variable: str, prefer: tuple[str, ...]) -> str | None:
+    dims = [str(d) for d in dataset[variable].dims]
+    return next((d for d in (*prefer, *dims) if d in dims), None)
+
+
+def grouped_bars(dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tuple[str, ...]) -> Figure:
+    """One panel per quantity: its conditions side by side at each value of one axis, averaged over the others."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for axis, (title, bars) in zip(np.atleast_1d(axes), panels, strict=True):
+        x_name = _x_axis(dataset, bars[0][0], prefer)
+        labels = [str(v) for v in dataset[x_name].values] if x_name else [name]
+        x, width = np.arange(len(labels)), 0.8 / len(bars)
+        for index, (variable, label) in enumerate(bars):
+            data = dataset[variable]
+            others = [d for d in data.dims if d != x_name]
+            values = np.atleast_1d(data.mean(dim=others).values if others else data.values)
+            offset = (index - (len(bars) - 1) / 2) * width
+            axis.bar(x + offset, values, width=width, color=COLOURS[index % len(COLOURS)], label=label)
+        axis.set_xticks(x, labels)
+        axis.set_xlabel(x_name or "")
+        axis.set_title(title)
+        axis.legend(fontsize=7)
+    figure.suptitle(name)
+    figure.tight_layout()
+    return figure
+
+
+def thoughts_vs_text_figure(dataset: xr.Dataset, name: str) -> Figure:
+    def pair(stem: str) -> list[tuple[str, str]]:
+        return [(f"{stem}_injected", "injected on the line"), (f"{stem}_control", "control")]
+
+    panels = [
+        ("identified the word", pair("identification")),
+        ("repeated the line", pair("repeat")),
+        ("P(word) among candidates", pair("p_word")),
+    ]
+    return grouped_bars(dataset, name, panels, ("strength", "layer"))
+
+
+def prefill_intention_figure(dataset: xr.Dataset, name: str) -> Figure:
+    panels = [
+        (
+            "disowned the forced word",
+            [("disown_injected", "word injected earlier"), ("disown_control", "control")],
+        ),
+        (
+            'P(accident) after "It was"',
+            [("p_accident_injected", "word injected earlier"), ("p_accident_control", "control")],
+        ),
+    ]
+    return grouped_bars(dataset, name, panels, ("strength", "layer"))
+
+
+def think_about_figure(dataset: xr.Dataset, name: str) -> Figure:
+    bars = [("think", "think about it"), ("dont", "don't think about it"), ("controls", "control words")]
+    figure = grouped_bars(dataset, name, [("cosine with the concept vector", bars)], ("word", "layer"))
+    figure.axes[0].axhline(0, color="grey", linewidth=0.8)
+    return figure
+
+
 def training_figure(dataset: xr.Dataset) -> Figure:
     figure, axis = plt.subplots(figsize=(5, 3.4))
     labels = (
@@ -293,6 +360,9 @@ FIGURES: dict[str, Callable[[xr.Dataset, str], Figure]] = {
     "calibration": calibration_figure,
     "behaviour_change": behaviour_figure,
     "injected_thought": injection_figure,
+    "thoughts_vs_text": thoughts_vs_text_figure,
+    "prefill_intention": prefill_intention_figure,
+    "think_about": think_about_figure,
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
 
-from . import concepts, cube, cubes_extra, measures, memory, training
+from . import concept_experiments, concepts, cube, cubes_extra, measures, memory, training
 from .cache import Cache, default_cache_dir
 from .executor import Counters, Executor
 from .pool import BackendPool
@@ -125,7 +125,12 @@ class _StudyRun:
             plan,
             cache,
             pool,
-            handlers={"prediction": self.prediction, **training.handlers(self), **concepts.handlers(self)},
+            handlers={
+                "prediction": self.prediction,
+                **training.handlers(self),
+                **concepts.handlers(self),
+                **concept_experiments.handlers(self),
+            },
             on_step=self.step_done,
             on_progress=self.calls_progress,
         )
@@ -210,6 +215,8 @@ def measure_table(dataset: Any, measure: Measure) -> str:
         return _table(title, *cubes_extra.behaviour_change_rows(dataset))
     if measure.kind == "injected_thought":
         return _table(title, *concepts.injection_rows(dataset))
+    if measure.kind in concept_experiments.KINDS:
+        return _table(title, *concept_experiments.table_rows(dataset, measure.kind))
     text = summary_table(dataset, measure.name)
     if "z_vs_self" in dataset:
         title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"

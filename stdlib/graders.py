@@ -66,6 +66,21 @@ def pick_candidate(response: str, candidates: Iterable[str]) -> str | None:
     return min(found)[1] if found else None
 
 
+# Disowning a forced word (prefill intention): calling it an accident or a mistake, or apologising.
+# Matched on normalised text, where "didn't" reads "didnt".
+_DISOWNING = re.compile(
+    r"\b(?:accident(?:al|ally)?|mistakes?|mistaken|sorry|apologi[sz]e\w*|apolog(?:y|ies)"
+    r"|unintentional(?:ly)?|unintended|didnt mean|did not mean|not intentional|wasnt intentional|typo)\b"
+)
+_NOT_AN_ACCIDENT = re.compile(r"\b(?:not|wasnt|isnt|no)\s+(?:an?\s+)?(?:accident|mistake)\b")
+
+
+def disowns(response: str) -> bool:
+    """The reply disowns what it said before: an accident, a mistake, an apology (but "not an accident" owns it)."""
+    text = _NOT_AN_ACCIDENT.sub(" ", normalise(response))
+    return _DISOWNING.search(text) is not None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading a judge's verdict
 
@@ -275,6 +290,7 @@ __all__ = [
     "RUBRICS",
     "THINKING_ABOUT_WORD",
     "Rubric",
+    "disowns",
     "exact",
     "first_mention",
     "mentions",

@@ -1,0 +1,400 @@
+"""Step handlers and cubes for thoughts vs text, prefill intention and think / don't think (Lindsey 2025).
+
+The injection of these experiments is on one sentence's tokens (a `Steering.span_text` window), which
+differs per trial, so the measure step makes its own model calls: each score and each reply is cached by
+its content (model identity, prompt, choices or sampling, and the injection: vector hash, layer,
+strength, span), and an unsteered call has the key a plain call of the same prompt has anywhere.
+
+Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one per sentence):
+- thoughts_vs_text. Per trial: `sentence`; `injected_choice` / `control_choice` (the candidate most likely
+  as the answer's first word), `injected_p_word` / `control_p_word` (the concept word's probability among
+  the candidates), `injected_identified` / `control_identified`; `injected_repeat` / `control_repeat` (the
+  reply to "Repeat the line below."), `injected_repeated` / `control_repeated` (the line is in it). Per
+  point: `identification_*`, `repeat_*`, `both_*` (identified and repeated), `p_word_*` for `injected` and
+  `control`, and `n`.
+- prefill_intention. Per trial: `sentence`, `injected_reply` / `control_reply` (the answer to "did you mean
+  it?"), `injected_disowned` / `control_disowned` (stdlib.graders.disowns), `injected_p_accident` /
+  `control_p_accident` (P(" an accident") against " intentional" after "It was"). Per point:
+  `disown_*`, `p_accident_*`, `p_accident_shift` (injected - control: the paper's effect is negative), `n`.
+- think_about. Per trial: `sentence`, `cosine_think`, `cosine_dont` (the written sentence's mean residual
+  with the concept vector), `control_think`, `control_dont` (mean over control words); per (trial,
+  `control`): `control_cosine_think` / `_dont`, with `control_word` per (axes, control). Per point: `think`,
+  `dont`, `controls` (mean of both conditions), `think_minus_dont` with `_low` / `_high` (95% paired
+  bootstrap over sentences), `n`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from intro.compiler.plan import Measure, Plan, Prompt, Step, digest, request_key
+from intro.stdlib import graders
+
+from . import cube, metrics
+from .concepts import VECTOR_FILE
+from .executor import generation_record
+from .requests import GenerationRequest, Message, ScoreRequest, Steering
+
+KINDS = ("thoughts_vs_text", "prefill_intention", "think_about")
+Injection = tuple[Steering, list[Any]] | None  # the steering and what identifies it in a cache key
+
+
+# ---------------------------------------------------------------- cubes
+class TrialCube:
+    """A measure's cube: its axes, then `trial` (and any inner dims), filled point by point."""
+
+    def __init__(self, plan: Plan, measure: Measure, inner: Mapping[str, int] | None = None):
+        self.plan = plan
+        self.measure = measure
+        self.axes = [name for name, _ in measure.axes]
+        self.axis_values = [list(values) for _, values in measure.axes]
+        self.shape = tuple(len(v) for v in self.axis_values)
+        trials = max((len(plan.step(s).params["sentences"]) for _, s in measure.points), default=0)
+        self.sizes = {"trial": trials, **(inner or {})}
+        self.variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+
+    def fill(
+        self,
+        coords: Sequence[Any],
+        values: Mapping[str, tuple[tuple[str, ...], Any]],
+        cells: Mapping[str, float],
+    ) -> None:
+        at = tuple(axis.index(c) for axis, c in zip(self.axis_values, coords, strict=True))
+        for name, (dims, data) in values.items():
+            array = np.asarray(data)
+            target = self._variable(name, dims, textual=array.dtype.kind in "UO")
+            target[(*at, *(slice(0, n) for n in array.shape))] = array
+        for name, value in cells.items():
+            self._variable(name, (), textual=False)[at] = value
+
+    def _variable(self, name: str, dims: tuple[str, ...], *, textual: bool) -> np.ndarray:
+        if name not in self.variables:
+            shape = (*self.shape, *(self.sizes[d] for d in dims))
+            empty = np.full(shape, "", dtype=object) if textual else np.full(shape, np.nan)
+            self.variables[name] = (dims, empty)
+        return self.variables[name][1]
+
+    def dataset(self) -> xr.Dataset:
+        data = {
+            name: ((*self.axes, *dims), v.astype(str) if v.dtype == object else v)
+            for name, (dims, v) in self.variables.items()
+        }
+        coords: dict[str, Any] = {
+            n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)
+        }
+        coords.update({d: np.arange(n) for d, n in self.sizes.items()})
+        return xr.Dataset(data, coords=coords, attrs=cube.provenance(self.plan, self.measure))
+
+
+def _rate(values: Sequence[bool]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+# ---------------------------------------------------------------- model calls
+class ModelCalls:
+    """Scores and replies of one in-process model for a measure step, cached by content, steered per call."""
+
+    def __init__(self, run: Any, model_key: str):
+        self.run = run
+        self.model_key = model_key
+        self.identity = run.plan.models[model_key].identity
+
+    def _prompt(self, key: str) -> Prompt:
+        return self.run.plan.prompts[key]  # type: ignore[no-any-return]
+
+    def _messages(self, key: str) -> tuple[Message, ...]:
+        return tuple(Message(role, content) for role, content in self._prompt(key).messages)
+
+    async def scores(
+        self, prompts: Sequence[str], injections: Sequence[Injection], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """Log-probability of each choice (renormalised over them) as the reply to each prompt."""
+        keys = []
+        for prompt, injection in zip(prompts, injections, strict=True):
+            extra = [] if injection is None else [injection[1]]
+            keys.append(digest(["score", self.identity, prompt, list(choices), *extra]))
+        todo = {
+            key: ScoreRequest(
+                key,
+                self._messages(prompt),
+                tuple(choices),
+                prefill=self._prompt(prompt).prefill,
+                steering=None if injection is None else injection[0],
+            )
+            for key, prompt, injection in zip(keys, prompts, injections, strict=True)
+            if not self.run.cache.has(key)
+        }
+        if todo:
+            async with self.run.executor.compute:
+                results = await self.run.pool.backend(self.model_key).score(list(todo.values()))
+            for result in results:
+                self.run.cache.put(
+                    result.key, {"logprobs": result.logprobs, "raw_logprobs": result.raw_logprobs}
+                )
+        self._count(len(todo), len(keys))
+        return [self.run.cache.get(key)["logprobs"] for key in keys]
+
+    async def replies(
+        self, prompts: Sequence[str], injections: Sequence[Injection], sampling: Mapping[str, Any]
+    ) -> list[str]:
+        """One reply to each prompt; an unsteered one shares its cache entry with a sample step's."""
+        keys = []
+        for prompt, injection in zip(prompts, injections, strict=True):
+            identity = self.identity if injection is None else digest(["span", self.identity, injection[1]])
+            keys.append(request_key(identity, prompt, dict(sampling), 0))
+        todo = {
+            key: GenerationRequest(
+                key,
+                self._messages(prompt),
+                temperature=sampling["temperature"],
+                max_tokens=sampling["max_tokens"],
+                seed=sampling["seed"],
+                stop=tuple(sampling["stop"]),
+                prefill=self._prompt(prompt).prefill,
+                steering=None if injection is None else injection[0],
+            )
+            for key, prompt, injection in zip(keys, prompts, injections, strict=True)
+            if not self.run.cache.has(key)
+        }
+        if todo:
+            async with self.run.executor.compute:
+                results = await self.run.pool.backend(self.model_key).generate(list(todo.values()))
+            for result in results:
+                self.run.cache.put(result.key, generation_record(result))
+        self._count(len(todo), len(keys))
+        return [self.run.cache.get(key)["text"] for key in keys]
+
+    def _count(self, made: int, asked: int) -> None:
+        self.run.executor.counters.calls += made
+        self.run.executor.counters.cached += asked - made
+
+
+# ---------------------------------------------------------------- handlers
+class ExperimentSteps:
+    """The handlers of one study run (`run` is runtime/run.py's `_StudyRun`)."""
+
+    def __init__(self, run: Any):
+        self.run = run
+        self.plan: Plan = run.plan
+        self.cubes: dict[str, TrialCube] = {}
+        for m in self.plan.measures:
+            if m.kind in KINDS:
+                controls = max(
+                    (len(self.plan.step(s).params.get("controls", ())) for _, s in m.points), default=0
+                )
+                self.cubes[m.name] = TrialCube(self.plan, m, {"control": controls} if controls else None)
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "thoughts_vs_text": self.thoughts_vs_text,
+            "prefill_intention": self.prefill_intention,
+            "think_about": self.think_about,
+        }
+
+    def _injections(self, p: Mapping[str, Any]) -> list[Injection]:
+        """The concept on each sentence's tokens: where the prompt quotes the sentence, and nowhere else."""
+        vector = self.plan.step(p["vector"])
+        path = str(self.run.cache.artifact_dir(vector.hash) / VECTOR_FILE)
+        return [
+            (
+                Steering(path, p["layer"], p["strength"], span_text=s),
+                [vector.hash, p["layer"], p["strength"], s],
+            )
+            for s in p["sentences"]
+        ]
+
+    def _write(self, step: Step, values: Mapping[str, Any], cells: Mapping[str, float]) -> None:
+        name, coords = self.run.point_of[step.id]
+        trial = {k: (("trial",), v) for k, v in values.items()}
+        self.cubes[name].fill(coords, {"sentence": (("trial",), step.params["sentences"]), **trial}, cells)
+        cube.write(self.cubes[name].dataset(), self.run.directory / "cube.zarr", name)
+
+    # ------------------------------------------------------------ thoughts vs text
+    async def thoughts_vs_text(self, step: Step) -> None:
+        p = step.params
+        calls = ModelCalls(self.run, p["model"])
+        injected, control = self._injections(p), [None] * len(p["sentences"])
+        values: dict[str, Any] = {}
+        cells: dict[str, float] = {"n": len(p["sentences"])}
+        for name, injections in (("injected", injected), ("control", control)):
+            scores = await calls.scores(p["identify_prompts"], injections, p["choices"])
+            replies = await calls.replies(p["repeat_prompts"], injections, p["sampling"])
+            picks = [_pick(s, p["choices"], p["candidates"]) for s in scores]
+            word_choice = p["choices"][p["candidates"].index(p["word"])]
+            identified = [pick == p["word"] for pick in picks]
+            repeated = [graders.substring(r, s) for r, s in zip(replies, p["sentences"], strict=True)]
+            values.update(
+                {
+                    f"{name}_choice": picks,
+                    f"{name}_p_word": [float(np.exp(s[word_choice])) for s in scores],
+                    f"{name}_identified": np.asarray(identified, dtype=float),
+                    f"{name}_repeat": replies,
+                    f"{name}_repeated": np.asarray(repeated, dtype=float),
+                }
+            )
+            cells.update(
+                {
+                    f"identification_{name}": _rate(identified),
+                    f"repeat_{name}": _rate(repeated),
+                    f"both_{name}": _rate([i and r for i, r in zip(identified, repeated, strict=True)]),
+                    f"p_word_{name}": float(np.mean(values[f"{name}_p_word"])),
+                }
+            )
+        self._write(step, values, cells)
+
+    # ------------------------------------------------------------ prefill intention
+    async def prefill_intention(self, step: Step) -> None:
+        p = step.params
+        calls = ModelCalls(self.run, p["model"])
+        accident = p["choices"][0]
+        values: dict[str, Any] = {}
+        cells: dict[str, float] = {"n": len(p["sentences"])}
+        for name, injections in (
+            ("injected", self._injections(p)),
+            ("control", [None] * len(p["sentences"])),
+        ):
+            replies = await calls.replies(p["reply_prompts"], injections, p["sampling"])
+            scores = await calls.scores(p["readout_prompts"], injections, p["choices"])
+            disowned = [graders.disowns(r) for r in replies]
+            p_accident = [float(np.exp(s[accident])) for s in scores]
+            values.update(
+                {
+                    f"{name}_reply": replies,
+                    f"{name}_disowned": np.asarray(disowned, dtype=float),
+                    f"{name}_p_accident": p_accident,
+                }
+            )
+            cells.update(
+                {f"disown_{name}": _rate(disowned), f"p_accident_{name}": float(np.mean(p_accident))}
+            )
+        cells["p_accident_shift"] = cells["p_accident_injected"] - cells["p_accident_control"]
+        self._write(step, values, cells)
+
+    # ------------------------------------------------------------ think / don't think
+    async def think_about(self, step: Step) -> None:
+        p = step.params
+        key = digest(["think_about", step.hash])
+        record = self.run.cache.get(key)
+        if record is None:
+            from .activations import load_vector
+
+            loaded = self.run.pool.loaded(p["model"])  # on the event loop: two threads loading would race
+            vector = load_vector(self.run.cache.artifact_dir(self.plan.step(p["vector"]).hash) / VECTOR_FILE)
+            async with self.run.executor.compute:
+                record = await asyncio.to_thread(think_cosines, loaded, self.plan.prompts, p, vector)
+            self.run.cache.put(key, record)
+            self.run.executor.counters.calls += 2 * len(p["sentences"])
+        think, dont = np.asarray(record["think"]), np.asarray(record["dont"])
+        think_controls, dont_controls = (
+            np.asarray(record["think_controls"]),
+            np.asarray(record["dont_controls"]),
+        )
+        low, high = metrics.paired_bootstrap_diff_ci(think, dont, seed=0)
+        cells = {
+            "think": float(think.mean()),
+            "dont": float(dont.mean()),
+            "controls": float(np.concatenate([think_controls, dont_controls]).mean()),
+            "think_minus_dont": float((think - dont).mean()),
+            "think_minus_dont_low": low,
+            "think_minus_dont_high": high,
+            "n": len(p["sentences"]),
+        }
+        values = {
+            "cosine_think": think,
+            "cosine_dont": dont,
+            "control_think": think_controls.mean(axis=1),
+            "control_dont": dont_controls.mean(axis=1),
+        }
+        name, coords = self.run.point_of[step.id]
+        inner = {
+            "control_cosine_think": (("trial", "control"), think_controls),
+            "control_cosine_dont": (("trial", "control"), dont_controls),
+            "control_word": (("control",), p["controls"]),
+        }
+        self.cubes[name].fill(coords, inner, {})
+        self._write(step, values, cells)
+
+
+def _pick(scores: Mapping[str, float], choices: Sequence[str], candidates: Sequence[str]) -> str:
+    best = max(choices, key=lambda c: scores[c])
+    return candidates[list(choices).index(best)]
+
+
+def think_cosines(
+    loaded: Any, prompts: Mapping[str, Prompt], p: Mapping[str, Any], vector: Any
+) -> dict[str, Any]:
+    """Cosines of each written sentence's mean residual with the concept vector and the control words' vectors."""
+    from .activations import concept_vectors, cosines_with_concepts
+    from .backends.local import activate_adapter
+
+    with loaded.lock:
+        activate_adapter(loaded.model, None)  # the declared model's own weights, whatever ran before
+        controls = concept_vectors(loaded, p["controls"], p["baseline"], p["layer"], p["template"])
+        record: dict[str, Any] = {}
+        for which in ("think", "dont"):
+            concept, others = [], []
+            for prompt_key, sentence in zip(p[f"{which}_prompts"], p["sentences"], strict=True):
+                prompt = prompts[prompt_key]
+                messages = tuple(Message(role, content) for role, content in prompt.messages)
+                vectors = {p["word"]: vector, **controls}
+                cosines = cosines_with_concepts(
+                    loaded, messages, sentence, vectors, p["layer"], prompt.prefill
+                )
+                concept.append(cosines[p["word"]])
+                others.append([cosines[w] for w in p["controls"]])
+            record[which], record[f"{which}_controls"] = concept, others
+    return record
+
+
+# ---------------------------------------------------------------- intro show
+def _rows(dataset: xr.Dataset, columns: Sequence[tuple[str, str, str]]) -> tuple[list[str], list[list[str]]]:
+    axes = [str(d) for d in dataset["n"].dims]
+    frame = dataset[[v for _, v, _ in columns] + ["n"]].to_dataframe().reset_index()
+    rows = [
+        [*(str(r[a]) for a in axes), *(format(r[v], f) for _, v, f in columns), str(int(r["n"]))]
+        for _, r in frame.iterrows()
+        if r["n"] == r["n"]
+    ]
+    return [*axes, *(h for h, _, _ in columns), "n"], rows
+
+
+TABLES: dict[str, list[tuple[str, str, str]]] = {
+    "thoughts_vs_text": [
+        ("identified inj", "identification_injected", ".2f"),
+        ("identified ctl", "identification_control", ".2f"),
+        ("repeated inj", "repeat_injected", ".2f"),
+        ("repeated ctl", "repeat_control", ".2f"),
+        ("both inj", "both_injected", ".2f"),
+        ("P(word) inj", "p_word_injected", ".3f"),
+        ("P(word) ctl", "p_word_control", ".3f"),
+    ],
+    "prefill_intention": [
+        ("disowned inj", "disown_injected", ".2f"),
+        ("disowned ctl", "disown_control", ".2f"),
+        ("P(accident) inj", "p_accident_injected", ".3f"),
+        ("P(accident) ctl", "p_accident_control", ".3f"),
+        ("shift", "p_accident_shift", "+.3f"),
+    ],
+    "think_about": [
+        ("cos think", "think", "+.4f"),
+        ("cos don't", "dont", "+.4f"),
+        ("cos controls", "controls", "+.4f"),
+        ("think - don't", "think_minus_dont", "+.4f"),
+        ("low", "think_minus_dont_low", "+.4f"),
+        ("high", "think_minus_dont_high", "+.4f"),
+    ],
+}
+
+
+def table_rows(dataset: xr.Dataset, kind: str) -> tuple[list[str], list[list[str]]]:
+    """`intro show`'s table of one of these measures: one line per point."""
+    return _rows(dataset, TABLES[kind])
+
+
+def handlers(run: Any) -> dict[str, Any]:
+    return ExperimentSteps(run).handlers()
