@@ -42,6 +42,8 @@ from .requests import GenerationRequest, Message, ScoreRequest, Steering
 
 KINDS = ("thoughts_vs_text", "prefill_intention", "think_about")
 Injection = tuple[Steering, list[Any]] | None  # the steering and what identifies it in a cache key
+Trials = dict[str, Any]  # per-trial values of one condition
+Rates = dict[str, float]  # per-point values
 
 
 # ---------------------------------------------------------------- cubes
@@ -214,81 +216,36 @@ class ExperimentSteps:
         self.cubes[name].fill(coords, {"sentence": (("trial",), step.params["sentences"]), **trial}, cells)
         cube.write(self.cubes[name].dataset(), self.run.directory / "cube.zarr", name)
 
-    # ------------------------------------------------------------ thoughts vs text
-    async def thoughts_vs_text(self, step: Step) -> None:
+    def _conditions(self, p: Mapping[str, Any]) -> list[tuple[str, list[Injection]]]:
+        return [("injected", self._injections(p)), ("control", [None] * len(p["sentences"]))]
+
+    async def _by_condition(self, step: Step, condition: Any) -> tuple[Trials, Rates]:
+        """Each condition's trial values and rates, named `<condition>_<value>` and `<rate>_<condition>`."""
         p = step.params
         calls = ModelCalls(self.run, p["model"])
-        injected, control = self._injections(p), [None] * len(p["sentences"])
-        values: dict[str, Any] = {}
-        cells: dict[str, float] = {"n": len(p["sentences"])}
-        for name, injections in (("injected", injected), ("control", control)):
-            scores = await calls.scores(p["identify_prompts"], injections, p["choices"])
-            replies = await calls.replies(p["repeat_prompts"], injections, p["sampling"])
-            picks = [_pick(s, p["choices"], p["candidates"]) for s in scores]
-            word_choice = p["choices"][p["candidates"].index(p["word"])]
-            identified = [pick == p["word"] for pick in picks]
-            repeated = [graders.substring(r, s) for r, s in zip(replies, p["sentences"], strict=True)]
-            values.update(
-                {
-                    f"{name}_choice": picks,
-                    f"{name}_p_word": [float(np.exp(s[word_choice])) for s in scores],
-                    f"{name}_identified": np.asarray(identified, dtype=float),
-                    f"{name}_repeat": replies,
-                    f"{name}_repeated": np.asarray(repeated, dtype=float),
-                }
-            )
-            cells.update(
-                {
-                    f"identification_{name}": _rate(identified),
-                    f"repeat_{name}": _rate(repeated),
-                    f"both_{name}": _rate([i and r for i, r in zip(identified, repeated, strict=True)]),
-                    f"p_word_{name}": float(np.mean(values[f"{name}_p_word"])),
-                }
-            )
-        self._write(step, values, cells)
+        values: Trials = {}
+        cells: Rates = {"n": len(p["sentences"])}
+        for name, injections in self._conditions(p):
+            trial, rates = await condition(calls, p, injections)
+            values.update({f"{name}_{k}": v for k, v in trial.items()})
+            cells.update({f"{k}_{name}": v for k, v in rates.items()})
+        return values, cells
+
+    # ------------------------------------------------------------ thoughts vs text
+    async def thoughts_vs_text(self, step: Step) -> None:
+        self._write(step, *await self._by_condition(step, _identify_and_repeat))
 
     # ------------------------------------------------------------ prefill intention
     async def prefill_intention(self, step: Step) -> None:
-        p = step.params
-        calls = ModelCalls(self.run, p["model"])
-        accident = p["choices"][0]
-        values: dict[str, Any] = {}
-        cells: dict[str, float] = {"n": len(p["sentences"])}
-        for name, injections in (
-            ("injected", self._injections(p)),
-            ("control", [None] * len(p["sentences"])),
-        ):
-            replies = await calls.replies(p["reply_prompts"], injections, p["sampling"])
-            scores = await calls.scores(p["readout_prompts"], injections, p["choices"])
-            disowned = [graders.disowns(r) for r in replies]
-            p_accident = [float(np.exp(s[accident])) for s in scores]
-            values.update(
-                {
-                    f"{name}_reply": replies,
-                    f"{name}_disowned": np.asarray(disowned, dtype=float),
-                    f"{name}_p_accident": p_accident,
-                }
-            )
-            cells.update(
-                {f"disown_{name}": _rate(disowned), f"p_accident_{name}": float(np.mean(p_accident))}
-            )
+        values, cells = await self._by_condition(step, _intention)
+        # The paper's effect: the injection makes the forced word look intended, so this is negative.
         cells["p_accident_shift"] = cells["p_accident_injected"] - cells["p_accident_control"]
         self._write(step, values, cells)
 
     # ------------------------------------------------------------ think / don't think
     async def think_about(self, step: Step) -> None:
         p = step.params
-        key = digest(["think_about", step.hash])
-        record = self.run.cache.get(key)
-        if record is None:
-            from .activations import load_vector
-
-            loaded = self.run.pool.loaded(p["model"])  # on the event loop: two threads loading would race
-            vector = load_vector(self.run.cache.artifact_dir(self.plan.step(p["vector"]).hash) / VECTOR_FILE)
-            async with self.run.executor.compute:
-                record = await asyncio.to_thread(think_cosines, loaded, self.plan.prompts, p, vector)
-            self.run.cache.put(key, record)
-            self.run.executor.counters.calls += 2 * len(p["sentences"])
+        record = await self._think_record(step)
         think, dont = np.asarray(record["think"]), np.asarray(record["dont"])
         think_controls, dont_controls = (
             np.asarray(record["think_controls"]),
@@ -304,20 +261,78 @@ class ExperimentSteps:
             "think_minus_dont_high": high,
             "n": len(p["sentences"]),
         }
+        name, coords = self.run.point_of[step.id]
+        per_control = {
+            "control_cosine_think": (("trial", "control"), think_controls),
+            "control_cosine_dont": (("trial", "control"), dont_controls),
+            "control_word": (("control",), p["controls"]),
+        }
+        self.cubes[name].fill(coords, per_control, {})
         values = {
             "cosine_think": think,
             "cosine_dont": dont,
             "control_think": think_controls.mean(axis=1),
             "control_dont": dont_controls.mean(axis=1),
         }
-        name, coords = self.run.point_of[step.id]
-        inner = {
-            "control_cosine_think": (("trial", "control"), think_controls),
-            "control_cosine_dont": (("trial", "control"), dont_controls),
-            "control_word": (("control",), p["controls"]),
-        }
-        self.cubes[name].fill(coords, inner, {})
         self._write(step, values, cells)
+
+    async def _think_record(self, step: Step) -> dict[str, Any]:
+        """The cosines of a think_about step, computed once: the step's hash covers all they depend on."""
+        key = digest(["think_about", step.hash])
+        record = self.run.cache.get(key)
+        if record is not None:
+            self.run.executor.counters.cached += 2 * len(step.params["sentences"])
+            return record  # type: ignore[no-any-return]
+        from .activations import load_vector
+
+        p = step.params
+        loaded = self.run.pool.loaded(p["model"])  # on the event loop: two threads loading would race
+        vector = load_vector(self.run.cache.artifact_dir(self.plan.step(p["vector"]).hash) / VECTOR_FILE)
+        async with self.run.executor.compute:
+            record = await asyncio.to_thread(think_cosines, loaded, self.plan.prompts, p, vector)
+        self.run.cache.put(key, record)
+        self.run.executor.counters.calls += 2 * len(p["sentences"])
+        return record
+
+
+async def _identify_and_repeat(
+    calls: ModelCalls, p: Mapping[str, Any], injections: list[Injection]
+) -> tuple[Trials, Rates]:
+    """Which candidate the model names for each line, and whether it repeats the line."""
+    scores = await calls.scores(p["identify_prompts"], injections, p["choices"])
+    replies = await calls.replies(p["repeat_prompts"], injections, p["sampling"])
+    picks = [_pick(s, p["choices"], p["candidates"]) for s in scores]
+    word_choice = p["choices"][p["candidates"].index(p["word"])]
+    p_word = [float(np.exp(s[word_choice])) for s in scores]
+    identified = [pick == p["word"] for pick in picks]
+    repeated = [graders.substring(r, s) for r, s in zip(replies, p["sentences"], strict=True)]
+    both = [i and r for i, r in zip(identified, repeated, strict=True)]
+    trials = {
+        "choice": picks,
+        "p_word": p_word,
+        "identified": np.asarray(identified, dtype=float),
+        "repeat": replies,
+        "repeated": np.asarray(repeated, dtype=float),
+    }
+    rates = {
+        "identification": _rate(identified),
+        "repeat": _rate(repeated),
+        "both": _rate(both),
+        "p_word": float(np.mean(p_word)),
+    }
+    return trials, rates
+
+
+async def _intention(
+    calls: ModelCalls, p: Mapping[str, Any], injections: list[Injection]
+) -> tuple[Trials, Rates]:
+    """Whether the model disowns the forced word (its reply), and P(accident) after "It was"."""
+    replies = await calls.replies(p["reply_prompts"], injections, p["sampling"])
+    scores = await calls.scores(p["readout_prompts"], injections, p["choices"])
+    disowned = [graders.disowns(r) for r in replies]
+    p_accident = [float(np.exp(s[p["choices"][0]])) for s in scores]
+    trials = {"reply": replies, "disowned": np.asarray(disowned, dtype=float), "p_accident": p_accident}
+    return trials, {"disown": _rate(disowned), "p_accident": float(np.mean(p_accident))}
 
 
 def _pick(scores: Mapping[str, float], choices: Sequence[str], candidates: Sequence[str]) -> str:
