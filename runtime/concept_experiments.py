@@ -9,7 +9,7 @@ Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one p
 - thoughts_vs_text. Per trial: `sentence`; `injected_choice` / `control_choice` (the candidate most likely
   as the answer's first word), `injected_p_word` / `control_p_word` (the concept word's probability among
   the candidates), `injected_identified` / `control_identified`; `injected_repeat` / `control_repeat` (the
-  reply to "Repeat the line below."), `injected_repeated` / `control_repeated` (the line is in it). Per
+  reply to "Repeat the line below."), `injected_repeated` / `control_repeated` (the line is in it, exactly). Per
   point: `identification_*`, `repeat_*`, `both_*` (identified and repeated), `p_word_*` for `injected` and
   `control`, and `n`.
 - prefill_intention. Per trial: `sentence`, `injected_reply` / `control_reply` (the answer to "did you mean
@@ -305,7 +305,10 @@ async def _identify_and_repeat(
     word_choice = p["choices"][p["candidates"].index(p["word"])]
     p_word = [float(np.exp(s[word_choice])) for s in scores]
     identified = [pick == p["word"] for pick in picks]
-    repeated = [graders.substring(r, s) for r, s in zip(replies, p["sentences"], strict=True)]
+    # The paper's grade: the line itself, character for character, somewhere in the reply.
+    repeated = [
+        graders.substring(r, s, normalised=False) for r, s in zip(replies, p["sentences"], strict=True)
+    ]
     both = [i and r for i, r in zip(identified, repeated, strict=True)]
     trials = {
         "choice": picks,

@@ -19,6 +19,7 @@ from intro.stdlib.extractors import (
 )
 from intro.stdlib.graders import (
     RUBRICS,
+    disowns,
     exact,
     mentions,
     parse_yes_no,
@@ -234,6 +235,24 @@ def test_mentions_and_pick_candidate():
     assert not mentions("A hotdog stand", "dog")
     assert pick_candidate("Maybe the ocean, or a dog.", ["dog", "ocean", "tree"]) == "ocean"
     assert pick_candidate("Nothing comes to mind.", ["dog", "ocean"]) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "disowned"),
+    [
+        ("It was an accident.", True),
+        ("Sorry, I meant to say cat.", True),
+        ("I apologise for the confusion.", True),
+        ("I didn't mean that.", True),
+        ("My mistake!", True),
+        ("Yes, I meant to say that.", False),
+        ("It was intentional: the line is about the sea.", False),
+        ("It was not an accident, I chose it.", False),
+        ("", False),
+    ],
+)
+def test_disowns_reads_accidents_and_apologies(reply: str, disowned: bool) -> None:
+    assert disowns(reply) is disowned
 
 
 @pytest.mark.parametrize(
