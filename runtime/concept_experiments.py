@@ -3,7 +3,8 @@
 The injection of these experiments is on one sentence's tokens (a `Steering.span_text` window), which
 differs per trial, so the measure step makes its own model calls: each score and each reply is cached by
 its content (model identity, prompt, choices or sampling, and the injection: vector hash, layer,
-strength, span), and an unsteered call has the key a plain call of the same prompt has anywhere.
+strength, span; keys in runtime/experiment_calls.py), and an unsteered call has the key a plain call of
+the same prompt has anywhere.
 
 Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one per sentence):
 - thoughts_vs_text. Per trial: `sentence`; `injected_choice` / `control_choice` (the candidate most likely
@@ -32,12 +33,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from intro.compiler.plan import Measure, Plan, Prompt, Step, digest, request_key
+from intro.compiler.plan import Measure, Plan, Prompt, Step
 from intro.stdlib import graders
 
 from . import cube, metrics
 from .concepts import VECTOR_FILE
 from .executor import generation_record
+from .experiment_calls import injection_ids, reply_key, score_key, think_key
 from .requests import GenerationRequest, Message, ScoreRequest, Steering
 
 KINDS = ("thoughts_vs_text", "prefill_intention", "think_about")
@@ -116,10 +118,10 @@ class ModelCalls:
         self, prompts: Sequence[str], injections: Sequence[Injection], choices: Sequence[str]
     ) -> list[dict[str, float]]:
         """Log-probability of each choice (renormalised over them) as the reply to each prompt."""
-        keys = []
-        for prompt, injection in zip(prompts, injections, strict=True):
-            extra = [] if injection is None else [injection[1]]
-            keys.append(digest(["score", self.identity, prompt, list(choices), *extra]))
+        keys = [
+            score_key(self.identity, prompt, choices, None if injection is None else injection[1])
+            for prompt, injection in zip(prompts, injections, strict=True)
+        ]
         todo = {
             key: ScoreRequest(
                 key,
@@ -145,10 +147,10 @@ class ModelCalls:
         self, prompts: Sequence[str], injections: Sequence[Injection], sampling: Mapping[str, Any]
     ) -> list[str]:
         """One reply to each prompt; an unsteered one shares its cache entry with a sample step's."""
-        keys = []
-        for prompt, injection in zip(prompts, injections, strict=True):
-            identity = self.identity if injection is None else digest(["span", self.identity, injection[1]])
-            keys.append(request_key(identity, prompt, dict(sampling), 0))
+        keys = [
+            reply_key(self.identity, prompt, sampling, None if injection is None else injection[1])
+            for prompt, injection in zip(prompts, injections, strict=True)
+        ]
         todo = {
             key: GenerationRequest(
                 key,
@@ -200,14 +202,10 @@ class ExperimentSteps:
 
     def _injections(self, p: Mapping[str, Any]) -> list[Injection]:
         """The concept on each sentence's tokens: where the prompt quotes the sentence, and nowhere else."""
-        vector = self.plan.step(p["vector"])
-        path = str(self.run.cache.artifact_dir(vector.hash) / VECTOR_FILE)
+        path = str(self.run.cache.artifact_dir(self.plan.step(p["vector"]).hash) / VECTOR_FILE)
         return [
-            (
-                Steering(path, p["layer"], p["strength"], span_text=s),
-                [vector.hash, p["layer"], p["strength"], s],
-            )
-            for s in p["sentences"]
+            (Steering(path, p["layer"], p["strength"], span_text=s), ids)
+            for s, ids in zip(p["sentences"], injection_ids(self.plan, p), strict=True)
         ]
 
     def _write(self, step: Step, values: Mapping[str, Any], cells: Mapping[str, float]) -> None:
@@ -278,7 +276,7 @@ class ExperimentSteps:
 
     async def _think_record(self, step: Step) -> dict[str, Any]:
         """The cosines of a think_about step, computed once: the step's hash covers all they depend on."""
-        key = digest(["think_about", step.hash])
+        key = think_key(step)
         record = self.run.cache.get(key)
         if record is not None:
             self.run.executor.counters.cached += 2 * len(step.params["sentences"])

@@ -16,6 +16,7 @@ from typing import Any
 from intro.compiler.plan import Plan, Step, requests
 
 from .cache import Cache, default_cache_dir
+from .experiment_calls import SPAN_KINDS, planned_calls
 
 CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not yet tokenised
 
@@ -74,6 +75,8 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[s
             model=step.params["model"],
         )
         done = not missing
+    elif step.kind in ("think_about", *SPAN_KINDS):
+        done = _experiment_summary(plan, step, cache, summary)
     elif step.kind in ("finetune", "vector"):
         done = cache.artifact_done(step.hash)
     else:
@@ -87,6 +90,20 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[s
     else:
         summary["status"] = "cached"
     return summary
+
+
+def _experiment_summary(plan: Plan, step: Step, cache: Cache, summary: dict[str, Any]) -> bool:
+    """The calls a concept experiment's measure step makes itself (per-sentence injection, activations)."""
+    calls = planned_calls(plan, step)
+    missing = [c for c in calls if not cache.has(c[0])]
+    summary.update(
+        calls=len(calls),
+        to_run=len(missing),
+        prompt_tokens=sum(_prompt_chars(plan, p) for _, p, _ in missing) // CHARS_PER_TOKEN,
+        completion_tokens=sum(tokens for _, _, tokens in missing),
+        model=step.params["model"],
+    )
+    return not missing
 
 
 def _prompt_chars(plan: Plan, prompt_key: str) -> int:
@@ -113,7 +130,7 @@ def render_summary(summary: dict[str, Any]) -> str:
     lines = [f"study {summary['study']} (plan {summary['plan_hash'][:12]})"]
     for s in summary["steps"]:
         detail = ""
-        if s["kind"] == "sample":
+        if "calls" in s:
             detail = f"  {s['to_run']}/{s['calls']} calls to make"
         lines.append(f"  {s['status']:<19} {s['id']}{detail}")
     t = summary["totals"]

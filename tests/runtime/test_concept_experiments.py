@@ -121,6 +121,16 @@ def test_think_cosines_match_a_direct_computation(study) -> None:
     assert think["control_think"].values[0, 1, 2] == pytest.approx(np.mean(expected))
 
 
+def test_plan_counts_the_calls_the_measure_steps_make(tmp_path: Path, study) -> None:
+    root, _ = study
+    spec, runs = str(root / "tiny.intro"), str(root / "runs")
+    fresh = _intro("plan", spec, "--runs", runs, cache=tmp_path / "empty")
+    # Per point: 3 sentences x (score + reply) x (injected + control); think: 3 sentences x 2 prompts.
+    assert fresh.stdout.count("12/12 calls to make") == 8 and fresh.stdout.count("6/6 calls to make") == 2
+    done = _intro("plan", spec, "--runs", runs, cache=root / "cache")
+    assert "; 0 will run" in done.stdout and "model calls: 0 to make of 108" in done.stdout
+
+
 def test_a_second_run_is_answered_from_the_cache_and_reported(study) -> None:
     root, _ = study
     again = _intro("run", str(root / "tiny.intro"), "--runs", str(root / "runs"), cache=root / "cache")
