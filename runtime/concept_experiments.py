@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 import xarray as xr
 
@@ -118,60 +119,55 @@ class ModelCalls:
         self, prompts: Sequence[str], injections: Sequence[Injection], choices: Sequence[str]
     ) -> list[dict[str, float]]:
         """Log-probability of each choice (renormalised over them) as the reply to each prompt."""
-        keys = [
-            score_key(self.identity, prompt, choices, None if injection is None else injection[1])
+        keyed = [
+            (
+                score_key(self.identity, prompt, choices, _id(injection)),
+                ScoreRequest(
+                    "",
+                    self._messages(prompt),
+                    tuple(choices),
+                    prefill=self._prompt(prompt).prefill,
+                    steering=_steering(injection),
+                ),
+            )
             for prompt, injection in zip(prompts, injections, strict=True)
         ]
-        todo = {
-            key: ScoreRequest(
-                key,
-                self._messages(prompt),
-                tuple(choices),
-                prefill=self._prompt(prompt).prefill,
-                steering=None if injection is None else injection[0],
-            )
-            for key, prompt, injection in zip(keys, prompts, injections, strict=True)
-            if not self.run.cache.has(key)
-        }
-        if todo:
-            async with self.run.executor.compute:
-                results = await self.run.pool.backend(self.model_key).score(list(todo.values()))
-            for result in results:
-                self.run.cache.put(
-                    result.key, {"logprobs": result.logprobs, "raw_logprobs": result.raw_logprobs}
-                )
-        self._count(len(todo), len(keys))
-        return [self.run.cache.get(key)["logprobs"] for key in keys]
+        await self._fetch(keyed, "score", lambda r: {"logprobs": r.logprobs, "raw_logprobs": r.raw_logprobs})
+        return [self.run.cache.get(key)["logprobs"] for key, _ in keyed]
 
     async def replies(
         self, prompts: Sequence[str], injections: Sequence[Injection], sampling: Mapping[str, Any]
     ) -> list[str]:
         """One reply to each prompt; an unsteered one shares its cache entry with a sample step's."""
-        keys = [
-            reply_key(self.identity, prompt, sampling, None if injection is None else injection[1])
+        keyed = [
+            (
+                reply_key(self.identity, prompt, sampling, _id(injection)),
+                GenerationRequest(
+                    "",
+                    self._messages(prompt),
+                    temperature=sampling["temperature"],
+                    max_tokens=sampling["max_tokens"],
+                    seed=sampling["seed"],
+                    stop=tuple(sampling["stop"]),
+                    prefill=self._prompt(prompt).prefill,
+                    steering=_steering(injection),
+                ),
+            )
             for prompt, injection in zip(prompts, injections, strict=True)
         ]
-        todo = {
-            key: GenerationRequest(
-                key,
-                self._messages(prompt),
-                temperature=sampling["temperature"],
-                max_tokens=sampling["max_tokens"],
-                seed=sampling["seed"],
-                stop=tuple(sampling["stop"]),
-                prefill=self._prompt(prompt).prefill,
-                steering=None if injection is None else injection[0],
-            )
-            for key, prompt, injection in zip(keys, prompts, injections, strict=True)
-            if not self.run.cache.has(key)
-        }
-        if todo:
-            async with self.run.executor.compute:
-                results = await self.run.pool.backend(self.model_key).generate(list(todo.values()))
-            for result in results:
-                self.run.cache.put(result.key, generation_record(result))
-        self._count(len(todo), len(keys))
-        return [self.run.cache.get(key)["text"] for key in keys]
+        await self._fetch(keyed, "generate", generation_record)
+        return [self.run.cache.get(key)["text"] for key, _ in keyed]
+
+    async def _fetch(self, keyed: Sequence[tuple[str, Any]], method: str, record: Any) -> None:
+        """Make the calls not cached yet. The cache is read under the compute lock: points that share a
+        control call run at once, and the first to get the lock makes it for all of them."""
+        async with self.run.executor.compute:
+            todo = [attrs.evolve(r, key=k) for k, r in dict(keyed).items() if not self.run.cache.has(k)]
+            if todo:
+                results = await getattr(self.run.pool.backend(self.model_key), method)(todo)
+                for result in results:
+                    self.run.cache.put(result.key, record(result))
+        self._count(len(todo), len(keyed))
 
     def _count(self, made: int, asked: int) -> None:
         self.run.executor.counters.calls += made
@@ -334,6 +330,14 @@ async def _intention(
     p_accident = [float(np.exp(s[p["choices"][0]])) for s in scores]
     trials = {"reply": replies, "disowned": np.asarray(disowned, dtype=float), "p_accident": p_accident}
     return trials, {"disown": _rate(disowned), "p_accident": float(np.mean(p_accident))}
+
+
+def _id(injection: Injection) -> list[Any] | None:
+    return None if injection is None else injection[1]
+
+
+def _steering(injection: Injection) -> Steering | None:
+    return None if injection is None else injection[0]
 
 
 def _pick(scores: Mapping[str, float], choices: Sequence[str], candidates: Sequence[str]) -> str:

@@ -65,6 +65,10 @@ def test_every_measure_is_shown(study: tuple[Path, subprocess.CompletedProcess[s
     _, first = study
     for title in ("text (thoughts_vs_text)", "intention (prefill_intention)", "think (think_about)"):
         assert title in first.stdout
+    # Each call once: injected 2 words x 2 strengths x 3 lines x (score + reply) x 2 experiments = 48;
+    # controls shared by the strengths: thoughts vs text 6 (its prompts do not name the word), prefill
+    # intention 2 x 6; think / don't think 2 words x 2 prompts x 3 lines = 12.
+    assert "tiny_experiments: 78 model calls" in first.stdout
 
 
 def test_thoughts_vs_text_cube_compares_the_injection_with_its_control(study) -> None:
