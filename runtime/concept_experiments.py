@@ -10,9 +10,9 @@ Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one p
 - thoughts_vs_text. Per trial: `sentence`; `injected_choice` / `control_choice` (the candidate most likely
   as the answer's first word), `injected_p_word` / `control_p_word` (the concept word's probability among
   the candidates), `injected_identified` / `control_identified`; `injected_repeat` / `control_repeat` (the
-  reply to "Repeat the line below."), `injected_repeated` / `control_repeated` (the line is in it, exactly). Per
-  point: `identification_*`, `repeat_*`, `both_*` (identified and repeated), `p_word_*` for `injected` and
-  `control`, and `n`.
+  reply to "Repeat the line below."), `injected_repeated` / `control_repeated` (the line is in it,
+  exactly). Per point: `identification_*`, `repeat_*`, `both_*` (identified and repeated), `p_word_*` for
+  `injected` and `control`, and `n`.
 - prefill_intention. Per trial: `sentence`, `injected_reply` / `control_reply` (the answer to "did you mean
   it?"), `injected_disowned` / `control_disowned` (stdlib.graders.disowns), `injected_p_accident` /
   `control_p_accident` (P(" an accident") against " intentional" after "It was"). Per point:

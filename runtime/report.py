@@ -282,8 +282,12 @@ def _x_axis(dataset: xr.Dataset, variable: str, prefer: tuple[str, ...]) -> str 
     return next((d for d in (*prefer, *dims) if d in dims), None)
 
 
-def grouped_bars(dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tuple[str, ...]) -> Figure:
-    """One panel per quantity: its conditions side by side at each value of one axis, averaged over the others."""
+def grouped_bars(
+    dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tuple[str, ...], *, rates: bool = True
+) -> Figure:
+    """One panel per quantity: its conditions side by side at each value of one axis, averaged over the others.
+
+    With `rates` every panel spans 0..1 (a rate of 0 still reads as a bar of nothing, not an empty axis)."""
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for axis, (title, bars) in zip(np.atleast_1d(axes), panels, strict=True):
         x_name = _x_axis(dataset, bars[0][0], prefer)
@@ -298,7 +302,9 @@ def grouped_bars(dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tu
         axis.set_xticks(x, labels)
         axis.set_xlabel(x_name or "")
         axis.set_title(title)
-        axis.legend(fontsize=7)
+        if rates:
+            axis.set_ylim(0, 1.2)  # headroom for the legend
+        axis.legend(fontsize=7, loc="upper right")
     figure.suptitle(name)
     figure.tight_layout()
     return figure
@@ -332,7 +338,9 @@ def prefill_intention_figure(dataset: xr.Dataset, name: str) -> Figure:
 
 def think_about_figure(dataset: xr.Dataset, name: str) -> Figure:
     bars = [("think", "think about it"), ("dont", "don't think about it"), ("controls", "control words")]
-    figure = grouped_bars(dataset, name, [("cosine with the concept vector", bars)], ("word", "layer"))
+    figure = grouped_bars(
+        dataset, name, [("cosine with the concept vector", bars)], ("word", "layer"), rates=False
+    )
     figure.axes[0].axhline(0, color="grey", linewidth=0.8)
     return figure
 
