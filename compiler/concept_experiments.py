@@ -1,7 +1,8 @@
 """The other three concept-injection experiments (Lindsey 2025): their builtins and their lowering.
 
 - `thoughts_vs_text`: the concept is injected on a sentence's tokens only; the model is asked which word it
-  thinks about when it reads the line (scored over `candidates`) and, separately, to repeat the line.
+  thinks about when it reads the line (scored over the word and `ways - 1` other candidates, the paper's
+  10-way choice by default) and, separately, to repeat the line.
 - `prefill_intention`: the assistant's earlier reply is forced to the concept word; asked whether it meant
   it, does injecting the word's vector on the earlier sentence make it disown the word less often?
 - `think_about`: the model writes a sentence while told to think (or not) about a word; the residual
@@ -75,11 +76,18 @@ def _thoughts_vs_text(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Thou
 
     _check_model(ctx, a["model"], spans["model"])
     _check_sentences(ctx, a["sentences"], spans["sentences"])
-    candidates = tuple(dict.fromkeys(a["candidates"]))
-    if len(candidates) < 2:
-        ctx.fail("E326", "identification needs at least two candidate words", spans["candidates"])
-    if a["word"] not in candidates:
-        ctx.fail("E325", f"the word '{a['word']}' is not one of the candidates", spans["candidates"])
+    if a["ways"] < 2:
+        ctx.fail("E326", "identification needs at least a 2-way choice", spans["ways"])
+    # The word and the first others of the pool, in the pool's order: the same distractors every run.
+    others = [w for w in dict.fromkeys(a["candidates"]) if w != a["word"]]
+    if len(others) < a["ways"] - 1:
+        ctx.fail(
+            "E325",
+            f"a {a['ways']}-way choice needs {a['ways'] - 1} candidates besides '{a['word']}', "
+            f"the list gives {len(others)}",
+            spans["candidates"],
+        )
+    candidates = (a["word"], *others[: a["ways"] - 1])
     _check_template(ctx, a["identify"], spans["identify"], "sentence")
     _check_template(ctx, a["repeat"], spans["repeat"], "sentence")
     _check_replies(ctx, a["sampling"], spans["sampling"])
@@ -178,11 +186,12 @@ THOUGHTS_VS_TEXT = Function(
         Param("candidates", "strings"),
         Param("identify", "string"),
         Param("repeat", "string"),
+        Param("ways", "int", 10),
         Param("sampling", "sampling", REPEAT_SAMPLING),
     ),
     _thoughts_vs_text,
-    "per sentence, with `strength * concept` on its tokens and without: which candidate the model names, "
-    "and whether it repeats the line",
+    "per sentence, with `strength * concept` on its tokens and without: which of `word` and the first "
+    "`ways - 1` other candidates the model names, and whether it repeats the line",
 )
 
 PREFILL_INTENTION = Function(

@@ -256,7 +256,7 @@ class ThoughtsVsText:
     layer: int
     strength: float
     sentences: tuple[str, ...]
-    candidates: tuple[str, ...]  # the n-way choice the identification is scored over
+    candidates: tuple[str, ...]  # the n-way choice the identification is scored over, the word first
     identify: str  # question template over {sentence}
     repeat: str
     sampling: Sampling  # for the repeated line

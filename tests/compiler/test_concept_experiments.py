@@ -67,6 +67,8 @@ def test_each_point_lowers_to_the_shared_vector_and_one_measure_step(tmp_path: P
     assert plan.step(step.params["vector"]).params["word"] == "dog"
     assert step.params["strength"] == 4.0 and step.params["candidates"][0] == "dog"
     assert step.params["choices"][:2] == ["Dog", "Ocean"] and len(step.params["choices"]) == 10
+    ocean = _point(plan, "text", (16, 4, "ocean")).params["candidates"]
+    assert ocean[:3] == ["ocean", "dog", "volcano"] and len(ocean) == 10
     sentence = step.params["sentences"][0]
     (identify,) = plan.prompts[step.params["identify_prompts"][0]].messages
     assert identify[1].startswith("Tell me what word you think about") and identify[1].endswith(sentence)
@@ -111,8 +113,8 @@ def test_a_measure_setting_changes_only_that_measure_s_steps(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("changes", "code"),
     [
-        ({"candidates": '["ocean", "tree"]'}, "E325"),
-        ({"candidates": '["dog"]'}, "E326"),
+        ({"candidates": '["dog", "ocean", "tree"]'}, "E325"),
+        ({"candidates": '["ocean"]', "text_extra": ", ways: 1"}, "E326"),
         ({"text_extra": ", sampling: three"}, "E328"),
         ({"intention_extra": ", sampling: three"}, "E328"),
         ({"think": '"Write {{sentence}}."'}, "E324"),
@@ -126,6 +128,7 @@ def test_bad_experiments_are_diagnosed(tmp_path: Path, changes: dict[str, str], 
     assert code in {d.code for d in error.value.diagnostics}
 
 
-def test_the_concept_experiments_mini_spec_compiles() -> None:
-    (plan,) = compile_spec(SPECS / "concept_experiments_mini.intro")
+@pytest.mark.parametrize("name", ["concept_experiments", "concept_experiments_mini"])
+def test_the_concept_experiments_specs_compile(name: str) -> None:
+    (plan,) = compile_spec(SPECS / f"{name}.intro")
     assert {m.kind for m in plan.measures} == {"thoughts_vs_text", "prefill_intention", "think_about"}

@@ -31,7 +31,7 @@ study tiny_experiments {{
     let v = concept(a, word, layer, base)
     for strength in [4, 8] {{
       measure text = thoughts_vs_text(a, v, word, layer, strength, lines, take(intro.candidates, 4),
-                                      intro.identify_line, intro.repeat_line, sampling: short)
+                                      intro.identify_line, intro.repeat_line, ways: 4, sampling: short)
       measure intention = prefill_intention(a, v, word, layer, strength, lines, intro.ask_word,
                                             intro.intention_question, sampling: short)
     }}
@@ -66,9 +66,10 @@ def test_every_measure_is_shown(study: tuple[Path, subprocess.CompletedProcess[s
     for title in ("text (thoughts_vs_text)", "intention (prefill_intention)", "think (think_about)"):
         assert title in first.stdout
     # Each call once: injected 2 words x 2 strengths x 3 lines x (score + reply) x 2 experiments = 48;
-    # controls shared by the strengths: thoughts vs text 6 (its prompts do not name the word), prefill
-    # intention 2 x 6; think / don't think 2 words x 2 prompts x 3 lines = 12.
-    assert "tiny_experiments: 78 model calls" in first.stdout
+    # controls shared by the strengths: thoughts vs text 3 replies (shared by the words too) and 2 x 3
+    # scores (the candidates start with the word), prefill intention 2 x 6; think / don't think 2 words x
+    # 2 prompts x 3 lines = 12.
+    assert "tiny_experiments: 81 model calls" in first.stdout
 
 
 def test_thoughts_vs_text_cube_compares_the_injection_with_its_control(study) -> None:
