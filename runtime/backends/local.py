@@ -530,11 +530,7 @@ def _token_before_text(loaded: LoadedModel, prompt: str, text: str) -> int:
     offset = prompt.find(text)
     if offset < 0:
         raise BackendError(f"steering start_text {text!r} does not occur in the rendered prompt")
-    encoded = loaded.tokenizer(
-        prompt, add_special_tokens=loaded.prompt_format == "plain", return_offsets_mapping=True
-    )
-    spans = encoded["offset_mapping"]
-    first = next(index for index, (_, stop) in enumerate(spans) if stop > offset)
+    first = next(index for index, (_, stop) in enumerate(_offsets(loaded, prompt)) if stop > offset)
     return max(first - 1, 0)
 
 
