@@ -98,6 +98,12 @@ def _compare_cell(
     }
 
 
+def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]  # fmt: skip
+
+
 def render_comparison(report: dict[str, Any]) -> str:
     lines = []
     for name in report["only_in_a"]:
@@ -110,16 +116,14 @@ def render_comparison(report: dict[str, Any]) -> str:
             continue
         lines.append(f"measure {name}: {len(result['cells'])} shared cells (paired on item ids)")
         dims = result["dims"]
-        header = f"  {'  '.join(dims)}  n  A  B  B-A  95% CI  McNemar p"
-        lines.append(header)
-        for c in result["cells"]:
-            flag = " *" if c["p_value"] < 0.05 else ""
-            lines.append(
-                "  "
-                + "  ".join(c[d] for d in dims)
-                + f"  {c['n']}  {c['accuracy_a']:.2f}  {c['accuracy_b']:.2f}  {c['difference']:+.2f}"
-                + f"  [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]  {c['p_value']:.3g}{flag}"
-            )
+        header = [*dims, "n", "A", "B", "B-A", "95% CI", "McNemar p"]
+        rows = [
+            [*(c[d] for d in dims), str(c["n"]), f"{c['accuracy_a']:.2f}", f"{c['accuracy_b']:.2f}",
+             f"{c['difference']:+.2f}", f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]",
+             f"{c['p_value']:.3g}" + (" *" if c["p_value"] < 0.05 else "")]
+            for c in result["cells"]
+        ]  # fmt: skip
+        lines.extend(_aligned(header, rows))
         for side in ("a", "b"):
             for cell in result[f"only_in_{side}"]:
                 lines.append(f"  only in {side.upper()}: {cell}")
