@@ -5,33 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 from pathlib import Path
 
 import attrs
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tinymodels import make_tiny_model  # noqa: E402
-
-from intro.runtime.backends import embedded  # noqa: E402
-from intro.runtime.backends.local import (  # noqa: E402
+from intro.runtime.backends import embedded
+from intro.runtime.backends.local import (
     LocalBackend,
     load_local_model,
     plan_batches,
     render_plain,
     require_memory,
 )
-from intro.runtime.requests import (  # noqa: E402
+from intro.runtime.requests import (
     BackendError,
     GenerationRequest,
     Message,
     ScoreRequest,
     Steering,
 )
-from intro.runtime.steering import add_to_residual  # noqa: E402
+from intro.runtime.steering import add_to_residual
+from tests.tinymodels import make_tiny_model
 
 QUESTIONS = (
     "What is the capital of Japan?",
