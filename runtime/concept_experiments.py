@@ -15,8 +15,9 @@ Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one p
   `injected` and `control`, and `n`.
 - prefill_intention. Per trial: `sentence`, `injected_reply` / `control_reply` (the answer to "did you mean
   it?"), `injected_disowned` / `control_disowned` (stdlib.graders.disowns), `injected_p_accident` /
-  `control_p_accident` (P(" an accident") against " intentional" after "It was"). Per point:
-  `disown_*`, `p_accident_*`, `p_accident_shift` (injected - control: the paper's effect is negative), `n`.
+  `control_p_accident` (P(" an accident") against " intentional" after "It was") and `*_accident_log_odds`
+  (log P(accident) - log P(intentional)). Per point: `disown_*`, `p_accident_*`, `accident_log_odds_*`,
+  their `_shift`s (injected - control: the paper's effect is negative), `n`.
 - think_about. Per trial: `sentence`, `cosine_think`, `cosine_dont` (the written sentence's mean residual
   with the concept vector), `control_think`, `control_dont` (mean over control words); per (trial,
   `control`): `control_cosine_think` / `_dont`, with `control_word` per (axes, control). Per point: `think`,
@@ -233,7 +234,8 @@ class ExperimentSteps:
     async def prefill_intention(self, step: Step) -> None:
         values, cells = await self._by_condition(step, _intention)
         # The paper's effect: the injection makes the forced word look intended, so this is negative.
-        cells["p_accident_shift"] = cells["p_accident_injected"] - cells["p_accident_control"]
+        for stem in ("p_accident", "accident_log_odds"):
+            cells[f"{stem}_shift"] = cells[f"{stem}_injected"] - cells[f"{stem}_control"]
         self._write(step, values, cells)
 
     # ------------------------------------------------------------ think / don't think
@@ -327,9 +329,22 @@ async def _intention(
     replies = await calls.replies(p["reply_prompts"], injections, p["sampling"])
     scores = await calls.scores(p["readout_prompts"], injections, p["choices"])
     disowned = [graders.disowns(r) for r in replies]
-    p_accident = [float(np.exp(s[p["choices"][0]])) for s in scores]
-    trials = {"reply": replies, "disowned": np.asarray(disowned, dtype=float), "p_accident": p_accident}
-    return trials, {"disown": _rate(disowned), "p_accident": float(np.mean(p_accident))}
+    accident, intended = p["choices"]
+    p_accident = [float(np.exp(s[accident])) for s in scores]
+    # Log-odds stay readable where a small model puts P(accident) at 0.9999 with and without the injection.
+    log_odds = [s[accident] - s[intended] for s in scores]
+    trials = {
+        "reply": replies,
+        "disowned": np.asarray(disowned, dtype=float),
+        "p_accident": p_accident,
+        "accident_log_odds": log_odds,
+    }
+    rates = {
+        "disown": _rate(disowned),
+        "p_accident": float(np.mean(p_accident)),
+        "accident_log_odds": float(np.mean(log_odds)),
+    }
+    return trials, rates
 
 
 def _id(injection: Injection) -> list[Any] | None:
@@ -398,7 +413,9 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("disowned ctl", "disown_control", ".2f"),
         ("P(accident) inj", "p_accident_injected", ".3f"),
         ("P(accident) ctl", "p_accident_control", ".3f"),
-        ("shift", "p_accident_shift", "+.3f"),
+        ("log-odds inj", "accident_log_odds_injected", "+.2f"),
+        ("log-odds ctl", "accident_log_odds_control", "+.2f"),
+        ("log-odds shift", "accident_log_odds_shift", "+.2f"),
     ],
     "think_about": [
         ("cos think", "think", "+.4f"),

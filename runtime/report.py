@@ -274,6 +274,8 @@ def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
 
 # ---------------------------------------------------------------- the other concept experiments
 Panel = tuple[str, list[tuple[str, str]]]  # (title, [(variable, label), ...])
+# Panels whose values are rates or probabilities span 0..1, so a rate of 0 reads as a bar of nothing.
+UNBOUNDED = ("log P(accident) - log P(intentional)", "cosine with the concept vector")
 COLOURS = ("#2b6cb0", "#a0aec0", "#dd6b20", "#2f855a")
 
 
@@ -282,12 +284,8 @@ def _x_axis(dataset: xr.Dataset, variable: str, prefer: tuple[str, ...]) -> str 
     return next((d for d in (*prefer, *dims) if d in dims), None)
 
 
-def grouped_bars(
-    dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tuple[str, ...], *, rates: bool = True
-) -> Figure:
-    """One panel per quantity: its conditions side by side at each value of one axis, averaged over the others.
-
-    With `rates` every panel spans 0..1 (a rate of 0 still reads as a bar of nothing, not an empty axis)."""
+def grouped_bars(dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tuple[str, ...]) -> Figure:
+    """One panel per quantity: its conditions side by side at each value of one axis, averaged over the others."""
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for axis, (title, bars) in zip(np.atleast_1d(axes), panels, strict=True):
         x_name = _x_axis(dataset, bars[0][0], prefer)
@@ -302,7 +300,9 @@ def grouped_bars(
         axis.set_xticks(x, labels)
         axis.set_xlabel(x_name or "")
         axis.set_title(title)
-        if rates:
+        if title in UNBOUNDED:
+            axis.axhline(0, color="grey", linewidth=0.8)
+        else:
             axis.set_ylim(0, 1.2)  # headroom for the legend
         axis.legend(fontsize=7, loc="upper right")
     figure.suptitle(name)
@@ -323,26 +323,18 @@ def thoughts_vs_text_figure(dataset: xr.Dataset, name: str) -> Figure:
 
 
 def prefill_intention_figure(dataset: xr.Dataset, name: str) -> Figure:
-    panels = [
-        (
-            "disowned the forced word",
-            [("disown_injected", "word injected earlier"), ("disown_control", "control")],
-        ),
-        (
-            'P(accident) after "It was"',
-            [("p_accident_injected", "word injected earlier"), ("p_accident_control", "control")],
-        ),
+    injected, control = "word injected earlier", "control"
+    rates = [
+        ("disowned the forced word", [("disown_injected", injected), ("disown_control", control)]),
+        ('P(accident) after "It was"', [("p_accident_injected", injected), ("p_accident_control", control)]),
     ]
-    return grouped_bars(dataset, name, panels, ("strength", "layer"))
+    odds = [("accident_log_odds_injected", injected), ("accident_log_odds_control", control)]
+    return grouped_bars(dataset, name, [*rates, (UNBOUNDED[0], odds)], ("strength", "layer"))
 
 
 def think_about_figure(dataset: xr.Dataset, name: str) -> Figure:
     bars = [("think", "think about it"), ("dont", "don't think about it"), ("controls", "control words")]
-    figure = grouped_bars(
-        dataset, name, [("cosine with the concept vector", bars)], ("word", "layer"), rates=False
-    )
-    figure.axes[0].axhline(0, color="grey", linewidth=0.8)
-    return figure
+    return grouped_bars(dataset, name, [(UNBOUNDED[1], bars)], ("word", "layer"))
 
 
 def training_figure(dataset: xr.Dataset) -> Figure:

@@ -99,6 +99,8 @@ def test_prefill_intention_cube_grades_replies_and_reads_p_accident(study) -> No
     shift = intention["injected_p_accident"].mean("trial") - intention["control_p_accident"].mean("trial")
     np.testing.assert_allclose(intention["p_accident_shift"].values, shift.values)
     assert (np.abs(intention["p_accident_shift"].values) > 0).all()
+    odds, each = intention["injected_accident_log_odds"].values, intention["injected_p_accident"].values
+    np.testing.assert_allclose(odds, np.log(each) - np.log1p(-each), rtol=1e-6)
     replies = intention["control_reply"].values.ravel()
     assert intention["control_disowned"].values.ravel().tolist() == [float(disowns(r)) for r in replies]
 
