@@ -240,36 +240,10 @@ class ExperimentSteps:
 
     # ------------------------------------------------------------ think / don't think
     async def think_about(self, step: Step) -> None:
-        p = step.params
-        record = await self._think_record(step)
-        think, dont = np.asarray(record["think"]), np.asarray(record["dont"])
-        think_controls, dont_controls = (
-            np.asarray(record["think_controls"]),
-            np.asarray(record["dont_controls"]),
-        )
-        low, high = metrics.paired_bootstrap_diff_ci(think, dont, seed=0)
-        cells = {
-            "think": float(think.mean()),
-            "dont": float(dont.mean()),
-            "controls": float(np.concatenate([think_controls, dont_controls]).mean()),
-            "think_minus_dont": float((think - dont).mean()),
-            "think_minus_dont_low": low,
-            "think_minus_dont_high": high,
-            "n": len(p["sentences"]),
-        }
+        values, per_control, cells = think_summary(await self._think_record(step))
         name, coords = self.run.point_of[step.id]
-        per_control = {
-            "control_cosine_think": (("trial", "control"), think_controls),
-            "control_cosine_dont": (("trial", "control"), dont_controls),
-            "control_word": (("control",), p["controls"]),
-        }
+        per_control["control_word"] = (("control",), step.params["controls"])
         self.cubes[name].fill(coords, per_control, {})
-        values = {
-            "cosine_think": think,
-            "cosine_dont": dont,
-            "control_think": think_controls.mean(axis=1),
-            "control_dont": dont_controls.mean(axis=1),
-        }
         self._write(step, values, cells)
 
     async def _think_record(self, step: Step) -> dict[str, Any]:
@@ -289,6 +263,33 @@ class ExperimentSteps:
         self.run.cache.put(key, record)
         self.run.executor.counters.calls += 2 * len(p["sentences"])
         return record
+
+
+def think_summary(record: Mapping[str, Any]) -> tuple[Trials, dict[str, Any], Rates]:
+    """Per-trial cosines, per-(trial, control) cosines and the point's means of a think_about record."""
+    think, dont = np.asarray(record["think"]), np.asarray(record["dont"])
+    think_controls, dont_controls = np.asarray(record["think_controls"]), np.asarray(record["dont_controls"])
+    low, high = metrics.paired_bootstrap_diff_ci(think, dont, seed=0)
+    values = {
+        "cosine_think": think,
+        "cosine_dont": dont,
+        "control_think": think_controls.mean(axis=1),
+        "control_dont": dont_controls.mean(axis=1),
+    }
+    per_control = {
+        "control_cosine_think": (("trial", "control"), think_controls),
+        "control_cosine_dont": (("trial", "control"), dont_controls),
+    }
+    cells = {
+        "think": float(think.mean()),
+        "dont": float(dont.mean()),
+        "controls": float(np.concatenate([think_controls, dont_controls]).mean()),
+        "think_minus_dont": float((think - dont).mean()),
+        "think_minus_dont_low": low,
+        "think_minus_dont_high": high,
+        "n": float(think.size),
+    }
+    return values, per_control, cells
 
 
 async def _identify_and_repeat(
