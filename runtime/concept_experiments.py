@@ -12,12 +12,14 @@ Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one p
   the candidates), `injected_identified` / `control_identified`; `injected_repeat` / `control_repeat` (the
   reply to "Repeat the line below."), `injected_repeated` / `control_repeated` (the line is in it,
   exactly). Per point: `identification_*`, `repeat_*`, `both_*` (identified and repeated), `p_word_*` for
-  `injected` and `control`, and `n`.
+  `injected` and `control`; `identification_shift`, `p_word_shift` (injected - control) with `_low` /
+  `_high` (95% paired bootstrap over sentences); `n`.
 - prefill_intention. Per trial: `sentence`, `injected_reply` / `control_reply` (the answer to "did you mean
   it?"), `injected_disowned` / `control_disowned` (stdlib.graders.disowns), `injected_p_accident` /
   `control_p_accident` (P(" an accident") against " intentional" after "It was") and `*_accident_log_odds`
   (log P(accident) - log P(intentional)). Per point: `disown_*`, `p_accident_*`, `accident_log_odds_*`,
-  their `_shift`s (injected - control: the paper's effect is negative), `n`.
+  their `_shift`s (injected - control: the paper's effect is negative) with `_low` / `_high` (95% paired
+  bootstrap over sentences), `n`.
 - think_about. Per trial: `sentence`, `cosine_think`, `cosine_dont` (the written sentence's mean residual
   with the concept vector), `control_think`, `control_dont` (mean over control words); per (trial,
   `control`): `control_cosine_think` / `_dont`, with `control_word` per (axes, control). Per point: `think`,
@@ -228,14 +230,17 @@ class ExperimentSteps:
 
     # ------------------------------------------------------------ thoughts vs text
     async def thoughts_vs_text(self, step: Step) -> None:
-        self._write(step, *await self._by_condition(step, _identify_and_repeat))
+        values, cells = await self._by_condition(step, _identify_and_repeat)
+        for stem, trial in (("identification", "identified"), ("p_word", "p_word")):
+            cells.update(paired_shift(values, stem, trial))
+        self._write(step, values, cells)
 
     # ------------------------------------------------------------ prefill intention
     async def prefill_intention(self, step: Step) -> None:
         values, cells = await self._by_condition(step, _intention)
         # The paper's effect: the injection makes the forced word look intended, so this is negative.
         for stem in ("p_accident", "accident_log_odds"):
-            cells[f"{stem}_shift"] = cells[f"{stem}_injected"] - cells[f"{stem}_control"]
+            cells.update(paired_shift(values, stem, stem))
         self._write(step, values, cells)
 
     # ------------------------------------------------------------ think / don't think
@@ -263,6 +268,18 @@ class ExperimentSteps:
         self.run.cache.put(key, record)
         self.run.executor.counters.calls += 2 * len(p["sentences"])
         return record
+
+
+def paired_shift(values: Trials, stem: str, trial: str) -> Rates:
+    """Injected minus control over the same sentences, with a 95% paired bootstrap interval."""
+    injected = np.asarray(values[f"injected_{trial}"], dtype=float)
+    control = np.asarray(values[f"control_{trial}"], dtype=float)
+    low, high = metrics.paired_bootstrap_diff_ci(injected, control, seed=0)
+    return {
+        f"{stem}_shift": float((injected - control).mean()),
+        f"{stem}_shift_low": low,
+        f"{stem}_shift_high": high,
+    }
 
 
 def think_summary(record: Mapping[str, Any]) -> tuple[Trials, dict[str, Any], Rates]:
@@ -408,6 +425,9 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("both inj", "both_injected", ".2f"),
         ("P(word) inj", "p_word_injected", ".3f"),
         ("P(word) ctl", "p_word_control", ".3f"),
+        ("shift", "p_word_shift", "+.3f"),
+        ("low", "p_word_shift_low", "+.3f"),
+        ("high", "p_word_shift_high", "+.3f"),
     ],
     "prefill_intention": [
         ("disowned inj", "disown_injected", ".2f"),
@@ -417,6 +437,8 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("log-odds inj", "accident_log_odds_injected", "+.2f"),
         ("log-odds ctl", "accident_log_odds_control", "+.2f"),
         ("log-odds shift", "accident_log_odds_shift", "+.2f"),
+        ("low", "accident_log_odds_shift_low", "+.2f"),
+        ("high", "accident_log_odds_shift_high", "+.2f"),
     ],
     "think_about": [
         ("cos think", "think", "+.4f"),

@@ -85,6 +85,10 @@ def test_thoughts_vs_text_cube_compares_the_injection_with_its_control(study) ->
     control = text["control_p_word"].values
     assert np.array_equal(control[:, :, 0], control[:, :, 1])
     assert (np.abs(text["injected_p_word"].values - control) > 0).all()
+    shift = (text["injected_p_word"] - text["control_p_word"]).mean("trial")
+    np.testing.assert_allclose(text["p_word_shift"].values, shift.values)
+    assert (text["p_word_shift_low"] <= text["p_word_shift"]).all()
+    assert (text["p_word_shift"] <= text["p_word_shift_high"]).all()
     sentences = text["sentence"].values
     assert (sentences == sentences[0, 0, 0]).all() and len(set(sentences[0, 0, 0])) == 3
     lines, replies = text["sentence"].values.ravel(), text["control_repeat"].values.ravel()
