@@ -200,8 +200,11 @@ def test_main_serve_serves_a_model_directory_until_interrupted(model_dir):
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     try:
+        # The first lines say where fine-tuning state lives, then which model is served at which URL.
         banner = process.stdout.readline()
-        assert banner.startswith("serving local:"), banner + process.stderr.read()
+        while banner and not banner.startswith("serving "):
+            banner = process.stdout.readline()
+        assert banner.startswith("serving local:"), banner
         url = banner.split(" at ")[1].split()[0]
         status, body = post(url, chat("The dog", max_tokens=2))
         assert status == 200 and body["choices"][0]["message"]["content"] is not None
