@@ -30,6 +30,7 @@ from intro.stdlib import graders
 from intro.stdlib.extractors import normalise
 
 from . import cube, metrics
+from .experiment_calls import score_key
 from .requests import BackendError, GenerationRequest, Message, ScoreRequest
 
 VECTOR_FILE = "vector.safetensors"
@@ -155,6 +156,8 @@ class ConceptSteps:
         self.cubes = {
             m.name: InjectionCube(self.plan, m) for m in self.plan.measures if m.kind == "injected_thought"
         }
+        # Points run concurrently and share the plain model's readout: one lock per key, so it runs once.
+        self._scoring: dict[str, asyncio.Lock] = {}
 
     def handlers(self) -> dict[str, Any]:
         return {"vector": self.vector, "injected_thought": self.injected_thought}
@@ -235,18 +238,20 @@ class ConceptSteps:
     async def _p_yes(self, p: Mapping[str, Any], model_key: str) -> float:
         """P(first choice) against the others as the first word of the reply, cached by content."""
         identity = self.plan.models[model_key].identity
-        key = digest(["score", identity, p["prompt"], p["choices"]])
-        record = self.cache.get(key)
-        if record is None:
-            steering = self.run.executor.steering(model_key)
-            request = ScoreRequest(key, self._messages(p["prompt"]), tuple(p["choices"]), steering=steering)
-            async with self.run.executor.compute:
-                (score,) = await self.run.pool.backend(model_key).score([request])
-            record = {"logprobs": score.logprobs, "raw_logprobs": score.raw_logprobs}
-            self.cache.put(key, record)
-            self.run.executor.counters.calls += 1
-        else:
-            self.run.executor.counters.cached += 1
+        key = score_key(identity, p["prompt"], p["choices"], None)
+        async with self._scoring.setdefault(key, asyncio.Lock()):
+            record = self.cache.get(key)
+            if record is None:
+                steering = self.run.executor.steering(model_key)
+                messages = self._messages(p["prompt"])
+                request = ScoreRequest(key, messages, tuple(p["choices"]), steering=steering)
+                async with self.run.executor.compute:
+                    (score,) = await self.run.pool.backend(model_key).score([request])
+                record = {"logprobs": score.logprobs, "raw_logprobs": score.raw_logprobs}
+                self.cache.put(key, record)
+                self.run.executor.counters.calls += 1
+            else:
+                self.run.executor.counters.cached += 1
         return float(np.exp(record["logprobs"][p["choices"][0]]))
 
     async def _judged(self, p: Mapping[str, Any], replies: Sequence[str]) -> list[TrialGrade]:

@@ -17,6 +17,8 @@ from typing import Any
 from intro.compiler.plan import Plan, Step, digest, request_key
 
 SPAN_KINDS = ("thoughts_vs_text", "prefill_intention")
+# Measure steps that make model calls of their own, besides the sample steps they depend on.
+CALLING_KINDS = ("injected_thought", "think_about", *SPAN_KINDS)
 
 
 def injection_ids(plan: Plan, p: Mapping[str, Any]) -> list[list[Any]]:
@@ -44,6 +46,16 @@ def think_key(step: Step) -> str:
 def planned_calls(plan: Plan, step: Step) -> list[tuple[str, str, int]]:
     """(cache key, prompt key, new tokens at most) of each call a concept-experiment step makes."""
     p = step.params
+    if step.kind == "injected_thought":
+        # The logit readout scores the trial prompt once steered and once plain (shared by every point);
+        # a judge's calls depend on the replies, so they cannot be listed before the run.
+        if p["grader"]["kind"] != "logit":
+            return []
+        models = (p["steered"], p["model"])
+        return [
+            (score_key(plan.models[m].identity, p["prompt"], p["choices"], None), p["prompt"], 0)
+            for m in models
+        ]
     if step.kind == "think_about":
         return [(think_key(step), k, 0) for k in (*p["think_prompts"], *p["dont_prompts"])]
     identity = plan.models[p["model"]].identity

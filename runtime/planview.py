@@ -16,7 +16,7 @@ from typing import Any
 from intro.compiler.plan import Plan, Step, requests
 
 from .cache import Cache, default_cache_dir
-from .experiment_calls import SPAN_KINDS, planned_calls
+from .experiment_calls import CALLING_KINDS, planned_calls
 
 CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not yet tokenised
 
@@ -24,7 +24,8 @@ CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not ye
 def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
     cache = Cache(cache_dir or default_cache_dir())
     own = _own_steps(plan, runs_dir)
-    steps = [_step_summary(plan, step, cache, own) for step in plan.steps]
+    seen: set[str] = set()  # calls that measure steps share (a control readout) count once
+    steps = [_step_summary(plan, step, cache, own, seen) for step in plan.steps]
     totals: Counter[str] = Counter()
     for s in steps:
         totals["steps"] += 1
@@ -61,7 +62,7 @@ def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:
     return hashes
 
 
-def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[str, Any]:
+def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str], seen: set[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"id": step.id, "kind": step.kind}
     if step.kind == "sample":
         keys = list(requests(plan, step))
@@ -75,8 +76,9 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[s
             model=step.params["model"],
         )
         done = not missing
-    elif step.kind in ("think_about", *SPAN_KINDS):
-        done = _experiment_summary(plan, step, cache, summary)
+    elif step.kind in CALLING_KINDS and (calls := planned_calls(plan, step)):
+        done = _experiment_summary(plan, calls, cache, summary, seen)
+        summary["model"] = step.params["model"]
     elif step.kind in ("finetune", "vector"):
         done = cache.artifact_done(step.hash)
     else:
@@ -92,16 +94,18 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str]) -> dict[s
     return summary
 
 
-def _experiment_summary(plan: Plan, step: Step, cache: Cache, summary: dict[str, Any]) -> bool:
-    """The calls a concept experiment's measure step makes itself (per-sentence injection, activations)."""
-    calls = planned_calls(plan, step)
-    missing = [c for c in calls if not cache.has(c[0])]
+def _experiment_summary(
+    plan: Plan, calls: list[tuple[str, str, int]], cache: Cache, summary: dict[str, Any], seen: set[str]
+) -> bool:
+    """The calls a measure step makes itself (per-sentence injection, readouts, activations)."""
+    own = [c for c in calls if c[0] not in seen]  # within a step keys may repeat (one think record)
+    seen.update(c[0] for c in own)
+    missing = [c for c in own if not cache.has(c[0])]
     summary.update(
-        calls=len(calls),
+        calls=len(own),
         to_run=len(missing),
         prompt_tokens=sum(_prompt_chars(plan, p) for _, p, _ in missing) // CHARS_PER_TOKEN,
         completion_tokens=sum(tokens for _, _, tokens in missing),
-        model=step.params["model"],
     )
     return not missing
 

@@ -39,8 +39,15 @@ def _run(spec: Path, runs: Path, cache: Path) -> subprocess.CompletedProcess[str
 def test_injected_thought_study_runs_and_fills_its_cube(tmp_path: Path) -> None:
     spec = tmp_path / "tiny.intro"
     spec.write_text(SPEC.format(model=cached_tiny_model("qwen2")))
+    env = {"INTRO_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    planned = subprocess.run(
+        [*INTRO, "plan", str(spec)], capture_output=True, text=True, env=env, timeout=300
+    )
+    # 4 points x 3 injected trials + 3 shared control trials; a steered readout per point + one plain one.
+    assert "model calls: 20 to make of 20" in planned.stdout, planned.stdout + planned.stderr
     first = _run(spec, tmp_path / "runs", tmp_path / "cache")
     assert first.returncode == 0, first.stderr
+    assert "tiny_injection: 20 model calls," in first.stdout  # the plan's count, and no call twice
     assert "detection (injected_thought)" in first.stdout
     dataset = xr.open_zarr(tmp_path / "runs" / "tiny_injection" / "cube.zarr", group="detection")
     assert dict(dataset.sizes) == {"layer": 1, "strength": 2, "word": 2, "trial": 3}
