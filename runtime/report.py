@@ -240,36 +240,59 @@ def behaviour_figure(dataset: xr.Dataset, name: str) -> Figure:
 
 
 # ---------------------------------------------------------------- injected thought
+INJECTION_RATES = ("detection", "identification", "false_positive", "net", "p_yes_shift")
+SIGNED = ("net", "p_yes_shift")  # differences: -1..1 on a diverging scale
+
+
 def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
-    variables = [v for v in ("detection", "identification", "false_positive", "net") if v in dataset]
-    figure, axes = plt.subplots(1, len(variables), figsize=(3.4 * len(variables), 3.2))
-    axes = np.atleast_1d(axes)
-    for axis, variable in zip(axes, variables, strict=True):
-        data = dataset[variable]
-        others = [d for d in data.dims if d not in ("layer", "strength")]
-        grid = data.mean(dim=others) if others else data
-        if set(grid.dims) == {"layer", "strength"}:
-            grid = grid.transpose("layer", "strength")
-            image = axis.imshow(
-                grid.values,
-                origin="lower",
-                aspect="auto",
-                cmap="viridis",
-                vmin=-1 if variable == "net" else 0,
-                vmax=1,
-            )
-            axis.set_xticks(range(grid.sizes["strength"]), [str(v) for v in grid["strength"].values])
-            axis.set_yticks(range(grid.sizes["layer"]), [str(v) for v in grid["layer"].values])
-            axis.set_xlabel("strength")
-            axis.set_ylabel("layer")
-            figure.colorbar(image, ax=axis, fraction=0.046)
-        else:
-            values = np.atleast_1d(grid.values)
-            axis.bar(np.arange(values.size), values)
-        axis.set_title(variable)
+    """Layer x strength heatmaps (mean over concepts), then per-concept bars (mean over layers and strengths)."""
+    variables = [v for v in INJECTION_RATES if v in dataset]
+    by_concept = "word" in dataset[variables[0]].dims
+    figure = plt.figure(figsize=(3.4 * len(variables), 6.6 if by_concept else 3.2))
+    rows = 2 if by_concept else 1
+    for index, variable in enumerate(variables):
+        axis = figure.add_subplot(rows, len(variables), index + 1)
+        _injection_heatmap(figure, axis, dataset[variable], variable)
+    if by_concept:
+        _concept_bars(figure.add_subplot(rows, 1, 2), dataset, variables)
     figure.suptitle(name)
     figure.tight_layout()
     return figure
+
+
+def _injection_heatmap(figure: Figure, axis: Any, data: xr.DataArray, variable: str) -> None:
+    others = [d for d in data.dims if d not in ("layer", "strength")]
+    grid = data.mean(dim=others) if others else data
+    if set(grid.dims) == {"layer", "strength"}:
+        grid = grid.transpose("layer", "strength")
+        signed = variable in SIGNED
+        image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="RdBu_r" if signed else "viridis",
+                            vmin=-1 if signed else 0, vmax=1)  # fmt: skip
+        axis.set_xticks(range(grid.sizes["strength"]), [str(v) for v in grid["strength"].values])
+        axis.set_yticks(range(grid.sizes["layer"]), [str(v) for v in grid["layer"].values])
+        axis.set_xlabel("strength")
+        axis.set_ylabel("layer")
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    else:
+        values = np.atleast_1d(grid.values)
+        axis.bar(np.arange(values.size), values)
+    axis.set_title(variable)
+
+
+def _concept_bars(axis: Any, dataset: xr.Dataset, variables: list[str]) -> None:
+    words = [str(w) for w in dataset["word"].values]
+    width = 0.8 / len(variables)
+    x = np.arange(len(words))
+    for index, variable in enumerate(variables):
+        data = dataset[variable]
+        values = data.mean(dim=[d for d in data.dims if d != "word"]).values
+        axis.bar(x + (index - (len(variables) - 1) / 2) * width, values, width=width, label=variable)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(x, words)
+    axis.set_ylim(-1, 1)
+    axis.set_ylabel("mean over layers and strengths")
+    axis.set_title("per concept")
+    axis.legend(fontsize=8, ncol=len(variables))
 
 
 # ---------------------------------------------------------------- the other concept experiments

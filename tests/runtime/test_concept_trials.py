@@ -62,6 +62,16 @@ def test_injected_thought_study_runs_and_fills_its_cube(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache" / "store")
     vectors = [load_vector(p) for p in sorted(cache.root.glob("artifacts/*/vector.safetensors"))]
     assert len(vectors) == 2 and not np.allclose(vectors[0].numpy(), vectors[1].numpy())
+    report = subprocess.run(
+        [*INTRO, "report", str(tmp_path / "runs" / "tiny_injection")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    figure = tmp_path / "runs" / "tiny_injection" / "report" / "detection.png"
+    assert figure.stat().st_size > 10_000  # heatmaps and per-concept bars
+    assert "detection (injected_thought)" in figure.with_name("report.html").read_text(encoding="utf-8")
     again = _run(spec, tmp_path / "runs", tmp_path / "cache")
     assert again.returncode == 0, again.stderr
     assert ": 0 model calls" in again.stdout
