@@ -46,6 +46,12 @@ def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | Non
     }
 
 
+def calls_to_make(plan: Plan, cache: Cache) -> int:
+    """Model calls a run of the plan will make: sample steps' missing requests and measure steps' own calls."""
+    seen: set[str] = set()
+    return sum(_step_summary(plan, step, cache, set(), seen).get("to_run", 0) for step in plan.steps)
+
+
 def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:
     """Hashes of steps this study finished before (from its journal), to tell 'cached' from 'from another study'."""
     if runs_dir is None:

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
 
-from . import concept_experiments, concepts, cube, cubes_extra, measures, memory, training
+from . import concept_experiments, concepts, cube, cubes_extra, measures, memory, planview, training
 from .cache import Cache, default_cache_dir
 from .executor import Counters, Executor
 from .pool import BackendPool
@@ -136,7 +136,7 @@ class _StudyRun:
         )
 
     async def execute(self) -> Counters:
-        to_make = sum(len(self.executor.missing(s)) for s in self.plan.steps if s.kind == "sample")
+        to_make = planview.calls_to_make(self.plan, self.cache)
         with Progress(len(self.plan.steps), to_make, self.log, quiet=self.quiet) as progress:
             self.progress = progress
             progress.say(

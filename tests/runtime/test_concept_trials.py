@@ -47,6 +47,7 @@ def test_injected_thought_study_runs_and_fills_its_cube(tmp_path: Path) -> None:
     assert "model calls: 20 to make of 20" in planned.stdout, planned.stdout + planned.stderr
     first = _run(spec, tmp_path / "runs", tmp_path / "cache")
     assert first.returncode == 0, first.stderr
+    assert "20 model calls to make" in first.stderr  # the run announces what the plan counted
     assert "tiny_injection: 20 model calls," in first.stdout  # the plan's count, and no call twice
     assert "detection (injected_thought)" in first.stdout
     dataset = xr.open_zarr(tmp_path / "runs" / "tiny_injection" / "cube.zarr", group="detection")
