@@ -41,6 +41,7 @@ import hashlib
 import os
 import re
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -447,7 +448,10 @@ def attach_adapter(model: Any, adapter: Path) -> str:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model.load_adapter(str(adapter), adapter_name=name)
+            with warnings.catch_warnings():
+                # Several adapters on one shared model is the design: one is switched on per batch.
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*", category=UserWarning)
+                model.load_adapter(str(adapter), adapter_name=name)
         finally:
             hf_logging.set_verbosity(verbosity)
     return name
