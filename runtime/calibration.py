@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from attrs import frozen
 
+from intro.compiler.plan import digest
 from intro.stdlib.extractors import prediction
 
 from . import metrics
@@ -85,3 +86,65 @@ def calibration_cells(
         groups.setdefault((sample.task, sample.property), []).append(sample)
         groups.setdefault((POOLED, sample.property), []).append(sample)
     return {key: calibrate(group, top_k, bins) for key, group in groups.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The hypothetical distribution read from logprobs (in-process predictors)
+#
+# Sampling the hypothetical prompt n times estimates how often the predictor gives each answer; an
+# in-process predictor can instead be asked directly: the probability that its reply to the hypothetical
+# prompt is each of the item's object-level behaviours (scored as whole continuations, so multi-token
+# values count exactly). Whatever probability no behaviour takes is the non-answer mass.
+
+
+def behaviours(sample: ItemSamples) -> tuple[str, ...]:
+    """The distinct object-level behaviours of one item, in a stable order: what the readout scores."""
+    return tuple(sorted(set(sample.object_values)))
+
+
+def readout_key(step_hash: str) -> str:
+    """One cache record holds a calibration step's readouts; the step's hash covers all they depend on."""
+    return digest(
+        ["calibration_readout", step_hash]
+    )  # runtime/experiment_calls.py counts it for `intro plan`
+
+
+def readout_distribution(raw_logprobs: Mapping[str, float]) -> dict[str, float]:
+    """Absolute probabilities of the scored answers; renormalised only if overlapping answers exceed 1."""
+    probs = {value: float(np.exp(logprob)) for value, logprob in raw_logprobs.items()}
+    total = sum(probs.values())
+    return {value: p / total for value, p in probs.items()} if total > 1.0 else probs
+
+
+def calibrate_readout(
+    samples: Sequence[ItemSamples], readouts: Sequence[Mapping[str, float]], top_k: int, bins: int = BINS
+) -> CalibrationCell:
+    """The calibration curve against read-out hypothetical probabilities (one mapping per sample)."""
+    usable = [(s, r) for s, r in zip(samples, readouts, strict=True) if s.object_values]
+    if not usable:
+        return calibrate([], top_k, bins)
+    categories, objects, _ = metrics.sample_distributions(
+        [s.object_values for s, _ in usable], [() for _ in usable]
+    )
+    column = {value: index for index, value in enumerate(categories)}
+    hypotheticals = np.zeros_like(objects)
+    for row, (_, readout) in enumerate(usable):
+        for value, probability in readout.items():
+            if value in column:
+                hypotheticals[row, column[value]] = probability
+    curve = metrics.calibration_curve(objects, hypotheticals, top_k=top_k, bins=bins)
+    return CalibrationCell(len(usable), int(curve.counts.sum()), curve)
+
+
+def readout_cells(
+    samples: Sequence[ItemSamples], readouts: Sequence[Mapping[str, float]], top_k: int, bins: int = BINS
+) -> dict[tuple[str | None, str], CalibrationCell]:
+    """Like `calibration_cells`, against the read-out distributions."""
+    groups: dict[tuple[str | None, str], list[int]] = {}
+    for index, sample in enumerate(samples):
+        groups.setdefault((sample.task, sample.property), []).append(index)
+        groups.setdefault((POOLED, sample.property), []).append(index)
+    return {
+        key: calibrate_readout([samples[i] for i in rows], [readouts[i] for i in rows], top_k, bins)
+        for key, rows in groups.items()
+    }

@@ -46,7 +46,7 @@ TRAINING_GROUP = "training"
 # ---------------------------------------------------------------------------------------------------------
 # Calibration
 
-CALIBRATION_CELLS = ("mad", "items", "pairs")
+CALIBRATION_CELLS = ("mad", "items", "pairs", "readout_mad")
 CALIBRATION_BINS = ("object_mean", "hypothetical_mean", "bin_count")
 
 
@@ -60,7 +60,16 @@ class CalibrationCube:
         self.pooled = {n: np.full(f.sizes("property"), np.nan) for n in CALIBRATION_CELLS}
         self.pooled_bins = {n: np.full(f.sizes("property", "bin"), np.nan) for n in CALIBRATION_BINS}
 
-    def fill(self, coords: Sequence[Any], cells: Mapping[tuple[str | None, str], CalibrationCell]) -> None:
+    def fill(
+        self,
+        coords: Sequence[Any],
+        cells: Mapping[tuple[str | None, str], CalibrationCell],
+        readout: Mapping[tuple[str | None, str], CalibrationCell] | None = None,
+    ) -> None:
+        """`readout`: the same cells against logprob-read hypothetical probabilities (in-process predictors)."""
+        for (task, prop), cell in (readout or {}).items():
+            scalars = self.pooled if task is POOLED else self.cells
+            scalars["readout_mad"][self.frame.cell(coords, task, prop)] = cell.curve.mad
         for (task, prop), cell in cells.items():
             where = self.frame.cell(coords, task, prop)
             scalars, binned = (self.pooled, self.pooled_bins) if task is POOLED else (self.cells, self.bins)
@@ -292,23 +301,22 @@ def _at_self(variable: xr.DataArray) -> xr.DataArray:
 
 
 def calibration_rows(dataset: xr.Dataset) -> Table:
-    """Per (axes, property): MAD x 100 pooled over tasks, then per task."""
+    """Per (axes, property): MAD x 100 pooled over tasks, then per task; sampled and read-out hypotheticals."""
+    for name in ("readout_mad", "pooled_readout_mad"):  # cubes written before the readout existed
+        if name not in dataset:
+            dataset = dataset.assign({name: xr.full_like(dataset[name.replace("readout_", "")], np.nan)})
     axes = _axes_of(dataset["pooled_mad"], "property")
-    header = [*axes, "task", "property", "MAD x100", "items", "pairs"]
-    pooled = dataset[["pooled_mad", "pooled_items", "pooled_pairs"]].to_dataframe().reset_index()
-    per_task = dataset[["mad", "items", "pairs"]].to_dataframe().reset_index()
-    rows = [
-        [*(str(r[a]) for a in axes), "all", str(r["property"]), _number(r["pooled_mad"], 1),
-         _count(r["pooled_items"]), _count(r["pooled_pairs"])]
-        for _, r in pooled.iterrows()
-        if r["pooled_items"] == r["pooled_items"]
-    ]  # fmt: skip
-    rows += [
-        [*(str(r[a]) for a in axes), str(r["task"]), str(r["property"]), _number(r["mad"], 1),
-         _count(r["items"]), _count(r["pairs"])]
-        for _, r in per_task.iterrows()
-        if r["items"] == r["items"]
-    ]  # fmt: skip
+    header = [*axes, "task", "property", "MAD x100", "readout MAD", "items", "pairs"]
+    rows = []
+    for prefix, task_of in (("pooled_", lambda r: "all"), ("", lambda r: str(r["task"]))):
+        names = [f"{prefix}{n}" for n in ("mad", "readout_mad", "items", "pairs")]
+        for _, r in dataset[names].to_dataframe().reset_index().iterrows():
+            if r[f"{prefix}items"] != r[f"{prefix}items"]:
+                continue
+            rows.append(
+                [*(str(r[a]) for a in axes), task_of(r), str(r["property"]), _number(r[f"{prefix}mad"], 1),
+                 _number(r[f"{prefix}readout_mad"], 1), _count(r[f"{prefix}items"]), _count(r[f"{prefix}pairs"])]
+            )  # fmt: skip
     return header, rows
 
 

@@ -18,7 +18,7 @@ from intro.compiler.plan import Plan, Step, digest, request_key
 
 SPAN_KINDS = ("thoughts_vs_text", "prefill_intention")
 # Measure steps that make model calls of their own, besides the sample steps they depend on.
-CALLING_KINDS = ("injected_thought", "think_about", *SPAN_KINDS)
+CALLING_KINDS = ("calibration", "injected_thought", "think_about", *SPAN_KINDS)
 
 
 def injection_ids(plan: Plan, p: Mapping[str, Any]) -> list[list[Any]]:
@@ -46,6 +46,13 @@ def think_key(step: Step) -> str:
 def planned_calls(plan: Plan, step: Step) -> list[tuple[str, str, int]]:
     """(cache key, prompt key, new tokens at most) of each call a concept-experiment step makes."""
     p = step.params
+    if step.kind == "calibration":
+        # An in-process predictor's hypothetical answers are also read from logprobs: a score per row at
+        # most (rows whose subject showed no behaviour are skipped), all in one record keyed by the step.
+        if not _in_process(plan, p["predictor"]):
+            return []
+        key = digest(["calibration_readout", step.hash])
+        return [(key, row[4], 0) for row in p["rows"]]
     if step.kind == "injected_thought":
         # The logit readout scores the trial prompt once steered and once plain (shared by every point);
         # a judge's calls depend on the replies, so they cannot be listed before the run.
@@ -72,3 +79,10 @@ def planned_calls(plan: Plan, step: Step) -> list[tuple[str, str, int]]:
                 (reply_key(identity, reply, p["sampling"], steered), reply, p["sampling"]["max_tokens"])
             )
     return calls
+
+
+def _in_process(plan: Plan, model_key: str) -> bool:
+    entry = plan.models[model_key]
+    while entry.kind in ("steered", "finetuned"):
+        entry = plan.models[entry.params["base"]]
+    return entry.kind in ("embedded", "local")

@@ -84,7 +84,7 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str], seen: set
         done = not missing
     elif step.kind in CALLING_KINDS and (calls := planned_calls(plan, step)):
         done = _experiment_summary(plan, calls, cache, summary, seen)
-        summary["model"] = step.params["model"]
+        summary["model"] = step.params.get("model") or step.params.get("predictor")
     elif step.kind in ("finetune", "vector"):
         done = cache.artifact_done(step.hash)
     else:

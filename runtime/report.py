@@ -196,7 +196,11 @@ def calibration_figure(dataset: xr.Dataset, name: str) -> Figure:
                 continue
             label = ", ".join(str(dataset[a].values[i]) for a, i in where.items())
             mad = float(cell["pooled_mad"].values)
-            axis.plot(xs[keep], ys[keep], marker="o", label=f"{label} {prop}: MAD {mad:.1f}")
+            readout = (
+                float(cell["pooled_readout_mad"].values) if "pooled_readout_mad" in cell else float("nan")
+            )
+            extra = f" (logprob readout {readout:.1f})" if readout == readout else ""
+            axis.plot(xs[keep], ys[keep], marker="o", label=f"{label} {prop}: MAD {mad:.1f}{extra}")
     axis.set_xlabel("object-level probability")
     axis.set_ylabel("hypothetical probability")
     axis.set_xlim(0, 1)

@@ -29,7 +29,7 @@ from intro.compiler.plan import Plan, Prompt, Step
 from . import behaviour_change, calibration, cube, cubes_extra
 from .cache import Cache, atomic_write
 from .measures import Texts, property_value, reduce_samples
-from .requests import BackendError, Message
+from .requests import BackendError, Message, ScoreRequest
 
 EXAMPLES_FILE = "examples.jsonl"
 ADAPTER_DIR = "adapter"
@@ -299,15 +299,46 @@ class TrainingSteps:
         cube.write(dataset, self.run.directory / "cube.zarr", cubes_extra.training_group(self.plan))
 
     # ------------------------------------------------------------ measurements
-    def calibration(self, step: Step) -> None:
+    async def calibration(self, step: Step) -> None:
         p = step.params
         samples = calibration.item_samples(
             p, self.texts(p["object_steps"]), self.texts(p["hypothetical_steps"]), self.plan.items, _tasks(p)
         )
         cells = calibration.calibration_cells(samples, top_k=int(p["top_k"]))
+        readout = None
+        if self.run.pool.in_process(p["predictor"]):
+            readouts = await self._readouts(step, samples)
+            readout = calibration.readout_cells(samples, readouts, top_k=int(p["top_k"]))
         name, coords = self.run.point_of[step.id]
-        self.calibration_cubes[name].fill(coords, cells)
+        self.calibration_cubes[name].fill(coords, cells, readout)
         cube.write(self.calibration_cubes[name].dataset(), self.run.directory / "cube.zarr", name)
+
+    async def _readouts(
+        self, step: Step, samples: Sequence[calibration.ItemSamples]
+    ) -> list[dict[str, float]]:
+        """P(each behaviour) as the predictor's reply to each row's hypothetical prompt, cached per step."""
+        key = calibration.readout_key(step.hash)
+        record = self.cache.get(key)
+        if record is None:
+            model = step.params["predictor"]
+            requests = [
+                ScoreRequest(f"{key}/{index}", self._messages(row[4]), calibration.behaviours(sample),
+                             steering=self.run.executor.steering(model))
+                for index, (row, sample) in enumerate(zip(step.params["rows"], samples, strict=True))
+                if sample.object_values
+            ]  # fmt: skip
+            async with self.run.executor.compute:
+                scores = await self.run.pool.backend(model).score(requests) if requests else []
+            by_key = {score.key: calibration.readout_distribution(score.raw_logprobs) for score in scores}
+            record = {"readouts": [by_key.get(f"{key}/{i}", {}) for i in range(len(samples))]}
+            self.cache.put(key, record)
+            self.run.executor.counters.calls += len(requests)
+        else:
+            self.run.executor.counters.cached += sum(1 for r in record["readouts"] if r)
+        return list(record["readouts"])
+
+    def _messages(self, prompt_key: str) -> tuple[Message, ...]:
+        return tuple(Message(role, content) for role, content in self.plan.prompts[prompt_key].messages)
 
     def behaviour_change(self, step: Step) -> None:
         p = step.params

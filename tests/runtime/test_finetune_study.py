@@ -165,6 +165,12 @@ def test_the_calibration_cube_has_its_axes_and_consistent_curves(study):
     assert cube["mad"].sel(cell).item() == pytest.approx(100 * np.abs(objects - answers)[filled].mean())
     assert np.nansum(cube["bin_count"].sel(cell).values) == cube["pairs"].sel(cell).item()
     assert 0 < cube["items"].sel(cell).item() <= 4
+    # Local predictors also answer by logprobs: a MAD against read-out probabilities, cached per step.
+    readout = cube["pooled_readout_mad"].values
+    assert (
+        np.isfinite(readout).any()
+        and ((readout[np.isfinite(readout)] >= 0) & (readout[np.isfinite(readout)] <= 100)).all()
+    )
 
 
 def test_the_behaviour_change_cube_scores_changed_items_against_old_and_new(study):

@@ -494,3 +494,32 @@ def test_the_self_vs_cross_table_pairs_each_cross_predictor_with_the_subjects_ow
         ["m1", "m2", "p", "0.75", "0.25", "4", "4"],
         ["m2", "m1", "p", "0.50", "0.00", "4", "4"],
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration against read-out hypothetical probabilities
+
+
+def test_readout_calibration_pairs_object_rates_with_read_probabilities_by_hand():
+    samples = [
+        calibration.ItemSamples("t", "i0", "p", ("a", "a", "a", "b"), ()),
+        calibration.ItemSamples("t", "i1", "p", ("c", "c"), ()),
+        calibration.ItemSamples("t", "i2", "p", (), ()),  # no behaviour: left out
+    ]
+    assert calibration.behaviours(samples[0]) == ("a", "b")
+    readouts = [{"a": 0.5, "b": 0.1}, {"c": 0.9}, {}]
+    cell = calibration.calibrate_readout(samples, readouts, top_k=3, bins=10)
+    # Pairs (object rate, read probability): (0.25, 0.1), (0.75, 0.5), (1.0, 0.9); one bin each.
+    np.testing.assert_allclose(cell.curve.object_mean, [0.25, 0.75, 1.0])
+    np.testing.assert_allclose(cell.curve.hypothetical_mean, [0.1, 0.5, 0.9])
+    assert cell.items == 2 and cell.pairs == 3
+    assert cell.curve.mad == pytest.approx(100 * (0.15 + 0.25 + 0.1) / 3)
+
+
+def test_readout_probabilities_are_absolute_unless_overlapping_answers_exceed_one():
+    assert calibration.readout_distribution({"a": math.log(0.5), "b": math.log(0.2)}) == pytest.approx(
+        {"a": 0.5, "b": 0.2}
+    )
+    assert calibration.readout_distribution({"a": math.log(0.9), "ab": math.log(0.6)}) == pytest.approx(
+        {"a": 0.6, "ab": 0.4}
+    )
