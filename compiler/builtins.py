@@ -258,6 +258,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("layer", "number"),
             Param("strength", "number"),
             Param("start", "string", None),
+            doc="a new model: `model` with `strength * vector` added to the residual stream after `layer`, "
+            "from the token before `start` on (from the first token when `start` is not given)",
         ),
         _fn(
             "hypotheticals",
@@ -267,8 +269,17 @@ FUNCTIONS: dict[str, Function] = dict(
             _PROPERTIES,
             Param("sampling", "sampling", GREEDY),
             _TEMPLATE,
+            doc="training data: `subject`'s own object-level answers to `tasks`, asked back as hypothetical "
+            "questions about `properties`",
         ),
-        _fn("answers", _answers, Param("model", "model"), _SELECTION, Param("sampling", "sampling", GREEDY)),
+        _fn(
+            "answers",
+            _answers,
+            Param("model", "model"),
+            _SELECTION,
+            Param("sampling", "sampling", GREEDY),
+            doc="training data: `model`'s object-level answers to `tasks`",
+        ),
         _fn(
             "prediction",
             _prediction,
@@ -279,6 +290,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("object", "sampling", GREEDY),
             Param("hypothetical", "sampling", GREEDY),
             _TEMPLATE,
+            doc="a measurement: how often `predictor`, asked the hypothetical question, predicts the "
+            "`properties` of `subject`'s object-level answers on `tasks`",
         ),
         _fn(
             "calibration",
@@ -290,6 +303,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("sampling", "sampling", T1_SAMPLES),
             _TEMPLATE,
             Param("top_k", "int", 3),
+            doc="a measurement: how far `predictor`'s distribution over each property is from the distribution "
+            "of `subject`'s sampled behaviour (mean absolute difference)",
         ),
         _fn(
             "behaviour_change",
@@ -300,6 +315,8 @@ FUNCTIONS: dict[str, Function] = dict(
             _PROPERTIES,
             Param("sampling", "sampling", GREEDY),
             _TEMPLATE,
+            doc="a measurement: whether `after`'s self-predictions follow its changed behaviour rather than "
+            "`before`'s",
         ),
         _fn(
             "concept",
@@ -309,12 +326,36 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("layer", "number"),
             Param("baseline", "strings"),
             Param("template", "string", "Tell me about {word}"),
+            doc="a vector: `model`'s activation at `layer` on the last token of `template` with `word`, minus "
+            "the mean over the `baseline` words",
         ),
-        _fn("random_like", _random_like, Param("vector", "vector"), Param("seed", "int", 0)),
-        _fn("vector_file", _vector_file, Param("path", "string")),
-        _fn("pairs", _pairs, Param("items", "list")),
-        _fn("product", _product, Param("first", "list"), Param("second", "list")),
-        _fn("take", _take, Param("items", "list"), Param("n", "int")),
+        _fn(
+            "random_like",
+            _random_like,
+            Param("vector", "vector"),
+            Param("seed", "int", 0),
+            doc="a vector: a seeded Gaussian direction with the norm and shape of `vector` (a control)",
+        ),
+        _fn(
+            "vector_file",
+            _vector_file,
+            Param("path", "string"),
+            doc="a vector read from a file next to the spec (hashed by content)",
+        ),
+        _fn(
+            "pairs",
+            _pairs,
+            Param("items", "list"),
+            doc="every ordered pair of distinct items: (a, b) and (b, a)",
+        ),
+        _fn(
+            "product",
+            _product,
+            Param("first", "list"),
+            Param("second", "list"),
+            doc="every pair (a, b) with a from `first` and b from `second`",
+        ),
+        _fn("take", _take, Param("items", "list"), Param("n", "int"), doc="the first `n` items of a list"),
         _fn(
             "layers",
             _layers,
@@ -322,10 +363,21 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("count", "int"),
             Param("low", "number", 0.0),
             Param("high", "number", 1.0),
+            doc="`count` evenly spaced layer indices of `model`, from `low` to `high` as fractions of its depth",
         ),
-        _fn("column", _column, Param("path", "string"), Param("field", "string")),
-        _fn("logit_readout", _graders),
-        _fn("judge", _judge, Param("model", "model")),
+        _fn(
+            "column",
+            _column,
+            Param("path", "string"),
+            Param("field", "string"),
+            doc="the values of `field` in every row of a data file (a list of strings)",
+        ),
+        _fn(
+            "logit_readout",
+            _graders,
+            doc="a grader: rule-based grades of each reply, plus P(yes) read from the model's next-token logits",
+        ),
+        _fn("judge", _judge, Param("model", "model"), doc="a grader that asks `model` to grade each reply"),
         ("injected_thought", INJECTED_THOUGHT),
         *concept_experiments.FUNCTIONS.items(),
     ]

@@ -19,7 +19,8 @@ from attrs import evolve
 from . import ast, ir
 from .builtins import FUNCTIONS
 from .declarations import build_decl, build_model
-from .diagnostics import CompileError, Sink, Span, did_you_mean
+from .diagnostics import CompileError, Diagnostic, Sink, Span, did_you_mean
+from .files import OUTSIDE_NOTE, SPEC_LIMIT_ENV, Confinement, FileProblem, read_bytes, utf8_error_position
 from .parser import parse
 from .types import REQUIRED, Function, Module, describe_type, type_name
 
@@ -31,9 +32,17 @@ class _Abort(Exception):
 class Context:
     """What builtins and declarations need from the evaluator: error reporting and file resolution."""
 
-    def __init__(self, sink: Sink, directory: Path):
+    def __init__(self, sink: Sink, directory: Path, confinement: Confinement | None = None):
         self.sink = sink
         self.directory = directory
+        self.confinement = confinement or Confinement(None)
+
+    def confined(self, relative: str, span: Span) -> Path:
+        """`relative` resolved against this file's folder; an error unless it lies inside the allowed ones."""
+        path = self.directory / relative
+        if self.confinement.outside(path):
+            self.fail("E147", f"'{relative}' lies outside the spec's folder", span, OUTSIDE_NOTE)
+        return path
 
     def abort(self) -> NoReturn:
         """Stop this statement without a new error (one was already reported for its cause)."""
@@ -47,14 +56,16 @@ class Context:
 class Program:
     """All files of one compilation: the spec and every module it imports, parsed once."""
 
-    def __init__(self, sink: Sink):
+    def __init__(self, sink: Sink, confinement: Confinement | None = None):
         self.sink = sink
+        self.confinement = confinement or Confinement(None)
         self.sources: dict[str, str] = {}
         self._namespaces: dict[str, _Namespace] = {}
         self._loading: list[str] = []
 
-    def load_spec(self, path: Path) -> tuple[_Namespace, ast.Module]:
-        source = _read(path)
+    def load_spec(self, path: Path, source: str | None = None) -> tuple[_Namespace, ast.Module]:
+        """Load the spec at `path`; `source` stands in for the file's text (an editor's unsaved buffer)."""
+        source = read_source(path) if source is None else source
         self.sources[str(path)] = source
         module = parse(source, str(path))
         namespace = _Namespace(self, module, path.parent, name=path.stem)
@@ -71,7 +82,7 @@ class Program:
         if key not in self._namespaces:
             self._loading.append(key)
             try:
-                source = _read(path)
+                source = read_source(path)
                 self.sources[key] = source
                 module = parse(source, key)
                 self._namespaces[key] = _Namespace(self, module, path.parent, name=use.module[-1])
@@ -84,33 +95,44 @@ class Program:
 
     def _module_path(self, use: ast.Use, directory: Path) -> Path:
         parts = use.module
-        if parts[0] == "stdlib":
-            base = Path(str(resources.files("intro.stdlib")))
-            path = base.joinpath(*parts[1:]).with_suffix(".intro")
-        else:
-            path = directory.joinpath(*parts).with_suffix(".intro")
+        path = module_file(parts, directory)
         if not path.is_file():
             where = "the standard library" if parts[0] == "stdlib" else str(directory)
             siblings = [p.stem for p in path.parent.glob("*.intro")] if path.parent.is_dir() else []
             notes = did_you_mean(path.stem, siblings)
             self.sink.error("E111", f"no module '{'.'.join(parts)}' in {where}", use.span, *notes)
             raise _Abort
+        if self.confinement.outside(path):
+            name = ".".join(parts)
+            self.sink.error("E112", f"module '{name}' lies outside the spec's folder", use.span, OUTSIDE_NOTE)
+            raise _Abort
         return path
 
 
-def _read(path: Path) -> str:
+def module_file(parts: tuple[str, ...], directory: Path) -> Path:
+    """Where `use a.b.c` looks: `stdlib.*` in the standard library, anything else next to the importing file."""
+    if parts[0] == "stdlib":
+        return Path(str(resources.files("intro.stdlib"))).joinpath(*parts[1:]).with_suffix(".intro")
+    return directory.joinpath(*parts).with_suffix(".intro")
+
+
+def read_source(path: Path) -> str:
+    """A spec or module's text: a regular UTF-8 file within the size limit, else a positioned CompileError."""
     try:
-        return path.read_text(encoding="utf-8")
+        data = read_bytes(path, SPEC_LIMIT_ENV)
+    except FileProblem as problem:
+        raise CompileError([_file_error(path, problem.message)]) from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CompileError([_file_error(path, f"file is not UTF-8 text (byte {exc.start})")]) from None
-    except OSError as exc:
-        raise CompileError([_file_error(path, f"cannot read file: {exc.strerror}")]) from None
+        line, column = utf8_error_position(data, exc.start)
+        bad = data[exc.start : exc.start + 1].hex()
+        message = f"byte 0x{bad} is not valid UTF-8; save the file as UTF-8"
+        raise CompileError([_file_error(path, message, line, column)]) from None
 
 
-def _file_error(path: Path, message: str) -> Any:
-    from .diagnostics import Diagnostic
-
-    return Diagnostic("E000", message, Span.point(str(path), 1, 1))
+def _file_error(path: Path, message: str, line: int = 1, column: int = 1) -> Diagnostic:
+    return Diagnostic("E000", message, Span.point(str(path), line, column))
 
 
 # ---------------------------------------------------------------- module namespaces
@@ -119,7 +141,7 @@ class _Namespace:
 
     def __init__(self, program: Program, module: ast.Module, directory: Path, name: str):
         self.program = program
-        self.ctx = Context(program.sink, directory)
+        self.ctx = Context(program.sink, directory, program.confinement)
         self.name = name
         self.decls: dict[str, ast.Item] = {}
         self.values: dict[str, Any] = {}

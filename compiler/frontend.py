@@ -9,6 +9,7 @@ from attrs import frozen
 from . import ir
 from .diagnostics import CompileError, Diagnostic, Sink, Span
 from .evaluate import Program, _Abort, evaluate_study
+from .files import Confinement
 
 
 @frozen
@@ -17,10 +18,17 @@ class Checked:
     sources: dict[str, str]
 
 
-def check(path: str | Path, study: str | None = None) -> Checked:
-    """Parse, resolve and check a spec. Raises CompileError with every diagnostic found."""
+def check(
+    path: str | Path, study: str | None = None, source: str | None = None, *, allow_outside: bool = False
+) -> Checked:
+    """Parse, resolve and check a spec. Raises CompileError with every diagnostic found.
+
+    `source`, when given, is the spec's text in place of the file's (an editor's unsaved buffer); imports
+    and data files still resolve next to `path`. Files outside the spec's folder (and the stdlib) are
+    errors unless `allow_outside`.
+    """
     try:
-        return _check(Path(path), study)
+        return _check(Path(path), study, source, allow_outside)
     except RecursionError:
         # The parser bounds nesting; a long enough chain of names defined by later names can still exhaust
         # Python's stack. Users get a diagnostic, never a traceback.
@@ -28,11 +36,11 @@ def check(path: str | Path, study: str | None = None) -> Checked:
         raise CompileError([Diagnostic("E006", message, Span.point(str(path), 1, 1))]) from None
 
 
-def _check(path: Path, study: str | None) -> Checked:
+def _check(path: Path, study: str | None, source: str | None, allow_outside: bool) -> Checked:
     sink = Sink()
-    program = Program(sink)
+    program = Program(sink, Confinement.for_spec(path, allow_outside))
     try:
-        namespace, module = program.load_spec(path)
+        namespace, module = program.load_spec(path, source)
     except CompileError as error:
         error.sources = program.sources  # type: ignore[attr-defined]
         raise
