@@ -6,7 +6,6 @@ point at the declaration, wrong types at the value.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from intro.stdlib.extractors import EXTRACTORS
 
 from . import ast, ir
-from .datasets import DataError, load_rows
+from .datasets import DataError, data_digest, load_rows
 from .diagnostics import Span, did_you_mean
 from .models import (
     API_CAPABILITIES,
@@ -27,10 +26,10 @@ from .models import (
     EMBEDDED,
     IN_PROCESS_CAPABILITIES,
     SERVING_OPTIONS,
-    directory_digest,
     looks_like_hub_id,
 )
 from .types import CHECKS, REQUIRED, describe_type, type_name
+from .weights import ModelDirectoryError, directory_problem, read_config, weights_digest
 
 if TYPE_CHECKING:
     from .evaluate import Context, Evaluator
@@ -176,8 +175,8 @@ def _local(decl: ast.ModelDecl, locator: str, serving: tuple[Any, ...], ctx: Con
             else "a local model is a directory of transformers weights (config.json, *.safetensors)"
         )
         ctx.fail("E132", f"no model directory '{locator}'", decl.locator.span, note)
+    identity = f"local:{_checked_digest(decl, locator, path, ctx)}"
     layers = _config_layers(path)
-    identity = f"local:{directory_digest(path)}"
     return ir.BaseModel(
         decl.name,
         "local",
@@ -191,24 +190,34 @@ def _local(decl: ast.ModelDecl, locator: str, serving: tuple[Any, ...], ctx: Con
     )
 
 
-def _config_layers(path: Path) -> int | None:
-    import json
-
+def _checked_digest(decl: ast.ModelDecl, locator: str, path: Path, ctx: Context) -> str:
+    """The weights' content digest, once the directory has passed the checks that need no loading."""
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+        problem = directory_problem(path)
+        if problem is None:
+            return weights_digest(path)
+    except ModelDirectoryError as error:
+        problem = str(error)
+    ctx.fail("E133", f"broken model directory '{locator}': {problem}", decl.locator.span)
+
+
+def _config_layers(path: Path) -> int | None:
+    try:
+        config = read_config(path)
+    except ModelDirectoryError:
+        return None  # a directory holding one GGUF file: its depth is known once it is converted
     text = config.get("text_config", config)
-    layers = text.get("num_hidden_layers") or text.get("n_layer")
+    layers = (text.get("num_hidden_layers") or text.get("n_layer")) if isinstance(text, dict) else None
     return int(layers) if isinstance(layers, int) else None
 
 
 # ---------------------------------------------------------------- task
 def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
     spans = fields["_spans"]
-    path = ctx.directory / fields["data"]
+    path = ctx.confined(fields["data"], spans["data"])
     try:
         rows = load_rows(path, fields["id"])
+        digest = data_digest(path, fields["id"])
     except DataError as error:
         if error.line is None:
             ctx.fail("E140", f"cannot load data for task '{decl.name}': {error.message}", spans["data"])
@@ -219,7 +228,6 @@ def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
     if fields["answer"] == "choice" and not fields["choices"]:
         ctx.fail("E143", 'a task with answer "choice" needs `choices`', decl.span)
     _check_template(fields["prompt"], spans["prompt"], rows, path, ctx)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return ir.Task(
         decl.name,
         digest,
@@ -228,6 +236,7 @@ def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
         fields["answer"],
         tuple(fields["choices"]),
         fields["system"],
+        fields["id"],
         span=decl.span,
     )
 
@@ -290,7 +299,23 @@ def _split(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Split:
         )
     train = ir.Selection(tuple(fields["train"]), "train", fields["items"], fields["seed"])
     test = ir.Selection(tuple(fields["test"]), "val", fields["items"], fields["seed"])
+    for selection, name in ((train, "train"), (test, "test")):
+        _check_part_has_rows(decl, selection, name, spans.get(name, decl.span), ctx)
     return ir.Split(decl.name, train, test)
+
+
+def _check_part_has_rows(decl: ast.Decl, selection: ir.Selection, name: str, span: Span, ctx: Context) -> None:
+    """Each task of a split part needs at least one row in that part, or its measurements would be empty."""
+    share = "1 in 5" if selection.part == "val" else "4 in 5"
+    for task in selection.tasks:
+        if not any(task.part_of(row) == selection.part for row in task.rows):
+            ctx.fail(
+                "E162",
+                f"task '{task.name}' has no rows in the {name} part of split '{decl.name}'",
+                span,
+                f'a row is in the {name} part when its "split" field is "{selection.part}", or, when it has '
+                f"no such field, for about {share} row ids",
+            )
 
 
 def _sampling(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Sampling:

@@ -2,14 +2,13 @@
 
 Pure data: the runtime's loader (runtime/backends/embedded.py) holds the packaging details; this table
 holds what the compiler needs to check a spec (depth for layer fractions, chat or plain prompting) and the
-model's identity (the weights' sha256), which every hash downstream depends on.
+model's identity (the weights' sha256), which every hash downstream depends on. A local directory's
+identity is the digest of its files' content (`weights.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 from attrs import frozen
 
@@ -44,20 +43,6 @@ API_OPTIONAL_CAPABILITIES = ("logprobs", "finetune")
 
 # Options that say where and how a model is served: late-bound, never part of its identity.
 SERVING_OPTIONS = ("api_base", "api_key_env", "concurrency", "timeout", "device", "batch_size")
-
-
-def directory_digest(path: Path) -> str:
-    """Identity of a directory of weights: names, sizes and the first MiB of each file.
-
-    Cheap enough to run at compile time on multi-GB checkpoints, and it changes when the weights do.
-    """
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0".encode())
-        with file.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()
 
 
 def looks_like_hub_id(locator: str) -> bool:

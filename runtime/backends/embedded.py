@@ -4,7 +4,7 @@ Each model's GGUF file is shipped either in parts spread over several packages (
 by a package with its own `assemble()`, or whole inside one package. `resolve_embedded(name)` finds the
 installed files through `importlib.metadata` (never the network), assembles them once into the user cache
 directory (`platformdirs.user_cache_dir("intro")`, or `$INTRO_CACHE_DIR`), checks the sha256 once and
-records a marker next to the file, so later loads neither copy nor re-hash hundreds of megabytes.
+remembers it (compiler/weights.py), so later loads neither copy nor re-hash hundreds of megabytes.
 
 `EMBEDDED_MODELS` is plain data (no imports needed to read it) that the compiler may copy to check specs
 without loading this module.
@@ -13,16 +13,15 @@ without loading this module.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import importlib.metadata
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from attrs import frozen
 
+from intro.compiler.weights import file_sha256, intro_cache_dir, remember_sha256, remembered_sha256
 from intro.runtime.requests import BackendError
 
 # name -> facts a spec checker needs: architecture family, decoder layers, residual width, prompt format
@@ -127,16 +126,6 @@ EMBEDDED_WEIGHTS: dict[str, EmbeddedWeights] = {
 }
 
 
-def intro_cache_dir() -> Path:
-    """The user-level cache for assembled and converted weights (`$INTRO_CACHE_DIR` overrides)."""
-    override = os.environ.get("INTRO_CACHE_DIR")
-    if override:
-        return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("intro"))
-
-
 def resolve_embedded(name: str) -> ResolvedWeights:
     """The verified GGUF file of embedded model `name`, assembling it into the cache on first use."""
     weights = _lookup(name)
@@ -237,25 +226,16 @@ _MATERIALISERS: dict[str, Callable[[EmbeddedWeights], Path]] = {
 
 
 def verified_sha256(path: Path, *, expected: EmbeddedWeights | None = None) -> str:
-    """sha256 of `path`, hashed once and remembered in a marker keyed by the file's path, size and mtime."""
-    marker = _marker_path(path)
+    """sha256 of `path`, hashed once and remembered under the file's path, size, mtime and inode."""
     stat = path.stat()
-    remembered = _read_marker(marker, stat)
+    remembered = remembered_sha256(path, stat)
     if remembered is not None:
         return remembered
     digest = file_sha256(path)
     if expected is not None:
         _check_expected(path, digest, stat.st_size, expected)
-    _write_marker(marker, stat, digest, path)
+    remember_sha256(path, stat, digest)
     return digest
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while block := source.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_expected(path: Path, digest: str, size: int, expected: EmbeddedWeights) -> None:
@@ -267,30 +247,6 @@ def _check_expected(path: Path, digest: str, size: int, expected: EmbeddedWeight
             f"{expected.sha256 or 'any sha256'}, {expected.size or 'any size'} bytes. Delete it and reinstall "
             f"with: {expected.install_command}"
         )
-
-
-def _marker_path(path: Path) -> Path:
-    # Markers live in the cache even for files inside site-packages, which may be read-only.
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-    return intro_cache_dir() / "digests" / f"{key}.json"
-
-
-def _read_marker(marker: Path, stat: os.stat_result) -> str | None:
-    try:
-        data = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    if data.get("size") != stat.st_size or data.get("mtime_ns") != stat.st_mtime_ns:
-        return None
-    return data.get("sha256")
-
-
-def _write_marker(marker: Path, stat: os.stat_result, digest: str, path: Path) -> None:
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    record = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    partial = marker.with_name(marker.name + f".partial-{os.getpid()}")
-    partial.write_text(json.dumps(record))
-    os.replace(partial, marker)
 
 
 def _cache_lock(target: Path):

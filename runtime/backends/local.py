@@ -37,18 +37,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from attrs import define, field, frozen
 
+from intro.compiler.weights import ModelDirectoryError, directory_problem, weights_digest
 from intro.runtime.backends.embedded import (
     EMBEDDED_MODELS,
     intro_cache_dir,
@@ -152,19 +152,24 @@ def _text_config(config: Any) -> Any:
 
 
 def load_local_model(
-    source: str, *, device: str | None = None, prompt_format: str | None = None
+    source: str,
+    *,
+    device: str | None = None,
+    prompt_format: str | None = None,
+    on_convert: Callable[[], None] | None = None,
 ) -> LoadedModel:
     """Load `embedded:<name>` or a local directory of weights; see the module docstring.
 
     `prompt_format` overrides the default ("chat" when the tokenizer has a chat template, else "plain";
-    embedded models use their table entry).
+    embedded models use their table entry). `on_convert` is called before a GGUF file is converted
+    (once per file: it takes about a minute), so the caller can say why the load is slow.
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if source.startswith(EMBEDDED_PREFIX):
-        return _load_embedded(source, target, prompt_format)
+        return _load_embedded(source, target, prompt_format, on_convert)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_directory_source(path, source, target, prompt_format)
+        return _load_directory_source(path, source, target, prompt_format, on_convert)
     if _HUB_ID.match(source) and not path.exists():
         raise BackendError(
             f"{source!r} looks like a model hub id, but models are never downloaded here (no network). "
@@ -174,24 +179,31 @@ def load_local_model(
     raise BackendError(f"model source {source!r} is neither `embedded:<name>` nor an existing directory")
 
 
-def _load_embedded(source: str, device: torch.device, prompt_format: str | None) -> LoadedModel:
+def _load_embedded(
+    source: str, device: torch.device, prompt_format: str | None, on_convert: Callable[[], None] | None
+) -> LoadedModel:
     name = source.removeprefix(EMBEDDED_PREFIX)
     weights = resolve_embedded(name)
-    directory = converted_gguf(weights.path, weights.sha256)
+    directory = converted_gguf(weights.path, weights.sha256, on_convert)
     chosen = prompt_format or str(EMBEDDED_MODELS[name]["prompt_format"])
     return _load_weights(directory, device, identity=weights.sha256, prompt_format=chosen, source=source)
 
 
 def _load_directory_source(
-    path: Path, source: str, device: torch.device, prompt_format: str | None
+    path: Path,
+    source: str,
+    device: torch.device,
+    prompt_format: str | None,
+    on_convert: Callable[[], None] | None = None,
 ) -> LoadedModel:
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").exists() and len(ggufs) == 1:
         sha256 = verified_sha256(ggufs[0])
-        directory = converted_gguf(ggufs[0], sha256)
+        directory = converted_gguf(ggufs[0], sha256, on_convert)
         return _load_weights(directory, device, identity=sha256, prompt_format=prompt_format, source=source)
-    if not (path / "config.json").exists():
-        raise BackendError(f"{path} holds no config.json (transformers weights) and no single .gguf file")
+    problem = directory_problem(path)  # damage since the plan was made, or a caller that never compiled
+    if problem is not None:
+        raise BackendError(f"broken model directory {path}: {problem}")
     identity = directory_digest(path)
     return _load_weights(path, device, identity=identity, prompt_format=prompt_format, source=source)
 
@@ -202,12 +214,15 @@ def _load_weights(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    require_memory(count_parameters(config) * _bytes_per(dtype) * LOAD_OVERHEAD, device, what=source)
-    with _no_progress_bars():  # loading converted weights takes a second; a bar per load only clutters logs
+    with _loading(directory, "its config"):
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        parameters = count_parameters(config)
+    require_memory(parameters * _bytes_per(dtype) * LOAD_OVERHEAD, device, what=source)
+    with _no_progress_bars(), _loading(directory, "its weights"):  # a bar per load only clutters logs
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     model = model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    with _loading(directory, "its tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     _prepare_tokenizer(tokenizer)
     chosen = prompt_format or ("chat" if tokenizer.chat_template else "plain")
     if chosen not in ("chat", "plain"):
@@ -215,6 +230,20 @@ def _load_weights(
     if chosen == "chat" and not tokenizer.chat_template:
         raise BackendError(f"{source} has no chat template; use the 'plain' prompt format")
     return LoadedModel(model, tokenizer, device, identity, chosen, source)
+
+
+@contextlib.contextmanager
+def _loading(directory: Path, part: str) -> Iterator[None]:
+    """One clear line instead of a traceback when transformers cannot read a damaged model directory."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as error:  # transformers, tokenizers and safetensors raise many types for bad files
+        first_line = next(iter(str(error).strip().splitlines()), "")[:300]
+        raise BackendError(
+            f"cannot load {part} from {directory}: {type(error).__name__}: {first_line}"
+        ) from error
 
 
 def _prepare_tokenizer(tokenizer: Any) -> None:
@@ -260,18 +289,14 @@ def available_memory(device: torch.device) -> int:
 
 
 def directory_digest(directory: Path) -> str:
-    """A digest of every file's relative path and content (each file hashed once, remembered by marker)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and not _is_hidden(p, directory)):
-        digest.update(f"{path.relative_to(directory).as_posix()}\0{verified_sha256(path)}\n".encode())
-    return digest.hexdigest()
+    """The content digest the compiler records as a local model's identity (compiler/weights.py)."""
+    try:
+        return weights_digest(directory)
+    except ModelDirectoryError as error:
+        raise BackendError(str(error)) from None
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def converted_gguf(gguf: Path, sha256: str) -> Path:
+def converted_gguf(gguf: Path, sha256: str, on_convert: Callable[[], None] | None = None) -> Path:
     """A transformers directory (float32 safetensors + tokenizer) made once from a GGUF file."""
     target = intro_cache_dir() / "converted" / sha256
     if (target / "config.json").exists():
@@ -281,7 +306,10 @@ def converted_gguf(gguf: Path, sha256: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "config.json").exists():
-            _convert_gguf(gguf, target)
+            if on_convert is not None:
+                on_convert()
+            with _no_progress_bars():  # dequantising and shard writing: the caller says one line instead
+                _convert_gguf(gguf, target)
     return target
 
 
@@ -451,7 +479,8 @@ def attach_adapter(model: Any, adapter: Path) -> str:
             with warnings.catch_warnings():
                 # Several adapters on one shared model is the design: one is switched on per batch.
                 warnings.filterwarnings("ignore", message=".*multiple adapters.*", category=UserWarning)
-                model.load_adapter(str(adapter), adapter_name=name)
+                with _no_progress_bars():
+                    model.load_adapter(str(adapter), adapter_name=name)
         finally:
             hf_logging.set_verbosity(verbosity)
     return name
