@@ -16,7 +16,7 @@ from .plan import Plan
 __all__ = ["Checked", "CompileError", "Diagnostic", "Plan", "Span", "check", "compile_spec"]
 
 
-def compile_spec(path: str | Path, study: str | None = None) -> list[Plan]:
+def compile_spec(path: str | Path, study: str | None = None, *, allow_outside: bool = False) -> list[Plan]:
     """Check a spec and lower each of its studies (or the one named) to a plan."""
-    checked = check(path, study)
+    checked = check(path, study, allow_outside=allow_outside)
     return [lower(s, str(path)) for s in checked.studies]

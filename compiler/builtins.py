@@ -167,10 +167,16 @@ def _random_like(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.RandomVec
 
 
 def _vector_file(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.FileVector:
-    path = ctx.directory / a["path"]
+    from .files import DATA_LIMIT_ENV, FileProblem, read_bytes
+
+    path = ctx.confined(a["path"], spans["path"])
     if not path.is_file():
         ctx.fail("E312", f"no vector file '{a['path']}'", spans["path"])
-    return ir.FileVector(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    try:
+        content = read_bytes(path, DATA_LIMIT_ENV)
+    except FileProblem as problem:
+        ctx.fail("E312", f"cannot load '{a['path']}': {problem.message}", spans["path"])
+    return ir.FileVector(str(path), hashlib.sha256(content).hexdigest())
 
 
 # ---------------------------------------------------------------- lists and data
@@ -208,10 +214,12 @@ def _layers(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[int, ...]:
 def _column(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[str, ...]:
     from .datasets import DataError, load_rows
 
-    path = ctx.directory / a["path"]
+    path = ctx.confined(a["path"], spans["path"])
     try:
         rows = load_rows(path)
     except DataError as error:
+        if error.line is not None:
+            ctx.fail("E141", error.message, Span.point(error.path, error.line, error.column or 1))
         ctx.fail("E140", f"cannot load '{a['path']}': {error.message}", spans["path"])
     if rows and a["field"] not in rows[0]:
         ctx.fail("E146", f"'{Path(a['path']).name}' rows have no field '{a['field']}'", spans["field"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import copy
 import csv
+import hashlib
 import importlib.resources
 import io
 import json
@@ -27,11 +28,16 @@ from typing import Any
 
 from attrs import frozen
 
+from .files import DATA_LIMIT_ENV, FileProblem, read_bytes, utf8_error_position
+
 Row = dict[str, Any]
 
 DEFAULT_ID_COLUMN = "id"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+# Rows are flat records in practice; anything nested deeper is a broken file, and would exhaust the stack
+# of whatever walks it later (copying, hashing, rendering).
+MAX_JSON_DEPTH = 100
 
 
 class DataError(Exception):
@@ -123,6 +129,11 @@ def load_stdlib_rows(name: str) -> tuple[Row, ...]:
     return load_rows(stdlib_data_path(name))
 
 
+def data_digest(path: str | os.PathLike[str], id_column: str = DEFAULT_ID_COLUMN) -> str:
+    """sha256 of the bytes `load_rows(path, id_column)` parsed (the file is not read a second time)."""
+    return _parsed(Path(path), id_column).sha256
+
+
 def clear_cache() -> None:
     _CACHE.clear()
 
@@ -137,6 +148,7 @@ class _Parsed:
     size: int
     rows: tuple[Row, ...]
     lines: dict[str, int]  # row id -> line the row starts on
+    sha256: str
 
 
 _CACHE: dict[tuple[str, str], _Parsed] = {}
@@ -155,17 +167,18 @@ def _parsed(path: Path, id_column: str) -> _Parsed:
     cached = _CACHE.get(key)
     if cached is not None and (cached.mtime_ns, cached.size) == (stat.st_mtime_ns, stat.st_size):
         return cached
-    rows, lines = _parse_file(path, id_column)
-    entry = _Parsed(stat.st_mtime_ns, stat.st_size, rows, lines)
+    rows, lines, sha256 = _parse_file(path, id_column)
+    entry = _Parsed(stat.st_mtime_ns, stat.st_size, rows, lines, sha256)
     _CACHE[key] = entry
     return entry
 
 
-def _parse_file(path: Path, id_column: str) -> tuple[tuple[Row, ...], dict[str, int]]:
+def _parse_file(path: Path, id_column: str) -> tuple[tuple[Row, ...], dict[str, int], str]:
     suffix = path.suffix.lower()
     if suffix not in JSONL_SUFFIXES and suffix not in CSV_DELIMITERS:
         raise DataError(f"unsupported data file type {suffix or '(none)'!r}; use .jsonl or .csv", path)
-    text = _read_text(path)
+    data = _read_data(path)
+    text = _decoded(data, path)
     if not text.strip():
         raise DataError(
             "the file is empty; expected a header and rows, or one JSON object per line", path, 1, 1
@@ -176,30 +189,27 @@ def _parse_file(path: Path, id_column: str) -> tuple[tuple[Row, ...], dict[str, 
         positioned = list(_csv_rows(text, path, CSV_DELIMITERS[suffix], id_column))
     if not positioned:
         raise DataError("the file has a header but no rows", path, 2, 1)
-    return _checked_ids(positioned, path, id_column)
+    return (*_checked_ids(positioned, path, id_column), hashlib.sha256(data).hexdigest())
 
 
-def _read_text(path: Path) -> str:
+def _read_data(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read the file: {err.strerror}", path) from None
+        return read_bytes(path, DATA_LIMIT_ENV)
+    except FileProblem as problem:
+        raise DataError(f"cannot read the file: {problem.message}", path) from None
+
+
+def _decoded(data: bytes, path: Path) -> str:
     # Editors hide a byte-order mark; dropping it first keeps reported columns the ones the user sees.
     data = data.removeprefix(codecs.BOM_UTF8)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line, column = _byte_position(data, err.start)
+        line, column = utf8_error_position(data, err.start)
         bad = data[err.start : err.start + 1].hex()
         raise DataError(
             f"byte 0x{bad} is not valid UTF-8; save the file as UTF-8", path, line, column
         ) from None
-
-
-def _byte_position(data: bytes, offset: int) -> tuple[int, int]:
-    line_start = data.rfind(b"\n", 0, offset) + 1
-    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
-    return data.count(b"\n", 0, offset) + 1, column
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,11 +283,50 @@ def _json_object(line: str, path: Path, number: int) -> Row:
         raise DataError(
             f"the key {dup.key!r} appears twice in this object", path, number, _key_column(line, dup.key)
         ) from None
+    except RecursionError:
+        value = _TOO_DEEP  # deeper than Python's stack allows: reported just below, at the offending bracket
+    if value is _TOO_DEEP or _depth(value) > MAX_JSON_DEPTH:
+        column = _too_deep_column(line) or 1
+        raise DataError(f"the value is nested more than {MAX_JSON_DEPTH} levels deep", path, number, column)
     if not isinstance(value, dict):
         kind = type(value).__name__ if value is not None else "null"
         column = len(line) - len(line.lstrip()) + 1
         raise DataError(f"each line must be a JSON object, found a {kind}", path, number, column)
     return value
+
+
+_TOO_DEEP: Any = object()
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (0 for a scalar), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level + 1)
+            if level + 1 > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _too_deep_column(line: str) -> int | None:
+    """Column of the first bracket that opens level MAX_JSON_DEPTH + 1, skipping brackets inside strings."""
+    level, in_string, escaped = 0, False, False
+    for index, char in enumerate(line):
+        if in_string:
+            escaped, in_string = (not escaped and char == "\\"), in_string and (escaped or char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            level += 1
+            if level > MAX_JSON_DEPTH:
+                return index + 1
+        elif char in "]}":
+            level -= 1
+    return None
 
 
 class _DuplicateKey(Exception):
@@ -416,6 +465,7 @@ __all__ = [
     "DataError",
     "Row",
     "clear_cache",
+    "data_digest",
     "load_rows",
     "load_stdlib_rows",
     "require_fields",

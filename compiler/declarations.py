@@ -304,7 +304,9 @@ def _split(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Split:
     return ir.Split(decl.name, train, test)
 
 
-def _check_part_has_rows(decl: ast.Decl, selection: ir.Selection, name: str, span: Span, ctx: Context) -> None:
+def _check_part_has_rows(
+    decl: ast.Decl, selection: ir.Selection, name: str, span: Span, ctx: Context
+) -> None:
     """Each task of a split part needs at least one row in that part, or its measurements would be empty."""
     share = "1 in 5" if selection.part == "val" else "4 in 5"
     for task in selection.tasks:

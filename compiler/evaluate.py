@@ -121,7 +121,7 @@ def read_source(path: Path) -> str:
     try:
         data = read_bytes(path, SPEC_LIMIT_ENV)
     except FileProblem as problem:
-        raise CompileError([_file_error(path, problem.message)]) from None
+        raise CompileError([_file_error(path, f"cannot read file: {problem.message}")]) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

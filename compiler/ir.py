@@ -11,6 +11,7 @@ from typing import Any
 from attrs import field, frozen
 
 from .diagnostics import Span
+from .plan import digest
 
 Scalar = str | int | float | bool
 
@@ -93,7 +94,18 @@ class Task:
     answer: str  # text | choice | number_sequence
     choices: tuple[str, ...] = ()
     system: str | None = None
+    id_column: str = "id"  # the data column that names each row (its values are unique strings)
     span: Span | None = _meta()
+
+    def row_id(self, row: dict[str, Any]) -> str:
+        return str(row[self.id_column])
+
+    def part_of(self, row: dict[str, Any]) -> str:
+        """A row's split: its own `split` field, else a stable 80/20 assignment from its id."""
+        part = row.get("split")
+        if part in ("train", "val"):
+            return str(part)
+        return "val" if int(digest(["split", self.row_id(row)])[:8], 16) % 5 == 0 else "train"
 
 
 @frozen

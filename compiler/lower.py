@@ -143,10 +143,10 @@ class Lowering:
     def _rows(self, selection: ir.Selection) -> list[tuple[ir.Task, str, dict[str, Any]]]:
         chosen = []
         for task in selection.tasks:
-            rows = [r for r in task.rows if _part_of(r) == selection.part]
+            rows = [r for r in task.rows if task.part_of(r) == selection.part]
             random.Random(f"{selection.seed}:{task.name}").shuffle(rows)
             for row in rows[: selection.items]:
-                item_key = f"{task.name}/{row['id']}"
+                item_key = f"{task.name}/{task.row_id(row)}"
                 self.items[item_key] = row
                 chosen.append((task, item_key, row))
         return chosen
@@ -161,7 +161,7 @@ class Lowering:
 
     def object_text(self, task: ir.Task, row: dict[str, Any]) -> str:
         # Each item's object prompt is quoted in one hypothetical per property: render it once.
-        return self._memoised(("object_text", task, row["id"]), lambda: _render(task.prompt, row))  # type: ignore[no-any-return]
+        return self._memoised(("object_text", task, task.row_id(row)), lambda: _render(task.prompt, row))  # type: ignore[no-any-return]
 
     def hypothetical_prompt(
         self, task: ir.Task, row: dict[str, Any], prop: ir.Property, template: str
@@ -379,14 +379,6 @@ def _render(template: str, values: dict[str, Any]) -> str:
 def _prompt(system: str | None, text: str) -> Prompt:
     messages = ((("system", system),) if system else ()) + (("user", text),)
     return Prompt(messages)
-
-
-def _part_of(row: dict[str, Any]) -> str:
-    """A row's split: its own `split` field, else a stable 80/20 assignment from its id."""
-    part = row.get("split")
-    if part in ("train", "val"):
-        return str(part)
-    return "val" if int(digest(["split", str(row["id"])])[:8], 16) % 5 == 0 else "train"
 
 
 def _tasks(selection: ir.Selection) -> dict[str, dict[str, Any]]:

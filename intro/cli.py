@@ -50,6 +50,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(handler=handler)
+        if name in _SPEC_COMMANDS:
+            p.add_argument(
+                "--allow-outside",
+                action="store_true",
+                help="let the spec read data files and modules outside its folder (and the stdlib)",
+            )
         return p
 
     p = command("check", _check, "check a spec and report every problem found")
@@ -117,11 +123,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- helpers
-def _compile_or_report(spec: Path, study: str | None, as_json: bool = False) -> list | int:  # type: ignore[type-arg]
+# The commands that compile specs; they take --allow-outside.
+_SPEC_COMMANDS = ("check", "compile", "plan", "run", "diff")
+
+
+def _compile_or_report(args: argparse.Namespace, as_json: bool = False) -> list | int:  # type: ignore[type-arg]
     from intro.compiler import CompileError, compile_spec
 
     try:
-        return compile_spec(spec, study)
+        return compile_spec(args.spec, args.study, allow_outside=args.allow_outside)
     except CompileError as error:
         _print_diagnostics(error, as_json)
         return BAD_INPUT
@@ -142,7 +152,7 @@ def _check(args: argparse.Namespace) -> int:
     from intro.compiler import CompileError, check
 
     try:
-        checked = check(args.spec)
+        checked = check(args.spec, allow_outside=args.allow_outside)
     except CompileError as error:
         _print_diagnostics(error, args.json)
         return BAD_INPUT
@@ -156,7 +166,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    plans = _compile_or_report(args.spec, args.study)
+    plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
     if len(plans) > 1:
@@ -175,7 +185,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from intro.runtime.planview import plan_summary, render_summary
 
-    plans = _compile_or_report(args.spec, args.study)
+    plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
     pending = 0
@@ -188,11 +198,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _fmt(args: argparse.Namespace) -> int:
     from intro.compiler import CompileError
+    from intro.compiler.evaluate import read_source
     from intro.compiler.format import format_source
 
     status = OK
     for spec in args.specs:
-        source = spec.read_text(encoding="utf-8")
+        try:
+            source = read_source(spec)  # as `intro check` reads it: a regular UTF-8 file within the limit
+        except CompileError as error:
+            _print_diagnostics(error, False)
+            return BAD_INPUT
         try:
             formatted = format_source(source, str(spec))
         except CompileError as error:
@@ -211,7 +226,7 @@ def _fmt(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    plans = _compile_or_report(args.spec, args.study)
+    plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
     from intro.runtime.run import run_plans
@@ -272,7 +287,8 @@ def _diff_specs(args: argparse.Namespace) -> int:
     from intro.compiler.lower import lower
 
     try:
-        checked_a, checked_b = check(args.a), check(args.b)
+        checked_a = check(args.a, allow_outside=args.allow_outside)
+        checked_b = check(args.b, allow_outside=args.allow_outside)
     except CompileError as error:
         _print_diagnostics(error, False)
         return FAILED
