@@ -8,6 +8,11 @@ model is, through litellm's `acreate_file` / `acreate_fine_tuning_job` / `aretri
 - `POST /v1/fine_tuning/jobs` (`training_file`, `model`, `hyperparameters` {n_epochs, batch_size,
   learning_rate_multiplier}, `seed`, `suffix`) queues a LoRA training job; `GET /v1/fine_tuning/jobs/{id}`
   reports it: validating_files -> queued -> running -> succeeded | failed.
+- `GET /v1/files` lists the files, `GET /v1/files/{id}/content` returns one's bytes; `GET
+  /v1/fine_tuning/jobs` lists the jobs (newest first, `after` and `limit` as OpenAI pages them),
+  `.../jobs/{id}/events` a job's events, `.../jobs/{id}/checkpoints` its one checkpoint (the finished
+  adapter), and `POST .../jobs/{id}/cancel` cancels it. A job cancelled while training trains to the end
+  (training cannot be interrupted), and its adapter is then thrown away.
 - A chat completion addressed to a job's `fine_tuned_model` ("ft:<base>:<suffix>:<job id>") is answered by
   the served weights with that job's adapter switched on. A job whose `model` is itself a fine-tuned model
   trains on top of that model's adapter (`adapters.train_adapter(parent=...)`).
@@ -29,8 +34,9 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
@@ -41,7 +47,17 @@ from attrs import frozen
 
 from intro.runtime.cache import atomic_write
 from intro.runtime.requests import Message
-from intro.runtime.serve import BatchingRunner, ChatServer, InvalidRequestError, error_body
+from intro.runtime.serve import (
+    DEFAULT_TURN_TOKENS,
+    BatchingRunner,
+    ChatServer,
+    InvalidRequestError,
+    ModelNotFoundError,
+    context_tokens_of,
+    error_body,
+    model_object,
+    request_body_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +69,17 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's limit for one file
 TERMINAL = ("succeeded", "failed", "cancelled")
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
-Reply = tuple[HTTPStatus, dict[str, Any]]
-
-
-class ModelNotFoundError(LookupError):
-    """A request named a fine-tuned model this server has not produced (HTTP 404)."""
+# A JSON body, or a file's bytes.
+Reply = tuple[HTTPStatus, dict[str, Any] | bytes]
+DEFAULT_PAGE = 20
+# What each status a job enters says in its events, as OpenAI's events say it.
+STATUS_EVENTS = {
+    "validating_files": "Validating training file: {training_file}",
+    "queued": "Files validated, moving job to queued state",
+    "running": "Fine-tuning job started",
+    "succeeded": "The job has successfully completed",
+    "cancelled": "The job was cancelled",
+}
 
 
 class TrainingFileError(ValueError):
@@ -195,16 +217,60 @@ class FineTuningState:
         except UnicodeDecodeError:
             raise TrainingFileError("the file is not UTF-8 text") from None
 
+    def files(self) -> list[dict[str, Any]]:
+        found = (_read_json(path) for path in (self.root / "files").glob("file-*.json"))
+        return sorted((meta for meta in found if meta), key=lambda meta: (meta["created_at"], meta["id"]))
+
+    def file_bytes(self, file_id: str) -> bytes | None:
+        if self.file(file_id) is None:
+            return None
+        return (self.root / "files" / f"{file_id}.jsonl").read_bytes()
+
     def save_job(self, job: Mapping[str, Any]) -> None:
         with self._lock:
             atomic_write(self.root / "jobs" / f"{job['id']}.json", json.dumps(job))
+            self._add_event(job["id"], "Created fine-tuning job", "info")
 
-    def update_job(self, job_id: str, **changes: Any) -> dict[str, Any]:
+    def update_job(self, job_id: str, *, unless: tuple[str, ...] = (), **changes: Any) -> dict[str, Any]:
+        """Apply `changes` to a job (and log its new status as an event), unless its status is in
+        `unless`; returns the job as it then is."""
         with self._lock:
             path = self.root / "jobs" / f"{job_id}.json"
-            job = {**json.loads(path.read_text(encoding="utf-8")), **changes}
+            job = json.loads(path.read_text(encoding="utf-8"))
+            if job["status"] in unless:
+                return job  # type: ignore[no-any-return]
+            job = {**job, **changes}
             atomic_write(path, json.dumps(job))
-        return job
+            if "status" in changes:
+                self._status_event(job)
+        return job  # type: ignore[no-any-return]
+
+    def _status_event(self, job: Mapping[str, Any]) -> None:
+        if job["status"] == "failed":
+            error = job.get("error") or {}
+            self._add_event(job["id"], f"The job failed: {error.get('message', 'unknown error')}", "error")
+        elif job["status"] in STATUS_EVENTS:
+            self._add_event(job["id"], STATUS_EVENTS[job["status"]].format(**job), "info")
+
+    def _add_event(self, job_id: str, message: str, level: str) -> None:
+        event = {
+            "object": "fine_tuning.job.event",
+            "id": f"ftevent-{uuid.uuid4().hex[:24]}",
+            "created_at": int(time.time()),
+            "level": level,
+            "message": message,
+            "data": {},
+            "type": "message",
+        }
+        # Appended line by line: a crash loses at most the line it was writing.
+        with (self.root / "jobs" / f"{job_id}.events.jsonl").open("a", encoding="utf-8") as events:
+            events.write(json.dumps(event) + "\n")
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's events, oldest first (a torn last line, from a crash, is skipped)."""
+        path = self.root / "jobs" / f"{job_id}.events.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        return [event for event in map(_json_line, lines) if event is not None]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         return _read_json(self.root / "jobs" / f"{job_id}.json") if _ID.match(job_id) else None
@@ -215,6 +281,13 @@ class FineTuningState:
 
     def adapter_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id / "adapter"
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)  # type: ignore[no-any-return]
+    except ValueError:
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -246,11 +319,16 @@ class FineTuningService:
         alpha: float = 16.0,
         max_batch: int = 32,
         batch_window: float = 0.005,
+        turn_tokens: int = DEFAULT_TURN_TOKENS,
     ):
         self.loaded = loaded
         self.state = FineTuningState(Path(state_dir))
         self.rank, self.alpha = rank, alpha
         self.max_batch, self.batch_window = max_batch, batch_window
+        self.turn_tokens = turn_tokens
+        # The served model's names (the server sets them); jobs may finetune it by any of them.
+        self.serves: Callable[[str], bool] = lambda model: True
+        self.served_name = ""
         self.jobs_created = 0
         self._count_lock = threading.Lock()
         self._runners: dict[str, BatchingRunner] = {}
@@ -265,30 +343,58 @@ class FineTuningService:
     # ------------------------------------------------------------ HTTP routing
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: BinaryIO) -> Reply | None:
         """Answer a files or fine-tuning request, or None when `path` is not one of these endpoints."""
-        parts = [p for p in path.split("?", 1)[0].strip("/").split("/") if p]
+        route, _, query = path.partition("?")
+        parts = [p for p in route.strip("/").split("/") if p]
         if parts[:1] == ["v1"]:
             parts = parts[1:]
         try:
-            return self._dispatch(method, parts, headers, body)
+            if method == "GET":
+                return self._get(parts, urllib.parse.parse_qs(query))
+            return self._post(parts, headers, body) if method == "POST" else None
         except InvalidRequestError as error:
-            return HTTPStatus.BAD_REQUEST, error_body(str(error), "invalid_request_error")
+            return error.status, error_body(str(error), "invalid_request_error")
         except Exception as error:
             log.exception("fine-tuning request failed")
             return HTTPStatus.INTERNAL_SERVER_ERROR, error_body(str(error), "server_error")
 
-    def _dispatch(
-        self, method: str, parts: list[str], headers: Mapping[str, str], body: BinaryIO
-    ) -> Reply | None:
-        if method == "POST" and parts == ["files"]:
+    def _post(self, parts: list[str], headers: Mapping[str, str], body: BinaryIO) -> Reply | None:
+        if parts == ["files"]:
             form = parse_form(headers.get("Content-Type", ""), _read_body(headers, body, MAX_UPLOAD_BYTES))
             return HTTPStatus.OK, self.upload(form)
-        if method == "GET" and len(parts) == 2 and parts[0] == "files":
-            return _found(self.state.file(parts[1]), f"no file {parts[1]}")
-        if method == "POST" and parts == ["fine_tuning", "jobs"]:
+        if parts == ["fine_tuning", "jobs"]:
             request = _json_body(_read_body(headers, body, MAX_UPLOAD_BYTES))
             return HTTPStatus.OK, self.create_job(request)
-        if method == "GET" and len(parts) == 3 and parts[:2] == ["fine_tuning", "jobs"]:
-            return _found(self.state.job(parts[2]), f"no fine-tuning job {parts[2]}")
+        if len(parts) == 4 and parts[:2] == ["fine_tuning", "jobs"] and parts[3] == "cancel":
+            _read_body(
+                headers, body, MAX_UPLOAD_BYTES
+            )  # whatever the client sent, so the connection stays usable
+            return self.cancel_job(parts[2])
+        return None
+
+    def _get(self, parts: list[str], query: Mapping[str, list[str]]) -> Reply | None:
+        if parts == ["files"]:
+            return HTTPStatus.OK, _page(self.state.files()[::-1], query)
+        if len(parts) == 2 and parts[0] == "files":
+            return _found(self.state.file(parts[1]), f"no file {parts[1]}")
+        if len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
+            content = self.state.file_bytes(parts[1])
+            return (HTTPStatus.OK, content) if content is not None else _found(None, f"no file {parts[1]}")
+        if parts[:2] != ["fine_tuning", "jobs"]:
+            return None
+        if len(parts) == 2:
+            return HTTPStatus.OK, _page(self.state.jobs()[::-1], query)
+        job = self.state.job(parts[2]) if len(parts) in (3, 4) else None
+        if job is None:
+            return _found(None, f"no fine-tuning job {parts[2]}")
+        if len(parts) == 3:
+            return HTTPStatus.OK, job
+        return self._job_part(job, parts[3], query)
+
+    def _job_part(self, job: Mapping[str, Any], part: str, query: Mapping[str, list[str]]) -> Reply | None:
+        if part == "events":
+            return HTTPStatus.OK, _page(self.state.events(job["id"])[::-1], query)
+        if part == "checkpoints":
+            return HTTPStatus.OK, _page(_checkpoints(job), query)
         return None
 
     # ------------------------------------------------------------ files
@@ -320,6 +426,8 @@ class FineTuningService:
         training_file, model = request.get("training_file"), request.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("'model' must name the model to finetune")
+        if not model.startswith("ft:") and not self.serves(model):
+            raise InvalidRequestError(f"model {model!r} is not served here; finetune {self.served_name!r}")
         if not isinstance(training_file, str) or self.state.file(training_file) is None:
             raise InvalidRequestError(f"training_file {training_file!r} is not an uploaded file")
         job = self._new_job(request, model, training_file)
@@ -337,9 +445,22 @@ class FineTuningService:
             message = f"training file {job['training_file']}: {error}"
             invalid = {"code": "invalid_training_file", "message": message, "param": "training_file"}
             return self.state.update_job(job_id, status="failed", finished_at=int(time.time()), error=invalid)
-        job = self.state.update_job(job_id, status="queued")
-        self._queue.put(job_id)
+        job = self.state.update_job(job_id, status="queued", unless=TERMINAL)
+        if job["status"] == "queued":
+            self._queue.put(job_id)
         return job
+
+    def cancel_job(self, job_id: str) -> Reply:
+        """Cancel a job that has not finished; OpenAI answers 400 for one that has."""
+        job = self.state.job(job_id)
+        if job is None:
+            return _found(None, f"no fine-tuning job {job_id}")
+        job = self.state.update_job(job_id, status="cancelled", finished_at=int(time.time()), unless=TERMINAL)
+        if job["status"] != "cancelled":
+            raise InvalidRequestError(
+                f"job {job_id} has already {job['status']}; only unfinished jobs cancel"
+            )
+        return HTTPStatus.OK, job
 
     def _new_job(self, request: Mapping[str, Any], model: str, training_file: str) -> dict[str, Any]:
         parent = self._job_of_model(model)
@@ -391,22 +512,30 @@ class FineTuningService:
                     status="failed",
                     finished_at=int(time.time()),
                     error=_error("training_error", error),
+                    unless=TERMINAL,
                 )
 
     def _run_job(self, job_id: str) -> None:
-        job = self.state.update_job(job_id, status="running")
+        job = self.state.update_job(job_id, status="running", unless=TERMINAL)
+        if job["status"] != "running":  # cancelled while it waited
+            return
         examples = read_training_file(self.state.file_text(job["training_file"]))
-        tokens = self._train(job, examples)
+        result = self._train(job, examples)
         name = f"ft:{job['base_model']}:{job['suffix'] or 'intro'}:{job_id}"
-        self.state.update_job(
+        job = self.state.update_job(
             job_id,
             status="succeeded",
             finished_at=int(time.time()),
             fine_tuned_model=name,
-            trained_tokens=tokens,
+            trained_tokens=int(result.tokens),
+            trained_steps=len(result.losses),
+            train_loss=result.losses[-1] if result.losses else None,
+            unless=TERMINAL,
         )
+        if job["status"] == "cancelled":  # cancelled while it trained: its adapter must not be served
+            shutil.rmtree(self.state.adapter_dir(job_id), ignore_errors=True)
 
-    def _train(self, job: Mapping[str, Any], examples: Sequence[tuple[tuple[Message, ...], str]]) -> int:
+    def _train(self, job: Mapping[str, Any], examples: Sequence[tuple[tuple[Message, ...], str]]) -> Any:
         from intro.runtime.adapters import train_adapter
         from intro.runtime.finetune import LoraHyperparameters
 
@@ -431,7 +560,7 @@ class FineTuningService:
             os.replace(scratch, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return int(result.tokens)
+        return result
 
     # ------------------------------------------------------------ fine-tuned models
     def runner_for(self, model: str) -> BatchingRunner | None:
@@ -440,16 +569,27 @@ class FineTuningService:
             return None
         job = self._job_of_model(model)
         if job is None:
-            raise ModelNotFoundError(f"the model {model!r} does not exist on this server")
+            raise ModelNotFoundError(model)
         with self._runners_lock:
             if model not in self._runners:
+                backend = self._adapter_backend(job["id"])
                 self._runners[model] = BatchingRunner(
-                    self._adapter_backend(job["id"]),
+                    backend,
                     max_batch=self.max_batch,
                     batch_window=self.batch_window,
                     batches_in_flight=1,
+                    turn_tokens=self.turn_tokens,
+                    context_tokens=context_tokens_of(backend),
                 )
             return self._runners[model]
+
+    def models(self) -> list[dict[str, Any]]:
+        """The fine-tuned models made here, as `/v1/models` lists them."""
+        done = [job for job in self.state.jobs() if job["status"] == "succeeded" and job["fine_tuned_model"]]
+        return [
+            model_object(job["fine_tuned_model"], job["finished_at"] or 0, job["organization_id"])
+            for job in done
+        ]
 
     def _adapter_backend(self, job_id: str) -> Any:
         from intro.runtime.backends.local import LocalBackend
@@ -468,10 +608,40 @@ class FineTuningService:
 
 
 def _read_body(headers: Mapping[str, str], body: BinaryIO, limit: int) -> bytes:
-    length = int(headers.get("Content-Length") or 0)
-    if length > limit:
-        raise InvalidRequestError("the request body is too large")
-    return body.read(length)
+    return body.read(request_body_length(headers, limit))
+
+
+def _page(items: Sequence[dict[str, Any]], query: Mapping[str, list[str]]) -> dict[str, Any]:
+    """An OpenAI list page: the items after the one whose id is `after`, at most `limit` of them."""
+    after = query.get("after", [None])[0]
+    ids = [item["id"] for item in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    limit = _limit(query.get("limit", [str(DEFAULT_PAGE)])[0])
+    page = list(items[start : start + limit])
+    return {"object": "list", "data": page, "has_more": start + limit < len(items)}
+
+
+def _limit(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise InvalidRequestError(f"'limit' must be an integer between 1 and 10000, not {raw!r}")
+    return int(raw)
+
+
+def _checkpoints(job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A succeeded job's one checkpoint: its final adapter, which is its fine-tuned model."""
+    if job["status"] != "succeeded":
+        return []
+    steps = job.get("trained_steps") or 0
+    checkpoint = {
+        "object": "fine_tuning.job.checkpoint",
+        "id": f"ftckpt-{job['id'].removeprefix('ftjob-')}",
+        "created_at": job["finished_at"],
+        "fine_tuned_model_checkpoint": job["fine_tuned_model"],
+        "fine_tuning_job_id": job["id"],
+        "metrics": {"step": steps, "train_loss": job.get("train_loss")},
+        "step_number": steps,
+    }
+    return [checkpoint]
 
 
 def _json_body(raw: bytes) -> Any:
@@ -498,8 +668,15 @@ def enable_finetuning(
 
     Without `state_dir` the state lives in a fresh temporary directory, forgotten with the server."""
     directory = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="intro-serve-state-"))
+    runner = server.runner
     service = FineTuningService(
-        loaded, directory, max_batch=server.runner.max_batch, batch_window=server.runner.batch_window
+        loaded,
+        directory,
+        max_batch=runner.max_batch,
+        batch_window=runner.batch_window,
+        turn_tokens=runner.turn_tokens,
     )
+    if server.known_models_only:
+        service.serves, service.served_name = server.serves, server.model_name
     server.finetuning = service
     return service

@@ -290,7 +290,7 @@ def test_a_restarted_server_still_knows_finished_jobs_and_serves_their_models(st
         status, reply = http(f"{restarted.url}/chat/completions", chat)
         assert status == 200 and reply["model"] == tuned
         status, reply = http(f"{restarted.url}/chat/completions", {**chat, "model": "ft:tiny:x:ftjob-none"})
-        assert status == 404 and reply["error"]["type"] == "model_not_found"
+        assert status == 404 and reply["error"]["code"] == "model_not_found"
     finally:
         restarted.close()
 
