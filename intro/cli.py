@@ -93,7 +93,17 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MODEL=URL",
         help="serve MODEL from an OpenAI-compatible URL",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only errors and the final summary line (no progress, no tables)",
+    )
+    output.add_argument(
+        "--json-progress",
+        action="store_true",
+        help="one JSON event per line on stdout instead of progress lines and tables (see runtime/progress.py)",
+    )
 
     p = command("show", _show, "print a summary table of a run's results")
     p.add_argument("run", type=Path, help="a run directory (runs/<study>)")
@@ -238,7 +248,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"intro: error: --serve takes MODEL=URL, got {item!r}", file=sys.stderr)
             return BAD_INPUT
         serving[name] = url
-    return run_plans(plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, quiet=args.quiet)
+    mode = "json" if args.json_progress else "quiet" if args.quiet else "text"
+    return run_plans(plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode)
 
 
 def _show(args: argparse.Namespace) -> int:

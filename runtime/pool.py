@@ -8,7 +8,8 @@ switch their LoRA adapter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from intro.compiler.plan import ModelEntry, Plan
@@ -16,12 +17,22 @@ from intro.compiler.plan import ModelEntry, Plan
 from .cache import Cache
 from .requests import Backend, BackendError
 
+# Told (phase, model, source, seconds) as weights load: "loading", "converting" (a GGUF, once), "loaded".
+LoadListener = Callable[[str, str, str, float], None]
+
 
 class BackendPool:
-    def __init__(self, plan: Plan, cache: Cache, serving: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        cache: Cache,
+        serving: Mapping[str, str] | None = None,
+        on_load: LoadListener | None = None,
+    ):
         self.plan = plan
         self.cache = cache
         self.overrides = dict(serving or {})
+        self.on_load: LoadListener = on_load or (lambda phase, model, source, seconds: None)
         self._backends: dict[str, Backend] = {}
         self._loaded: dict[str, Any] = {}
 
@@ -102,7 +113,15 @@ class BackendPool:
             source = (
                 f"embedded:{entry.params['locator']}" if entry.kind == "embedded" else entry.params["locator"]
             )
-            self._loaded[model_key] = load_local_model(source, device=serving.get("device"))
+            label = entry.params.get("label", model_key)
+            started = time.monotonic()
+            self.on_load("loading", label, source, 0.0)
+            self._loaded[model_key] = load_local_model(
+                source,
+                device=serving.get("device"),
+                on_convert=lambda: self.on_load("converting", label, source, time.monotonic() - started),
+            )
+            self.on_load("loaded", label, source, time.monotonic() - started)
         return self._loaded[model_key]
 
     async def aclose(self) -> None:

@@ -21,12 +21,14 @@ from intro.compiler.plan import Measure, Plan, Step
 
 from . import concept_experiments, concepts, cube, cubes_extra, measures, memory, planview, training
 from .cache import Cache, default_cache_dir
-from .executor import Counters, Executor
+from .console import libraries_to_log
+from .executor import Counters, Executor, StepHandler
 from .pool import BackendPool
-from .progress import Progress
+from .progress import Progress, emit_json, step_units
 from .requests import BackendError
 
 OK, FAILED, LOCKED = 0, 1, 4
+RESUME_HINT = "finished calls are cached; the same command resumes from them"
 
 
 class StudyLockedError(Exception):
@@ -56,8 +58,9 @@ def run_plans(
     runs_dir: Path,
     cache_dir: Path | None = None,
     serving: Mapping[str, str] | None = None,
-    quiet: bool = False,
+    mode: str = "text",
 ) -> int:
+    """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see runtime/progress.py)."""
     memory.limit_arenas()
     cache = Cache(cache_dir or default_cache_dir())
     status = OK
@@ -65,33 +68,52 @@ def run_plans(
         directory = runs_dir / plan.study
         try:
             with study_lock(directory):
-                counters = run_plan(plan, directory, cache, serving or {}, quiet=quiet)
+                counters = run_plan(plan, directory, cache, serving or {}, mode=mode)
         except StudyLockedError as error:
-            print(f"intro: {error}", file=sys.stderr)
-            return LOCKED
+            return _failed(plan, mode, LOCKED, str(error))
         except BackendError as error:
-            print(f"intro: {error}", file=sys.stderr)
-            print("intro: finished calls are cached; the same command resumes from them", file=sys.stderr)
-            return FAILED
-        elapsed = time.monotonic() - counters.started
-        print(
-            f"\n{plan.study}: {counters.calls} model calls, {counters.cached} from cache, "
-            f"{counters.trained} trained, {elapsed:.1f} s  (results: {directory / 'cube.zarr'})"
-        )
-        show_run(directory)
+            return _failed(plan, mode, FAILED, str(error), RESUME_HINT)
+        _finished(plan, directory, counters, mode)
     return status
 
 
+def _failed(plan: Plan, mode: str, status: int, *lines: str) -> int:
+    for line in lines:
+        print(f"intro: {line}", file=sys.stderr)
+    if mode == "json":
+        emit_json("run_failed", 0.0, study=plan.study, error=lines[0])
+    return status
+
+
+def _finished(plan: Plan, directory: Path, counters: Counters, mode: str) -> None:
+    """The final summary: a line (and in text mode the tables) on stdout, or the run_finished event."""
+    elapsed = time.monotonic() - counters.started
+    results = directory / "cube.zarr"
+    if mode == "json":
+        counts = {"calls": counters.calls, "cached": counters.cached, "trained": counters.trained}
+        seconds = round(elapsed, 3)
+        emit_json("run_finished", seconds, study=plan.study, **counts, seconds=seconds, results=str(results))
+        return
+    print(
+        f"\n{plan.study}: {counters.calls} model calls, {counters.cached} from cache, "
+        f"{counters.trained} trained, {elapsed:.1f} s  (results: {results})"
+    )
+    if mode == "text":
+        show_run(directory)
+
+
 def run_plan(
-    plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, quiet: bool = False
+    plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, mode: str = "text"
 ) -> Counters:
     (directory / "plan.json").write_text(plan.dumps(), encoding="utf-8")
     log = (directory / "run.log").open("a", encoding="utf-8")
     journal = (directory / "journal.jsonl").open("a", encoding="utf-8")
-    pool = BackendPool(plan, cache, serving)
-    study = _StudyRun(plan, directory, cache, pool, log, journal, quiet)
+    pool = BackendPool(plan, cache, serving, on_load=lambda *event: study.progress.model_event(*event))
+    study = _StudyRun(plan, directory, cache, pool, log, journal, mode)
+    in_process = any(pool.in_process(key) for key in plan.models)
     try:
-        return asyncio.run(study.execute())
+        with libraries_to_log(log, in_process_models=in_process):
+            return asyncio.run(study.execute())
     finally:
         log.close()
         journal.close()
@@ -108,7 +130,7 @@ class _StudyRun:
         pool: BackendPool,
         log: TextIO,
         journal: TextIO,
-        quiet: bool,
+        mode: str,
     ):
         self.plan = plan
         self.directory = directory
@@ -116,7 +138,7 @@ class _StudyRun:
         self.pool = pool
         self.log = log
         self.journal = journal
-        self.quiet = quiet
+        self.mode = mode
         self.cubes = {m.name: cube.PredictionCube(plan, m) for m in plan.measures if m.kind == "prediction"}
         self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
         self._started = time.monotonic()
@@ -134,14 +156,15 @@ class _StudyRun:
             on_step=self.step_done,
             on_progress=self.calls_progress,
         )
+        self.executor.handlers = {kind: self._announced(h) for kind, h in self.executor.handlers.items()}
 
     async def execute(self) -> Counters:
-        to_make = planview.calls_to_make(self.plan, self.cache)
-        with Progress(len(self.plan.steps), to_make, self.log, quiet=self.quiet) as progress:
+        summary = planview.plan_summary(self.plan, cache_dir=self.cache.root)
+        work = {s["id"]: (s["kind"], step_units(s)) for s in summary["steps"]}
+        totals = summary["totals"]
+        with Progress(self.log, work, totals["calls_to_make"], mode=self.mode) as progress:
             self.progress = progress
-            progress.say(
-                f"{self.plan.study}: {len(self.plan.steps)} steps, {to_make} model calls to make, plan {self.plan.hash[:12]}"
-            )
+            progress.started(self.plan.study, self.plan.hash, totals["trainings"])
             try:
                 return await self.executor.run()
             finally:
@@ -149,6 +172,15 @@ class _StudyRun:
 
     def say(self, line: str) -> None:
         self.progress.say(line)
+
+    def _announced(self, handler: StepHandler) -> StepHandler:
+        """`handler`, telling progress when its step starts."""
+
+        def run(step: Step) -> Any:
+            self.progress.step_started(step)
+            return handler(step)
+
+        return run
 
     def calls_progress(self, step: Step, finished: int, total: int) -> None:
         self.progress.calls(step, finished, total, self.executor.counters)
