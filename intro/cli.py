@@ -112,6 +112,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="a run directory (runs/<study>)")
     p.add_argument("-o", "--output", type=Path, help="folder for the report (default: <run>/report)")
 
+    p = command("export", _export, "write a run's results as tidy tables for pandas (parquet or csv)")
+    p.add_argument("run", type=Path, help="a run directory (runs/<study>)")
+    p.add_argument("--format", default="parquet", help="parquet (default) or csv")
+    p.add_argument("--out", type=Path, help="folder for the tables (default: <run>/export)")
+
     p = command("diff", _diff, "compare two studies (specs) or two runs (run directories)")
     p.add_argument("a", type=Path, help="a spec, or a run directory")
     p.add_argument("b", type=Path)
@@ -266,6 +271,19 @@ def _report(args: argparse.Namespace) -> int:
 
     page = write_report(args.run, args.output)
     print(f"wrote {page}")
+    return OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from intro.runtime.export import RunError, export_run
+
+    try:
+        written = export_run(args.run, args.out, args.format)
+    except RunError as error:
+        print(f"intro: {error}", file=sys.stderr)
+        return BAD_INPUT
+    for path, rows in written.items():
+        print(f"wrote {path} ({rows} rows)")
     return OK
 
 
