@@ -5,10 +5,13 @@ The Python API for results: `intro.open_run("runs/<study>")` gives a run's cubes
 `intro.runtime.export` and are imported on first use, so `import intro` (and the CLI) stays light.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them when first used
+    from intro.runtime.export import RunError, export_run, open_run
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "export_run", "open_run"]
+__all__ = ["RunError", "__version__", "export_run", "open_run"]
 
 _RESULTS_API = ("open_run", "export_run", "RunError")
 
@@ -19,3 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(export, name)
     raise AttributeError(f"module 'intro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_RESULTS_API])
