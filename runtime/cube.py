@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ import xarray as xr
 
 from intro.compiler.plan import Measure, Plan
 
+from .cache import atomic_write
 from .calibration import BINS, POOLED
+from .integrity import DamageError, check_manifest, files_of, manifest, read_json
 from .measures import Aggregate, PredictionRow
 
 ITEM_VARIABLES = ("object_response", "target", "hypothetical_response", "prediction")
@@ -152,5 +155,110 @@ def provenance(plan: Plan, measure: Measure) -> dict[str, Any]:
 
 def write(dataset: xr.Dataset, store: Path, group: str) -> None:
     store.mkdir(parents=True, exist_ok=True)
+    _record(store, group, None)  # a run stopped inside to_zarr leaves the group marked as being written
     # Zarr format 2: its string encoding is specified and read by every zarr library (v3 has none yet).
     dataset.to_zarr(store, group=group, mode="w", zarr_format=2, consolidated=True)
+    _record(store, group, manifest(store / group, files_of(store / group)))
+
+
+# ---------------------------------------------------------------- integrity
+# `cube.zarr/.intro-manifest.json` lists every file of the store with its sha256, written after each
+# group: a garbled chunk, a deleted chunk (which zarr would silently read as NaN) or a torn write is found
+# before anything reads the cube. Cubes are derived from the cache, so `intro run` rebuilds a damaged one.
+MANIFEST = ".intro-manifest.json"
+WRITING = "writing"
+
+
+class DamagedCubeError(Exception):
+    def __init__(self, store: Path, group: str | None, damage: str):
+        where = f"{store}/{group}" if group else str(store)
+        super().__init__(f"{where} is damaged ({damage})")
+        self.store, self.group = store, group
+
+
+def open_group(store: Path, group: str) -> xr.Dataset:
+    """A measure's cube, loaded and checked; FileNotFoundError before it exists, DamagedCubeError if damaged."""
+    if not (store / group).is_dir():
+        raise FileNotFoundError(store / group)
+    listed = _manifest_of(store)
+    if listed is not None:
+        _check_group(store, group, listed)
+    try:
+        return xr.open_zarr(store, group=group).load()
+    except Exception as error:  # zarr and its codecs raise many kinds on a garbled store
+        raise DamagedCubeError(store, group, f"unreadable: {type(error).__name__}") from None
+
+
+def check_store(store: Path) -> None:
+    """DamagedCubeError for the first damage in a whole cube store (every group its manifest lists)."""
+    listed = _manifest_of(store)
+    if listed is None:
+        for name in (".zgroup", ".zattrs", ".zmetadata"):
+            _read_json(store, name)
+        return
+    for group in listed["groups"]:
+        if (store / group).is_dir():
+            _check_group(store, group, listed)
+
+
+def discard_if_damaged(store: Path, report: Any) -> None:
+    """Before a run rewrites a cube: a damaged one is removed (it is rebuilt from the cache), saying why."""
+    if not store.is_dir():
+        return
+    try:
+        check_store(store)
+    except DamagedCubeError as error:
+        report(f"intro: {error}; rebuilding it from the cache")
+        shutil.rmtree(store)
+
+
+def _check_group(store: Path, group: str, listed: Mapping[str, Any]) -> None:
+    files = listed["groups"].get(group)
+    try:
+        if files == WRITING:
+            raise DamageError(store / group, "its run stopped while writing it")
+        check_manifest(store, listed["root"])
+        if files is not None:
+            check_manifest(store / group, files, present=files_of(store / group))
+    except DamageError as damage:
+        raise DamagedCubeError(store, group, f"{damage.path.relative_to(store)}: {damage.reason}") from None
+
+
+def _manifest_of(store: Path) -> dict[str, Any] | None:
+    if not (store / MANIFEST).exists():
+        return None  # written before manifests: only what zarr itself checks
+    data = _read_json(store, MANIFEST)
+    if not (
+        isinstance(data, dict) and isinstance(data.get("groups"), dict) and isinstance(data.get("root"), dict)
+    ):
+        raise DamagedCubeError(store, None, f"{MANIFEST}: not a cube manifest")
+    return data
+
+
+def _read_json(store: Path, name: str) -> Any:
+    if not (store / name).exists():
+        return None
+    try:
+        return read_json(store / name)
+    except DamageError as damage:
+        raise DamagedCubeError(store, None, f"{name}: {damage.reason}") from None
+
+
+def _record(store: Path, group: str, files: Mapping[str, Any] | None) -> None:
+    try:
+        listed = _manifest_of(store) or {"groups": {}}
+    except DamagedCubeError:
+        listed = {"groups": {}}
+    listed["groups"][group] = WRITING if files is None else dict(files)
+    root_files = [Path(p.name) for p in store.iterdir() if p.is_file() and p.name != MANIFEST]
+    listed["root"] = manifest(store, root_files)
+    atomic_write(store / MANIFEST, json.dumps(listed, indent=1, sort_keys=True))
+
+
+def rebuild_advice(run: Path, error: DamagedCubeError) -> str:
+    """The one line that names a damaged cube and the command that rebuilds it from the cache."""
+    try:
+        source = json.loads((run / "plan.json").read_text(encoding="utf-8"))["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        source = "SPEC"
+    return f"intro: {error}; `intro run {source}` rebuilds it from the cache"

@@ -8,13 +8,13 @@ plan has API models to price.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from intro.compiler.plan import Plan, Step, requests
 
+from . import journal
 from .cache import Cache, default_cache_dir
 from .experiment_calls import CALLING_KINDS, planned_calls
 
@@ -56,16 +56,7 @@ def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:
     """Hashes of steps this study finished before (from its journal), to tell 'cached' from 'from another study'."""
     if runs_dir is None:
         return set()
-    journal = runs_dir / plan.study / "journal.jsonl"
-    if not journal.is_file():
-        return set()
-    hashes = set()
-    for line in journal.read_text(encoding="utf-8").splitlines():
-        try:
-            hashes.add(json.loads(line)["hash"])
-        except (ValueError, KeyError):
-            continue
-    return hashes
+    return journal.finished_hashes(runs_dir / plan.study / "journal.jsonl")
 
 
 def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str], seen: set[str]) -> dict[str, Any]:

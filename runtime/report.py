@@ -28,7 +28,7 @@ import xarray as xr  # noqa: E402
 
 from intro.compiler.plan import Plan  # noqa: E402
 
-from . import cubes_extra, metrics  # noqa: E402
+from . import cube, cubes_extra, metrics  # noqa: E402
 
 Figure = Any
 
@@ -71,8 +71,9 @@ def write_report(run: Path, output: Path | None = None) -> Path:
 
 
 def _open(run: Path, group: str) -> xr.Dataset | None:
+    """A group's cube, None before it exists; a damaged one raises `cube.DamagedCubeError`."""
     try:
-        return xr.open_zarr(run / "cube.zarr", group=group).load()
+        return cube.open_group(run / "cube.zarr", group)
     except (FileNotFoundError, KeyError, OSError, ValueError):
         return None
 

@@ -13,7 +13,7 @@ import xarray as xr
 
 from intro.compiler.plan import Plan
 
-from . import metrics
+from . import cube, metrics
 
 
 def measures_of(run: Path) -> dict[str, str]:
@@ -30,8 +30,8 @@ def compare_runs(run_a: Path, run_b: Path, *, resamples: int = 1000, seed: int =
     }
     for name in kinds_a:
         if name in kinds_b and kinds_a[name] == kinds_b[name] == "prediction":
-            a = xr.open_zarr(run_a / "cube.zarr", group=name).load()
-            b = xr.open_zarr(run_b / "cube.zarr", group=name).load()
+            a = cube.open_group(run_a / "cube.zarr", name)
+            b = cube.open_group(run_b / "cube.zarr", name)
             report["measures"][name] = compare_prediction_cubes(a, b, resamples=resamples, seed=seed)
     return report
 

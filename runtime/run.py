@@ -23,6 +23,7 @@ from . import concept_experiments, concepts, cube, cubes_extra, measures, memory
 from .cache import Cache, default_cache_dir
 from .console import libraries_to_log
 from .executor import Counters, Executor, StepHandler
+from .journal import open_for_append
 from .pool import BackendPool
 from .progress import Progress, emit_json, step_units
 from .requests import BackendError
@@ -106,8 +107,9 @@ def run_plan(
     plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, mode: str = "text"
 ) -> Counters:
     (directory / "plan.json").write_text(plan.dumps(), encoding="utf-8")
+    cube.discard_if_damaged(directory / "cube.zarr", cache.report)
     log = (directory / "run.log").open("a", encoding="utf-8")
-    journal = (directory / "journal.jsonl").open("a", encoding="utf-8")
+    journal = open_for_append(directory / "journal.jsonl")
     pool = BackendPool(plan, cache, serving, on_load=lambda *event: study.progress.model_event(*event))
     study = _StudyRun(plan, directory, cache, pool, log, journal, mode)
     in_process = any(pool.in_process(key) for key in plan.models)
@@ -215,16 +217,22 @@ class _StudyRun:
 
 # ---------------------------------------------------------------- intro show
 def show_run(directory: Path) -> int:
-    import xarray as xr
-
     plan_path = directory / "plan.json"
     if not plan_path.is_file():
         print(f"intro: {directory} is not a run directory (no plan.json)", file=sys.stderr)
         return 2
     plan = Plan.loads(plan_path.read_text(encoding="utf-8"))
+    try:
+        return _show_plan(directory, plan)
+    except cube.DamagedCubeError as error:
+        print(f"intro: {error}; `intro run {plan.source}` rebuilds it from the cache", file=sys.stderr)
+        return FAILED
+
+
+def _show_plan(directory: Path, plan: Plan) -> int:
     for measure in plan.measures:
         try:
-            dataset = xr.open_zarr(directory / "cube.zarr", group=measure.name)
+            dataset = cube.open_group(directory / "cube.zarr", measure.name)
         except (FileNotFoundError, KeyError, OSError):
             print(f"{measure.name}: no results yet")
             continue
@@ -233,7 +241,7 @@ def show_run(directory: Path) -> int:
         print(self_cross_table(directory, pair))
     training_group = cubes_extra.training_group(plan)
     if (directory / "cube.zarr" / training_group).is_dir():
-        training = xr.open_zarr(directory / "cube.zarr", group=training_group)
+        training = cube.open_group(directory / "cube.zarr", training_group)
         print(_table("finetuning", *cubes_extra.training_rows(training)))
     return OK
 
@@ -258,15 +266,13 @@ def measure_table(dataset: Any, measure: Measure) -> str:
 
 def self_cross_table(directory: Path, pair: cubes_extra.SelfCrossPair) -> str:
     """The paper's test across two measures: each subject predicting itself vs another model predicting it."""
-    import xarray as xr
-
     title = (
         f"self vs cross prediction: '{pair.own}' vs '{pair.cross}', items of every task pooled "
         "(two-proportion z; z > 0: self better)"
     )
     try:
-        own = xr.open_zarr(directory / "cube.zarr", group=pair.own)
-        cross = xr.open_zarr(directory / "cube.zarr", group=pair.cross)
+        own = cube.open_group(directory / "cube.zarr", pair.own)
+        cross = cube.open_group(directory / "cube.zarr", pair.cross)
     except (FileNotFoundError, KeyError, OSError):
         return f"{title}: no results yet"
     return _table(title, *cubes_extra.self_cross_rows(own, cross))
