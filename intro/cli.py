@@ -125,6 +125,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
+    p = command("cache", _cache, "check the request cache (verify) or clean it (gc)")
+    p.add_argument("action", choices=["verify", "gc"])
+    p.add_argument("--cache", type=Path, help="the cache to check (default: the per-user cache)")
+    p.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        help="gc: seconds since a temporary file was last written before it counts as left over (default 3600)",
+    )
+
     p = command("serve", _serve, "serve a model over an OpenAI-compatible HTTP API")
     p.add_argument("model", help="embedded:<name> or a directory of weights")
     p.add_argument("--host", default="127.0.0.1")
@@ -267,9 +277,14 @@ def _report(args: argparse.Namespace) -> int:
     if not (args.run / "plan.json").is_file():
         print(f"intro: {args.run} is not a run directory (no plan.json)", file=sys.stderr)
         return BAD_INPUT
+    from intro.runtime.cube import DamagedCubeError, rebuild_advice
     from intro.runtime.report import write_report
 
-    page = write_report(args.run, args.output)
+    try:
+        page = write_report(args.run, args.output)
+    except DamagedCubeError as error:
+        print(rebuild_advice(args.run, error), file=sys.stderr)
+        return FAILED
     print(f"wrote {page}")
     return OK
 
@@ -296,7 +311,13 @@ def _diff(args: argparse.Namespace) -> int:
             if not (run / "plan.json").is_file():
                 print(f"intro: {run} is not a run directory (no plan.json)", file=sys.stderr)
                 return FAILED
-        report = compare_runs(args.a, args.b)
+        from intro.runtime.cube import DamagedCubeError, rebuild_advice
+
+        try:
+            report = compare_runs(args.a, args.b)
+        except DamagedCubeError as error:
+            print(rebuild_advice(error.store.parent, error), file=sys.stderr)
+            return FAILED
         print(json.dumps(report, indent=1) if args.json else render_comparison(report))
         different = (
             report["only_in_a"]
@@ -381,6 +402,23 @@ def _render_diff(r: dict) -> str:  # type: ignore[type-arg]
         f"and {need['trainings']} training runs of {need['trainings_total']}"
     )
     return "\n".join(lines)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    """`verify`: exit 1 when a file is damaged; `gc`: remove leftovers of killed writes and the quarantine."""
+    from intro.runtime import storecheck
+    from intro.runtime.cache import default_cache_dir
+
+    root = args.cache or default_cache_dir()
+    if not (root / "requests").is_dir():
+        print(f"intro: {root} is not an intro cache (no requests/ folder)", file=sys.stderr)
+        return BAD_INPUT
+    if args.action == "gc":
+        print(storecheck.collect_garbage(root, args.min_age))
+        return OK
+    text, status = storecheck.render_verify(root, list(storecheck.verify(root)))
+    print(text)
+    return status
 
 
 def _serve(args: argparse.Namespace) -> int:
