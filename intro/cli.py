@@ -144,6 +144,21 @@ def _build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where uploaded files and fine-tuning jobs live (default: a temporary folder)",
     )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("INTRO_SERVE_API_KEY") or None,
+        help="require this bearer token on every endpoint but /health (default: $INTRO_SERVE_API_KEY); "
+        "needed for any --host but loopback",
+    )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="another model name to answer to, e.g. the spec's model name (repeatable); "
+        "requests naming a model the server does not serve get 404",
+    )
+
+    command("lsp", _lsp, "run the language server on stdin/stdout (for editors)")
     return parser
 
 
@@ -424,7 +439,13 @@ def _cache(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from intro.runtime.serve import main_serve
 
-    return main_serve(args.model, args.host, args.port, args.state)
+    return main_serve(args.model, args.host, args.port, args.state, api_key=args.api_key, names=args.name)
+
+
+def _lsp(args: argparse.Namespace) -> int:
+    from intro.editor.server import serve
+
+    return serve()
 
 
 if __name__ == "__main__":

@@ -876,13 +876,14 @@ def main_serve(
     the files and fine-tuning endpoints keeping their state in `state` (a fresh temporary directory by
     default). Errors are one line on standard error. Returns the process exit code: 2 for a bad address
     or a non-loopback bind without a key, 1 when the model cannot be loaded or the port cannot be bound."""
-    from intro.runtime.backends.local import LocalBackend, load_local_model
-    from intro.runtime.serve_finetune import enable_finetuning
-
     problem = _address_problem(host, port, api_key)
     if problem is not None:
         print(f"intro: error: {problem[1]}", file=sys.stderr)
         return problem[0]
+    # Imported only now: torch takes seconds to load, and a wrong flag must not wait for it.
+    from intro.runtime.backends.local import LocalBackend, load_local_model
+    from intro.runtime.serve_finetune import enable_finetuning
+
     try:
         backend = LocalBackend(load_local_model(source))
     except BackendError as error:
