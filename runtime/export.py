@@ -2,7 +2,8 @@
 
 `open_run("runs/<study>")` gathers every group of `cube.zarr` (one per measure, plus `training` when the
 study finetunes) under one tree; `export_run` flattens each group into tidy tables, one row per cell and
-every dimension a column, written as parquet or csv for `pandas.read_parquet` / `read_csv`.
+every dimension a column (models by their key in the spec; a sweep over numbers, such as `layer` or
+`strength`, as numbers), written as parquet or csv for `pandas.read_parquet` / `read_csv`.
 
 How a group becomes tables: its variables are grouped by their dims. The variables over a per-unit dim
 (`item` for Looking Inward measures, `trial` for concept injection, `step` for training losses) make the
@@ -146,9 +147,18 @@ def _aggregate_name(group: str, dims: tuple[str, ...], axes: Sequence[str], take
     return name
 
 
-def table_frame(dataset: xr.Dataset, table: Table) -> Any:
-    """The table as a pandas DataFrame: one row per cell of `table.dims`, each dim a column, then values."""
+def table_frame(dataset: xr.Dataset, table: Table, numeric_axes: Sequence[str] = ()) -> Any:
+    """The table as a pandas DataFrame: one row per cell of `table.dims`, each dim a column, then values.
+
+    The cube keeps every axis value as a string; `numeric_axes` (a sweep over numbers, such as `layer` or
+    `strength`) become numbers again, so that a table sorts and filters by them.
+    """
+    import pandas as pd
+
     frame = dataset[list(table.variables)].to_dataframe(dim_order=list(table.dims)).reset_index()
+    for axis in numeric_axes:
+        if axis in frame.columns:
+            frame[axis] = pd.to_numeric(frame[axis])
     frame["plan_hash"] = str(dataset.attrs.get("plan_hash", ""))
     return frame
 
@@ -171,20 +181,26 @@ def export_run(
         raise RunError(f"unknown export format {format!r} (choose {' or '.join(FORMATS)})")
     tree = open_run(run)
     folder = Path(out) if out is not None else Path(run) / DEFAULT_FOLDER
-    axes = {m.name: [a for a, _ in m.axes] for m in read_plan(Path(run)).measures}
+    measures = read_plan(Path(run)).measures
+    axes = {m.name: [a for a, _ in m.axes] for m in measures}
+    numeric = {m.name: [a for a, values in m.axes if all(map(_is_number, values))] for m in measures}
     written: dict[Path, int] = {}
     manifest: dict[str, Any] = {"format": format, "tables": {}, "provenance": {}}
     for group, node in tree.children.items():
         dataset = node.to_dataset()
         manifest["provenance"][group] = dict(dataset.attrs)
         for table in table_layout(group, dataset, axes.get(group, [])):
-            frame = table_frame(dataset, table)
+            frame = table_frame(dataset, table, numeric.get(group, []))
             path = folder / f"{table.name}.{format}"
             _write(frame, path, format, {"group": group, "dims": list(table.dims), **dataset.attrs})
             written[path] = len(frame)
             manifest["tables"][table.name] = _describe(table, path, frame)
     _write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
     return written
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _describe(table: Table, path: Path, frame: Any) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """A small real run for tests that read results: `intro run` of a tiny study against the echo server.
 
 Two API models (`a`, `b`: litellm against tests.servers.EchoServer on 127.0.0.1) in a subject x predictor
-sweep of a prediction measure, plus a calibration measure, so the cube has loop axes, per-item, per-cell,
-pooled and per-bin variables. About forty model calls; built once per test process and copied from there.
+sweep of a prediction measure, plus a calibration measure over a numeric axis, so the cube has loop axes,
+per-item, per-cell, pooled and per-bin variables. About forty model calls; built once per test process
+and copied from there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ study {study} {{
   for subject in [a, b], predictor in [a, b] {{
     measure untrained = prediction(predictor, subject, s.test, [li.first_character, li.first_word])
   }}
-  measure calibration = calibration(a, a, s.test, [li.first_character], sampling: warm)
+  # A numeric axis for exports to keep as numbers: the same measurement twice, so its steps run once.
+  for copy in [1, 2] {{
+    measure calibration = calibration(a, a, s.test, [li.first_character], sampling: warm)
+  }}
 }}
 """
 
