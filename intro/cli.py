@@ -42,13 +42,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="intro", description="Compile, plan, run, report and diff introspection studies.")
+    parser = _Parser(
+        prog="intro",
+        description="Compile, plan, run, report and diff introspection studies.",
+        epilog="start here:\n  intro new first    write first.intro, a commented study to run and edit\n\n"
+        "`intro COMMAND --help` explains a command's options, with examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(metavar="COMMAND", parser_class=_Parser)
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help_: str
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=_examples(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(handler=handler)
         if name in _SPEC_COMMANDS:
             p.add_argument(
@@ -58,33 +70,38 @@ def _build_parser() -> argparse.ArgumentParser:
             )
         return p
 
+    p = command("new", _new, "write a commented starter study NAME.intro to edit and run")
+    p.add_argument("name", type=Path, help="the study's name, optionally with a folder (studies/first)")
+
     p = command("check", _check, "check a spec and report every problem found")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="the .intro file")
     p.add_argument("--json", action="store_true", help="print diagnostics as JSON")
 
     p = command("compile", _compile, "check a spec and write its execution plan")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="the .intro file")
     p.add_argument("-o", "--output", type=Path, help="where to write plan.json (default: standard output)")
     p.add_argument("--study", help="the study to compile when the file declares several")
 
     p = command("plan", _plan, "show what running a spec would do (a dry run)")
-    p.add_argument("spec", type=Path)
-    p.add_argument("--study")
+    p.add_argument("spec", type=Path, help="the .intro file")
+    p.add_argument("--study", help="only this study, when the file declares several")
     p.add_argument(
         "--runs", type=Path, default=Path("runs"), help="directory holding study runs (default: runs)"
     )
     p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 3 when any step would run")
 
     p = command("fmt", _fmt, "rewrite specs in canonical form")
-    p.add_argument("specs", type=Path, nargs="+")
+    p.add_argument("specs", type=Path, nargs="+", help="the .intro files to format")
     p.add_argument("--check", action="store_true", help="change nothing; exit 3 if a file is not formatted")
 
     p = command("run", _run, "compile and execute a spec into runs/<study>/")
-    p.add_argument("spec", type=Path)
-    p.add_argument("--study")
-    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("spec", type=Path, help="the .intro file")
+    p.add_argument("--study", help="only this study, when the file declares several")
+    p.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="directory holding study runs (default: runs)"
+    )
     p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
     p.add_argument(
         "--serve",
@@ -102,7 +119,8 @@ def _build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--json-progress",
         action="store_true",
-        help="one JSON event per line on stdout instead of progress lines and tables (see runtime/progress.py)",
+        help="one JSON event per line on stdout instead of progress lines and tables "
+        "(run_started, model_loading, step_started, step_finished, run_finished, ...; see the README)",
     )
 
     p = command("show", _show, "print a summary table of a run's results")
@@ -119,14 +137,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = command("diff", _diff, "compare two studies (specs) or two runs (run directories)")
     p.add_argument("a", type=Path, help="a spec, or a run directory")
-    p.add_argument("b", type=Path)
+    p.add_argument("b", type=Path, help="the spec or run directory to compare it with")
     p.add_argument(
         "--cache", type=Path, help="request cache to count reusable work in (default: the per-user cache)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
     p = command("cache", _cache, "check the request cache (verify) or clean it (gc)")
-    p.add_argument("action", choices=["verify", "gc"])
+    p.add_argument("action", choices=["verify", "gc"], help="verify: check every entry; gc: remove leftovers")
     p.add_argument("--cache", type=Path, help="the cache to check (default: the per-user cache)")
     p.add_argument(
         "--min-age",
@@ -137,8 +155,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = command("serve", _serve, "serve a model over an OpenAI-compatible HTTP API")
     p.add_argument("model", help="embedded:<name> or a directory of weights")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument(
         "--state",
         type=Path,
@@ -166,6 +184,63 @@ def _build_parser() -> argparse.ArgumentParser:
 # The commands that compile specs; they take --allow-outside.
 _SPEC_COMMANDS = ("check", "compile", "plan", "run", "diff")
 
+# Shown under each command's --help: the commands people type most, with what they do.
+_EXAMPLES = {
+    "new": [
+        ("intro new first", "write first.intro (refuses to overwrite an existing file)"),
+        ("intro new studies/pilot", "write studies/pilot.intro with a study named pilot"),
+    ],
+    "check": [
+        ("intro check specs/looking_inward_mini.intro", "report every problem, or ok"),
+        ("intro check study.intro --json", "the diagnostics as data, for editors and scripts"),
+    ],
+    "compile": [
+        ("intro compile study.intro -o plan.json", "write the plan with its step hashes"),
+        ("intro compile specs/all.intro --study pilot", "one study of a file that declares several"),
+    ],
+    "plan": [
+        ("intro plan study.intro", "each step: will run, cached, or from another study; calls and cost"),
+        ("intro plan study.intro --detailed-exitcode", "exit 3 when anything would run (for scripts)"),
+    ],
+    "fmt": [
+        ("intro fmt study.intro", "rewrite in canonical form, comments kept"),
+        ("intro fmt --check specs/*.intro", "change nothing; exit 3 if a file would change (CI)"),
+    ],
+    "run": [
+        ("intro run study.intro", "run into runs/<study>/; a re-run reuses every cached call"),
+        ("intro run study.intro --quiet", "only errors and the final summary line"),
+        ("intro run study.intro --json-progress | jq .event", "progress as JSON events, one per line"),
+        ("intro run study.intro --serve qwen=http://gpu:8000/v1", "send qwen's calls to a served model"),
+    ],
+    "show": [("intro show runs/looking_inward_mini", "the result tables of a finished (or partial) run")],
+    "report": [
+        ("intro report runs/looking_inward_mini", "figures and report.html in runs/<study>/report/"),
+        ("intro report runs/pilot -o /tmp/pilot-report", "write them elsewhere"),
+    ],
+    "export": [
+        ("intro export runs/pilot", "parquet tables in runs/pilot/export/, for pandas"),
+        ("intro export runs/pilot --format csv --out tables", "csv files in tables/"),
+    ],
+    "diff": [
+        ("intro diff a.intro b.intro", "what changed in meaning and which steps must rerun"),
+        ("intro diff runs/a runs/b", "paired comparison of two runs' results"),
+    ],
+    "cache": [
+        ("intro cache verify", "check every entry of the per-user cache; exit 1 if one is damaged"),
+        ("intro cache gc --cache .cache", "remove leftovers of killed writes from a project cache"),
+    ],
+    "serve": [
+        ("intro serve embedded:qwen2.5-coder-0.5b-instruct --port 8000", "an OpenAI-compatible server"),
+        ("intro serve path/to/weights --name qwen --state serve-state", "answer as qwen, keep jobs"),
+    ],
+    "lsp": [("intro lsp", "started by an editor: diagnostics, hovers and completion over stdin/stdout")],
+}
+
+
+def _examples(command: str) -> str:
+    rows = _EXAMPLES.get(command, [])
+    return "examples:\n" + "\n".join(f"  # {meaning}\n  {example}" for example, meaning in rows)
+
 
 def _compile_or_report(args: argparse.Namespace, as_json: bool = False) -> list | int:  # type: ignore[type-arg]
     from intro.compiler import CompileError, compile_spec
@@ -188,6 +263,28 @@ def _print_diagnostics(error: Exception, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------- verbs
+def _new(args: argparse.Namespace) -> int:
+    """Write the starter template as NAME.intro; never over an existing file."""
+    name = args.name.name.removesuffix(".intro")
+    if not name.isidentifier():
+        print(
+            f"intro: error: a study name is letters, digits and _ (not starting with a digit), got {name!r}",
+            file=sys.stderr,
+        )
+        return BAD_INPUT
+    target = args.name.with_name(name + ".intro")
+    if target.exists():
+        print(f"intro: error: {target} already exists; choose another name or remove it", file=sys.stderr)
+        return BAD_INPUT
+    from intro.stdlib.starter import starter_spec
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("x", encoding="utf-8") as out:  # "x": a file created meanwhile is not overwritten
+        out.write(starter_spec(name))
+    print(f"wrote {target}; next: intro check {target} && intro run {target}")
+    return OK
+
+
 def _check(args: argparse.Namespace) -> int:
     from intro.compiler import CompileError, check
 
