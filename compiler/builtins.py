@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import concept_experiments, ir
+from . import concept_experiments, ir, templates
 from .concepts import INJECTED_THOUGHT
 from .diagnostics import Span
 from .types import Function, Param
@@ -45,7 +45,7 @@ def _require(ctx: Context, model: ir.Model, capability: str, span: Span, purpose
 
 
 def _check_properties(
-    ctx: Context, selection: ir.Selection, properties: tuple[ir.Property, ...], spans: Spans
+    ctx: Context, selection: ir.Selection, properties: tuple[ir.Property, ...], spans: Spans, template: str
 ) -> None:
     if not selection.tasks:
         ctx.fail("E301", "the task selection is empty", spans["tasks"])
@@ -61,6 +61,9 @@ def _check_properties(
                 spans["properties"],
                 f"'{prop.name}' reads {', '.join(sorted(prop.reads))} answers; the tasks give {', '.join(sorted(kinds))}",
             )
+    # Rendered here against every row, so that lowering (which renders the rows a split picks) cannot fail.
+    templates.check_questions(ctx, selection.tasks, properties, spans["properties"])
+    templates.check_hypothetical(ctx, template, spans["template"], selection.tasks, properties)
 
 
 def _check_sampling(ctx: Context, model: ir.Model, sampling: ir.Sampling, span: Span) -> None:
@@ -100,7 +103,7 @@ def _inject(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
 
 # ---------------------------------------------------------------- training data
 def _hypotheticals(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Hypotheticals:
-    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
     _check_sampling(ctx, a["subject"], a["sampling"], spans["sampling"])
     return ir.Hypotheticals(a["subject"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"])
 
@@ -113,7 +116,7 @@ def _answers(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ObjectAnswers
 
 # ---------------------------------------------------------------- measurements
 def _prediction(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Prediction:
-    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
     _check_sampling(ctx, a["subject"], a["object"], spans["object"])
     return ir.Prediction(
         a["predictor"],
@@ -127,7 +130,7 @@ def _prediction(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Prediction
 
 
 def _calibration(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Calibration:
-    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
     if a["sampling"].samples < 2 or a["sampling"].temperature == 0:
         ctx.fail("E308", "calibration needs several samples at a temperature above 0", spans["sampling"])
     return ir.Calibration(
@@ -142,7 +145,7 @@ def _calibration(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Calibrati
 
 
 def _behaviour_change(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.BehaviourChange:
-    _check_properties(ctx, a["tasks"], a["properties"], spans)
+    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
     if a["before"] == a["after"]:
         ctx.fail("E309", "before and after are the same model", spans["after"])
     return ir.BehaviourChange(

@@ -10,13 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-import jinja2.meta
-from jinja2.sandbox import SandboxedEnvironment
-
 from intro.stdlib.extractors import EXTRACTORS
 
-from . import ast, ir
+from . import ast, ir, templates
 from .datasets import DataError, data_digest, load_rows
 from .diagnostics import Span, did_you_mean
 from .models import (
@@ -75,8 +71,6 @@ FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
         "batch_size": ("int", 16),
     },
 }
-
-_JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 def read_fields(
@@ -227,7 +221,7 @@ def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
         ctx.fail("E142", f"unknown answer kind '{fields['answer']}'", spans["answer"], *notes)
     if fields["answer"] == "choice" and not fields["choices"]:
         ctx.fail("E143", 'a task with answer "choice" needs `choices`', decl.span)
-    _check_template(fields["prompt"], spans["prompt"], rows, path, ctx)
+    _check_template(fields["prompt"], spans["prompt"], rows, path, fields["id"], ctx)
     return ir.Task(
         decl.name,
         digest,
@@ -241,27 +235,15 @@ def _task(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Task:
     )
 
 
-def template_fields(template: str) -> set[str]:
-    return set(jinja2.meta.find_undeclared_variables(_JINJA.parse(template)))
-
-
 def _check_template(
-    template: str, span: Span, rows: tuple[Mapping[str, Any], ...], path: Path, ctx: Context
+    template: str, span: Span, rows: tuple[Mapping[str, Any], ...], path: Path, id_column: str, ctx: Context
 ) -> None:
-    try:
-        needed = template_fields(template)
-    except jinja2.TemplateSyntaxError as exc:
-        ctx.fail("E144", f"template syntax error: {exc.message}", span)
+    templates.check_syntax(ctx, template, span)
     if not rows:
         ctx.fail("E145", f"dataset '{path.name}' has no rows", span)
-    missing = sorted(needed - set(rows[0]))
-    if missing:
-        ctx.fail(
-            "E146",
-            f"template uses {', '.join(repr(m) for m in missing)}, which '{path.name}' rows do not have",
-            span,
-            f"row fields: {', '.join(sorted(rows[0]))}",
-        )
+    # Every row, not a sample: lowering renders whichever rows a split picks.
+    labels = f"'{path.name}'", f"'{path.name}' rows"
+    templates.check_rows(ctx, template, span, templates.Rows(rows, *labels, id_column))
 
 
 # ---------------------------------------------------------------- property, split, sampling
@@ -271,10 +253,7 @@ def _property(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Proper
     if extractor is None:
         notes = did_you_mean(name, EXTRACTORS) or (f"extractors: {', '.join(sorted(EXTRACTORS))}",)
         ctx.fail("E150", f"no property extractor '{name}'", fields["_spans"]["extract"], *notes)
-    try:
-        template_fields(fields["question"])
-    except jinja2.TemplateSyntaxError as exc:
-        ctx.fail("E144", f"template syntax error: {exc.message}", fields["_spans"]["question"])
+    templates.check_syntax(ctx, fields["question"], fields["_spans"]["question"])
     return ir.Property(
         decl.name,
         name,
@@ -283,6 +262,7 @@ def _property(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Proper
         extractor.needs,
         tuple(extractor.values or ()),
         span=decl.span,
+        question_span=fields["_spans"].get("question"),
     )
 
 
@@ -342,15 +322,5 @@ def _sampling(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Sampli
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:
-    """Render a jinja2 template in the sandbox (compiled templates are cached)."""
-    return _compiled(template).render(values)
-
-
-_TEMPLATES: dict[str, jinja2.Template] = {}
-
-
-def _compiled(template: str) -> jinja2.Template:
-    compiled = _TEMPLATES.get(template)
-    if compiled is None:
-        compiled = _TEMPLATES[template] = _JINJA.from_string(template)
-    return compiled
+    """Render a template in the bounded sandbox (see `templates`); `intro check` has rendered it already."""
+    return templates.render(template, values)

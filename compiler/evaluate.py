@@ -36,6 +36,7 @@ class Context:
         self.sink = sink
         self.directory = directory
         self.confinement = confinement or Confinement(None)
+        self.sources: Mapping[str, str] = {}  # the program's texts: a template's lines are found in them
 
     def confined(self, relative: str, span: Span) -> Path:
         """`relative` resolved against this file's folder; an error unless it lies inside the allowed ones."""
@@ -142,6 +143,7 @@ class _Namespace:
     def __init__(self, program: Program, module: ast.Module, directory: Path, name: str):
         self.program = program
         self.ctx = Context(program.sink, directory, program.confinement)
+        self.ctx.sources = program.sources
         self.name = name
         self.decls: dict[str, ast.Item] = {}
         self.values: dict[str, Any] = {}

@@ -117,6 +117,7 @@ class Property:
     needs: frozenset[str] = frozenset()  # row fields it reads besides the answer
     choices: tuple[str, ...] = ()  # closed answer set, when scoring by logprobs is possible
     span: Span | None = _meta()
+    question_span: Span | None = _meta()  # where the question template is written, for its diagnostics
 
     def reads_task(self, task: Task) -> bool:
         return task.answer in self.reads and self.needs <= set(task.rows[0])
