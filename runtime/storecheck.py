@@ -113,5 +113,8 @@ def collect_garbage(root: Path, min_age: float) -> str:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         removed += len(files)
         size += sum(p.stat().st_size for p in files)
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return f"store {root}: removed {removed} temporary or quarantined files ({size} bytes)"
