@@ -226,7 +226,7 @@ class Progress:
     def _update_bars(self, counters: Counters, eta: float | None) -> None:
         bars, steps_bar, calls_bar = self._bars
         tokens = counters.prompt_tokens + counters.completion_tokens
-        left = f" {format_duration(eta)} left" if eta is not None else ""
+        left = f" {format_duration(eta)} left" if eta else ""
         bars.update(steps_bar, completed=counters.steps_done, description=f"steps{left}")
         bars.update(calls_bar, completed=counters.calls, description=f"calls ({tokens} tokens)")
 
