@@ -340,6 +340,10 @@ class Parsed:
     template: jinja2.Template
     names: frozenset[str]
     parts: tuple[tuple[bool, str], ...] | None  # (is a name, text or name); None: needs jinja to render
+    lines: Mapping[str, int]  # the line each name is first read on
+
+    def line_of(self, name: str) -> int | None:
+        return self.lines.get(name)
 
 
 @functools.lru_cache(maxsize=512)
@@ -348,12 +352,15 @@ def parse(text: str) -> Parsed:
     try:
         tree = _SANDBOX.parse(text)
         names = frozenset(jinja2.meta.find_undeclared_variables(tree))
-        template = _SANDBOX.from_string(text)
+        template = _SANDBOX.from_string(tree)  # compiles the parsed (and metered) tree: no second parse
     except _Refused as error:
         raise TemplateProblem(UNSAFE, error.message or "refused", error.lineno) from None
     except jinja2.TemplateSyntaxError as error:
         raise TemplateProblem(SYNTAX, f"template syntax error: {error.message}", error.lineno) from None
-    return Parsed(template, names, _substitution_parts(tree))
+    lines: dict[str, int] = {}
+    for node in tree.find_all(nodes.Name):
+        lines.setdefault(node.name, node.lineno)
+    return Parsed(template, names, _substitution_parts(tree), lines)
 
 
 def _substitution_parts(tree: nodes.Template) -> tuple[tuple[bool, str], ...] | None:
@@ -439,8 +446,11 @@ class Rows:
     plural: str  # names them all: "which {plural} do not have"
     id_column: str = "id"
 
+    def row_id(self, row: Mapping[str, Any]) -> str:
+        return repr(str(row.get(self.id_column, "?")))
+
     def row_name(self, row: Mapping[str, Any]) -> str:
-        return f"row {str(row.get(self.id_column, '?'))!r} of {self.label}"
+        return f"row {self.row_id(row)} of {self.label}"
 
 
 def check_syntax(ctx: Context, text: str, span: Span) -> Parsed:
@@ -468,7 +478,7 @@ def _budget(ctx: Context, text: str, span: Span) -> Budget:
 
 def _rows_problem(parsed: Parsed, rows: Rows, budget: Budget) -> TemplateProblem | None:
     if parsed.parts is not None:
-        return _substitution_problem(parsed.parts, rows, budget)
+        return _substitution_problem(parsed, rows, budget)
     for row in rows.rows:
         try:
             _render_metered(parsed, row, budget, clock=True)
@@ -477,15 +487,14 @@ def _rows_problem(parsed: Parsed, rows: Rows, budget: Budget) -> TemplateProblem
     return None
 
 
-def _substitution_problem(
-    parts: Sequence[tuple[bool, str]], rows: Rows, budget: Budget
-) -> TemplateProblem | None:
+def _substitution_problem(parsed: Parsed, rows: Rows, budget: Budget) -> TemplateProblem | None:
+    parts = parsed.parts or ()
     names = [name for is_name, name in parts if is_name]
     fixed = sum(len(part) for is_name, part in parts if not is_name)
     for row in rows.rows:
         missing = [n for n in names if n not in row and n not in _SANDBOX.globals]
         if missing:
-            return _missing(missing[0], rows, row)
+            return _missing(missing[0], rows, row, parsed.line_of(missing[0]))
         if fixed + sum(len(str(row[n])) for n in names if n in row) > budget.output:
             return _on_row(
                 TemplateProblem(BUDGET, f"more than {budget.output:,} characters of output"), rows, row
@@ -506,7 +515,7 @@ def _missing(name: str, rows: Rows, row: Mapping[str, Any], line: int | None = N
     return problem.about(
         f"uses {name!r}, which {rows.row_name(row)} does not have",
         *did_you_mean(name, row),
-        f"{having} of {len(rows.rows)} rows have it; this one has: {fields}",
+        f"{having} of {len(rows.rows)} rows have it; row {rows.row_id(row)} has: {fields}",
     )
 
 
@@ -641,7 +650,8 @@ def check_hypothetical(
             n for n in parsed.names if n not in HYPOTHETICAL_VALUES and n not in _SANDBOX.globals
         )
         if missing:
-            fail(ctx, _not_given(TemplateProblem(UNDEFINED, "", None, missing[0])), text, span)
+            problem = TemplateProblem(UNDEFINED, "", parsed.line_of(missing[0]), missing[0])
+            fail(ctx, _not_given(problem), text, span, "the hypothetical template")
         return
     for task in tasks:
         readers = tuple(p for p in properties if p.reads_task(task))
@@ -653,9 +663,9 @@ def check_hypothetical(
 def _not_given(problem: TemplateProblem) -> TemplateProblem:
     name = problem.name or "?"
     return problem.about(
-        f"uses {name!r}, which a hypothetical template is not given",
+        f"uses {name!r}, which is not one of its values",
         *did_you_mean(name, HYPOTHETICAL_VALUES),
-        f"it is given: {', '.join(HYPOTHETICAL_VALUES)}",
+        f"a hypothetical template is given: {', '.join(HYPOTHETICAL_VALUES)}",
     )
 
 
