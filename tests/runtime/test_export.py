@@ -40,15 +40,9 @@ def cube_groups(run: Path) -> dict[str, xr.Dataset]:
 
 
 def test_open_run_is_a_datatree_of_the_cube_groups_and_import_intro_stays_light(run):
-    script = (
-        "import sys, json, intro\n"
-        "light = 'xarray' not in sys.modules\n"
-        f"tree = intro.open_run({str(run)!r})\n"
-        "print(json.dumps({'light': light, 'type': type(tree).__name__}))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {"light": True, "type": "DataTree"}
+    light = "import sys, intro, intro.cli; intro.cli._build_parser(); print('xarray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr  # open_run's imports wait for its first use
 
     import intro
 
