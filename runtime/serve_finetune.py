@@ -455,12 +455,13 @@ class FineTuningService:
         job = self.state.job(job_id)
         if job is None:
             return _found(None, f"no fine-tuning job {job_id}")
-        job = self.state.update_job(job_id, status="cancelled", finished_at=int(time.time()), unless=TERMINAL)
-        if job["status"] != "cancelled":
-            raise InvalidRequestError(
-                f"job {job_id} has already {job['status']}; only unfinished jobs cancel"
+        if job["status"] not in TERMINAL:
+            job = self.state.update_job(
+                job_id, status="cancelled", finished_at=int(time.time()), unless=TERMINAL
             )
-        return HTTPStatus.OK, job
+            if job["status"] == "cancelled":
+                return HTTPStatus.OK, job
+        raise InvalidRequestError(f"job {job_id} has already {job['status']}; only an unfinished job cancels")
 
     def _new_job(self, request: Mapping[str, Any], model: str, training_file: str) -> dict[str, Any]:
         parent = self._job_of_model(model)
