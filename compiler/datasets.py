@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from difflib import get_close_matches
 from pathlib import Path
@@ -285,6 +286,12 @@ def _json_object(line: str, path: Path, number: int) -> Row:
         ) from None
     except RecursionError:
         value = _TOO_DEEP  # deeper than Python's stack allows: reported just below, at the offending bracket
+    except ValueError:
+        # json's own errors are caught above; what is left is an integer too long for Python to convert
+        limit = sys.get_int_max_str_digits()
+        match = re.search(rf"\d{{{limit + 1},}}", line)
+        column = match.start() + 1 if match else 1
+        raise DataError(f"the number is too long (more than {limit} digits)", path, number, column) from None
     if value is _TOO_DEEP or _depth(value) > MAX_JSON_DEPTH:
         column = _too_deep_column(line) or 1
         raise DataError(f"the value is nested more than {MAX_JSON_DEPTH} levels deep", path, number, column)

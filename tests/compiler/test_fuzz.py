@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
+import signal
+import stat
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from intro.cli import main
 from intro.compiler import CompileError
+from intro.compiler.datasets import clear_cache
 from intro.compiler.format import format_source
 from intro.compiler.parser import parse
 
@@ -328,3 +334,278 @@ def assert_formats_canonically(case: bytes) -> None:
 )
 def test_extreme_inputs(workdir: Path, source: str) -> None:
     assert_well_behaved(*check_case(workdir / "extreme.intro", source.encode("utf-8")))
+
+
+# ---------------------------------------------------------------- data files, templates, odd paths
+# The same properties when what is broken is not the spec's text but what it reads: a task's JSONL or CSV
+# rows (truncated, bytes flipped, values of the wrong type, fields missing, nested 100,000 deep, huge) and
+# its prompt template; or the path itself (a FIFO, /dev/zero, a directory, a symlink out of the folder).
+# `intro check` runs first and, when it passes, `intro compile` renders every prompt. Two guards watch each
+# case: an audit hook fails it the moment anything opens a file that is not a regular file (so a FIFO
+# cannot block and /dev/zero cannot fill memory), and a wall-clock alarm fails it when it sits blocked for
+# 2 s without using the CPU.
+
+DATA_SPEC = """\
+use stdlib.looking_inward: first_character
+
+model qwen = embedded "qwen2.5-coder-0.5b-instruct"
+
+task rows {
+  data: DATA
+  prompt: PROMPT
+  IDLINE
+}
+
+split part { test: [rows]  items: 3 }
+
+study d {
+  measure m = prediction(qwen, qwen, part.test, [first_character])
+}
+"""
+
+_DATA_ROWS = [
+    {"id": f"r{i}", "sequence": f"cat, dog, {word}", "split": "val", "n": i}
+    for i, word in enumerate(["cow", "owl", "eel", "bat", "elk"])
+]
+_PROMPTS = [
+    "Continue: {{ sequence }}",
+    "{% for part in sequence.split(', ') %}{{ part | upper }} {% endfor %}",
+    "{{ sequence }} ({{ n + 1 }}) {{ id }}",
+]
+_TEMPLATE_BITS = [
+    "{{",
+    "}}",
+    "{%",
+    "%}",
+    "{#",
+    "{{ missing }}",
+    "{{ sequence[0] }}",
+    "{{ sequence.__class__.__mro__ }}",
+    "{{ n / 0 }}",
+    "{{ sequence * 1000 }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    "{{ '%s' % sequence }}",
+    "{% include 'x' %}",
+    "{% raw %}",
+    "{{ sequence|join('-') }}",
+    "{{ n ** 100 }}",
+    "{{ self }}",
+    "\x00",
+    "\\",
+    '"',
+]
+_WRONG_VALUES = [None, True, 0, -1, 1.5, "", "x" * 1000, [], {}, [1, [2]], {"a": {"b": 1}}, 1e308]
+SPECIAL_PATHS = ["special/fifo.jsonl", "special/zero.jsonl", "special/folder.jsonl", "special/out.jsonl"]
+
+
+def _jsonl(rows: list[dict[str, object]]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def _csv(rows: list[dict[str, object]]) -> bytes:
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [",".join(names)] + [",".join(_csv_field(row.get(name, "")) for name in names) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _csv_field(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def _mutate_rows(data: st.DataObject, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    rows = [dict(row) for row in rows[: data.draw(st.integers(0, len(rows)))] or rows]
+    for _ in range(data.draw(st.integers(0, 3))):
+        row = data.draw(st.sampled_from(rows))
+        key = data.draw(st.sampled_from(["id", "sequence", "split", "n", "extra"]))
+        action = data.draw(st.sampled_from(["drop", "wrong", "deep", "huge", "duplicate"]))
+        if action == "drop":
+            row.pop(key, None)
+        elif action == "wrong":
+            row[key] = data.draw(st.sampled_from(_WRONG_VALUES))
+        elif action == "deep":
+            depth = data.draw(st.sampled_from([2, 99, 100, 101, 1000, 100_000]))
+            row[key] = _Raw("[" * depth + "1" + "]" * depth)
+        elif action == "huge":
+            row[key] = data.draw(st.sampled_from(["y" * 1_000_000, _Raw("9" * 5000), _Raw("1e999999")]))
+        else:
+            row[key] = rows[0].get(key, "r0")
+    return rows
+
+
+class _Raw(str):
+    """A value written into the JSON text as is (deep nesting, numbers no float can hold)."""
+
+
+def _dumps_raw(rows: list[dict[str, object]]) -> bytes:
+    lines = []
+    for row in rows:
+        raws = {key: value for key, value in row.items() if isinstance(value, _Raw)}
+        text = json.dumps({key: (f"@RAW:{key}@" if key in raws else value) for key, value in row.items()})
+        for key, value in raws.items():
+            text = text.replace(json.dumps(f"@RAW:{key}@"), str(value))
+        lines.append(text + "\n")
+    return "".join(lines).encode()
+
+
+def _mutate_bytes(data: st.DataObject, raw: bytes) -> bytes:
+    for _ in range(data.draw(st.integers(0, 3))):
+        kind = data.draw(st.sampled_from(["truncate", "flip", "splice"]))
+        at = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+        if kind == "truncate":
+            raw = raw[:at]
+        elif kind == "flip" and raw:
+            raw = raw[:at] + bytes([raw[at] ^ (1 << data.draw(st.integers(0, 7)))]) + raw[at + 1 :]
+        else:
+            raw = raw[:at] + data.draw(st.binary(min_size=1, max_size=6)) + raw[at:]
+    return raw
+
+
+def _template(data: st.DataObject) -> str:
+    text = data.draw(st.sampled_from(_PROMPTS))
+    for _ in range(data.draw(st.integers(0, 3))):
+        at = data.draw(st.integers(0, len(text)))
+        text = text[:at] + data.draw(st.sampled_from(_TEMPLATE_BITS)) + text[at:]
+    return '"""' + text.replace('"""', '\\"\\"\\"') + '"""'
+
+
+@attrs.frozen
+class DataCase:
+    spec: str
+    data_name: str
+    data: bytes | None  # None: the path is one of the odd ones in special/
+    spec_is_fifo: bool
+
+
+def data_case(data: st.DataObject) -> DataCase:
+    suffix = data.draw(st.sampled_from([".jsonl", ".csv"]))
+    rows = _mutate_rows(data, _DATA_ROWS)
+    content = _dumps_raw(rows) if suffix == ".jsonl" else _csv(rows)
+    content = _mutate_bytes(data, content)
+    name = f"data/case{suffix}"
+    if data.draw(st.integers(0, 5), label="one in six: an odd path") == 0:
+        name = data.draw(st.sampled_from(SPECIAL_PATHS))
+    id_line = data.draw(st.sampled_from(["", 'id: "id"', 'id: "sequence"', 'id: "n"', 'id: "nope"']))
+    spec = DATA_SPEC.replace("DATA", json.dumps(name)).replace("PROMPT", _template(data))
+    spec = spec.replace("IDLINE", id_line)
+    fifo = data.draw(st.integers(0, 19), label="one in twenty: the spec is a FIFO") == 0
+    return DataCase(spec, name, None if name.startswith("special/") else content, fifo)
+
+
+class _NonRegularOpen(Exception):
+    """Raised by the audit hook when a case opens something that is not a regular file."""
+
+
+class _Hang(Exception):
+    """Raised by the alarm when a case has sat blocked, without using the CPU, for 2 s."""
+
+
+_WATCHING: list[
+    str
+] = []  # non-regular paths opened during the current case; watched only while a list is here
+_WATCH_ON = [False]
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if not _WATCH_ON[0] or event != "open" or not isinstance(args[0], str | bytes | os.PathLike):
+        return
+    try:
+        mode = os.stat(args[0]).st_mode
+    except (OSError, ValueError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        _WATCHING.append(os.fsdecode(args[0]))
+        raise _NonRegularOpen(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Fail on opening a non-regular file, and on 2 s blocked (wall clock passing, CPU not)."""
+    wall, cpu = time.monotonic(), time.process_time()
+
+    def alarm(signum: int, frame: object) -> None:
+        elapsed, used = time.monotonic() - wall, time.process_time() - cpu
+        if used < 0.25 * elapsed or elapsed > 30:
+            raise _Hang(f"blocked: {elapsed:.1f} s of wall clock, {used:.2f} s of CPU")
+        signal.setitimer(signal.ITIMER_REAL, 1.0)  # busy, not blocked: the CPU budget judges it
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, HANG_S)
+    _WATCHING.clear()
+    _WATCH_ON[0] = True
+    try:
+        yield
+    finally:
+        _WATCH_ON[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+HANG_S = 2.0
+
+
+def run_cli(*args: str) -> tuple[int, str, float]:
+    """`intro ARGS` in this process, guarded; the exit code, stderr and CPU seconds spent."""
+    err, out = io.StringIO(), io.StringIO()
+    started = time.process_time()
+    with guarded(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(list(args))
+    assert not _WATCHING, f"opened a file that is not a regular file: {_WATCHING}"
+    return code, err.getvalue(), time.process_time() - started
+
+
+@pytest.fixture(scope="module")
+def datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder for data cases, with a FIFO, /dev/zero, a directory and an outside file in special/."""
+    folder = tmp_path_factory.mktemp("datafuzz")
+    (folder / "data").mkdir()
+    special = folder / "special"
+    special.mkdir()
+    os.mkfifo(special / "fifo.jsonl")
+    (special / "zero.jsonl").symlink_to("/dev/zero")
+    (special / "folder.jsonl").mkdir()
+    outside = tmp_path_factory.mktemp("outside") / "secret.jsonl"
+    outside.write_bytes(_jsonl(_DATA_ROWS))
+    (special / "out.jsonl").symlink_to(outside)
+    os.mkfifo(folder / "fifo.intro")
+    return folder
+
+
+def run_data_case(folder: Path, case: DataCase) -> None:
+    clear_cache()
+    if case.data is not None:
+        (folder / case.data_name).write_bytes(case.data)
+    spec = folder / "fifo.intro" if case.spec_is_fifo else folder / "case.intro"
+    if not case.spec_is_fifo:
+        spec.write_text(case.spec, encoding="utf-8")
+    for extra in ([], ["--allow-outside"]):
+        code, stderr, cpu = run_cli("check", *extra, str(spec))
+        assert_well_behaved(code, stderr, cpu)
+        if code == 0:
+            code, stderr, cpu = run_cli("compile", *extra, str(spec), "-o", str(folder / "plan.json"))
+            assert_well_behaved(code, stderr, cpu)
+
+
+@settings(
+    max_examples=max(EXAMPLES // 4, 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_mutated_data_and_templates_give_diagnostics_never_tracebacks(
+    datadir: Path, data: st.DataObject
+) -> None:
+    run_data_case(datadir, data_case(data))
+
+
+@pytest.mark.parametrize("name", [*SPECIAL_PATHS, "data/../special/zero.jsonl"])
+def test_every_odd_data_path_is_refused_unread(datadir: Path, name: str) -> None:
+    spec = DATA_SPEC.replace("DATA", json.dumps(name)).replace("PROMPT", '"{{ sequence }}"')
+    run_data_case(datadir, DataCase(spec.replace("IDLINE", ""), name, None, False))
+
+
+def test_a_fifo_spec_is_refused_unread(datadir: Path) -> None:
+    run_data_case(datadir, DataCase("", "data/case.jsonl", _jsonl(_DATA_ROWS), True))
