@@ -298,3 +298,46 @@ def test_formatting_is_intro_fmt(lsp: _Session, tmp_path: Path) -> None:
         end=types.Position(line=len(lines) - 1, character=len(lines[-1])),
     )
     assert edit.new_text == expected
+
+
+def test_an_error_inside_an_imported_module_is_published_on_that_module(
+    lsp: _Session, tmp_path: Path
+) -> None:
+    helpers = tmp_path / "helpers.intro"
+    helpers.write_text('let greeting = "hello"\nlet broken = [1, 2\n')
+    spec_text = 'use helpers\nmodel m = embedded "gemma-3-270m"\n'
+    expected = json.loads(
+        subprocess.run(
+            [INTRO, "check", str(_write(tmp_path / "spec.intro", spec_text)), "--json"], capture_output=True
+        ).stdout
+    )
+    assert [(Path(d["path"]).name, d["code"]) for d in expected] == [("helpers.intro", "E002")]
+
+    async def scenario(client: _Client) -> None:
+        uri = _open(client, tmp_path / "spec.intro", spec_text)
+        await client.wait_for(lambda: bool(client.diagnostics.get(helpers.as_uri())))
+        assert client.diagnostics[uri] == []
+        (got,) = client.diagnostics[helpers.as_uri()]
+        (cli,) = expected
+        assert (got.code, got.range.start.line + 1, got.range.start.character + 1) == (
+            cli["code"],
+            cli["line"],
+            cli["column"],
+        )
+        # Once the spec stops importing it, the module's diagnostics are withdrawn.
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+                content_changes=[
+                    types.TextDocumentContentChangeWholeDocument(text=spec_text.split("\n", 1)[1])
+                ],
+            )
+        )
+        await client.wait_for(lambda: client.diagnostics.get(helpers.as_uri()) == [])
+
+    lsp.run(scenario)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
