@@ -70,7 +70,11 @@ def _token_type(token: Token, before: Token | None, after: Token | None) -> Toke
 
 
 def _name_type(token: Token, before: Token | None, after: Token | None) -> TokenType:
-    if before is not None and before.kind == "keyword" and vocabulary().keyword_kind(before.text) == "declaration":
+    if (
+        before is not None
+        and before.kind == "keyword"
+        and vocabulary().keyword_kind(before.text) == "declaration"
+    ):
         return _DECLARED_AS.get(before.text, Name.Class)
     if after is not None and after.text == "(":
         return Name.Builtin if token.text in vocabulary().builtins else Name.Function
