@@ -63,6 +63,8 @@ def _token_type(token: Token, before: Token | None, after: Token | None) -> Toke
     if token.kind in _SIMPLE:
         return _SIMPLE[token.kind]
     if token.kind == "keyword":
+        if after is not None and after.text == ":":
+            return Name.Attribute  # no keyword precedes ':' in the grammar: `sampling: warm` is a field
         return _KEYWORDS[vocabulary().keyword_kind(token.text)]
     if token.kind == "symbol":
         return Operator if token.text in OPERATORS else Punctuation

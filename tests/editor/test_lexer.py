@@ -56,6 +56,8 @@ def test_names_strings_and_placeholders() -> None:
     assert kinds["t"] in Name.Class and kinds["prompt"] in Name.Attribute
     assert kinds["{{ word }}"] is String.Interpol and kinds["finetune"] is Name.Builtin
     assert kinds["m"] is Name.Variable and kinds["x"] is Name
+    (kind, _), *_ = IntroLexer().get_tokens("sampling: warm")
+    assert kind is Name.Attribute  # a field named like a keyword, as the TextMate grammar scopes it
 
 
 def test_what_the_grammar_rejects_is_an_error_token() -> None:
