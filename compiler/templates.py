@@ -27,6 +27,7 @@ import functools
 import math
 import os
 import re
+import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -107,7 +108,7 @@ class TemplateProblem(Exception):
     def about(self, message: str, *notes: str) -> TemplateProblem:
         """This problem told as what the template does wrong, with notes."""
         self.message, self.notes, self.predicate = message, notes, True
-        return self
+        return self.with_traceback(None)  # kept in caches: hold no frames
 
 
 class _Exceeded(Exception):
@@ -163,21 +164,40 @@ def _budget_or_default() -> Budget:
 
 
 # ---------------------------------------------------------------- guards on what can blow up in one step
-_NUMBER = re.compile(r"\d+")
+# A %-conversion: flags, then width and precision (a number, or `*` taken from the arguments).
+_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_WIDTH_FILTERS = frozenset({"center", "batch", "slice"})
 
 
-def _check_format(text: Any, meter: _Meter) -> None:
-    """Widths and precisions in a %- or {}-format string allocate that many characters."""
-    if isinstance(text, str):
-        for number in _NUMBER.findall(text):
-            if len(number) > 9 or int(number) > meter.budget.output:
-                meter.allow(float(number), "a formatted field")
+def _format_sizes(text: str, percent: bool) -> tuple[list[str], bool]:
+    """The widths and precisions a format string asks for, and whether some come from its arguments."""
+    if percent:
+        found = [n for match in _PERCENT.finditer(text) for n in match.groups() if n]
+    else:
+        try:
+            specs = [spec for _, _, spec, _ in string.Formatter().parse(text) if spec]
+        except ValueError:
+            return [], False  # str.format reports the malformed string itself
+        found = [n for spec in specs for n in re.findall(r"\d+|\{", spec)]
+    return [n for n in found if n.isdigit()], any(n in ("*", "{") for n in found)
+
+
+def _check_format(text: Any, args: Sequence[Any], meter: _Meter, percent: bool) -> None:
+    """A width or precision in a format string allocates that many characters."""
+    if not isinstance(text, str):
+        return
+    sizes, from_arguments = _format_sizes(text, percent)
+    for size in sizes:
+        meter.allow(float(size), "a formatted field")
+    if from_arguments:
+        flat = [a for arg in args for a in (arg if isinstance(arg, tuple) else (arg,))]
+        _check_int_arguments(flat, meter, "a formatted field")
 
 
 def _check_int_arguments(args: Iterable[Any], meter: _Meter, what: str) -> None:
     for arg in args:
-        if isinstance(arg, int) and not isinstance(arg, bool) and arg > meter.budget.output:
+        if isinstance(arg, int) and not isinstance(arg, bool):
             meter.allow(arg, what)
 
 
@@ -186,6 +206,10 @@ def _length(value: Any) -> int:
         return len(value)
     except TypeError:
         return 0
+
+
+def _lines(value: Any) -> int:
+    return value.count("\n") + 1 if isinstance(value, str) else _length(value) + 1
 
 
 def _check_replace(text: Any, old: Any, new: Any, meter: _Meter) -> None:
@@ -198,6 +222,12 @@ def _check_join(items: Any, separator: Any, meter: _Meter) -> None:
     meter.allow(_length(items) * _length(separator), "the joined text")
 
 
+def _check_translate(text: str, table: Any, meter: _Meter) -> None:
+    if isinstance(table, dict) and table:
+        longest = max(_length(v) if isinstance(v, str) else 1 for v in table.values())
+        meter.allow(len(text) * longest, "the translated text")
+
+
 def _check_method(obj: Any, args: Sequence[Any], meter: _Meter) -> None:
     name = getattr(obj, "__name__", "")
     owner = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)
@@ -206,26 +236,34 @@ def _check_method(obj: Any, args: Sequence[Any], meter: _Meter) -> None:
     if name in _WIDTH_METHODS:
         _check_int_arguments(args, meter, f"{name}()")
     elif name in ("format", "format_map"):
-        _check_format(owner, meter)
+        _check_format(owner, args, meter, percent=False)
     elif name == "join" and args:
         _check_join(args[0], owner, meter)
     elif name == "replace" and len(args) >= 2:
         _check_replace(owner, args[0], args[1], meter)
+    elif name == "translate" and args:
+        _check_translate(owner, args[0], meter)
 
 
-def _check_filter(name: str, args: Sequence[Any], meter: _Meter) -> None:
+def _check_filter(name: str, args: Sequence[Any], kwargs: Mapping[str, Any], meter: _Meter) -> None:
     value, extra = (args[0], args[1:]) if args else (None, ())
-    _check_int_arguments(extra, meter, f"the {name} filter")
-    if name == "format":
-        _check_format(value, meter)
+    if name in _WIDTH_FILTERS:
+        _check_int_arguments((*extra, *kwargs.values()), meter, f"the {name} filter")
+    elif name == "format":
+        _check_format(value, (*extra, *kwargs.values()), meter, percent=True)
     elif name == "join":
-        _check_join(value, extra[0] if extra else "", meter)
+        _check_join(value, extra[0] if extra else kwargs.get("d", ""), meter)
     elif name == "replace" and len(extra) >= 2:
         _check_replace(value, extra[0], extra[1], meter)
-    elif name in ("indent", "wordwrap"):
-        for arg in extra:
-            if isinstance(arg, str):
-                meter.allow(_length(value) * len(arg), f"the {name} filter's result")
+    elif name in ("indent", "tojson"):
+        # Each line (or item) gains the indent: the product is what gets built.
+        for arg in (*extra, *kwargs.values()):
+            width = arg if isinstance(arg, int) and not isinstance(arg, bool) else _length(arg)
+            meter.allow(_lines(value) * width, f"the {name} filter's result")
+    elif name == "wordwrap":
+        width = extra[0] if extra and isinstance(extra[0], int) else kwargs.get("width", 79)
+        wrap = max([_length(a) for a in (*extra[2:3], kwargs.get("wrapstring")) if isinstance(a, str)] or [1])
+        meter.allow((_length(value) // max(int(width), 1) + _lines(value)) * wrap, "the wrapped text")
 
 
 def _metered_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -235,8 +273,7 @@ def _metered_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     def metered(*args: Any, **kwargs: Any) -> Any:
         meter = _meter()
         meter.step()
-        _check_filter(name, args[1:] if passes_argument else args, meter)
-        _check_int_arguments(kwargs.values(), meter, f"the {name} filter")
+        _check_filter(name, args[1:] if passes_argument else args, kwargs, meter)
         return meter.size(function(*args, **kwargs))
 
     return metered
@@ -268,7 +305,7 @@ def _guarded_binop(operator: str, left: Any, right: Any, meter: _Meter) -> None:
         if bits > 64 * 1024:
             raise _Exceeded(f"{left} ** {right} has about {bits:,.0f} bits")
     elif operator == "%":
-        _check_format(left, meter)
+        _check_format(left, right if isinstance(right, tuple) else (right,), meter, percent=True)
 
 
 # ---------------------------------------------------------------- the sandbox
@@ -650,8 +687,8 @@ def check_hypothetical(
             n for n in parsed.names if n not in HYPOTHETICAL_VALUES and n not in _SANDBOX.globals
         )
         if missing:
-            problem = TemplateProblem(UNDEFINED, "", parsed.line_of(missing[0]), missing[0])
-            fail(ctx, _not_given(problem), text, span, "the hypothetical template")
+            unknown = TemplateProblem(UNDEFINED, "", parsed.line_of(missing[0]), missing[0])
+            fail(ctx, _not_given(unknown), text, span, "the hypothetical template")
         return
     for task in tasks:
         readers = tuple(p for p in properties if p.reads_task(task))

@@ -141,11 +141,29 @@ def test_a_misspelt_question_variable_is_an_error_with_a_suggestion(tmp_path: Pa
     assert "did you mean 'sequence'?" in result.stderr
 
 
-def test_a_misspelt_hypothetical_template_variable_is_an_error(tmp_path: Path) -> None:
-    write_spec(tmp_path, extra=', template: "{{ object_promt }} {{ question }}"')
-    line, _, code, message = one_error(intro(tmp_path, "check", "s.intro"))
-    assert (line, code) == (MEASURE_LINE, "E146")
-    assert message == "the hypothetical template uses 'object_promt', which is not one of its values"
+@pytest.mark.parametrize(
+    ("template", "code", "message"),
+    [
+        ("{{ object_promt }} {{ question }}", "E146", "uses 'object_promt', which is not one of its values"),
+        (
+            "{{ object_promt | upper }} {{ question }}",
+            "E146",
+            "uses 'object_promt', which is not one of its values",
+        ),
+        (
+            "{{ object_prompt }} {{ 1 / (question | length - 16) }}",
+            "E181",
+            "fails on row 'a1' of task 'animals' with property 'first_character': ZeroDivisionError: division by zero",
+        ),
+    ],
+)
+def test_the_hypothetical_template_is_rendered_as_lowering_will(
+    tmp_path: Path, template: str, code: str, message: str
+) -> None:
+    # The hypothetical template is given each object prompt and each property question ("First character?").
+    write_spec(tmp_path, extra=f", template: {literal(template)}")
+    line, _, found, text = one_error(intro(tmp_path, "check", "s.intro"))
+    assert (line, found, text) == (MEASURE_LINE, code, f"the hypothetical template {message}")
 
 
 @pytest.mark.parametrize(
