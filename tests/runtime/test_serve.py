@@ -204,10 +204,11 @@ def test_main_serve_serves_a_model_directory_until_interrupted(model_dir):
         banner = process.stdout.readline()
         while banner and not banner.startswith("serving "):
             banner = process.stdout.readline()
-        assert banner.startswith("serving local:"), banner
+        assert banner.startswith(f"serving {model_dir} at "), banner  # the name it was served under
         url = banner.split(" at ")[1].split()[0]
-        status, body = post(url, chat("The dog", max_tokens=2))
+        status, body = post(url, {**chat("The dog", max_tokens=2), "model": str(model_dir)})
         assert status == 200 and body["choices"][0]["message"]["content"] is not None
+        assert post(url, chat("The dog", max_tokens=2))[0] == 404  # "tiny" is no name it serves
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
