@@ -341,3 +341,20 @@ def test_plain_substitution_renders_exactly_what_jinja_renders(
     # Plans hash rendered prompts: the fast path for `{{ name }}` templates must not change one character.
     jinja = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     assert render(template, values) == jinja.from_string(template).render(values)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{% for x in xs %}{{ loop.index }}/{{ loop.length }}:{{ loop.revindex }}{{ loop.cycle("o", "e") }}{% endfor %}',
+        "{% for k, v in d|dictsort %}{{ k }}={{ v }};{% else %}none{% endfor %}{% for x in [] %}{% else %}-{% endfor %}",
+        "{% for n in tree recursive %}{{ n.n }}[{{ loop(n.c) }}]{% endfor %}",
+        '{% for x in xs if x != "b" %}{{ x }}{{ loop.last }}{% endfor %}',
+        "{% set ns = namespace(t=0) %}{% for x in range(4) %}{% set ns.t = ns.t + x %}{% endfor %}{{ ns.t }}",
+        '{{ xs|map("upper")|join(", ") }} {{ "%s-%d" % ("a", 3) }} {{ "{}:{:>4}".format(1, 2) }} {{ d|tojson }}',
+    ],
+)
+def test_a_metered_render_means_what_jinja_means(template: str) -> None:
+    values = {"xs": ["a", "b", "c"], "d": {"k": 1, "j": 2}, "tree": [{"n": 1, "c": [{"n": 2, "c": []}]}]}
+    jinja = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    assert render(template, values, Budget(), clock=True) == jinja.from_string(template).render(values)
