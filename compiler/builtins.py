@@ -158,8 +158,10 @@ def _concept(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ConceptVector
     _require(ctx, a["model"], "activations", spans["model"], "give activations")
     if not a["baseline"]:
         ctx.fail("E310", "a concept vector needs baseline words", spans["baseline"])
-    if "{word}" not in a["template"]:
-        ctx.fail("E311", "the concept template must contain {word}", spans["template"])
+    # The runtime fills it with str.format: anything else it could do must fail here, not mid-run.
+    problem = templates.format_problem(a["template"], ("word",), "the concept template")
+    if problem is not None:
+        ctx.fail("E311", problem, spans["template"], "braces other than {word} are written {{ and }}")
     layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
     baseline = tuple(w for w in a["baseline"] if w != a["word"])
     return ir.ConceptVector(a["model"], a["word"], layer, baseline, a["template"])

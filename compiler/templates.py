@@ -724,3 +724,29 @@ def _hypothetical_problem(
                 where = f"row {task.row_id(row)!r} of task '{task.name}' with property '{prop.name}'"
                 return problem.about(f"{_VERB.get(problem.code, 'fails')} on {where}: {problem.message}")
     return None
+
+
+# ---------------------------------------------------------------- str.format templates (concept prompts)
+def format_problem(text: str, names: Sequence[str], what: str = "the template") -> str | None:
+    """Why `text.format(**names)` could fail or do more than fill the names in; None when it cannot.
+
+    The runtime fills a concept template with `str.format`: a field it is not given, a positional or
+    attribute field (`{word.__class__}`), a format spec or a stray brace would fail (or reach into
+    Python objects) mid-run, after the work before it.
+    """
+    try:
+        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(text)]
+    except ValueError as error:
+        return f"{what} is not a valid format string: {error}"
+    for field, spec, conversion in fields:
+        if field is None:
+            continue
+        if field not in names:
+            return f"{what} may only fill in {', '.join('{' + n + '}' for n in names)}, not {{{field}}}"
+        if spec or conversion:
+            return f"{what} fills in {{{field}}} as it is: no conversion or format spec"
+    filled = {field for field, _, _ in fields}
+    missing = [name for name in names if name not in filled]
+    if missing:
+        return f"{what} must contain {{{missing[0]}}}"
+    return None

@@ -358,3 +358,50 @@ def test_a_metered_render_means_what_jinja_means(template: str) -> None:
     values = {"xs": ["a", "b", "c"], "d": {"k": 1, "j": 2}, "tree": [{"n": 1, "c": [{"n": 2, "c": []}]}]}
     jinja = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     assert render(template, values, Budget(), clock=True) == jinja.from_string(template).render(values)
+
+
+# ---------------------------------------------------------------- concept templates (filled with str.format)
+CONCEPT_SPEC = """\
+use stdlib.introspection as intro
+
+model qwen = embedded "qwen2.5-coder-0.5b-instruct"
+
+study s {{
+  measure detection = injected_thought(
+    qwen,
+    concept(qwen, "dog", 16, intro.baseline, template: {template}),
+    "dog", 16, 2, intro.trial, grader: logit_readout(),
+  )
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("Tell me about {word} and {topic}", "the concept template may only fill in {word}, not {topic}"),
+        (
+            "Tell me about {word.__class__}",
+            "the concept template may only fill in {word}, not {word.__class__}",
+        ),
+        ("Tell me about {word:>999999999}", "the concept template fills in {word} as it is: no conversion"),
+        ("Tell me about {word} }", "the concept template is not a valid format string: Single '}'"),
+        ("Tell me about {{word}}", "the concept template must contain {word}"),
+    ],
+)
+def test_a_concept_template_that_format_would_fail_on_is_an_error_at_check(
+    tmp_path: Path, template: str, message: str
+) -> None:
+    # The runtime fills it with str.format when it computes the vector: these failed (or reached into
+    # Python objects) mid-run.
+    (tmp_path / "s.intro").write_text(CONCEPT_SPEC.format(template=literal(template)))
+    line, column, code, text = one_error(intro(tmp_path, "check", "s.intro"))
+    assert (line, column, code) == (8, 56, "E311")
+    assert text.startswith(message)
+
+
+def test_a_concept_template_with_escaped_braces_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "s.intro").write_text(
+        CONCEPT_SPEC.format(template=literal("Tell me about {word} {{please}}"))
+    )
+    assert intro(tmp_path, "check", "s.intro").returncode == 0
