@@ -175,6 +175,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="another model name to answer to, e.g. the spec's model name (repeatable); "
         "requests naming a model the server does not serve get 404",
     )
+    p.add_argument(
+        "--turn-tokens",
+        type=int,
+        default=256,
+        help="the most tokens one request generates before waiting requests get a turn (default: 256); "
+        "0: every request whole, exact but a long reply holds the model",
+    )
 
     command("lsp", _lsp, "run the language server on stdin/stdout (for editors)")
     return parser
@@ -536,7 +543,18 @@ def _cache(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from intro.runtime.serve import main_serve
 
-    return main_serve(args.model, args.host, args.port, args.state, api_key=args.api_key, names=args.name)
+    if args.turn_tokens < 0:
+        print(f"intro: error: --turn-tokens must be 0 or more, not {args.turn_tokens}", file=sys.stderr)
+        return BAD_INPUT
+    return main_serve(
+        args.model,
+        args.host,
+        args.port,
+        args.state,
+        api_key=args.api_key,
+        names=args.name,
+        turn_tokens=args.turn_tokens or None,
+    )
 
 
 def _lsp(args: argparse.Namespace) -> int:

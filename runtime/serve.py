@@ -17,7 +17,10 @@ Sharing: a request is generated in turns of at most `turn_tokens` tokens. A requ
 back to the end of the queue after each turn and continues from its text so far (as a prefill, which
 every in-process backend continues), so one request asking for a long reply holds the model for one turn
 at a time and requests arriving meanwhile join the next batch. A reply no longer than one turn is exactly
-the backend's answer; a longer one is re-tokenized at each turn boundary, as any prefill is.
+the backend's answer; a longer one is re-tokenized at each turn boundary, as any prefill is, so it may
+differ from the reply the model gives in one piece (a tiny random model's reply did so right after the
+first boundary; a real model's text mostly re-tokenizes as it was generated). `turn_tokens=None` runs
+every request whole: exact replies, but a long one holds the model until it is done.
 
 Trust: `max_tokens` is bounded by the model's context; bodies must declare a sane `Content-Length`; with
 an API key every endpoint but `/health` wants `Authorization: Bearer <key>`, and binding anything but
@@ -63,8 +66,9 @@ log = logging.getLogger(__name__)
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 256
 MAX_BODY_BYTES = 8 * 1024 * 1024
-# The most tokens one request generates before others get their turn (see the module docstring).
-DEFAULT_TURN_TOKENS = 128
+# The most tokens one request generates before others get their turn (see the module docstring): as
+# many as a request without max_tokens asks for, so that such replies are always generated whole.
+DEFAULT_TURN_TOKENS = DEFAULT_MAX_TOKENS
 # How often a waiting HTTP thread looks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.2
 
@@ -287,9 +291,10 @@ class _Job:
     last: Generation | None = None
     finish_reason: str | None = None
 
-    def turn_request(self, turn_tokens: int, context: int | None) -> GenerationRequest:
+    def turn_request(self, turn_tokens: int | None, context: int | None) -> GenerationRequest:
         """What to generate this turn: the request itself first, then its continuation."""
-        budget = min(turn_tokens, self.request.max_tokens - self.completion_tokens)
+        budget = self.request.max_tokens - self.completion_tokens
+        budget = budget if turn_tokens is None else min(turn_tokens, budget)
         if self.last is None:
             return evolve(self.request, max_tokens=budget)
         if context is not None:
@@ -367,11 +372,11 @@ class BatchingRunner:
         max_batch: int,
         batch_window: float,
         batches_in_flight: int,
-        turn_tokens: int = DEFAULT_TURN_TOKENS,
+        turn_tokens: int | None = DEFAULT_TURN_TOKENS,
         context_tokens: int | None = None,
     ):
-        if turn_tokens < 1:
-            raise ValueError("turn_tokens must be at least 1")
+        if turn_tokens is not None and turn_tokens < 1:
+            raise ValueError("turn_tokens must be at least 1, or None for no turns")
         self.backend = backend
         self.max_batch = max_batch
         self.batch_window = batch_window
@@ -807,7 +812,7 @@ def make_server(
     aliases: Sequence[str] = (),
     known_models_only: bool = False,
     api_key: str | None = None,
-    turn_tokens: int = DEFAULT_TURN_TOKENS,
+    turn_tokens: int | None = DEFAULT_TURN_TOKENS,
     context_tokens: int | None = None,
 ) -> ChatServer:
     """Bind an OpenAI-compatible server for `backend` (port 0 picks a free port); call
@@ -870,11 +875,12 @@ def main_serve(
     *,
     api_key: str | None = None,
     names: Sequence[str] = (),
+    turn_tokens: int | None = DEFAULT_TURN_TOKENS,
 ) -> int:
-    """`intro serve MODEL --host H --port N [--state DIR] [--api-key KEY] [--name NAME]...`: load a local
-    model (`embedded:<name>` or a directory) and serve it under `MODEL` as given and each `NAME`, with
-    the files and fine-tuning endpoints keeping their state in `state` (a fresh temporary directory by
-    default). Errors are one line on standard error. Returns the process exit code: 2 for a bad address
+    """`intro serve MODEL --host H --port N [--state DIR] [--api-key KEY] [--name NAME]... [--turn-tokens
+    N]`: load a local model (`embedded:<name>` or a directory) and serve it under `MODEL` as given and each
+    `NAME`, with the files and fine-tuning endpoints keeping their state in `state` (a fresh temporary
+    directory by default). Errors are one line on standard error. Returns the process exit code: 2 for a bad address
     or a non-loopback bind without a key, 1 when the model cannot be loaded or the port cannot be bound."""
     problem = _address_problem(host, port, api_key)
     if problem is not None:
@@ -889,17 +895,14 @@ def main_serve(
     except BackendError as error:
         print(f"intro: error: {error}", file=sys.stderr)
         return 1
-    server = _bind(lambda: make_server(backend, host, port, **_names(source, names, api_key)), host, port)
+    options = {"model_name": source, "aliases": tuple(names), "api_key": api_key, "turn_tokens": turn_tokens}
+    server = _bind(lambda: make_server(backend, host, port, known_models_only=True, **options), host, port)
     if server is None:
         return 1
     service = enable_finetuning(server, backend.loaded, state)
     print(f"fine-tuning state in {service.state.root}", flush=True)
     _serve_until_interrupted(server, close_backend=True)
     return 0
-
-
-def _names(source: str, names: Sequence[str], api_key: str | None) -> dict[str, Any]:
-    return {"model_name": source, "aliases": tuple(names), "known_models_only": True, "api_key": api_key}
 
 
 def _address_problem(host: str, port: int, api_key: str | None) -> tuple[int, str] | None:

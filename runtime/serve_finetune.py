@@ -319,7 +319,7 @@ class FineTuningService:
         alpha: float = 16.0,
         max_batch: int = 32,
         batch_window: float = 0.005,
-        turn_tokens: int = DEFAULT_TURN_TOKENS,
+        turn_tokens: int | None = DEFAULT_TURN_TOKENS,
     ):
         self.loaded = loaded
         self.state = FineTuningState(Path(state_dir))

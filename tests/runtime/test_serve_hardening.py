@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.requests import GenerationRequest, Message
 from intro.runtime.serve import InsecureBindError, make_server
 from intro.runtime.serve_finetune import enable_finetuning
 from tests.tinymodels import make_tiny_model
@@ -94,12 +95,12 @@ def test_max_tokens_beyond_the_models_context_is_refused_at_once(server):
 
 
 def test_a_short_request_finishes_while_a_long_one_is_running(local):
-    server = make_server(local, turn_tokens=8).start_in_thread()
+    server = make_server(local, turn_tokens=4).start_in_thread()
     finished: dict[str, float] = {}
     long_reply: dict = {}
 
     def ask_long() -> None:
-        long_reply.update(post(f"{server.url}/chat/completions", chat("The dog", max_tokens=400))[1])
+        long_reply.update(post(f"{server.url}/chat/completions", chat("The dog", max_tokens=120))[1])
         finished["long"] = time.monotonic()
 
     with server:
@@ -112,9 +113,22 @@ def test_a_short_request_finishes_while_a_long_one_is_running(local):
         worker.join(timeout=60)
     assert status == 200 and short["usage"]["completion_tokens"] == 2
     assert short_done_while_long_ran and finished["short"] < finished["long"]
-    assert long_reply["usage"]["completion_tokens"] == 400  # the tiny model never says eos here
+    assert long_reply["usage"]["completion_tokens"] == 120  # the tiny model never says eos here
     assert long_reply["choices"][0]["finish_reason"] == "length"
     assert max(server.runner.batch_sizes) == 2  # the short one shared a turn with the long one
+
+
+@pytest.mark.parametrize("turn_tokens", [None, 40])
+def test_a_reply_within_one_turn_is_exactly_the_models(local, turn_tokens):
+    # Longer replies are continued from their re-tokenized text, which may change them: not these.
+    server = make_server(local, turn_tokens=turn_tokens).start_in_thread()
+    request = GenerationRequest(key="direct", messages=(Message("user", "The dog"),), max_tokens=40)
+    direct = local.generate_now([request])[0]
+    with server:
+        status, body = post(f"{server.url}/chat/completions", chat("The dog", max_tokens=40))
+    assert status == 200 and body["choices"][0]["message"]["content"] == direct.text
+    assert body["usage"]["completion_tokens"] == direct.completion_tokens == 40
+    assert server.runner.batch_sizes == [1]  # one turn
 
 
 def test_a_request_whose_client_hangs_up_is_dropped(local):
@@ -224,6 +238,11 @@ def test_cli_refuses_a_public_bind_without_a_key_before_loading_anything(tmp_pat
 def test_cli_reports_a_port_out_of_range_in_one_line(tmp_path):
     result = run_cli(str(tmp_path / "no-model-here"), "--port", "99999")
     assert result.returncode == 2 and "65535" in one_line_error(result)
+
+
+def test_cli_reports_a_negative_turn_size_in_one_line(tmp_path):
+    result = run_cli(str(tmp_path / "no-model-here"), "--turn-tokens", "-1")
+    assert result.returncode == 2 and "--turn-tokens" in one_line_error(result)
 
 
 def test_cli_reports_a_port_in_use_in_one_line(tmp_path):
