@@ -382,7 +382,7 @@ def _csv_rows(text: str, path: Path, delimiter: str, id_column: str) -> Iterator
     for record in records:
         _check_width(record, len(names), path)
         row = dict(zip(names, record.fields, strict=True))
-        id_line, id_col = record.positions[names.index(id_column)]
+        id_line, id_col = _position(record, names.index(id_column))
         yield _PositionedRow(row, record.line, id_line, id_col)
 
 
@@ -407,22 +407,32 @@ def _csv_records(text: str, path: Path, delimiter: str) -> Iterator[_Record]:
 def _field_positions(raw: str, first_line: int, delimiter: str) -> list[tuple[int, int]]:
     """Where each field of one CSV record starts, honouring quotes (which may hide delimiters and newlines)."""
     positions = [(first_line, 1)]
-    line, column, in_quotes = first_line, 1, False
+    line, column, in_quotes, quotable = first_line, 1, False, True
     for char in raw:
-        if char == '"':
-            in_quotes = not in_quotes  # a doubled quote toggles twice, which is what it should do
+        # As the csv module reads it: a quote opens quoting only at a field's start (or right after a
+        # closing quote, which makes a doubled quote); elsewhere in an unquoted field it is a plain character.
+        opens = char == '"' and not in_quotes and quotable
+        closes = char == '"' and in_quotes
+        if opens or closes:
+            in_quotes = opens
         elif char == delimiter and not in_quotes:
             positions.append((line, column + 1))
+        quotable = closes or (char == delimiter and not in_quotes)
         if char == "\n":
             line, column = line + 1, 0
         column += 1
     return positions
 
 
+def _position(record: _Record, index: int) -> tuple[int, int]:
+    """Where field `index` of a record starts; the record's start when quoting defeats the count."""
+    return record.positions[index] if index < len(record.positions) else (record.line, 1)
+
+
 def _header_names(header: _Record, path: Path, id_column: str) -> list[str]:
     names = [name.strip() for name in header.fields]
     for index, name in enumerate(names):
-        line, column = header.positions[index]
+        line, column = _position(header, index)
         if not name:
             raise DataError(f"column {index + 1} of the header has no name", path, line, column)
         if name in names[:index]:
@@ -437,7 +447,7 @@ def _check_width(record: _Record, width: int, path: Path) -> None:
     count = len(record.fields)
     if count == width:
         return
-    line, column = record.positions[width] if count > width else (record.line, 1)
+    line, column = _position(record, width) if count > width else (record.line, 1)
     raise DataError(f"the row has {count} fields but the header has {width}", path, line, column)
 
 

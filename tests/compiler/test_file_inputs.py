@@ -217,6 +217,15 @@ def test_a_5000_digit_number_names_the_data_file_line_and_column(project: Path) 
     assert message == "the number is too long (more than 4300 digits)"
 
 
+def test_a_csv_row_with_a_stray_quote_and_a_field_too_many_is_positioned(project: Path) -> None:
+    # found by the fuzz: a quote inside an unquoted field is a plain character to the csv module
+    (project / "data" / "rows.csv").write_text('id,sequence,split\nr0,cat " dog,val,1\n')
+    write_spec(project, "data/rows.csv")
+    path, line, column, code, message = one_error(intro("check", "s.intro", cwd=project))
+    assert (path, line, column, code) == ("data/rows.csv", 2, 18, "E141")
+    assert message == "the row has 4 fields but the header has 3"
+
+
 def test_non_utf8_bytes_in_a_spec_are_positioned(project: Path) -> None:
     # (a data file's were already positioned: tests/compiler/test_datasets.py)
     spec = write_spec(project)

@@ -500,9 +500,9 @@ class _Hang(Exception):
     """Raised by the alarm when a case has sat blocked, without using the CPU, for 2 s."""
 
 
-_WATCHING: list[
-    str
-] = []  # non-regular paths opened during the current case; watched only while a list is here
+# The hook is process-wide and permanent: it acts only while a case runs (_WATCH_ON), and lists in
+# _WATCHING the non-regular paths the case tried to open.
+_WATCHING: list[str] = []
 _WATCH_ON = [False]
 
 
