@@ -162,10 +162,10 @@ def write(dataset: xr.Dataset, store: Path, group: str) -> None:
 
 
 # ---------------------------------------------------------------- integrity
-# `cube.zarr/.intro-manifest.json` lists every file of the store with its sha256, written after each
-# group: a garbled chunk, a deleted chunk (which zarr would silently read as NaN) or a torn write is found
-# before anything reads the cube. Cubes are derived from the cache, so `intro run` rebuilds a damaged one.
-MANIFEST = ".intro-manifest.json"
+# `cube.zarr.manifest.json`, beside the store (inside it zarr would warn about a foreign object), lists
+# every file of the store with its sha256, written after each group: a garbled chunk, a deleted chunk
+# (which zarr would silently read as NaN) or a torn write is found before anything reads the cube. Cubes
+# are derived from the cache, so `intro run` rebuilds a damaged one.
 WRITING = "writing"
 
 
@@ -176,13 +176,18 @@ class DamagedCubeError(Exception):
         self.store, self.group = store, group
 
 
+def check_group(store: Path, group: str) -> None:
+    """DamagedCubeError if a measure's files differ from what the run wrote (a no-op for older cubes)."""
+    listed = _manifest_of(store)
+    if listed is not None:
+        _check_group(store, group, listed)
+
+
 def open_group(store: Path, group: str) -> xr.Dataset:
     """A measure's cube, loaded and checked; FileNotFoundError before it exists, DamagedCubeError if damaged."""
     if not (store / group).is_dir():
         raise FileNotFoundError(store / group)
-    listed = _manifest_of(store)
-    if listed is not None:
-        _check_group(store, group, listed)
+    check_group(store, group)
     try:
         return xr.open_zarr(store, group=group).load()
     except Exception as error:  # zarr and its codecs raise many kinds on a garbled store
@@ -194,7 +199,7 @@ def check_store(store: Path) -> None:
     listed = _manifest_of(store)
     if listed is None:
         for name in (".zgroup", ".zattrs", ".zmetadata"):
-            _read_json(store, name)
+            _read_json(store / name)
         return
     for group in listed["groups"]:
         if (store / group).is_dir():
@@ -210,6 +215,7 @@ def discard_if_damaged(store: Path, report: Any) -> None:
     except DamagedCubeError as error:
         report(f"intro: {error}; rebuilding it from the cache")
         shutil.rmtree(store)
+        manifest_path(store).unlink(missing_ok=True)
 
 
 def _check_group(store: Path, group: str, listed: Mapping[str, Any]) -> None:
@@ -224,24 +230,29 @@ def _check_group(store: Path, group: str, listed: Mapping[str, Any]) -> None:
         raise DamagedCubeError(store, group, f"{damage.path.relative_to(store)}: {damage.reason}") from None
 
 
+def manifest_path(store: Path) -> Path:
+    return store.with_name(store.name + ".manifest.json")
+
+
 def _manifest_of(store: Path) -> dict[str, Any] | None:
-    if not (store / MANIFEST).exists():
+    path = manifest_path(store)
+    if not path.exists():
         return None  # written before manifests: only what zarr itself checks
-    data = _read_json(store, MANIFEST)
+    data = _read_json(path)
     if not (
         isinstance(data, dict) and isinstance(data.get("groups"), dict) and isinstance(data.get("root"), dict)
     ):
-        raise DamagedCubeError(store, None, f"{MANIFEST}: not a cube manifest")
+        raise DamagedCubeError(store, None, f"{path.name}: not a cube manifest")
     return data
 
 
-def _read_json(store: Path, name: str) -> Any:
-    if not (store / name).exists():
+def _read_json(path: Path) -> Any:
+    if not path.exists():
         return None
     try:
-        return read_json(store / name)
+        return read_json(path)
     except DamageError as damage:
-        raise DamagedCubeError(store, None, f"{name}: {damage.reason}") from None
+        raise DamagedCubeError(path.parent, None, f"{path.name}: {damage.reason}") from None
 
 
 def _record(store: Path, group: str, files: Mapping[str, Any] | None) -> None:
@@ -250,9 +261,8 @@ def _record(store: Path, group: str, files: Mapping[str, Any] | None) -> None:
     except DamagedCubeError:
         listed = {"groups": {}}
     listed["groups"][group] = WRITING if files is None else dict(files)
-    root_files = [Path(p.name) for p in store.iterdir() if p.is_file() and p.name != MANIFEST]
-    listed["root"] = manifest(store, root_files)
-    atomic_write(store / MANIFEST, json.dumps(listed, indent=1, sort_keys=True))
+    listed["root"] = manifest(store, [Path(p.name) for p in store.iterdir() if p.is_file()])
+    atomic_write(manifest_path(store), json.dumps(listed, indent=1, sort_keys=True))
 
 
 def rebuild_advice(run: Path, error: DamagedCubeError) -> str:

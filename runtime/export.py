@@ -26,6 +26,8 @@ from attrs import frozen
 
 from intro.compiler.plan import Plan
 
+from .cube import DamagedCubeError, check_group, rebuild_advice
+
 FORMATS = ("parquet", "csv")
 UNIT_DIMS = frozenset({"item", "trial", "step"})
 DEFAULT_FOLDER = "export"
@@ -101,6 +103,10 @@ def cube_groups(store: Path, plan: Plan) -> list[str]:
 
 
 def _open_group(store: Path, name: str) -> xr.Dataset:
+    try:
+        check_group(store, name)
+    except DamagedCubeError as error:
+        raise RunError(rebuild_advice(store.parent, error).removeprefix("intro: ")) from None
     try:
         return xr.open_zarr(store, group=name)
     except Exception as error:  # whatever zarr raises about a damaged store, the user gets one line

@@ -41,7 +41,8 @@ def targets(root: Path) -> dict[str, list[Path]]:
         "cube chunk": sorted(
             p for p in (run / "cube.zarr").rglob("*") if p.is_file() and "." not in p.name[:1]
         ),
-        "cube metadata": sorted(p for p in (run / "cube.zarr").rglob(".*") if p.is_file()),
+        "cube metadata": sorted(p for p in (run / "cube.zarr").rglob(".*") if p.is_file())
+        + [run / "cube.zarr.manifest.json"],
     }
     return {kind: [p.relative_to(root) for p in paths] for kind, paths in files.items() if paths}
 

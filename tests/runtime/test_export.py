@@ -163,3 +163,17 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert err.startswith("intro: ")
+
+
+def test_a_damaged_cube_is_named_with_the_command_that_rebuilds_it(run, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    group = plan_of(run).measures[0].name
+    chunk = next(p for p in sorted((damaged / "cube.zarr" / group).rglob("*")) if p.name[0].isdigit())
+    chunk.write_bytes(bytes(b ^ 0xFF for b in chunk.read_bytes()))
+    assert main(["export", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"cube.zarr/{group} is damaged" in err and "`intro run " in err, err

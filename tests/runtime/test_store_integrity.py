@@ -189,7 +189,7 @@ def test_a_damaged_cube_chunk_is_reported_and_run_rebuilds_it(study, reference, 
 
 
 def test_a_cube_whose_run_stopped_while_writing_it_is_reported(study):
-    manifest = study / "runs" / STUDY / "cube.zarr" / ".intro-manifest.json"
+    manifest = study / "runs" / STUDY / "cube.zarr.manifest.json"
     listed = json.loads(manifest.read_text())
     listed["groups"]["predicted"] = "writing"
     manifest.write_text(json.dumps(listed))
