@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from intro.stdlib.extractors import EXTRACTORS
 
-from . import ast, ir, templates
+from . import ast, ir, template_sandbox, templates
 from .datasets import DataError, data_digest, load_rows
 from .diagnostics import Span, did_you_mean
 from .models import (
@@ -322,5 +322,6 @@ def _sampling(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Sampli
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:
-    """Render a template in the bounded sandbox (see `templates`); `intro check` has rendered it already."""
-    return templates.render(template, values)
+    """Render a template in the bounded sandbox (see `template_sandbox`); `intro check` has rendered it
+    already."""
+    return template_sandbox.render(template, values)

@@ -23,7 +23,7 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
 from intro.cli import main
-from intro.compiler.templates import BUDGET, Budget, TemplateProblem, render
+from intro.compiler.template_sandbox import BUDGET, Budget, TemplateProblem, render
 
 ROWS = [
     {"id": "a1", "sequence": "cat, dog", "answer": "cow", "split": "val"},
