@@ -240,8 +240,8 @@ def _judge(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Grader:
 
 
 # ---------------------------------------------------------------- the table
-def _fn(name: str, build: Any, *params: Param, doc: str = "") -> tuple[str, Function]:
-    return name, Function(name, params, build, doc)
+def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: str) -> tuple[str, Function]:
+    return name, Function(name, params, build, doc, returns, example)
 
 
 _SELECTION = Param("tasks", "selection")
@@ -262,6 +262,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("batch", "int", 8),
             Param("seed", "int", 0),
             doc="a new model: `model` trained with LoRA (or the provider's finetuning) on `data`",
+            returns="model",
+            example="finetune(qwen, hypotheticals(qwen, mini.train, props), rank: 8, lr: 5e-4)",
         ),
         _fn(
             "inject",
@@ -273,6 +275,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("start", "string", None),
             doc="a new model: `model` with `strength * vector` added to the residual stream after `layer`, "
             "from the token before `start` on (from the first token when `start` is not given)",
+            returns="model",
+            example="inject(qwen, dog, 16, 4)",
         ),
         _fn(
             "hypotheticals",
@@ -284,6 +288,8 @@ FUNCTIONS: dict[str, Function] = dict(
             _TEMPLATE,
             doc="training data: `subject`'s own object-level answers to `tasks`, asked back as hypothetical "
             "questions about `properties`",
+            returns="training data",
+            example="hypotheticals(qwen, mini.train, props)",
         ),
         _fn(
             "answers",
@@ -292,6 +298,8 @@ FUNCTIONS: dict[str, Function] = dict(
             _SELECTION,
             Param("sampling", "sampling", GREEDY),
             doc="training data: `model`'s object-level answers to `tasks`",
+            returns="training data",
+            example="answers(gemma, mini.train)",
         ),
         _fn(
             "prediction",
@@ -305,6 +313,9 @@ FUNCTIONS: dict[str, Function] = dict(
             _TEMPLATE,
             doc="a measurement: how often `predictor`, asked the hypothetical question, predicts the "
             "`properties` of `subject`'s object-level answers on `tasks`",
+            returns="measurement",
+            example="prediction(gemma, qwen, mini.test, props, object: li.object_level, "
+            "hypothetical: li.hypothetical)",
         ),
         _fn(
             "calibration",
@@ -318,6 +329,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("top_k", "int", 3),
             doc="a measurement: how far `predictor`'s distribution over each property is from the distribution "
             "of `subject`'s sampled behaviour (mean absolute difference)",
+            returns="measurement",
+            example="calibration(qwen, qwen, mini.test, props, sampling: li.calibration_samples)",
         ),
         _fn(
             "behaviour_change",
@@ -330,6 +343,8 @@ FUNCTIONS: dict[str, Function] = dict(
             _TEMPLATE,
             doc="a measurement: whether `after`'s self-predictions follow its changed behaviour rather than "
             "`before`'s",
+            returns="measurement",
+            example="behaviour_change(qwen, finetune(qwen, answers(gemma, mini.train)), mini.test, props)",
         ),
         _fn(
             "concept",
@@ -341,6 +356,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("template", "string", "Tell me about {word}"),
             doc="a vector: `model`'s activation at `layer` on the last token of `template` with `word`, minus "
             "the mean over the `baseline` words",
+            returns="vector",
+            example='concept(qwen, "dog", 16, baseline)',
         ),
         _fn(
             "random_like",
@@ -348,18 +365,25 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("vector", "vector"),
             Param("seed", "int", 0),
             doc="a vector: a seeded Gaussian direction with the norm and shape of `vector` (a control)",
+            returns="vector",
+            example="random_like(dog, seed: 1)",
         ),
         _fn(
             "vector_file",
             _vector_file,
             Param("path", "string"),
-            doc="a vector read from a file next to the spec (hashed by content)",
+            doc="a vector read from a safetensors file next to the spec, its tensor named `vector` "
+            "(hashed by content)",
+            returns="vector",
+            example='vector_file("vectors/dog.safetensors")',
         ),
         _fn(
             "pairs",
             _pairs,
             Param("items", "list"),
             doc="every ordered pair of distinct items: (a, b) and (b, a)",
+            returns="list",
+            example="pairs([qwen, gemma])",
         ),
         _fn(
             "product",
@@ -367,8 +391,18 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("first", "list"),
             Param("second", "list"),
             doc="every pair (a, b) with a from `first` and b from `second`",
+            returns="list",
+            example="product([qwen, gemma], [2, 4, 8])",
         ),
-        _fn("take", _take, Param("items", "list"), Param("n", "int"), doc="the first `n` items of a list"),
+        _fn(
+            "take",
+            _take,
+            Param("items", "list"),
+            Param("n", "int"),
+            doc="the first `n` items of a list",
+            returns="list",
+            example="take(intro.sentences, 3)",
+        ),
         _fn(
             "layers",
             _layers,
@@ -377,6 +411,8 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("low", "number", 0.0),
             Param("high", "number", 1.0),
             doc="`count` evenly spaced layer indices of `model`, from `low` to `high` as fractions of its depth",
+            returns="list",
+            example="layers(qwen, 3, 0.5, 0.8)",
         ),
         _fn(
             "column",
@@ -384,13 +420,24 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("path", "string"),
             Param("field", "string"),
             doc="the values of `field` in every row of a data file (a list of strings)",
+            returns="list",
+            example='column("data/capitals.jsonl", "country")',
         ),
         _fn(
             "logit_readout",
             _graders,
             doc="a grader: rule-based grades of each reply, plus P(yes) read from the model's next-token logits",
+            returns="grader",
+            example="logit_readout()",
         ),
-        _fn("judge", _judge, Param("model", "model"), doc="a grader that asks `model` to grade each reply"),
+        _fn(
+            "judge",
+            _judge,
+            Param("model", "model"),
+            doc="a grader that asks `model` to grade each reply",
+            returns="grader",
+            example="judge(gemma)",
+        ),
         ("injected_thought", INJECTED_THOUGHT),
         *concept_experiments.FUNCTIONS.items(),
     ]

@@ -192,6 +192,9 @@ THOUGHTS_VS_TEXT = Function(
     _thoughts_vs_text,
     "per sentence, with `strength * concept` on its tokens and without: which of `word` and the first "
     "`ways - 1` other candidates the model names, and whether it repeats the line",
+    returns="measurement",
+    example='thoughts_vs_text(qwen, dog, "dog", 16, 4, take(intro.sentences, 3), intro.candidates, '
+    "intro.identify_line, intro.repeat_line)",
 )
 
 PREFILL_INTENTION = Function(
@@ -205,6 +208,9 @@ PREFILL_INTENTION = Function(
     _prefill_intention,
     "per sentence, the reply forced to `word`: does the model disown it, with `word`'s vector injected on "
     "the sentence and without",
+    returns="measurement",
+    example='prefill_intention(qwen, dog, "dog", 16, 4, take(intro.sentences, 3), intro.ask_word, '
+    "intro.intention_question)",
 )
 
 THINK_ABOUT = Function(
@@ -222,6 +228,9 @@ THINK_ABOUT = Function(
     _think_about,
     "cosine of the activations on a written sentence with `word`'s concept vector, told to think about it "
     "or not, against control words",
+    returns="measurement",
+    example='think_about(qwen, dog, "dog", 16, take(intro.sentences, 3), take(intro.control_words, 10), '
+    "intro.think_line, intro.dont_think_line)",
 )
 
 FUNCTIONS = {f.name: f for f in (THOUGHTS_VS_TEXT, PREFILL_INTENTION, THINK_ABOUT)}

@@ -100,6 +100,8 @@ INJECTED_THOUGHT = Function(
     ),
     lambda ctx, spans, at, **a: _injected_thought(ctx, spans, at, vector=a.pop("concept"), **a),
     "trials asking `model` whether it detects a thought (`strength * concept` at `layer`), and controls without it",
+    returns="measurement",
+    example='injected_thought(qwen, dog, "dog", 16, 4, intro.trial, trials: 8, grader: logit_readout())',
 )
 
 

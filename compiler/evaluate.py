@@ -394,7 +394,7 @@ def call(func: Function, node: ast.Call, ev: Evaluator) -> Any:
         bound[param.name] = (ev.expr(arg), arg.span)
     for named in node.kwargs:
         if named.name not in params:
-            notes = did_you_mean(named.name, params)
+            notes = (*did_you_mean(named.name, params), _parameters_note(func))
             ev.ctx.fail("E206", f"{func.name}() has no parameter '{named.name}'", named.span, *notes)
         if named.name in bound:
             ev.ctx.fail("E207", f"{func.name}() got '{named.name}' twice", named.span)
@@ -417,6 +417,13 @@ def call(func: Function, node: ast.Call, ev: Evaluator) -> Any:
         else:
             values[param.name], spans[param.name] = param.default, node.span
     return func.build(ev.ctx, spans, node.span, **values)
+
+
+def _parameters_note(func: Function) -> str:
+    """The parameters a misnamed argument could have meant, all of them: the list is short."""
+    if not func.params:
+        return f"{func.name}() takes no arguments"
+    return f"{func.name}() parameters: {', '.join(p.name for p in func.params)}"
 
 
 def _label(value: Any, name: str) -> Any:

@@ -21,10 +21,18 @@ class Module:
 
 @frozen
 class Function:
+    """A builtin: its signature, its builder, and the reference text `docs/language.md` is generated from.
+
+    `returns` is the `type_name` of what a call gives; `example` is a call that checks in the reference
+    spec (`compiler/reference.py`), so tests fail when an example stops being valid.
+    """
+
     name: str
     params: tuple[Param, ...]
     build: Callable[..., Any]
     doc: str = ""
+    returns: str = ""
+    example: str = ""
 
 
 REQUIRED = object()

@@ -100,7 +100,10 @@ def test_check_json_gives_structured_diagnostics() -> None:
         "column": 72,
         "end_line": 26,
         "end_column": 83,
-        "notes": ["did you mean 'hypothetical'?"],
+        "notes": [
+            "did you mean 'hypothetical'?",
+            "prediction() parameters: predictor, subject, tasks, properties, object, hypothetical, template",
+        ],
     }
     clean = intro("check", "--json", str(MINI))
     assert (clean.returncode, json.loads(clean.stdout)) == (0, [])
