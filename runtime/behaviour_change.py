@@ -10,6 +10,7 @@ same items says whether predictions follow the new behaviour more often than the
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,19 +35,20 @@ class ChangeRow:
     hypothetical_response: str
     predicted: str | None  # `after`'s normalised prediction; None: non-compliant
 
-    @property
+    # The `property` field names the builtin in this class body, so the decorators are spelled out.
+    @builtins.property
     def compared(self) -> bool:
         return self.old is not None and self.new is not None
 
-    @property
+    @builtins.property
     def changed(self) -> bool:
         return self.compared and self.old != self.new
 
-    @property
+    @builtins.property
     def matches_old(self) -> bool:
         return self.predicted is not None and self.predicted == self.old
 
-    @property
+    @builtins.property
     def matches_new(self) -> bool:
         return self.predicted is not None and self.predicted == self.new
 

@@ -8,6 +8,7 @@ a non-compliant hypothetical answer counts as wrong.
 
 from __future__ import annotations
 
+import builtins
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,7 +45,8 @@ class PredictionRow:
     predicted: str | None  # the normalised prediction; None: non-compliant
     correct: bool | None  # None when the item is dropped
 
-    @property
+    # The `property` field names the builtin in this class body, so the decorator is spelled out.
+    @builtins.property
     def kept(self) -> bool:
         return self.correct is not None
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -46,9 +46,10 @@ class Eta:
 
     def __init__(self, units_left: Mapping[str, float], clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self.left: Counter[str] = Counter(units_left)
-        self.seconds: Counter[str] = Counter()
-        self.done: Counter[str] = Counter()
+        # Units and seconds are fractional (Counter is typed for int counts), so float-valued defaultdicts.
+        self.left: defaultdict[str, float] = defaultdict(float, units_left)
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.done: defaultdict[str, float] = defaultdict(float)
         self._since = clock()
 
     def pause(self) -> None:

@@ -28,6 +28,7 @@ from intro.compiler.plan import Plan, Prompt, Step
 
 from . import behaviour_change, calibration, cube, cubes_extra
 from .cache import Cache, atomic_write
+from .calibration import ItemSamples
 from .measures import Texts, property_value, reduce_samples
 from .requests import BackendError, Message, ScoreRequest
 
@@ -313,9 +314,7 @@ class TrainingSteps:
         self.calibration_cubes[name].fill(coords, cells, readout)
         cube.write(self.calibration_cubes[name].dataset(), self.run.directory / "cube.zarr", name)
 
-    async def _readouts(
-        self, step: Step, samples: Sequence[calibration.ItemSamples]
-    ) -> list[dict[str, float]]:
+    async def _readouts(self, step: Step, samples: Sequence[ItemSamples]) -> list[dict[str, float]]:
         """P(each behaviour) as the predictor's reply to each row's hypothetical prompt, cached per step."""
         key = calibration.readout_key(step.hash)
         record = self.cache.get(key)

@@ -260,9 +260,9 @@ class _Scanner:
         elif token.text in "})]" and self.stack:
             if self.stack[-1][0] == "block":
                 self.settle(token.offset, len(self.stack))
-            kind, block = self.stack.pop()
-            if block is not None:
-                block.end = token.end
+            _, closed = self.stack.pop()
+            if closed is not None:
+                closed.end = token.end
 
     def use(self, index: int) -> int:
         start = self.code[index]

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,11 +287,11 @@ async def stop_litellm_background_work() -> None:
     await GLOBAL_LOGGING_WORKER.stop()
 
 
-async def _all_or_nothing(calls: list[Awaitable[Any]]) -> list[Any]:
+async def _all_or_nothing(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
     """Run calls concurrently; on the first failure cancel the rest and raise that failure alone."""
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(call) for call in calls]  # type: ignore[arg-type]
+            tasks = [group.create_task(call) for call in calls]
     except BaseExceptionGroup as group_error:
         raise _first_leaf(group_error) from None
     return [task.result() for task in tasks]
