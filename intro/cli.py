@@ -541,7 +541,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from intro.runtime.serve import main_serve
+    from intro.runtime.serve.command import main_serve
 
     if args.turn_tokens < 0:
         print(f"intro: error: --turn-tokens must be 0 or more, not {args.turn_tokens}", file=sys.stderr)

@@ -11,7 +11,7 @@ litellm name, which is what `BackendPool` opens the finetuned model by.
 
 Hyperparameters: `epochs` -> `n_epochs`, `batch` -> `batch_size`, and `lr` -> `learning_rate_multiplier =
 lr / BASE_LEARNING_RATE` (1e-4, the language's default `lr`, so the default trains at multiplier 1). That is
-exactly the learning rate `intro serve` trains at (runtime/serve_finetune.py); OpenAI applies the multiplier
+exactly the learning rate `intro serve` trains at (runtime/serve/finetune.py); OpenAI applies the multiplier
 to a base rate of its own choosing, so there `lr` sets the multiplier, not the rate. `rank`, `alpha` have no
 field in OpenAI's API: the provider chooses them. `seed` is the job's seed.
 

@@ -34,7 +34,13 @@ from typing import Any
 from attrs import frozen
 
 from intro.runtime.requests import Generation, TokenLogprob
-from intro.runtime.serve import ChatRequest, chat_completion_body, error_body, models_body, parse_chat_request
+from intro.runtime.serve.protocol import (
+    ChatRequest,
+    chat_completion_body,
+    error_body,
+    models_body,
+    parse_chat_request,
+)
 
 FAULT_KINDS = ("429", "500", "hang", "truncated", "malformed", "reset", "401")
 

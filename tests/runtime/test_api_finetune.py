@@ -37,16 +37,15 @@ from intro.runtime.api_finetune import (
 )
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.cache import Cache
-from intro.runtime.serve import InvalidRequestError, make_server
-from intro.runtime.serve_finetune import (
-    BASE_LEARNING_RATE,
-    FineTuningService,
+from intro.runtime.serve.finetune import BASE_LEARNING_RATE, FineTuningService, enable_finetuning
+from intro.runtime.serve.finetune_protocol import (
     FormPart,
     TrainingFileError,
-    enable_finetuning,
     parse_hyperparameters,
     read_training_file,
 )
+from intro.runtime.serve.protocol import InvalidRequestError
+from intro.runtime.serve.server import make_server
 from intro.runtime.training import TrainingExample, write_examples
 from tests.tinymodels import make_tiny_model
 

@@ -19,7 +19,7 @@ from scipy import stats
 
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.resultdiff import compare_prediction_cubes
-from intro.runtime.serve import make_server
+from intro.runtime.serve.server import make_server
 from tests.tinymodels import cached_tiny_model
 
 SPEC = """

@@ -35,7 +35,7 @@ from intro.runtime.requests import (
     Steering,
 )
 from intro.runtime.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
-from intro.runtime.serve import make_server
+from intro.runtime.serve.server import make_server
 from tests.servers import EchoServer, Fault, echo_text
 from tests.tinymodels import make_tiny_model
 

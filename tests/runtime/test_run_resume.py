@@ -21,7 +21,7 @@ import xarray as xr
 from intro.compiler import compile_spec
 from intro.compiler.plan import requests
 from intro.runtime.backends.local import LocalBackend, load_local_model
-from intro.runtime.serve import make_server
+from intro.runtime.serve.server import make_server
 from tests.tinymodels import cached_tiny_model
 
 INTRO = [sys.executable, "-m", "intro.cli"]

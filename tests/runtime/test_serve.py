@@ -17,7 +17,8 @@ import pytest
 
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.requests import BackendError, GenerationRequest, Message
-from intro.runtime.serve import InvalidRequestError, make_server, parse_chat_request
+from intro.runtime.serve.protocol import InvalidRequestError, parse_chat_request
+from intro.runtime.serve.server import make_server
 from tests.tinymodels import make_tiny_model
 
 PROMPTS = ("What is the capital of Japan?", "Is the sky blue?", "The dog", "Count: 1 2 3", "a cat", "Paris")
@@ -191,7 +192,7 @@ def test_parse_chat_request_reads_the_openai_fields():
 
 @pytest.mark.slow  # a fresh interpreter importing torch and transformers: about 10 s here
 def test_main_serve_serves_a_model_directory_until_interrupted(model_dir):
-    code = "import sys; from intro.runtime.serve import main_serve; sys.exit(main_serve(sys.argv[1], '127.0.0.1', 0))"
+    code = "import sys; from intro.runtime.serve.command import main_serve; sys.exit(main_serve(sys.argv[1], '127.0.0.1', 0))"
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(model_dir)],
         stdout=subprocess.PIPE,
@@ -215,7 +216,7 @@ def test_main_serve_serves_a_model_directory_until_interrupted(model_dir):
 
 
 def test_main_serve_reports_a_bad_source(tmp_path):
-    from intro.runtime.serve import main_serve
+    from intro.runtime.serve.command import main_serve
 
     assert main_serve(str(tmp_path / "missing"), "127.0.0.1", 0) == 1
 

@@ -19,8 +19,8 @@ import pytest
 
 from intro.runtime.backends.local import LocalBackend, load_local_model
 from intro.runtime.requests import GenerationRequest, Message
-from intro.runtime.serve import InsecureBindError, make_server
-from intro.runtime.serve_finetune import enable_finetuning
+from intro.runtime.serve.finetune import enable_finetuning
+from intro.runtime.serve.server import InsecureBindError, make_server
 from tests.tinymodels import make_tiny_model
 
 INTRO = str(Path(sys.executable).with_name("intro"))

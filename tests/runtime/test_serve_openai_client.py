@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from intro.runtime.backends.local import LocalBackend, load_local_model
-from intro.runtime.serve import make_server
-from intro.runtime.serve_finetune import enable_finetuning
+from intro.runtime.serve.finetune import enable_finetuning
+from intro.runtime.serve.server import make_server
 from tests.tinymodels import make_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")

@@ -21,15 +21,15 @@ Jobs run one at a time on one worker thread, since they share the served weights
 `learning_rate_multiplier * BASE_LEARNING_RATE` (1e-4, the language's default `lr`), the unit intro's client
 (`runtime/api_finetune.py`) converts to. Every file and job lives in a state directory, written atomically,
 so a restarted server still answers for finished jobs, and takes up again the jobs it had not finished.
+
+Request and reply shapes are `finetune_protocol.py`; the state directory is `finetune_state.py`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
-import re
 import shutil
 import tempfile
 import threading
@@ -37,269 +37,35 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from email.parser import BytesParser
-from email.policy import HTTP
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from attrs import frozen
-
-from intro.runtime.cache import atomic_write
 from intro.runtime.requests import Message
-from intro.runtime.serve import (
-    DEFAULT_TURN_TOKENS,
-    BatchingRunner,
-    ChatServer,
-    InvalidRequestError,
-    ModelNotFoundError,
-    context_tokens_of,
-    error_body,
-    model_object,
-    request_body_length,
+from intro.runtime.serve.batching import DEFAULT_TURN_TOKENS, BatchingRunner, context_tokens_of
+from intro.runtime.serve.finetune_protocol import (
+    FormPart,
+    Reply,
+    TrainingFileError,
+    error_object,
+    found_reply,
+    job_checkpoints,
+    json_body,
+    list_page,
+    parse_form,
+    parse_hyperparameters,
+    read_body,
+    read_training_file,
 )
+from intro.runtime.serve.finetune_state import TERMINAL, FineTuningState
+from intro.runtime.serve.protocol import InvalidRequestError, ModelNotFoundError, error_body, model_object
+from intro.runtime.serve.server import ChatServer
 
 log = logging.getLogger(__name__)
 
 # `learning_rate_multiplier` 1 trains at this rate: the language's default `lr`.
 BASE_LEARNING_RATE = 1e-4
-DEFAULT_EPOCHS = 1
-DEFAULT_BATCH_SIZE = 8
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's limit for one file
-TERMINAL = ("succeeded", "failed", "cancelled")
-_ID = re.compile(r"^[A-Za-z0-9_-]+$")
-
-# A JSON body, or a file's bytes.
-Reply = tuple[HTTPStatus, dict[str, Any] | bytes]
-DEFAULT_PAGE = 20
-# What each status a job enters says in its events, as OpenAI's events say it.
-STATUS_EVENTS = {
-    "validating_files": "Validating training file: {training_file}",
-    "queued": "Files validated, moving job to queued state",
-    "running": "Fine-tuning job started",
-    "succeeded": "The job has successfully completed",
-    "cancelled": "The job was cancelled",
-}
-
-
-class TrainingFileError(ValueError):
-    """A training file line that is not a chat example; the message names the line."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Requests: multipart uploads, job parameters, training files
-# ---------------------------------------------------------------------------------------------------
-
-
-@frozen
-class FormPart:
-    value: bytes
-    filename: str | None
-
-
-def parse_form(content_type: str, body: bytes) -> dict[str, FormPart]:
-    """The fields of a multipart/form-data body, by name."""
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise InvalidRequestError("uploads must be multipart/form-data")
-    # The email package reads MIME multiparts; a form body is one once its Content-Type is put in front.
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise InvalidRequestError("the multipart body could not be read")
-    fields = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name:
-            fields[str(name)] = FormPart(part.get_payload(decode=True) or b"", part.get_filename())
-    return fields
-
-
-@frozen
-class JobHyperparameters:
-    """OpenAI's fine-tuning hyperparameters with "auto" resolved to this server's defaults."""
-
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "n_epochs": self.n_epochs,
-            "batch_size": self.batch_size,
-            "learning_rate_multiplier": self.learning_rate_multiplier,
-        }
-
-
-def parse_hyperparameters(raw: Any) -> JobHyperparameters:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InvalidRequestError("'hyperparameters' must be an object")
-    return JobHyperparameters(
-        n_epochs=int(_positive(raw, "n_epochs", DEFAULT_EPOCHS, integer=True)),
-        batch_size=int(_positive(raw, "batch_size", DEFAULT_BATCH_SIZE, integer=True)),
-        learning_rate_multiplier=float(_positive(raw, "learning_rate_multiplier", 1.0, integer=False)),
-    )
-
-
-def _positive(raw: Mapping[str, Any], name: str, default: float, *, integer: bool) -> float:
-    value = raw.get(name, "auto")
-    if value == "auto" or value is None:
-        return default
-    kinds = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        kind = "integer" if integer else "number"
-        raise InvalidRequestError(f'hyperparameters.{name} must be a positive {kind} or "auto"')
-    return value
-
-
-def read_training_file(text: str) -> list[tuple[tuple[Message, ...], str]]:
-    """Chat examples (conversation, assistant reply) from OpenAI fine-tuning JSONL.
-
-    Each non-empty line is {"messages": [...]} whose last message is the assistant reply to learn.
-    """
-    examples = [_example(line, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not examples:
-        raise TrainingFileError("the training file holds no examples")
-    return examples
-
-
-def _example(line: str, number: int) -> tuple[tuple[Message, ...], str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise TrainingFileError(f"line {number}: not valid JSON ({error.msg})") from None
-    messages = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise TrainingFileError(f'line {number}: needs "messages", a list of at least two messages')
-    chat = tuple(_message(item, number, index) for index, item in enumerate(messages))
-    if chat[-1].role != "assistant" or not chat[-1].content.strip():
-        raise TrainingFileError(f"line {number}: the last message must be a non-empty assistant reply")
-    return chat[:-1], chat[-1].content
-
-
-def _message(item: Any, number: int, index: int) -> Message:
-    if not isinstance(item, dict) or item.get("role") not in ("system", "user", "assistant"):
-        raise TrainingFileError(f"line {number}: messages[{index}] needs a role of system, user or assistant")
-    if not isinstance(item.get("content"), str):
-        raise TrainingFileError(f"line {number}: messages[{index}].content must be a string")
-    return Message(item["role"], item["content"])
-
-
-# ---------------------------------------------------------------------------------------------------
-# State on disk
-# ---------------------------------------------------------------------------------------------------
-
-
-class FineTuningState:
-    """Files and jobs under one directory: `files/<id>.jsonl` with `files/<id>.json`, `jobs/<id>.json`,
-    and each finished job's adapter in `jobs/<id>/adapter`."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        (self.root / "files").mkdir(parents=True, exist_ok=True)
-        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def save_file(self, meta: Mapping[str, Any], content: bytes) -> None:
-        data = self.root / "files" / f"{meta['id']}.jsonl"
-        scratch = data.with_name(f".tmp-{meta['id']}")
-        scratch.write_bytes(content)
-        os.replace(scratch, data)
-        atomic_write(self.root / "files" / f"{meta['id']}.json", json.dumps(meta))
-
-    def file(self, file_id: str) -> dict[str, Any] | None:
-        return _read_json(self.root / "files" / f"{file_id}.json") if _ID.match(file_id) else None
-
-    def file_text(self, file_id: str) -> str:
-        try:
-            return (self.root / "files" / f"{file_id}.jsonl").read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise TrainingFileError("the file is not UTF-8 text") from None
-
-    def files(self) -> list[dict[str, Any]]:
-        found = (_read_json(path) for path in (self.root / "files").glob("file-*.json"))
-        return sorted((meta for meta in found if meta), key=lambda meta: (meta["created_at"], meta["id"]))
-
-    def file_bytes(self, file_id: str) -> bytes | None:
-        if self.file(file_id) is None:
-            return None
-        return (self.root / "files" / f"{file_id}.jsonl").read_bytes()
-
-    def save_job(self, job: Mapping[str, Any]) -> None:
-        with self._lock:
-            atomic_write(self.root / "jobs" / f"{job['id']}.json", json.dumps(job))
-            self._add_event(job["id"], "Created fine-tuning job", "info")
-
-    def update_job(self, job_id: str, *, unless: tuple[str, ...] = (), **changes: Any) -> dict[str, Any]:
-        """Apply `changes` to a job (and log its new status as an event), unless its status is in
-        `unless`; returns the job as it then is."""
-        with self._lock:
-            path = self.root / "jobs" / f"{job_id}.json"
-            job = json.loads(path.read_text(encoding="utf-8"))
-            if job["status"] in unless:
-                return job  # type: ignore[no-any-return]
-            job = {**job, **changes}
-            atomic_write(path, json.dumps(job))
-            if "status" in changes:
-                self._status_event(job)
-        return job  # type: ignore[no-any-return]
-
-    def _status_event(self, job: Mapping[str, Any]) -> None:
-        if job["status"] == "failed":
-            error = job.get("error") or {}
-            self._add_event(job["id"], f"The job failed: {error.get('message', 'unknown error')}", "error")
-        elif job["status"] in STATUS_EVENTS:
-            self._add_event(job["id"], STATUS_EVENTS[job["status"]].format(**job), "info")
-
-    def _add_event(self, job_id: str, message: str, level: str) -> None:
-        event = {
-            "object": "fine_tuning.job.event",
-            "id": f"ftevent-{uuid.uuid4().hex[:24]}",
-            "created_at": int(time.time()),
-            "level": level,
-            "message": message,
-            "data": {},
-            "type": "message",
-        }
-        # Appended line by line: a crash loses at most the line it was writing.
-        with (self.root / "jobs" / f"{job_id}.events.jsonl").open("a", encoding="utf-8") as events:
-            events.write(json.dumps(event) + "\n")
-
-    def events(self, job_id: str) -> list[dict[str, Any]]:
-        """A job's events, oldest first (a torn last line, from a crash, is skipped)."""
-        path = self.root / "jobs" / f"{job_id}.events.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        return [event for event in map(_json_line, lines) if event is not None]
-
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        return _read_json(self.root / "jobs" / f"{job_id}.json") if _ID.match(job_id) else None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        found = (_read_json(path) for path in (self.root / "jobs").glob("*.json"))
-        return sorted((job for job in found if job), key=lambda job: (job["created_at"], job["id"]))
-
-    def adapter_dir(self, job_id: str) -> Path:
-        return self.root / "jobs" / job_id / "adapter"
-
-
-def _json_line(line: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(line)  # type: ignore[no-any-return]
-    except ValueError:
-        return None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# The service
-# ---------------------------------------------------------------------------------------------------
 
 
 class FineTuningService:
@@ -359,13 +125,13 @@ class FineTuningService:
 
     def _post(self, parts: list[str], headers: Mapping[str, str], body: BinaryIO) -> Reply | None:
         if parts == ["files"]:
-            form = parse_form(headers.get("Content-Type", ""), _read_body(headers, body, MAX_UPLOAD_BYTES))
+            form = parse_form(headers.get("Content-Type", ""), read_body(headers, body, MAX_UPLOAD_BYTES))
             return HTTPStatus.OK, self.upload(form)
         if parts == ["fine_tuning", "jobs"]:
-            request = _json_body(_read_body(headers, body, MAX_UPLOAD_BYTES))
+            request = json_body(read_body(headers, body, MAX_UPLOAD_BYTES))
             return HTTPStatus.OK, self.create_job(request)
         if len(parts) == 4 and parts[:2] == ["fine_tuning", "jobs"] and parts[3] == "cancel":
-            _read_body(
+            read_body(
                 headers, body, MAX_UPLOAD_BYTES
             )  # whatever the client sent, so the connection stays usable
             return self.cancel_job(parts[2])
@@ -373,28 +139,30 @@ class FineTuningService:
 
     def _get(self, parts: list[str], query: Mapping[str, list[str]]) -> Reply | None:
         if parts == ["files"]:
-            return HTTPStatus.OK, _page(self.state.files()[::-1], query)
+            return HTTPStatus.OK, list_page(self.state.files()[::-1], query)
         if len(parts) == 2 and parts[0] == "files":
-            return _found(self.state.file(parts[1]), f"no file {parts[1]}")
+            return found_reply(self.state.file(parts[1]), f"no file {parts[1]}")
         if len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
             content = self.state.file_bytes(parts[1])
-            return (HTTPStatus.OK, content) if content is not None else _found(None, f"no file {parts[1]}")
+            return (
+                (HTTPStatus.OK, content) if content is not None else found_reply(None, f"no file {parts[1]}")
+            )
         if parts[:2] != ["fine_tuning", "jobs"]:
             return None
         if len(parts) == 2:
-            return HTTPStatus.OK, _page(self.state.jobs()[::-1], query)
+            return HTTPStatus.OK, list_page(self.state.jobs()[::-1], query)
         job = self.state.job(parts[2]) if len(parts) in (3, 4) else None
         if job is None:
-            return _found(None, f"no fine-tuning job {parts[2]}")
+            return found_reply(None, f"no fine-tuning job {parts[2]}")
         if len(parts) == 3:
             return HTTPStatus.OK, job
         return self._job_part(job, parts[3], query)
 
     def _job_part(self, job: Mapping[str, Any], part: str, query: Mapping[str, list[str]]) -> Reply | None:
         if part == "events":
-            return HTTPStatus.OK, _page(self.state.events(job["id"])[::-1], query)
+            return HTTPStatus.OK, list_page(self.state.events(job["id"])[::-1], query)
         if part == "checkpoints":
-            return HTTPStatus.OK, _page(_checkpoints(job), query)
+            return HTTPStatus.OK, list_page(job_checkpoints(job), query)
         return None
 
     # ------------------------------------------------------------ files
@@ -454,7 +222,7 @@ class FineTuningService:
         """Cancel a job that has not finished; OpenAI answers 400 for one that has."""
         job = self.state.job(job_id)
         if job is None:
-            return _found(None, f"no fine-tuning job {job_id}")
+            return found_reply(None, f"no fine-tuning job {job_id}")
         if job["status"] not in TERMINAL:
             job = self.state.update_job(
                 job_id, status="cancelled", finished_at=int(time.time()), unless=TERMINAL
@@ -512,7 +280,7 @@ class FineTuningService:
                     job_id,
                     status="failed",
                     finished_at=int(time.time()),
-                    error=_error("training_error", error),
+                    error=error_object("training_error", error),
                     unless=TERMINAL,
                 )
 
@@ -606,60 +374,6 @@ class FineTuningService:
             for runner in self._runners.values():
                 runner.close()
             self._runners.clear()
-
-
-def _read_body(headers: Mapping[str, str], body: BinaryIO, limit: int) -> bytes:
-    return body.read(request_body_length(headers, limit))
-
-
-def _page(items: Sequence[dict[str, Any]], query: Mapping[str, list[str]]) -> dict[str, Any]:
-    """An OpenAI list page: the items after the one whose id is `after`, at most `limit` of them."""
-    after = query.get("after", [None])[0]
-    ids = [item["id"] for item in items]
-    start = ids.index(after) + 1 if after in ids else 0
-    limit = _limit(query.get("limit", [str(DEFAULT_PAGE)])[0])
-    page = list(items[start : start + limit])
-    return {"object": "list", "data": page, "has_more": start + limit < len(items)}
-
-
-def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-        raise InvalidRequestError(f"'limit' must be an integer between 1 and 10000, not {raw!r}")
-    return int(raw)
-
-
-def _checkpoints(job: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A succeeded job's one checkpoint: its final adapter, which is its fine-tuned model."""
-    if job["status"] != "succeeded":
-        return []
-    steps = job.get("trained_steps") or 0
-    checkpoint = {
-        "object": "fine_tuning.job.checkpoint",
-        "id": f"ftckpt-{job['id'].removeprefix('ftjob-')}",
-        "created_at": job["finished_at"],
-        "fine_tuned_model_checkpoint": job["fine_tuned_model"],
-        "fine_tuning_job_id": job["id"],
-        "metrics": {"step": steps, "train_loss": job.get("train_loss")},
-        "step_number": steps,
-    }
-    return [checkpoint]
-
-
-def _json_body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequestError("the request body is not valid JSON") from None
-
-
-def _found(record: dict[str, Any] | None, missing: str) -> Reply:
-    if record is None:
-        return HTTPStatus.NOT_FOUND, error_body(missing, "invalid_request_error")
-    return HTTPStatus.OK, record
-
-
-def _error(code: str, error: Exception) -> dict[str, Any]:
-    return {"code": code, "message": f"{type(error).__name__}: {error}", "param": None}
 
 
 def enable_finetuning(
