@@ -184,6 +184,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     command("lsp", _lsp, "run the language server on stdin/stdout (for editors)")
+
+    p = command("doc", _doc, "print one entry of the language reference (docs/language.md)")
+    p.add_argument("name", nargs="?", help="the entry to print (none: list every name)")
     return parser
 
 
@@ -241,6 +244,10 @@ _EXAMPLES = {
         ("intro serve path/to/weights --name qwen --state serve-state", "answer as qwen, keep jobs"),
     ],
     "lsp": [("intro lsp", "started by an editor: diagnostics, hovers and completion over stdin/stdout")],
+    "doc": [
+        ("intro doc", "list the functions, declaration kinds and stdlib modules"),
+        ("intro doc prediction", "its parameters with types and defaults, what it returns, an example"),
+    ],
 }
 
 
@@ -555,6 +562,21 @@ def _serve(args: argparse.Namespace) -> int:
         names=args.name,
         turn_tokens=args.turn_tokens or None,
     )
+
+
+def _doc(args: argparse.Namespace) -> int:
+    """One entry of the generated reference (docs/language.md), or the list of entries."""
+    from intro.compiler import reference
+
+    if args.name is None:
+        print(reference.index_text())
+        return OK
+    text = reference.entry_text(args.name)
+    if text is None:
+        print(f"intro: error: {reference.unknown_entry(args.name)}", file=sys.stderr)
+        return BAD_INPUT
+    print(text)
+    return OK
 
 
 def _lsp(args: argparse.Namespace) -> int:
