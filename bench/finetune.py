@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from intro.runtime.backends.local import load_local_model  # noqa: E402
+from intro.runtime.backends.local_model import load_local_model  # noqa: E402
 from intro.runtime.finetune import (  # noqa: E402
     IGNORE_INDEX,
     LoraHyperparameters,

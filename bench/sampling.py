@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from intro.runtime.backends.local import LoadedModel, LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import LoadedModel, load_local_model
 from intro.runtime.requests import GenerationRequest, Message
 
 TOPICS = ("animals", "colors", "countries", "fruits", "rivers", "planets", "tools", "birds")

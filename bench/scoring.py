@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from intro.runtime.backends.local import LoadedModel, LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import LoadedModel, load_local_model
 from intro.runtime.requests import GenerationRequest, Message, ScoreRequest
 
 CAPITALS = (

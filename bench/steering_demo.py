@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from intro.runtime.activations import concept_vector, save_vector
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.requests import GenerationRequest, Message, Steering
 
 PROMPT = (Message("user", "Tell me a short story."),)

@@ -30,7 +30,7 @@ import torch
 from attrs import field, frozen
 from torch import nn
 
-from .backends.local import LoadedModel, attach_adapter
+from .backends.local_model import LoadedModel, attach_adapter
 from .finetune import (
     ATTENTION_AND_MLP_PROJECTIONS,
     ChatExample,

@@ -383,7 +383,7 @@ def think_cosines(
 ) -> dict[str, Any]:
     """Cosines of each written sentence's mean residual with the concept vector and the control words' vectors."""
     from .activations import concept_vectors, cosines_with_concepts
-    from .backends.local import activate_adapter
+    from .backends.local_model import activate_adapter
 
     with loaded.lock:
         activate_adapter(loaded.model, None)  # the declared model's own weights, whatever ran before

@@ -107,7 +107,7 @@ class BackendPool:
         if entry.kind not in ("embedded", "local"):
             raise BackendError(f"model '{model_key}' is not an in-process model")
         if model_key not in self._loaded:
-            from .backends.local import load_local_model
+            from .backends.local_model import load_local_model
 
             serving = self.plan.serving.get(entry.key, {})
             source = (

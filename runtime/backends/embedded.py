@@ -25,7 +25,7 @@ from intro.compiler.weights import file_sha256, intro_cache_dir, remember_sha256
 from intro.runtime.requests import BackendError
 
 # name -> facts a spec checker needs: architecture family, decoder layers, residual width, prompt format
-# ("chat": the tokenizer's chat template; "plain": the Question/Answer format of `local.py`), parameters.
+# ("chat": the tokenizer's chat template; "plain": the Question/Answer format of `local_model.py`), parameters.
 EMBEDDED_MODELS: dict[str, dict[str, str | int]] = {
     "qwen2.5-coder-0.5b-instruct": {
         "family": "qwen2",

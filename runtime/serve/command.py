@@ -54,7 +54,8 @@ def main_serve(
         print(f"intro: error: {problem[1]}", file=sys.stderr)
         return problem[0]
     # Imported only now: torch takes seconds to load, and a wrong flag must not wait for it.
-    from intro.runtime.backends.local import LocalBackend, load_local_model
+    from intro.runtime.backends.local import LocalBackend
+    from intro.runtime.backends.local_model import load_local_model
     from intro.runtime.serve.finetune import enable_finetuning
 
     try:

@@ -35,7 +35,8 @@ from intro.runtime.api_finetune import (
     openai_training_jsonl,
     without_provider,
 )
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.cache import Cache
 from intro.runtime.serve.finetune import BASE_LEARNING_RATE, FineTuningService, enable_finetuning
 from intro.runtime.serve.finetune_protocol import (

@@ -17,7 +17,8 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.resultdiff import compare_prediction_cubes
 from intro.runtime.serve.server import make_server
 from tests.tinymodels import cached_tiny_model

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from intro.runtime.backends.embedded import EMBEDDED_WEIGHTS, intro_cache_dir, resolve_embedded
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.requests import GenerationRequest, Message, ScoreRequest
 
 pytestmark = pytest.mark.slow

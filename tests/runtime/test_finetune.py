@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from intro.runtime.backends.local import load_local_model
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.finetune import (
     LoraHyperparameters,
     attach_lora,

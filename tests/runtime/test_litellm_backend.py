@@ -25,7 +25,8 @@ from intro.runtime.backends.litellm_backend import (
     score_from_top_logprobs,
     stop_litellm_background_work,
 )
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.requests import (
     BackendError,
     GenerationRequest,

@@ -12,13 +12,8 @@ import pytest
 import torch
 
 from intro.runtime.backends import embedded
-from intro.runtime.backends.local import (
-    LocalBackend,
-    load_local_model,
-    plan_batches,
-    render_plain,
-    require_memory,
-)
+from intro.runtime.backends.local import LocalBackend, plan_batches
+from intro.runtime.backends.local_model import load_local_model, render_plain, require_memory
 from intro.runtime.requests import (
     BackendError,
     GenerationRequest,
@@ -409,7 +404,7 @@ def span_bounds(loaded, prompt: str, text: str) -> tuple[int, int]:
 
 
 def test_span_steering_adds_the_vector_on_the_span_tokens_only(loaded, tmp_path):
-    from intro.runtime.backends.local import steering_windows
+    from intro.runtime.backends.local_steering import steering_windows
     from intro.runtime.steering import read_residual
 
     vector = torch.randn(loaded.hidden_size, generator=torch.Generator().manual_seed(2))

@@ -20,7 +20,8 @@ import xarray as xr
 
 from intro.compiler import compile_spec
 from intro.compiler.plan import requests
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.serve.server import make_server
 from tests.tinymodels import cached_tiny_model
 

@@ -9,7 +9,8 @@ import time
 import openai
 import pytest
 
-from intro.runtime.backends.local import LocalBackend, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.serve.finetune import enable_finetuning
 from intro.runtime.serve.server import make_server
 from tests.tinymodels import make_tiny_model

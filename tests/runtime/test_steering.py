@@ -21,7 +21,7 @@ from intro.runtime.activations import (
     span_activation,
     span_token_positions,
 )
-from intro.runtime.backends.local import load_local_model
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.requests import Message
 from intro.runtime.steering import (
     LayerNotFoundError,

