@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from intro.runtime.activations import concept_vector, cosines_with_concepts
-from intro.runtime.backends.local import load_local_model
+from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.requests import Message
 from intro.stdlib.graders import disowns
 from tests.tinymodels import cached_tiny_model
