@@ -76,7 +76,8 @@ class TrialCube:
         for name, (dims, data) in values.items():
             array = np.asarray(data)
             target = self._variable(name, dims, textual=array.dtype.kind in "UO")
-            target[(*at, *(slice(0, n) for n in array.shape))] = array
+            where: tuple[int | slice, ...] = (*at, *(slice(0, n) for n in array.shape))
+            target[where] = array
         for name, value in cells.items():
             self._variable(name, (), textual=False)[at] = value
 

@@ -97,7 +97,8 @@ class InjectionCube:
         for name, values in trials.items():
             target = self.responses.get(name, self.grades.get(name))
             assert target is not None, name
-            target[(*at, slice(0, len(values)))] = values
+            where: tuple[int | slice, ...] = (*at, slice(0, len(values)))
+            target[where] = values
         for name, value in cells.items():
             self.cells[name][at] = value
 
@@ -123,7 +124,7 @@ def rate_cells(rates: metrics.DetectionRates) -> dict[str, float]:
 
 def injection_rows(dataset: xr.Dataset) -> tuple[list[str], list[list[str]]]:
     """`intro show`'s table: one line per point."""
-    axes = [d for d in dataset["detection"].dims]
+    axes = [str(d) for d in dataset["detection"].dims]
     header = [*axes, "detected", "identified", "false pos.", "net [95% CI]", "P(yes) inj", "P(yes) ctl", "n"]
     frame = dataset.drop_dims("trial").to_dataframe().reset_index()
     rows = []

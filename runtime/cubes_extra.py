@@ -266,7 +266,7 @@ def _count(value: Any) -> str:
 
 
 def _axes_of(variable: xr.DataArray, *inner: str) -> list[str]:
-    return [d for d in variable.dims if d not in inner]
+    return [str(d) for d in variable.dims if d not in inner]
 
 
 def self_vs_cross_rows(dataset: xr.Dataset) -> Table:
@@ -420,7 +420,7 @@ def self_cross_rows(own: xr.Dataset, cross: xr.Dataset) -> Table:
     z, p = metrics.two_proportion_ztest(
         own_successes.values, own_counts.values, cross_successes.values, cross_counts.values
     )
-    axes = list(own_successes.dims)
+    axes = [str(d) for d in own_successes.dims]
     header = [*axes, "self", "cross", "z", "p", "n self", "n cross"]
     rows = []
     for index in np.ndindex(*own_successes.shape):

@@ -39,7 +39,7 @@ def compare_runs(run_a: Path, run_b: Path, *, resamples: int = 1000, seed: int =
 def compare_prediction_cubes(
     a: xr.Dataset, b: xr.Dataset, *, resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    cell_dims = [d for d in a["accuracy"].dims]
+    cell_dims = [str(d) for d in a["accuracy"].dims]
     if cell_dims != list(b["accuracy"].dims):
         return {"error": f"the cubes have different dimensions: {cell_dims} vs {list(b['accuracy'].dims)}"}
     shared = {d: [v for v in a[d].values.tolist() if v in set(b[d].values.tolist())] for d in cell_dims}

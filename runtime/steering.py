@@ -112,8 +112,10 @@ def cached_length(args: tuple, kwargs: dict, layer_index: int) -> int:
         return 0
     if hasattr(cache, "get_seq_length"):
         return int(cache.get_seq_length(layer_index))
-    # A legacy (key, value) tuple for this layer: keys are [batch, heads, seq, head_dim].
-    return int(cache[0].shape[-2])
+    if isinstance(cache, tuple | list):
+        # A legacy (key, value) pair for this layer: keys are [batch, heads, seq, head_dim].
+        return int(cache[0].shape[-2])
+    raise TypeError(f"unrecognised layer cache {type(cache).__name__}")
 
 
 def _first_position(args: tuple, kwargs: dict, layer_index: int) -> int:
