@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from attrs import field, frozen
@@ -42,6 +42,10 @@ from .finetune import (
     seeded,
     train_lora,
 )
+
+if TYPE_CHECKING:
+    # The adapter methods (add_adapter, peft_config, ...) are transformers' PeftAdapterMixin's, not nn.Module's.
+    from transformers import PreTrainedModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -214,7 +218,7 @@ def train_adapter(
 
 @contextlib.contextmanager
 def _training_adapter(
-    model: nn.Module, hyperparameters: LoraHyperparameters, parent: str | Path | None
+    model: PreTrainedModel, hyperparameters: LoraHyperparameters, parent: str | Path | None
 ) -> Iterator[None]:
     """A fresh trainable adapter on `model`, alone trainable and active with `parent`; removed afterwards."""
     from peft import LoraConfig
@@ -222,7 +226,8 @@ def _training_adapter(
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     config = LoraConfig(
         r=hyperparameters.rank,
-        lora_alpha=hyperparameters.alpha,
+        # peft annotates lora_alpha as int but only divides by it (scaling = alpha / r): "number" alphas are fine.
+        lora_alpha=hyperparameters.alpha,  # type: ignore[arg-type]
         lora_dropout=hyperparameters.dropout,
         target_modules=list(hyperparameters.target_modules or projection_names(model)),
         task_type="CAUSAL_LM",
@@ -275,7 +280,7 @@ def projection_names(model: nn.Module) -> tuple[str, ...]:
     return names
 
 
-def _adapter_of(model: nn.Module, adapter: str) -> AdapterWeights:
+def _adapter_of(model: PreTrainedModel, adapter: str) -> AdapterWeights:
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(model, adapter_name=adapter)

@@ -63,8 +63,12 @@ class ChatModel(Protocol):
     """What finetuning needs from a loaded model (`LoadedModel`): weights, tokenizer, and the rendering
     and encoding used at inference, so training sees prompts token for token as the model will."""
 
-    model: nn.Module
-    tokenizer: Any
+    # Read-only members: finetuning never rebinds them, and `LoadedModel` is frozen.
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
 
     def render(self, messages: Sequence[Message], prefill: str = "") -> str: ...
 
@@ -194,7 +198,8 @@ def attach_lora(model: nn.Module, hyperparameters: LoraHyperparameters):
 
     config = LoraConfig(
         r=hyperparameters.rank,
-        lora_alpha=hyperparameters.alpha,
+        # peft annotates lora_alpha as int but only divides by it (scaling = alpha / r): "number" alphas are fine.
+        lora_alpha=hyperparameters.alpha,  # type: ignore[arg-type]
         lora_dropout=hyperparameters.dropout,
         target_modules=list(hyperparameters.target_modules or lora_target_modules(model)),
         task_type="CAUSAL_LM",
@@ -244,7 +249,8 @@ def _reply_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)  # a peft wrapper's, around the model proper
+    base = get_base_model() if get_base_model is not None else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
