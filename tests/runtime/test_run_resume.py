@@ -1,16 +1,20 @@
 """`intro run` end to end through the real CLI: re-runs are free, kill -9 loses nothing, locks hold.
 
 The model is a tiny random transformers model served by `intro serve`'s server on 127.0.0.1, so calls
-can be counted where they land. The runner is a real subprocess killed with SIGKILL mid-study.
+can be counted where they land. The runner is a real subprocess killed with SIGKILL mid-study: a gate in
+front of the real backend holds replies once the runner has had its share, so each kill lands while the
+runner waits on the server, however loaded the machine is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from intro.compiler import compile_spec
 from intro.compiler.plan import requests
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
+from intro.runtime.requests import Generation, GenerationRequest, Score, ScoreRequest
 from intro.runtime.serve.server import make_server
 from tests.tinymodels import cached_tiny_model
 
@@ -61,9 +66,56 @@ def write_study(directory: Path) -> Path:
     return spec
 
 
+class GatedBackend:
+    """The real backend behind a gate: after `allow(n)` it answers until n requests have passed, then
+    holds every later batch (`holding` is set) until `release()`. The test kills the runner meanwhile."""
+
+    def __init__(self, backend: LocalBackend):
+        self.backend, self.name, self.loaded = backend, backend.name, backend.loaded
+        self.passed = 0
+        self.holding = threading.Event()
+        self._allowance: int | None = None  # None: no gate
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+
+    def allow(self, allowance: int) -> None:
+        with self._lock:
+            self.passed, self._allowance = 0, allowance
+            self.holding.clear()
+            self._open.clear()
+
+    def release(self) -> None:
+        with self._lock:
+            self._allowance = None
+            self._open.set()
+
+    async def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        if not self._may_pass(len(requests)):
+            self.holding.set()
+            await asyncio.to_thread(self._open.wait)
+        return await self.backend.generate(requests)
+
+    def _may_pass(self, count: int) -> bool:
+        with self._lock:
+            if self._allowance is not None and self.passed >= self._allowance:
+                return False
+            self.passed += count
+            return True
+
+    async def score(self, requests: list[ScoreRequest]) -> list[Score]:
+        return await self.backend.score(requests)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
 @pytest.fixture(scope="module")
-def server():
-    backend = LocalBackend(load_local_model(str(cached_tiny_model("qwen2"))))
+def backend() -> LocalBackend:
+    return LocalBackend(load_local_model(str(cached_tiny_model("qwen2"))))
+
+
+@pytest.fixture(scope="module")
+def server(backend):
     # Small batches: results reach the cache a few at a time, so a kill can land between any two.
     srv = make_server(backend, max_batch=2)
     srv.start_in_thread()
@@ -97,6 +149,8 @@ def unique_requests(spec: Path) -> set[str]:
 
 def cached_keys(cache: Path) -> set[str]:
     # Temporary files a killed writer left behind are not results (writes are atomic renames).
+    if not (cache / "requests").exists():
+        return set()
     return {p.stem for p in (cache / "requests").rglob("*.json") if not p.name.startswith(".tmp-")}
 
 
@@ -104,7 +158,30 @@ def cube(workdir: Path) -> xr.Dataset:
     return xr.open_zarr(workdir / "runs" / "resume" / "cube.zarr", group="self").load()
 
 
-def test_kill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path, server):
+def kill_when_held(spec: Path, work: Path, cache: Path, backend: LocalBackend, allowance: int) -> None:
+    """Run `intro run` against a fresh gated server; once `allowance` requests have passed and the runner
+    waits on a held batch, SIGKILL it (replies it had not yet written to the cache are lost, as in a crash). A fresh server per run: nothing a
+    killed runner left in flight can reach the next run's gate."""
+    gate = GatedBackend(backend)
+    gate.allow(allowance)
+    srv = make_server(gate, max_batch=2).start_in_thread()
+    try:
+        process = run(spec, work, cache, srv.url)
+        deadline = time.monotonic() + 120
+        while not gate.holding.is_set():
+            assert process.poll() is None, (
+                f"the runner ended before the gate held it: {process.stdout.read()}"
+            )
+            assert time.monotonic() < deadline, "the runner never reached the gate"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        gate.release()
+        srv.close()
+
+
+def test_kill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path, server, backend):
     spec = write_study(tmp_path / "study")
     unique = unique_requests(spec)
 
@@ -116,23 +193,17 @@ def test_kill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path, s
 
     work, cache = tmp_path / "work", tmp_path / "cache"
     work.mkdir()
-    # Kill points are fractions of the whole study; the last leaves more than one batch of requests
-    # (results land a batch at a time), so the runner cannot finish between the check and the kill.
+    # Kill points are fractions of the whole study: each run may finish requests up to its fraction
+    # (a batch of two may pass the gate whole, one past it), then waits on the gate until it is killed.
+    finished_counts = []
     for fraction in (0.2, 0.4, 0.6):
-        before = len(cached_keys(cache)) if (cache / "requests").exists() else 0
-        target = max(before + 1, int(fraction * len(unique)))
-        process = run(spec, work, cache, server.url)
-        deadline = time.monotonic() + 120
-        while (
-            len(cached_keys(cache) if (cache / "requests").exists() else ()) < target
-            and process.poll() is None
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        before = len(cached_keys(cache))
+        kill_when_held(spec, work, cache, backend, max(1, int(fraction * len(unique)) - before))
+        finished_counts.append(len(cached_keys(cache)))
+        assert before <= finished_counts[-1] <= int(fraction * len(unique)) + 1
     finished_before_resume = cached_keys(cache)
     assert finished_before_resume < unique  # killed before the end
+    assert finished_counts[-1] > 0  # and after some of it
 
     resumed = run(spec, work, cache, server.url)
     output, _ = resumed.communicate(timeout=300)
