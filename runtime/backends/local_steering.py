@@ -48,10 +48,11 @@ def steering_windows(
     attention_mask: torch.Tensor,
 ) -> SteeringWindows | None:
     """The steering of a batch (whose requests all steer the same layer, or none does)."""
-    steerings = [request.steering for request in requests]
-    if all(steering is None for steering in steerings):
+    found = [request.steering for request in requests]
+    steerings = [steering for steering in found if steering is not None]
+    if not steerings:
         return None
-    if any(steering is None for steering in steerings) or len({s.layer for s in steerings}) > 1:
+    if len(steerings) < len(found) or len({s.layer for s in steerings}) > 1:
         raise BackendError("a steered batch must steer one layer in every row")
     pads = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
     bounds = [

@@ -63,8 +63,20 @@ def main_serve(
     except BackendError as error:
         print(f"intro: error: {error}", file=sys.stderr)
         return 1
-    options = {"model_name": source, "aliases": tuple(names), "api_key": api_key, "turn_tokens": turn_tokens}
-    server = _bind(lambda: make_server(backend, host, port, known_models_only=True, **options), host, port)
+    server = _bind(
+        lambda: make_server(
+            backend,
+            host,
+            port,
+            known_models_only=True,
+            model_name=source,
+            aliases=tuple(names),
+            api_key=api_key,
+            turn_tokens=turn_tokens,
+        ),
+        host,
+        port,
+    )
     if server is None:
         return 1
     service = enable_finetuning(server, backend.loaded, state)

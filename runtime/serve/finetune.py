@@ -58,7 +58,13 @@ from intro.runtime.serve.finetune_protocol import (
     read_training_file,
 )
 from intro.runtime.serve.finetune_state import TERMINAL, FineTuningState
-from intro.runtime.serve.protocol import InvalidRequestError, ModelNotFoundError, error_body, model_object
+from intro.runtime.serve.protocol import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestHeaders,
+    error_body,
+    model_object,
+)
 from intro.runtime.serve.server import ChatServer
 
 log = logging.getLogger(__name__)
@@ -107,7 +113,7 @@ class FineTuningService:
                 self._validate_and_queue(job["id"])
 
     # ------------------------------------------------------------ HTTP routing
-    def handle(self, method: str, path: str, headers: Mapping[str, str], body: BinaryIO) -> Reply | None:
+    def handle(self, method: str, path: str, headers: RequestHeaders, body: BinaryIO) -> Reply | None:
         """Answer a files or fine-tuning request, or None when `path` is not one of these endpoints."""
         route, _, query = path.partition("?")
         parts = [p for p in route.strip("/").split("/") if p]
@@ -123,7 +129,7 @@ class FineTuningService:
             log.exception("fine-tuning request failed")
             return HTTPStatus.INTERNAL_SERVER_ERROR, error_body(str(error), "server_error")
 
-    def _post(self, parts: list[str], headers: Mapping[str, str], body: BinaryIO) -> Reply | None:
+    def _post(self, parts: list[str], headers: RequestHeaders, body: BinaryIO) -> Reply | None:
         if parts == ["files"]:
             form = parse_form(headers.get("Content-Type", ""), read_body(headers, body, MAX_UPLOAD_BYTES))
             return HTTPStatus.OK, self.upload(form)

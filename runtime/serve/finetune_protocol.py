@@ -19,7 +19,12 @@ from typing import Any, BinaryIO
 from attrs import frozen
 
 from intro.runtime.requests import Message
-from intro.runtime.serve.protocol import InvalidRequestError, error_body, request_body_length
+from intro.runtime.serve.protocol import (
+    InvalidRequestError,
+    RequestHeaders,
+    error_body,
+    request_body_length,
+)
 
 DEFAULT_EPOCHS = 1
 DEFAULT_BATCH_SIZE = 8
@@ -129,7 +134,7 @@ def _message(item: Any, number: int, index: int) -> Message:
     return Message(item["role"], item["content"])
 
 
-def read_body(headers: Mapping[str, str], body: BinaryIO, limit: int) -> bytes:
+def read_body(headers: RequestHeaders, body: BinaryIO, limit: int) -> bytes:
     """A request's body, once its declared length passes `limit` (else `InvalidRequestError`)."""
     return body.read(request_body_length(headers, limit))
 

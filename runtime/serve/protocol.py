@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol, overload
 
 from attrs import frozen
 
@@ -23,6 +23,16 @@ from intro.runtime.requests import Generation, GenerationRequest, Message, Token
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 256
 MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class RequestHeaders(Protocol):
+    """A request's headers as `http.server` hands them over: an `email.message.Message`, whose lookups
+    ignore case (a plain `Mapping[str, str]` fits too, but is case-sensitive)."""
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str, /) -> str: ...
 
 
 class InvalidRequestError(Exception):
@@ -139,8 +149,8 @@ def _max_tokens(body: Mapping[str, Any]) -> int:
 
 def chat_completion_body(chat: ChatRequest, generation: Generation, model: str) -> dict[str, Any]:
     """The OpenAI chat completion response for one generation."""
-    wanted = chat.want_logprobs and generation.logprobs is not None
-    logprobs = _logprobs_body(generation.logprobs, chat.top_logprobs) if wanted else None
+    chosen = generation.logprobs if chat.want_logprobs else None
+    logprobs = _logprobs_body(chosen, chat.top_logprobs) if chosen is not None else None
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -193,7 +203,7 @@ def model_not_found_body(model: str) -> dict[str, Any]:
     return error_body(message, "invalid_request_error", code="model_not_found", param="model")
 
 
-def request_body_length(headers: Mapping[str, str], limit: int) -> int:
+def request_body_length(headers: RequestHeaders, limit: int) -> int:
     """The body length a request declares: 400 unless a plain non-negative integer, 413 over `limit`."""
     if headers.get("Transfer-Encoding"):
         raise InvalidRequestError("chunked request bodies are not supported; send a Content-Length")
