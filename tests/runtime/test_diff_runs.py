@@ -21,6 +21,7 @@ from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.resultdiff import compare_prediction_cubes
 from intro.runtime.serve.server import make_server
+from tests.studydata import write_ab_rows, write_sequence_rows
 from tests.tinymodels import cached_tiny_model
 
 SPEC = """
@@ -36,20 +37,8 @@ study {name} {{
 
 
 def write(directory: Path, name: str, seq_prompt: str) -> Path:
-    with (directory / "seq.jsonl").open("w") as f:
-        for i in range(20):
-            f.write(json.dumps({"id": f"s{i}", "split": "val", "sequence": f"cat, dog, item{i}"}) + "\n")
-    with (directory / "ab.jsonl").open("w") as f:
-        for i in range(20):
-            row = {
-                "id": f"q{i}",
-                "split": "val",
-                "question": f"Pick {i}?",
-                "option_a": "yes",
-                "option_b": "no",
-                "matching": "AB"[i % 2],
-            }
-            f.write(json.dumps(row) + "\n")
+    write_sequence_rows(directory / "seq.jsonl", 20)
+    write_ab_rows(directory / "ab.jsonl", 20)
     spec = directory / f"{name}.intro"
     spec.write_text(SPEC.format(model=cached_tiny_model("qwen2"), name=name, seq_prompt=seq_prompt))
     return spec

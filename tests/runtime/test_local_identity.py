@@ -19,6 +19,7 @@ import xarray as xr
 from safetensors.torch import load_file
 
 from intro.cli import main
+from tests.studydata import write_ab_rows
 from tests.tinymodels import cached_tiny_model, make_tiny_model
 
 MIB = 1 << 20
@@ -67,16 +68,7 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 def write_study(directory: Path, model: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "ab.jsonl").open("w") as f:
-        for i in range(12):
-            row = {
-                "id": f"q{i}",
-                "split": "val",
-                "question": f"Pick {i}?",
-                "option_a": "yes",
-                "option_b": "no",
-            }
-            f.write(json.dumps({**row, "matching": "AB"[i % 2]}) + "\n")
+    write_ab_rows(directory / "ab.jsonl", 12)
     spec = directory / "ident.intro"
     spec.write_text(SPEC.format(model=model))
     return spec

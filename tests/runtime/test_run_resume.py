@@ -9,7 +9,6 @@ runner waits on the server, however loaded the machine is.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.requests import Generation, GenerationRequest, Score, ScoreRequest
 from intro.runtime.serve.server import make_server
+from tests.studydata import write_ab_rows, write_sequence_rows
 from tests.tinymodels import cached_tiny_model
 
 INTRO = [sys.executable, "-m", "intro.cli"]
@@ -47,20 +47,8 @@ study resume {{
 
 def write_study(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "seq.jsonl").open("w") as f:
-        for i in range(40):
-            f.write(json.dumps({"id": f"s{i}", "split": "val", "sequence": f"cat, dog, item{i}"}) + "\n")
-    with (directory / "ab.jsonl").open("w") as f:
-        for i in range(40):
-            row = {
-                "id": f"q{i}",
-                "split": "val",
-                "question": f"Pick {i}?",
-                "option_a": "yes",
-                "option_b": "no",
-                "matching": "AB"[i % 2],
-            }
-            f.write(json.dumps(row) + "\n")
+    write_sequence_rows(directory / "seq.jsonl", 40)
+    write_ab_rows(directory / "ab.jsonl", 40)
     spec = directory / "resume.intro"
     spec.write_text(SPEC.format(model=cached_tiny_model("qwen2")))
     return spec
