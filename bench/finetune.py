@@ -1,4 +1,4 @@
-"""Training throughput of `intro.runtime.finetune` against a plain peft training loop on the same data.
+"""Training throughput of `intro.runtime.training.finetune` against a plain peft training loop on the same data.
 
 Both sides train the same LoRA (same rank, targets, seed, learning rate) on the same token ids in the same
 batches and order, and both are timed from attaching the adapter to writing it to disk. The plain loop is
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from intro.runtime.backends.local_model import load_local_model  # noqa: E402
-from intro.runtime.finetune import (  # noqa: E402
+from intro.runtime.backends.requests import Message  # noqa: E402
+from intro.runtime.training.finetune import (  # noqa: E402
     IGNORE_INDEX,
     LoraHyperparameters,
     attach_lora,
@@ -39,7 +40,6 @@ from intro.runtime.finetune import (  # noqa: E402
     finetune,
     pad_token_id,
 )
-from intro.runtime.requests import Message  # noqa: E402
 
 OBJECT_PROMPTS = [
     "What is the next animal in the following text? dog, cat, horse,",

@@ -29,7 +29,7 @@ from attrs import frozen
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.servers
 
 from intro.runtime.backends.litellm_backend import LiteLLMBackend, import_litellm  # noqa: E402
-from intro.runtime.requests import GenerationRequest, Message  # noqa: E402
+from intro.runtime.backends.requests import GenerationRequest, Message  # noqa: E402
 from tests.servers import ServerProcess, echo_server_process  # noqa: E402
 
 CONCURRENCY = 64

@@ -20,7 +20,7 @@ import torch
 
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import LoadedModel, load_local_model
-from intro.runtime.requests import GenerationRequest, Message
+from intro.runtime.backends.requests import GenerationRequest, Message
 
 TOPICS = ("animals", "colors", "countries", "fruits", "rivers", "planets", "tools", "birds")
 FORMS = (

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import LoadedModel, load_local_model
-from intro.runtime.requests import GenerationRequest, Message, ScoreRequest
+from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest
 
 CAPITALS = (
     ("Japan", "Tokyo"),

@@ -17,10 +17,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from intro.runtime.activations import concept_vector, save_vector
+from intro.runtime.backends.activations import concept_vector, save_vector
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import GenerationRequest, Message, Steering
+from intro.runtime.backends.requests import GenerationRequest, Message, Steering
 
 PROMPT = (Message("user", "Tell me a short story."),)
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import concept_experiments, ir, templates
-from .concepts import INJECTED_THOUGHT
+from . import ir, sentence_trials, templates
 from .diagnostics import Span
+from .injected_thought import INJECTED_THOUGHT
 from .types import Function, Param
 
 if TYPE_CHECKING:
@@ -439,6 +439,6 @@ FUNCTIONS: dict[str, Function] = dict(
             example="judge(gemma)",
         ),
         ("injected_thought", INJECTED_THOUGHT),
-        *concept_experiments.FUNCTIONS.items(),
+        *sentence_trials.FUNCTIONS.items(),
     ]
 )

@@ -10,7 +10,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import concept_experiments, concepts, ir
+from . import injected_thought, ir, sentence_trials
 from .declarations import render
 from .plan import STEP_VERSIONS, Measure, ModelEntry, Plan, Prompt, Step, digest
 
@@ -274,9 +274,9 @@ class Lowering:
         if isinstance(value, ir.BehaviourChange):
             return "behaviour_change", self._behaviour_change(step_id, value)
         if isinstance(value, ir.InjectedThought):
-            return "injected_thought", concepts.lower_injected_thought(self, step_id, value)
-        if type(value) in concept_experiments.LOWER:
-            kind, lower_one = concept_experiments.LOWER[type(value)]
+            return "injected_thought", injected_thought.lower_injected_thought(self, step_id, value)
+        if type(value) in sentence_trials.LOWER:
+            kind, lower_one = sentence_trials.LOWER[type(value)]
             return kind, lower_one(self, step_id, value)
         raise NotImplementedError(f"measurement {_kind(value)} cannot be lowered yet")
 
@@ -395,7 +395,7 @@ def _kind(value: Any) -> str:
         ir.Calibration: "calibration",
         ir.BehaviourChange: "behaviour_change",
         ir.InjectedThought: "injected_thought",
-        **{t: kind for t, (kind, _) in concept_experiments.LOWER.items()},
+        **{t: kind for t, (kind, _) in sentence_trials.LOWER.items()},
     }[type(value)]
 
 

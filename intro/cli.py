@@ -334,7 +334,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from intro.runtime.planview import plan_summary, render_summary
+    from intro.runtime.engine.planview import plan_summary, render_summary
 
     plans = _compile_or_report(args)
     if isinstance(plans, int):
@@ -380,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    from intro.runtime.run import run_plans
+    from intro.runtime.engine.run import run_plans
 
     serving = {}
     for item in args.serve:
@@ -394,7 +394,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from intro.runtime.run import show_run
+    from intro.runtime.engine.run import show_run
 
     return show_run(args.run)
 
@@ -403,8 +403,8 @@ def _report(args: argparse.Namespace) -> int:
     if not (args.run / "plan.json").is_file():
         print(f"intro: {args.run} is not a run directory (no plan.json)", file=sys.stderr)
         return BAD_INPUT
-    from intro.runtime.cube import DamagedCubeError, rebuild_advice
-    from intro.runtime.report import write_report
+    from intro.runtime.analysis.report import write_report
+    from intro.runtime.store.cube import DamagedCubeError, rebuild_advice
 
     try:
         page = write_report(args.run, args.output)
@@ -416,7 +416,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from intro.runtime.export import RunError, export_run
+    from intro.runtime.store.export import RunError, export_run
 
     try:
         written = export_run(args.run, args.out, args.format)
@@ -431,13 +431,13 @@ def _export(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     """Exit 0: the same meaning; 2: differences; 1: an error (like `terraform plan -detailed-exitcode`)."""
     if args.a.is_dir() and args.b.is_dir():
-        from intro.runtime.resultdiff import compare_runs, render_comparison
+        from intro.runtime.store.resultdiff import compare_runs, render_comparison
 
         for run in (args.a, args.b):
             if not (run / "plan.json").is_file():
                 print(f"intro: {run} is not a run directory (no plan.json)", file=sys.stderr)
                 return FAILED
-        from intro.runtime.cube import DamagedCubeError, rebuild_advice
+        from intro.runtime.store.cube import DamagedCubeError, rebuild_advice
 
         try:
             report = compare_runs(args.a, args.b)
@@ -489,7 +489,7 @@ def _diff_specs(args: argparse.Namespace) -> int:
 
 
 def _study_diff(plan_a, plan_b, spec, steps, cache_dir) -> dict:  # type: ignore[no-untyped-def]
-    from intro.runtime.planview import plan_summary
+    from intro.runtime.engine.planview import plan_summary
 
     summary = plan_summary(plan_b, cache_dir=cache_dir)
     totals = summary["totals"]
@@ -532,8 +532,8 @@ def _render_diff(r: dict) -> str:  # type: ignore[type-arg]
 
 def _cache(args: argparse.Namespace) -> int:
     """`verify`: exit 1 when a file is damaged; `gc`: remove leftovers of killed writes and the quarantine."""
-    from intro.runtime import storecheck
-    from intro.runtime.cache import default_cache_dir
+    from intro.runtime.store import storecheck
+    from intro.runtime.store.cache import default_cache_dir
 
     root = args.cache or default_cache_dir()
     if not (root / "requests").is_dir():

@@ -33,7 +33,7 @@ from typing import Any
 
 from attrs import frozen
 
-from intro.runtime.requests import Generation, TokenLogprob
+from intro.runtime.backends.requests import Generation, TokenLogprob
 from intro.runtime.serve.protocol import (
     ChatRequest,
     chat_completion_body,

@@ -22,7 +22,7 @@ from pathlib import Path
 from attrs import frozen
 
 from intro.compiler.weights import file_sha256, intro_cache_dir, remember_sha256, remembered_sha256
-from intro.runtime.requests import BackendError
+from intro.runtime.backends.requests import BackendError
 
 # name -> facts a spec checker needs: architecture family, decoder layers, residual width, prompt format
 # ("chat": the tokenizer's chat template; "plain": the Question/Answer format of `local_model.py`), parameters.

@@ -28,7 +28,7 @@ from attrs import define, field
 
 from intro.runtime.backends.local_model import LoadedModel, activate_adapter, attach_adapter
 from intro.runtime.backends.local_steering import SteeringWindows, steering_windows
-from intro.runtime.requests import (
+from intro.runtime.backends.requests import (
     BackendError,
     Generation,
     GenerationRequest,

@@ -50,7 +50,7 @@ from intro.runtime.backends.embedded import (
     resolve_embedded,
     verified_sha256,
 )
-from intro.runtime.requests import BackendError, Message
+from intro.runtime.backends.requests import BackendError, Message
 
 EMBEDDED_PREFIX = "embedded:"
 PLAIN_REPLY_SEPARATOR = " "

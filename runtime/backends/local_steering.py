@@ -19,7 +19,7 @@ import torch
 from attrs import frozen
 
 from intro.runtime.backends.local_model import LoadedModel
-from intro.runtime.requests import BackendError, GenerationRequest, ScoreRequest, Steering
+from intro.runtime.backends.requests import BackendError, GenerationRequest, ScoreRequest, Steering
 
 _FOREVER = 2**62
 
@@ -34,7 +34,7 @@ class SteeringWindows:
     end: torch.Tensor  # [batch]
 
     def context(self, model: Any, rows: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
-        from intro.runtime.steering import add_to_residual
+        from intro.runtime.backends.steering import add_to_residual
 
         if rows is None:
             return add_to_residual(model, self.layer, self.deltas, self.start, self.end)

@@ -24,7 +24,7 @@ from typing import Any
 
 from attrs import define, evolve, field
 
-from intro.runtime.requests import Backend, BackendError, Generation, GenerationRequest, TokenLogprob
+from intro.runtime.backends.requests import Backend, BackendError, Generation, GenerationRequest, TokenLogprob
 from intro.runtime.serve.protocol import DEFAULT_MAX_TOKENS, InvalidRequestError
 
 # The most tokens one request generates before others get their turn (see the module docstring): as

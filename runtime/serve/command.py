@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
-from intro.runtime.requests import Backend, BackendError
+from intro.runtime.backends.requests import Backend, BackendError
 from intro.runtime.serve.batching import DEFAULT_TURN_TOKENS
 from intro.runtime.serve.server import ChatServer, is_loopback, make_server
 

@@ -19,7 +19,7 @@ model is, through litellm's `acreate_file` / `acreate_fine_tuning_job` / `aretri
 
 Jobs run one at a time on one worker thread, since they share the served weights. The learning rate is
 `learning_rate_multiplier * BASE_LEARNING_RATE` (1e-4, the language's default `lr`), the unit intro's client
-(`runtime/api_finetune.py`) converts to. Every file and job lives in a state directory, written atomically,
+(`runtime/training/api_finetune.py`) converts to. Every file and job lives in a state directory, written atomically,
 so a restarted server still answers for finished jobs, and takes up again the jobs it had not finished.
 
 Request and reply shapes are `finetune_protocol.py`; the state directory is `finetune_state.py`.
@@ -41,7 +41,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from intro.runtime.requests import Message
+from intro.runtime.backends.requests import Message
 from intro.runtime.serve.batching import DEFAULT_TURN_TOKENS, BatchingRunner, context_tokens_of
 from intro.runtime.serve.finetune_protocol import (
     FormPart,
@@ -311,8 +311,8 @@ class FineTuningService:
             shutil.rmtree(self.state.adapter_dir(job_id), ignore_errors=True)
 
     def _train(self, job: Mapping[str, Any], examples: Sequence[tuple[tuple[Message, ...], str]]) -> Any:
-        from intro.runtime.adapters import train_adapter
-        from intro.runtime.finetune import LoraHyperparameters
+        from intro.runtime.training.adapters import train_adapter
+        from intro.runtime.training.finetune import LoraHyperparameters
 
         hyper = job["hyperparameters"]
         hyperparameters = LoraHyperparameters(

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from attrs import frozen
 
-from intro.runtime.requests import Message
+from intro.runtime.backends.requests import Message
 from intro.runtime.serve.protocol import (
     InvalidRequestError,
     RequestHeaders,

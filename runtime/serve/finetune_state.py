@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from intro.runtime.cache import atomic_write
 from intro.runtime.serve.finetune_protocol import TrainingFileError
+from intro.runtime.store.cache import atomic_write
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")

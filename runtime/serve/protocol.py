@@ -17,7 +17,7 @@ from typing import Any, Protocol, overload
 
 from attrs import frozen
 
-from intro.runtime.requests import Generation, GenerationRequest, Message, TokenLogprob
+from intro.runtime.backends.requests import Generation, GenerationRequest, Message, TokenLogprob
 
 # OpenAI's documented bounds; clients written against it never send more.
 MAX_TOP_LOGPROBS = 20

@@ -25,7 +25,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from intro.runtime.requests import Backend, Generation, RetryableError
+from intro.runtime.backends.requests import Backend, Generation, RetryableError
 from intro.runtime.serve.batching import DEFAULT_TURN_TOKENS, BatchingRunner, context_tokens_of
 from intro.runtime.serve.protocol import (
     MAX_BODY_BYTES,

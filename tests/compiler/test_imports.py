@@ -60,8 +60,8 @@ def test_pure_verbs_import_nothing_heavy(argv: tuple[str, ...]) -> None:
 
 def test_the_probe_sees_a_runtime_import() -> None:
     # The test of the test: had `check` imported the runtime, the probe would say so.
-    outcome = run_verb("check", str(SPEC), preload="intro.runtime.requests")
-    assert "intro.runtime.requests" in outcome["heavy"]  # type: ignore[operator]
+    outcome = run_verb("check", str(SPEC), preload="intro.runtime.backends.requests")
+    assert "intro.runtime.backends.requests" in outcome["heavy"]  # type: ignore[operator]
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -28,16 +28,8 @@ import xarray as xr
 
 from intro.cli import main
 from intro.compiler import compile_spec
-from intro.runtime.api_finetune import (
-    JOB_FILE,
-    JobRecord,
-    job_hyperparameters,
-    openai_training_jsonl,
-    without_provider,
-)
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.cache import Cache
 from intro.runtime.serve.finetune import BASE_LEARNING_RATE, FineTuningService, enable_finetuning
 from intro.runtime.serve.finetune_protocol import (
     FormPart,
@@ -47,7 +39,15 @@ from intro.runtime.serve.finetune_protocol import (
 )
 from intro.runtime.serve.protocol import InvalidRequestError
 from intro.runtime.serve.server import make_server
-from intro.runtime.training import TrainingExample, write_examples
+from intro.runtime.store.cache import Cache
+from intro.runtime.training.api_finetune import (
+    JOB_FILE,
+    JobRecord,
+    job_hyperparameters,
+    openai_training_jsonl,
+    without_provider,
+)
+from intro.runtime.training.training import TrainingExample, write_examples
 from tests.tinymodels import make_tiny_model
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny" / "data"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from intro.runtime.activations import concept_vector, cosines_with_concepts
+from intro.runtime.backends.activations import concept_vector, cosines_with_concepts
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import Message
+from intro.runtime.backends.requests import Message
 from intro.stdlib.graders import disowns
 from tests.tinymodels import cached_tiny_model
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from intro.runtime.activations import load_vector
-from intro.runtime.cache import Cache
-from intro.runtime.concepts import coherent, rule_grade
+from intro.runtime.analysis.injected_thought import coherent, rule_grade
+from intro.runtime.backends.activations import load_vector
+from intro.runtime.store.cache import Cache
 from tests.tinymodels import cached_tiny_model
 
 INTRO = [sys.executable, "-m", "intro.cli"]

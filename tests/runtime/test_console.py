@@ -21,8 +21,8 @@ import pytest
 
 from intro.cli import main
 from intro.compiler import compile_spec
-from intro.runtime.planview import plan_summary
-from intro.runtime.progress import Eta, format_duration
+from intro.runtime.engine.planview import plan_summary
+from intro.runtime.engine.progress import Eta, format_duration
 from tests.servers import EchoServer
 from tests.tinymodels import make_tiny_model
 
@@ -114,7 +114,7 @@ def fresh_run(tmp_path_factory, echo):  # a child process pays the imports: abou
 
 
 def our_line_patterns(plan) -> list[re.Pattern[str]]:
-    """Every form of line intro's progress writes (runtime/progress.py), with this plan's step ids."""
+    """Every form of line intro's progress writes (runtime/engine/progress.py), with this plan's step ids."""
     steps = "|".join(re.escape(s.id) for s in plan.steps)
     return [
         re.compile(rf"^{STUDY}: \d+ steps, \d+ model calls to make(, \d+ trainings?)?, plan [0-9a-f]{{12}}$"),

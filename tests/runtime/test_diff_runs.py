@@ -19,8 +19,8 @@ from scipy import stats
 
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.resultdiff import compare_prediction_cubes
 from intro.runtime.serve.server import make_server
+from intro.runtime.store.resultdiff import compare_prediction_cubes
 from tests.studydata import write_ab_rows, write_sequence_rows
 from tests.tinymodels import cached_tiny_model
 

@@ -14,7 +14,7 @@ import pytest
 from intro.runtime.backends.embedded import EMBEDDED_WEIGHTS, intro_cache_dir, resolve_embedded
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import GenerationRequest, Message, ScoreRequest
+from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest
 
 pytestmark = pytest.mark.slow
 

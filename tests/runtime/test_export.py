@@ -20,8 +20,8 @@ import xarray as xr
 
 from intro.cli import main
 from intro.compiler.plan import Plan
-from intro.runtime import cubes_extra
-from intro.runtime.export import table_layout
+from intro.runtime.store import cubes_extra
+from intro.runtime.store.export import table_layout
 from tests.tinyrun import tiny_run
 
 

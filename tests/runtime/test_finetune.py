@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.finetune import (
+from intro.runtime.backends.requests import Message
+from intro.runtime.training.finetune import (
     LoraHyperparameters,
     attach_lora,
     collate,
@@ -23,7 +24,6 @@ from intro.runtime.finetune import (
     reply_loss,
     train_lora,
 )
-from intro.runtime.requests import Message
 from tests.tinymodels import make_tiny_model
 
 EXAMPLES = [

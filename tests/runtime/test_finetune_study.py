@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from intro.cli import main
 from intro.compiler.plan import Plan
-from intro.runtime import metrics
-from intro.runtime.cache import Cache
+from intro.runtime.analysis import metrics
+from intro.runtime.store.cache import Cache
 from tests.tinymodels import make_tiny_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"

@@ -27,7 +27,7 @@ from intro.runtime.backends.litellm_backend import (
 )
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import (
+from intro.runtime.backends.requests import (
     BackendError,
     GenerationRequest,
     Message,
@@ -35,7 +35,7 @@ from intro.runtime.requests import (
     ScoreRequest,
     Steering,
 )
-from intro.runtime.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
+from intro.runtime.engine.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
 from intro.runtime.serve.server import make_server
 from tests.servers import EchoServer, Fault, echo_text
 from tests.tinymodels import make_tiny_model

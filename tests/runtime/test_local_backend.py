@@ -14,14 +14,14 @@ import torch
 from intro.runtime.backends import embedded
 from intro.runtime.backends.local import LocalBackend, plan_batches
 from intro.runtime.backends.local_model import load_local_model, render_plain, require_memory
-from intro.runtime.requests import (
+from intro.runtime.backends.requests import (
     BackendError,
     GenerationRequest,
     Message,
     ScoreRequest,
     Steering,
 )
-from intro.runtime.steering import add_to_residual
+from intro.runtime.backends.steering import add_to_residual
 from tests.tinymodels import make_tiny_model
 
 QUESTIONS = (
@@ -405,7 +405,7 @@ def span_bounds(loaded, prompt: str, text: str) -> tuple[int, int]:
 
 def test_span_steering_adds_the_vector_on_the_span_tokens_only(loaded, tmp_path):
     from intro.runtime.backends.local_steering import steering_windows
-    from intro.runtime.steering import read_residual
+    from intro.runtime.backends.steering import read_residual
 
     vector = torch.randn(loaded.hidden_size, generator=torch.Generator().manual_seed(2))
     path = save_vector(tmp_path / "v.safetensors", vector)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from intro.runtime.metrics import (
+from intro.runtime.analysis.metrics import (
     MCNEMAR_EXACT_BELOW,
     Rate,
     accuracy,

@@ -14,7 +14,7 @@ import xarray as xr
 
 from intro.compiler import compile_spec
 from intro.compiler.plan import requests
-from intro.runtime.cache import Cache
+from intro.runtime.store.cache import Cache
 from tests.servers import EchoServer, echo_text
 
 SPEC = """

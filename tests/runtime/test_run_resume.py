@@ -25,7 +25,7 @@ from intro.compiler import compile_spec
 from intro.compiler.plan import requests
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import Generation, GenerationRequest, Score, ScoreRequest
+from intro.runtime.backends.requests import Generation, GenerationRequest, Score, ScoreRequest
 from intro.runtime.serve.server import make_server
 from tests.studydata import write_ab_rows, write_sequence_rows
 from tests.tinymodels import cached_tiny_model
@@ -237,7 +237,7 @@ def test_rerun_makes_no_calls_and_second_runner_is_locked_out(tmp_path, server):
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from intro.runtime.run import study_lock
+from intro.runtime.engine.run import study_lock
 with study_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)

@@ -6,7 +6,7 @@ import xarray as xr
 from scipy import stats
 
 from intro.compiler.plan import Measure, Plan, Step
-from intro.runtime import cubes_extra
+from intro.runtime.store import cubes_extra
 
 AXES = (("subject", ("qwen", "gemma")), ("other", ("gemma", "qwen")))
 
@@ -83,7 +83,9 @@ def point_cube(correct: np.ndarray) -> xr.Dataset:
 
 
 def test_show_and_report_put_self_and_cross_side_by_side(tmp_path):
-    from intro.runtime import cube, report, run
+    from intro.runtime.analysis import report
+    from intro.runtime.engine import run
+    from intro.runtime.store import cube
 
     own = measure("self", [("st_q", "st_q"), ("st_g", "st_g")])
     cross = measure("cross", [("st_q", "ct_g"), ("st_g", "ct_q")])

@@ -17,7 +17,7 @@ import pytest
 
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import BackendError, GenerationRequest, Message
+from intro.runtime.backends.requests import BackendError, GenerationRequest, Message
 from intro.runtime.serve.protocol import InvalidRequestError, parse_chat_request
 from intro.runtime.serve.server import make_server
 from tests.tinymodels import make_tiny_model

@@ -19,7 +19,7 @@ import pytest
 
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import GenerationRequest, Message
+from intro.runtime.backends.requests import GenerationRequest, Message
 from intro.runtime.serve.finetune import enable_finetuning
 from intro.runtime.serve.server import InsecureBindError, make_server
 from tests.tinymodels import make_tiny_model

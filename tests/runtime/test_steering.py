@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from intro.runtime.activations import (
+from intro.runtime.backends.activations import (
     chat_prompt,
     concept_vector,
     concept_vectors,
@@ -22,8 +22,8 @@ from intro.runtime.activations import (
     span_token_positions,
 )
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.requests import Message
-from intro.runtime.steering import (
+from intro.runtime.backends.requests import Message
+from intro.runtime.backends.steering import (
     LayerNotFoundError,
     add_to_residual,
     decoder_layers,

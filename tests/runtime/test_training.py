@@ -13,13 +13,21 @@ import torch
 import xarray as xr
 
 from intro.compiler.plan import Measure, ModelEntry, Plan, Prompt, Step
-from intro.runtime import adapters, behaviour_change, calibration, cubes_extra
-from intro.runtime.adapters import AdapterWeights, read_adapter, stack_adapters, train_adapter, write_adapter
+from intro.runtime.analysis import behaviour_change, calibration
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import activate_adapter, attach_adapter, load_local_model
-from intro.runtime.finetune import LoraHyperparameters
-from intro.runtime.requests import BackendError, GenerationRequest, Message
-from intro.runtime.training import (
+from intro.runtime.backends.requests import BackendError, GenerationRequest, Message
+from intro.runtime.store import cubes_extra
+from intro.runtime.training import adapters
+from intro.runtime.training.adapters import (
+    AdapterWeights,
+    read_adapter,
+    stack_adapters,
+    train_adapter,
+    write_adapter,
+)
+from intro.runtime.training.finetune import LoraHyperparameters
+from intro.runtime.training.training import (
     Lineage,
     TrainingExample,
     answer_examples,
@@ -394,7 +402,7 @@ def test_behaviour_change_matches_a_hand_computation():
     assert aggregate.accuracy_new == pytest.approx(2 / 4)
     # McNemar, exact: 1 item only old matches, 2 only new: p = min(1, 2 * P(X <= 1), X ~ Bin(3, 1/2)) = 1.
     assert aggregate.p_new_vs_old == pytest.approx(1.0)
-    from intro.runtime import metrics
+    from intro.runtime.analysis import metrics
 
     low, high = metrics.bootstrap_ci(np.array([0.0, 1.0, 0.0, 0.0]), resamples=1000, seed=0)
     assert (aggregate.old_ci_low, aggregate.old_ci_high) == (low, high)

@@ -3,7 +3,7 @@
 Thoughts vs text and prefill intention inject on each sentence's tokens, so their calls are made by the
 measure step rather than by sample steps; think / don't think reads activations. The keys are pure
 functions of the plan (this module imports nothing heavy), shared by the step handlers
-(runtime/concept_experiments.py) and by `intro plan`, which counts the calls still to make.
+(runtime/analysis/sentence_trials.py) and by `intro plan`, which counts the calls still to make.
 
 An unsteered reply has the key a sample step would give the same prompt and sampling, and an unsteered
 score the key the injected-thought readout gives it, so those results are shared with other steps.

@@ -16,10 +16,9 @@ from typing import Any
 from attrs import define, field
 
 from intro.compiler.plan import Plan, Step, requests
-
-from .cache import Cache
-from .pool import BackendPool
-from .requests import Generation, GenerationRequest, Message, Steering
+from intro.runtime.backends.requests import Generation, GenerationRequest, Message, Steering
+from intro.runtime.engine.pool import BackendPool
+from intro.runtime.store.cache import Cache
 
 CHUNK = 32  # requests handed to a backend at once: the most a crash can lose per model
 

@@ -35,8 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from intro.compiler.plan import Step
-
-from .executor import Counters
+from intro.runtime.engine.executor import Counters
 
 MODES = ("text", "quiet", "json")
 
@@ -138,7 +137,7 @@ class Progress:
         )
 
     def model_event(self, phase: str, model: str, source: str, seconds: float) -> None:
-        """The pool's report on loading weights (runtime/pool.py `LoadListener`)."""
+        """The pool's report on loading weights (runtime/engine/pool.py `LoadListener`)."""
         if phase == "loading":
             self.model_loading(model, source)
         elif phase == "converting":

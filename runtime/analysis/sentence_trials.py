@@ -3,7 +3,7 @@
 The injection of these experiments is on one sentence's tokens (a `Steering.span_text` window), which
 differs per trial, so the measure step makes its own model calls: each score and each reply is cached by
 its content (model identity, prompt, choices or sampling, and the injection: vector hash, layer,
-strength, span; keys in runtime/experiment_calls.py), and an unsteered call has the key a plain call of
+strength, span; keys in runtime/engine/experiment_calls.py), and an unsteered call has the key a plain call of
 the same prompt has anywhere.
 
 Cubes (group = the measure's name; dims: the measure's axes, then `trial`, one per sentence):
@@ -38,13 +38,13 @@ import numpy as np
 import xarray as xr
 
 from intro.compiler.plan import Measure, Plan, Prompt, Step
+from intro.runtime.analysis import metrics
+from intro.runtime.analysis.injected_thought import VECTOR_FILE
+from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest, Steering
+from intro.runtime.engine.executor import generation_record
+from intro.runtime.engine.experiment_calls import injection_ids, reply_key, score_key, think_key
+from intro.runtime.store import cube
 from intro.stdlib import graders
-
-from . import cube, metrics
-from .concepts import VECTOR_FILE
-from .executor import generation_record
-from .experiment_calls import injection_ids, reply_key, score_key, think_key
-from .requests import GenerationRequest, Message, ScoreRequest, Steering
 
 KINDS = ("thoughts_vs_text", "prefill_intention", "think_about")
 Injection = tuple[Steering, list[Any]] | None  # the steering and what identifies it in a cache key
@@ -180,7 +180,7 @@ class ModelCalls:
 
 # ---------------------------------------------------------------- handlers
 class ExperimentSteps:
-    """The handlers of one study run (`run` is runtime/run.py's `_StudyRun`)."""
+    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`)."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -259,7 +259,7 @@ class ExperimentSteps:
         if record is not None:
             self.run.executor.counters.cached += 2 * len(step.params["sentences"])
             return record  # type: ignore[no-any-return]
-        from .activations import load_vector
+        from intro.runtime.backends.activations import load_vector
 
         p = step.params
         loaded = self.run.pool.loaded(p["model"])  # on the event loop: two threads loading would race
@@ -383,8 +383,8 @@ def think_cosines(
     loaded: Any, prompts: Mapping[str, Prompt], p: Mapping[str, Any], vector: Any
 ) -> dict[str, Any]:
     """Cosines of each written sentence's mean residual with the concept vector and the control words' vectors."""
-    from .activations import concept_vectors, cosines_with_concepts
-    from .backends.local_model import activate_adapter
+    from intro.runtime.backends.activations import concept_vectors, cosines_with_concepts
+    from intro.runtime.backends.local_model import activate_adapter
 
     with loaded.lock:
         activate_adapter(loaded.model, None)  # the declared model's own weights, whatever ran before

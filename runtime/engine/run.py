@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
-
-from . import concept_experiments, concepts, cube, cubes_extra, measures, memory, planview, training
-from .cache import Cache, default_cache_dir
-from .console import libraries_to_log
-from .executor import Counters, Executor, StepHandler
-from .journal import open_for_append
-from .pool import BackendPool
-from .progress import Progress, emit_json, step_units
-from .requests import BackendError
+from intro.runtime.analysis import injected_thought, measures, sentence_trials
+from intro.runtime.backends.requests import BackendError
+from intro.runtime.engine import memory, planview
+from intro.runtime.engine.console import libraries_to_log
+from intro.runtime.engine.executor import Counters, Executor, StepHandler
+from intro.runtime.engine.journal import open_for_append
+from intro.runtime.engine.pool import BackendPool
+from intro.runtime.engine.progress import Progress, emit_json, step_units
+from intro.runtime.store import cube, cubes_extra
+from intro.runtime.store.cache import Cache, default_cache_dir
+from intro.runtime.training import training
 
 OK, FAILED, LOCKED = 0, 1, 4
 RESUME_HINT = "finished calls are cached; the same command resumes from them"
@@ -61,7 +63,7 @@ def run_plans(
     serving: Mapping[str, str] | None = None,
     mode: str = "text",
 ) -> int:
-    """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see runtime/progress.py)."""
+    """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see runtime/engine/progress.py)."""
     memory.limit_arenas()
     cache = Cache(cache_dir or default_cache_dir())
     status = OK
@@ -152,8 +154,8 @@ class _StudyRun:
             handlers={
                 "prediction": self.prediction,
                 **training.handlers(self),
-                **concepts.handlers(self),
-                **concept_experiments.handlers(self),
+                **injected_thought.handlers(self),
+                **sentence_trials.handlers(self),
             },
             on_step=self.step_done,
             on_progress=self.calls_progress,
@@ -254,9 +256,9 @@ def measure_table(dataset: Any, measure: Measure) -> str:
     if measure.kind == "behaviour_change":
         return _table(title, *cubes_extra.behaviour_change_rows(dataset))
     if measure.kind == "injected_thought":
-        return _table(title, *concepts.injection_rows(dataset))
-    if measure.kind in concept_experiments.KINDS:
-        return _table(title, *concept_experiments.table_rows(dataset, measure.kind))
+        return _table(title, *injected_thought.injection_rows(dataset))
+    if measure.kind in sentence_trials.KINDS:
+        return _table(title, *sentence_trials.table_rows(dataset, measure.kind))
     text = summary_table(dataset, measure.name)
     if "z_vs_self" in dataset:
         title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 from attrs import frozen
 
+from intro.runtime.analysis import metrics
+from intro.runtime.analysis.measures import Texts, property_value, reduce_samples
 from intro.stdlib.extractors import prediction
-
-from . import metrics
-from .measures import Texts, property_value, reduce_samples
 
 
 @frozen

@@ -13,9 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from intro.compiler.plan import ModelEntry, Plan
-
-from .cache import Cache
-from .requests import Backend, BackendError
+from intro.runtime.backends.requests import Backend, BackendError
+from intro.runtime.store.cache import Cache
 
 # Told (phase, model, source, seconds) as weights load: "loading", "converting" (a GGUF, once), "loaded".
 LoadListener = Callable[[str, str, str, float], None]
@@ -56,7 +55,7 @@ class BackendPool:
     def _open(self, entry: ModelEntry) -> Backend:
         url = self.overrides.get(entry.key) or self.overrides.get(entry.params.get("label", ""))
         if url:
-            from .backends.litellm_backend import LiteLLMBackend
+            from intro.runtime.backends.litellm_backend import LiteLLMBackend
 
             return LiteLLMBackend(f"openai/{entry.key}", api_base=url, concurrency=64)
         if entry.kind == "litellm":
@@ -66,7 +65,7 @@ class BackendPool:
         return self._local(entry, adapter=None)
 
     def _litellm(self, entry: ModelEntry) -> Backend:
-        from .backends.litellm_backend import LiteLLMBackend
+        from intro.runtime.backends.litellm_backend import LiteLLMBackend
 
         serving = self.plan.serving.get(entry.key, {})
         return LiteLLMBackend(
@@ -83,7 +82,7 @@ class BackendPool:
         info = self.cache.artifact_info(step.hash)
         root = self.plan.models[entry.params["root"]]
         if root.kind == "litellm":
-            from .backends.litellm_backend import LiteLLMBackend
+            from intro.runtime.backends.litellm_backend import LiteLLMBackend
 
             serving = self.plan.serving.get(root.key, {})
             return LiteLLMBackend(
@@ -92,12 +91,12 @@ class BackendPool:
         return self._local(root, adapter=str(self.cache.artifact_dir(step.hash) / "adapter"))
 
     def _local(self, entry: ModelEntry, adapter: str | None) -> Backend:
-        from .backends.local import LocalBackend
+        from intro.runtime.backends.local import LocalBackend
 
         serving = self.plan.serving.get(entry.key, {})
         loaded = self.loaded(entry.key)
         # Attaching an adapter rewrites the shared model's layers: never in the middle of another backend's
-        # batch or of a LoRA training run on the same weights (runtime/adapters.py holds the same lock).
+        # batch or of a LoRA training run on the same weights (runtime/training/adapters.py holds the same lock).
         with loaded.lock:
             return LocalBackend(loaded, batch_size=int(serving.get("batch_size", 16)), adapter=adapter)
 
@@ -107,7 +106,7 @@ class BackendPool:
         if entry.kind not in ("embedded", "local"):
             raise BackendError(f"model '{model_key}' is not an in-process model")
         if model_key not in self._loaded:
-            from .backends.local_model import load_local_model
+            from intro.runtime.backends.local_model import load_local_model
 
             serving = self.plan.serving.get(entry.key, {})
             source = (

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from intro.compiler.plan import Plan, Step, requests
-
-from . import journal
-from .cache import Cache, default_cache_dir
-from .experiment_calls import CALLING_KINDS, planned_calls
+from intro.runtime.engine import journal
+from intro.runtime.engine.experiment_calls import CALLING_KINDS, planned_calls
+from intro.runtime.store.cache import Cache, default_cache_dir
 
 CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not yet tokenised
 
@@ -116,7 +115,7 @@ def _cost(plan: Plan, steps: list[dict[str, Any]]) -> float | None:
     pending = [s for s in steps if s.get("model") in api and s.get("to_run")]
     if not pending:
         return 0.0 if not api else None
-    from .backends.litellm_backend import estimate_cost
+    from intro.runtime.backends.litellm_backend import estimate_cost
 
     total = 0.0
     for s in pending:

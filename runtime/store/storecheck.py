@@ -16,8 +16,8 @@ from pathlib import Path
 
 from attrs import frozen
 
-from .cache import DONE, QUARANTINE, read_done, read_entry
-from .integrity import TEMPORARY_PREFIX, DamageError, check_manifest, check_safetensors
+from intro.runtime.store.cache import DONE, QUARANTINE, read_done, read_entry
+from intro.runtime.store.integrity import TEMPORARY_PREFIX, DamageError, check_manifest, check_safetensors
 
 OK, DAMAGED, BAD_INPUT = 0, 1, 2
 

@@ -26,12 +26,12 @@ import xarray as xr
 from attrs import frozen
 
 from intro.compiler.plan import Measure, Plan, Step, digest
+from intro.runtime.analysis import metrics
+from intro.runtime.backends.requests import BackendError, GenerationRequest, Message, ScoreRequest
+from intro.runtime.engine.experiment_calls import score_key
+from intro.runtime.store import cube
 from intro.stdlib import graders
 from intro.stdlib.extractors import normalise
-
-from . import cube, metrics
-from .experiment_calls import score_key
-from .requests import BackendError, GenerationRequest, Message, ScoreRequest
 
 VECTOR_FILE = "vector.safetensors"
 RATES = ("detection", "identification", "false_positive", "net")
@@ -148,7 +148,7 @@ def injection_rows(dataset: xr.Dataset) -> tuple[list[str], list[list[str]]]:
 
 # ---------------------------------------------------------------- handlers
 class ConceptSteps:
-    """The handlers of one study run (`run` is runtime/run.py's `_StudyRun`: plan, cache, pool, executor)."""
+    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`: plan, cache, pool, executor)."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -171,7 +171,7 @@ class ConceptSteps:
         loaded = self.run.pool.loaded(step.params["model"]) if step.params["op"] == "concept" else None
         async with self.run.executor.compute:
             vector = await asyncio.to_thread(self._make_vector, step.params, loaded)
-        from .activations import save_vector
+        from intro.runtime.backends.activations import save_vector
 
         save_vector(self.cache.artifact_dir(step.hash) / VECTOR_FILE, vector)
         norm = float(vector.norm())
@@ -179,7 +179,7 @@ class ConceptSteps:
         self.run.say(f"  {step.id}: norm {norm:.2f}")
 
     def _make_vector(self, p: Mapping[str, Any], loaded: Any) -> Any:
-        from .activations import concept_vector, load_vector, random_vector_like
+        from intro.runtime.backends.activations import concept_vector, load_vector, random_vector_like
 
         op = p["op"]
         if op == "concept":

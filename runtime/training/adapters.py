@@ -30,8 +30,8 @@ import torch
 from attrs import field, frozen
 from torch import nn
 
-from .backends.local_model import LoadedModel, attach_adapter
-from .finetune import (
+from intro.runtime.backends.local_model import LoadedModel, attach_adapter
+from intro.runtime.training.finetune import (
     ATTENTION_AND_MLP_PROJECTIONS,
     ChatExample,
     FinetuneResult,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from attrs import field, frozen
 from torch import nn
 
-from intro.runtime.requests import Message
+from intro.runtime.backends.requests import Message
 
 IGNORE_INDEX = -100
 

@@ -12,8 +12,8 @@ import numpy as np
 import xarray as xr
 
 from intro.compiler.plan import Plan
-
-from . import cube, metrics
+from intro.runtime.analysis import metrics
+from intro.runtime.store import cube
 
 
 def measures_of(run: Path) -> dict[str, str]:

@@ -17,10 +17,9 @@ import numpy as np
 from attrs import frozen
 
 from intro.compiler.plan import digest
+from intro.runtime.analysis import metrics
+from intro.runtime.analysis.measures import Texts, property_value
 from intro.stdlib.extractors import prediction
-
-from . import metrics
-from .measures import Texts, property_value
 
 BINS = 10
 # Normalised answers never contain "<" (punctuation is stripped), so this cannot collide with a real value.
@@ -106,7 +105,7 @@ def readout_key(step_hash: str) -> str:
     """One cache record holds a calibration step's readouts; the step's hash covers all they depend on."""
     return digest(
         ["calibration_readout", step_hash]
-    )  # runtime/experiment_calls.py counts it for `intro plan`
+    )  # runtime/engine/experiment_calls.py counts it for `intro plan`
 
 
 def readout_distribution(raw_logprobs: Mapping[str, float]) -> dict[str, float]:

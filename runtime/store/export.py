@@ -25,8 +25,7 @@ import xarray as xr
 from attrs import frozen
 
 from intro.compiler.plan import Plan
-
-from .cube import DamagedCubeError, check_group, rebuild_advice
+from intro.runtime.store.cube import DamagedCubeError, check_group, rebuild_advice
 
 FORMATS = ("parquet", "csv")
 UNIT_DIMS = frozenset({"item", "trial", "step"})

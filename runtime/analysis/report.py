@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from intro.compiler.plan import Plan  # noqa: E402
-
-from . import cube, cubes_extra, metrics  # noqa: E402
+from intro.runtime.analysis import metrics  # noqa: E402
+from intro.runtime.store import cube, cubes_extra  # noqa: E402
 
 Figure = Any
 
@@ -79,7 +79,7 @@ def _open(run: Path, group: str) -> xr.Dataset | None:
 
 
 def _table(dataset: xr.Dataset, measure: Any) -> str:
-    from .run import measure_table
+    from intro.runtime.engine.run import measure_table
 
     try:
         return str(measure_table(dataset, measure))
@@ -167,7 +167,7 @@ def _role(role: str, measure: str) -> str:
 
 
 def _self_cross_table(run: Path, pair: cubes_extra.SelfCrossPair) -> str:
-    from .run import self_cross_table
+    from intro.runtime.engine.run import self_cross_table
 
     try:
         return self_cross_table(run, pair)

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 from attrs import frozen
 
+from intro.runtime.analysis import metrics
 from intro.stdlib.extractors import EXTRACTORS, complies, prediction
-
-from . import metrics
 
 Texts = Mapping[str, Sequence[str]]  # prompt key -> response texts, one per sample
 

@@ -33,12 +33,11 @@ import xarray as xr
 from attrs import frozen
 
 from intro.compiler.plan import Measure, Plan
-
-from . import metrics
-from .behaviour_change import ChangeAggregate, ChangeRow
-from .calibration import POOLED, CalibrationCell
-from .cube import Frame as _Frame
-from .cube import provenance
+from intro.runtime.analysis import metrics
+from intro.runtime.analysis.behaviour_change import ChangeAggregate, ChangeRow
+from intro.runtime.analysis.calibration import POOLED, CalibrationCell
+from intro.runtime.store.cube import Frame as _Frame
+from intro.runtime.store.cube import provenance
 
 TRAINING_GROUP = "training"
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from intro.runtime.requests import Message
-from intro.runtime.steering import read_residual, residual_stream
+from intro.runtime.backends.requests import Message
+from intro.runtime.backends.steering import read_residual, residual_stream
 
 DEFAULT_TEMPLATE = "Tell me about {word}"
 VECTOR_KEY = "vector"

@@ -31,17 +31,16 @@ from typing import Any
 from attrs import frozen
 
 from intro.compiler.plan import Plan, Step
-
-from .backends.litellm_backend import (
+from intro.runtime.backends.litellm_backend import (
     LiteLLMBackend,
     classify_error,
     import_litellm,
     stop_litellm_background_work,
 )
-from .cache import Cache, atomic_write
-from .requests import BackendError
-from .retry import RetryPolicy, call_with_retries
-from .training import Lineage, TrainingExample, read_examples
+from intro.runtime.backends.requests import BackendError
+from intro.runtime.engine.retry import RetryPolicy, call_with_retries
+from intro.runtime.store.cache import Cache, atomic_write
+from intro.runtime.training.training import Lineage, TrainingExample, read_examples
 
 JOB_FILE = "job.json"
 TRAINING_FILE_NAME = "training.jsonl"
@@ -222,7 +221,7 @@ class FineTuningClient:
         return await call_with_retries(attempt, policy, describe=f"{where} {operation}", sleep=self.sleep)
 
     def _route_arguments(self) -> dict[str, Any]:
-        # The openai client's own retries are off: one layer (intro.runtime.retry) decides.
+        # The openai client's own retries are off: one layer (intro.runtime.engine.retry) decides.
         arguments: dict[str, Any] = {
             "custom_llm_provider": self.provider,
             "max_retries": 0,

@@ -25,12 +25,12 @@ from typing import Any
 from attrs import frozen
 
 from intro.compiler.plan import Plan, Prompt, Step
-
-from . import behaviour_change, calibration, cube, cubes_extra
-from .cache import Cache, atomic_write
-from .calibration import ItemSamples
-from .measures import Texts, property_value, reduce_samples
-from .requests import BackendError, Message, ScoreRequest
+from intro.runtime.analysis import behaviour_change, calibration
+from intro.runtime.analysis.calibration import ItemSamples
+from intro.runtime.analysis.measures import Texts, property_value, reduce_samples
+from intro.runtime.backends.requests import BackendError, Message, ScoreRequest
+from intro.runtime.store import cube, cubes_extra
+from intro.runtime.store.cache import Cache, atomic_write
 
 EXAMPLES_FILE = "examples.jsonl"
 ADAPTER_DIR = "adapter"
@@ -137,7 +137,7 @@ class Lineage:
 
 def lineage(plan: Plan, base: str) -> Lineage:
     """Trace a finetune's base to its root: in-process (LoRA here) or litellm (a provider's fine-tuning job,
-    runtime/api_finetune.py); steered models cannot be finetuned."""
+    runtime/training/api_finetune.py); steered models cannot be finetuned."""
     entry = plan.models[base]
     label = entry.params.get("label", base)
     if entry.kind == "finetuned":
@@ -158,7 +158,7 @@ def _require_trainable(kind: str, label: str) -> None:
 
 
 def lora_hyperparameters(hparams: Mapping[str, Any]) -> Any:
-    from .finetune import LoraHyperparameters
+    from intro.runtime.training.finetune import LoraHyperparameters
 
     return LoraHyperparameters(
         rank=int(hparams["rank"]),
@@ -182,7 +182,7 @@ def finetuned_model_of(plan: Plan, step_id: str) -> str:
 
 
 class TrainingSteps:
-    """The handlers of one study run (`run` is runtime/run.py's `_StudyRun`: plan, cache, pool, executor)."""
+    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`: plan, cache, pool, executor)."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -247,7 +247,7 @@ class TrainingSteps:
         p = step.params
         origin = lineage(self.plan, p["base"])
         if self.plan.models[origin.root].kind == "litellm":
-            from .api_finetune import finetune_api_model
+            from intro.runtime.training.api_finetune import finetune_api_model
 
             await finetune_api_model(self.plan, self.cache, step, origin, self.run.say)
             return
@@ -364,7 +364,7 @@ def _train_into(
     directory: Path, loaded: Any, examples: list[Any], hyperparameters: Any, parent: Path | None
 ) -> Any:
     """Train into a fresh temporary directory, then move it into place: a torn run leaves no half adapter."""
-    from .adapters import train_adapter
+    from intro.runtime.training.adapters import train_adapter
 
     directory.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-adapter-"))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .integrity import (
+from intro.runtime.store.integrity import (
     DamageError,
     canonical,
     check_manifest,
@@ -33,7 +33,7 @@ from .integrity import (
     manifest,
     read_json,
 )
-from .integrity import text_digest as _digest
+from intro.runtime.store.integrity import text_digest as _digest
 
 CACHE_ENV = "INTRO_CACHE_DIR"
 DONE = "DONE"

@@ -26,11 +26,10 @@ import numpy as np
 import xarray as xr
 
 from intro.compiler.plan import Measure, Plan
-
-from .cache import atomic_write
-from .calibration import BINS, POOLED
-from .integrity import DamageError, check_manifest, files_of, manifest, read_json
-from .measures import Aggregate, PredictionRow
+from intro.runtime.analysis.calibration import BINS, POOLED
+from intro.runtime.analysis.measures import Aggregate, PredictionRow
+from intro.runtime.store.cache import atomic_write
+from intro.runtime.store.integrity import DamageError, check_manifest, files_of, manifest, read_json
 
 ITEM_VARIABLES = ("object_response", "target", "hypothetical_response", "prediction")
 AGGREGATES = ("accuracy", "ci_low", "ci_high", "n", "mode_baseline", "compliance")

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from attrs import frozen
 
-from intro.runtime.requests import RetryableError
+from intro.runtime.backends.requests import RetryableError
 
 log = logging.getLogger(__name__)
 
