@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import ir, sentence_trials, templates
 from .diagnostics import Span
 from .injected_thought import INJECTED_THOUGHT
+from .primitives import PRIMITIVES
 from .types import Function, Param
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ T1_SAMPLES = ir.Sampling(temperature=1.0, samples=20)
 Spans = Mapping[str, Span]
 
 
-def _require(ctx: Context, model: ir.Model, capability: str, span: Span, purpose: str) -> None:
+def require_capability(ctx: Context, model: ir.Model, capability: str, span: Span, purpose: str) -> None:
+    """An error unless `model` has `capability` (activations, finetune, logprobs), saying how to get it."""
     if capability not in model.capabilities:
         root = ir.root_model(model)
         hint = {
@@ -85,7 +87,7 @@ def _layer(ctx: Context, model: ir.Model, layer: float, span: Span) -> int:
 
 # ---------------------------------------------------------------- models from models
 def _finetune(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.FinetunedModel:
-    _require(ctx, a["model"], "finetune", spans["model"], "be finetuned")
+    require_capability(ctx, a["model"], "finetune", spans["model"], "be finetuned")
     for name in ("rank", "epochs", "batch"):
         if a[name] < 1:
             ctx.fail("E307", f"{name} must be at least 1", spans[name])
@@ -96,7 +98,7 @@ def _finetune(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.FinetunedMod
 
 
 def _inject(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
-    _require(ctx, a["model"], "activations", spans["model"], "be steered")
+    require_capability(ctx, a["model"], "activations", spans["model"], "be steered")
     layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
     return ir.SteeredModel(a["model"], a["vector"], layer, float(a["strength"]), a["start"], span=at)
 
@@ -155,7 +157,7 @@ def _behaviour_change(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Beha
 
 # ---------------------------------------------------------------- vectors
 def _concept(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ConceptVector:
-    _require(ctx, a["model"], "activations", spans["model"], "give activations")
+    require_capability(ctx, a["model"], "activations", spans["model"], "give activations")
     if not a["baseline"]:
         ctx.fail("E310", "a concept vector needs baseline words", spans["baseline"])
     # The runtime fills it with str.format: anything else it could do must fail here, not mid-run.
@@ -431,14 +433,28 @@ FUNCTIONS: dict[str, Function] = dict(
             example="logit_readout()",
         ),
         _fn(
-            "judge",
+            "judged_by",
             _judge,
             Param("model", "model"),
-            doc="a grader that asks `model` to grade each reply",
+            doc="a grader for injected_thought that asks `model` to grade each reply",
             returns="grader",
-            example="judge(gemma)",
+            example="judged_by(gemma)",
+        ),
+        _fn(
+            "steer",
+            _inject,
+            Param("model", "model"),
+            Param("vector", "vector"),
+            Param("layer", "number"),
+            Param("strength", "number"),
+            Param("start", "string", None),
+            doc="a new model: `model` whose every call (generate, score, choose) runs with `strength * vector` "
+            "added to the residual stream after `layer`, from the token before `start` on",
+            returns="model",
+            example="steer(qwen, dog, 16, 4)",
         ),
         ("injected_thought", INJECTED_THOUGHT),
         *sentence_trials.FUNCTIONS.items(),
+        *PRIMITIVES.items(),
     ]
 )

@@ -49,7 +49,8 @@ def _conversation(ctx: Context, turns: tuple[Any, ...], span: Span) -> tuple[tup
 
 
 def _injected_thought(ctx: Context, spans: Mapping[str, Span], at: Span, **a: Any) -> ir.InjectedThought:
-    from .builtins import _layer, _require
+    from .builtins import _layer
+    from .builtins import require_capability as _require
 
     _require(ctx, a["model"], "activations", spans["model"], "be steered")
     prompt = _conversation(ctx, a["prompt"], spans["prompt"])

@@ -10,8 +10,10 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from . import dataflow as df
 from . import injected_thought, ir, sentence_trials
 from .declarations import render
+from .lower_dataflow import DataflowLowering
 from .plan import STEP_VERSIONS, Measure, ModelEntry, Plan, Prompt, Step, digest
 
 
@@ -26,6 +28,7 @@ class Lowering:
         self.prompts: dict[str, Prompt] = {}
         self.items: dict[str, dict[str, Any]] = {}
         self._memo: dict[Any, Any] = {}
+        self.dataflow = DataflowLowering(self)
 
     # ------------------------------------------------------------ steps
     def add_step(self, id_: str, kind: str, deps: Iterable[str], params: dict[str, Any], content: Any) -> str:
@@ -230,6 +233,8 @@ class Lowering:
         return self._memoised(("data", data), lambda: self._training_data(data))  # type: ignore[no-any-return]
 
     def _training_data(self, data: ir.TrainingData) -> str:
+        if isinstance(data, df.Examples):
+            return self.dataflow.examples(data)
         if isinstance(data, ir.Hypotheticals):
             rows = self.hypothetical_rows(data.selection, data.properties, data.template)
             objects = self.object_steps(data.subject, data.selection, data.sampling)
@@ -267,6 +272,8 @@ class Lowering:
         value = point.value
         coords = ",".join(str(v) for _, v in point.coords)
         step_id = f"{_kind(value)}.{self.study.name}.{point.name}" + (f"[{coords}]" if coords else "")
+        if isinstance(value, df.MEASURABLE):
+            return df.measure_kind(value), self.dataflow.measure(value)
         if isinstance(value, ir.Prediction):
             return "prediction", self._prediction(step_id, value)
         if isinstance(value, ir.Calibration):
@@ -390,6 +397,8 @@ def _extractors(properties: Sequence[ir.Property]) -> dict[str, dict[str, Any]]:
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, df.MEASURABLE):
+        return df.measure_kind(value)
     return {
         ir.Prediction: "prediction",
         ir.Calibration: "calibration",

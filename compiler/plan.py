@@ -32,6 +32,17 @@ STEP_VERSIONS: dict[str, int] = {
     "thoughts_vs_text": 1,
     "prefill_intention": 1,
     "think_about": 1,
+    # the open language's primitives (compiler/lower_dataflow.py)
+    "generate": 1,
+    "choose": 1,
+    "score": 1,
+    "render": 1,
+    "extract": 1,
+    "filter": 1,
+    "labels": 1,
+    "estimate": 1,
+    "comparison": 1,
+    "examples": 1,
 }
 
 

@@ -45,7 +45,7 @@ def fill(template: str, sentence: str, word: str = "") -> str:
 
 # ---------------------------------------------------------------- checks
 def _check_model(ctx: Context, model: ir.Model, span: Span) -> None:
-    from .builtins import _require
+    from .builtins import require_capability as _require
 
     _require(ctx, model, "activations", span, "be steered")
     if isinstance(model, ir.SteeredModel):
@@ -130,7 +130,8 @@ def _prefill_intention(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Pre
 
 
 def _think_about(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ThinkAbout:
-    from .builtins import _layer, _require
+    from .builtins import _layer
+    from .builtins import require_capability as _require
 
     _require(ctx, a["model"], "activations", spans["model"], "give activations")
     if not isinstance(a["model"], ir.BaseModel):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
+from . import dataflow as df
 from . import ir
 
 
@@ -45,6 +46,20 @@ class Param:
     default: Any = REQUIRED
 
 
+@frozen
+class UserFunction:
+    """A function declared in a spec or module with `fn` (see `compiler/functions.py`).
+
+    `params` hold each default as the expression written (evaluated at each call in the defining module);
+    `decl` is its `ast.FnDecl`; `home` the defining module's namespace, where its body looks up names.
+    """
+
+    name: str
+    params: tuple[Param, ...]
+    decl: Any = field(repr=False)
+    home: Any = field(repr=False)
+
+
 def type_name(value: Any) -> str:
     """The user-facing name of a value's type."""
     match value:
@@ -78,9 +93,30 @@ def type_name(value: Any) -> str:
             return "grader"
         case Module():
             return "module"
-        case Function():
+        case Function() | UserFunction():
             return "function"
-    return "measurement"
+    return _DATAFLOW_TYPES.get(type(value), "measurement")
+
+
+_DATAFLOW_TYPES: dict[type, str] = {
+    df.Items: "rows",
+    df.PromptSet: "prompts",
+    df.Generate: "texts",
+    df.Filter: "texts",
+    df.Extract: "values",
+    df.Judge: "values",
+    df.Choose: "values",
+    df.Score: "values",
+    df.Estimate: "estimate",
+    df.Comparison: "comparison",
+    df.Rule: "rule",
+    df.Examples: "training data",
+}
+
+
+def is_measurement(value: Any) -> bool:
+    """Whether `measure NAME = value` can store it: an experiment, texts, values, an estimate or a comparison."""
+    return type_name(value) in ("measurement", "texts", "values", "estimate", "comparison")
 
 
 def _is_number(value: Any) -> bool:
@@ -103,7 +139,12 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "properties": _list_of(lambda v: isinstance(v, ir.Property)),
     "sampling": lambda v: isinstance(v, ir.Sampling),
     "vector": lambda v: isinstance(v, _VECTOR),
-    "data": lambda v: isinstance(v, ir.Hypotheticals | ir.ObjectAnswers),
+    "data": lambda v: isinstance(v, ir.Hypotheticals | ir.ObjectAnswers | df.Examples),
+    "prompts": lambda v: isinstance(v, df.PromptSet),
+    "texts": lambda v: isinstance(v, df.TEXTS),
+    "values": lambda v: isinstance(v, df.VALUES),
+    "estimate": lambda v: isinstance(v, df.Estimate),
+    "rule": lambda v: isinstance(v, df.Rule),
     "grader": lambda v: isinstance(v, ir.Grader),
     "number": _is_number,
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -112,6 +153,7 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "list": lambda v: isinstance(v, tuple),
     "record": lambda v: isinstance(v, Mapping),
+    "function": lambda v: isinstance(v, Function | UserFunction),
     "any": lambda v: True,
 }
 
@@ -123,6 +165,10 @@ EXPECTED = {
     "int": "whole number",
     "data": "training data",
     "selection": "task selection (e.g. mysplit.test)",
+    "prompts": "prompt set (see prompts())",
+    "texts": "texts (see generate())",
+    "values": "values (see extract(), judge(), choose(), score())",
+    "estimate": "estimate (see rate(), mean(), accuracy())",
 }
 
 

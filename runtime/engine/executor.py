@@ -9,6 +9,7 @@ flight. Measurement steps are pure functions of cached results and are recompute
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 from attrs import define, field
 
 from intro.compiler.plan import Plan, Step, requests
-from intro.runtime.backends.requests import Generation, GenerationRequest, Message, Steering
+from intro.runtime.backends.requests import Generation, GenerationRequest, Message, ScoreRequest, Steering
+from intro.runtime.dataflow.tables import Call, Tables
 from intro.runtime.engine.pool import BackendPool
 from intro.runtime.store.cache import Cache
 
@@ -60,6 +62,8 @@ class Executor:
         # Public: step handlers that compute in-process (training, vectors, scoring) take it too.
         self.compute = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        # Results of the open language's steps, and the prompts rendered from results at run time.
+        self.tables = Tables(plan, cache)
 
     async def run(self) -> Counters:
         done: set[str] = set()
@@ -85,12 +89,15 @@ class Executor:
             self.on_step(step, self.counters)
 
     # ------------------------------------------------------------ sampling
-    def missing(self, step: Step) -> list[tuple[str, str, int]]:
-        return [r for r in requests(self.plan, step) if not self.cache.has(r[0])]
-
     async def sample(self, step: Step) -> None:
-        todo = self.missing(step)
-        total = step.params["samples"] * len(step.params["prompts"])
+        await self.generate(step, list(requests(self.plan, step)))
+
+    async def generate(self, step: Step, calls: list[tuple[str, str, int]]) -> None:
+        """Make the calls (request key, prompt key, sample index) of a step that are not cached yet: the one
+        path of every generation, whichever step kind asks."""
+        unique = list({key: (key, prompt, sample) for key, prompt, sample in calls}.values())
+        todo = [r for r in unique if not self.cache.has(r[0])]
+        total = len(unique)
         self.counters.cached += total - len(todo)
         # Another step running now may already be asking for some of these: wait for its answer instead.
         theirs = [self._inflight[key] for key, _, _ in todo if key in self._inflight]
@@ -134,10 +141,39 @@ class Executor:
                 future.set_exception(RuntimeError(f"the call this step shares failed: {error}"))
                 future.exception()  # mark retrieved: the failing step reports the error itself
 
+    async def score(self, step: Step, calls: list[Call], choices: list[list[str]]) -> None:
+        """Make the scoring calls of a step that are not cached yet (`choices[i]` are call i's options):
+        each record holds the options' normalised probabilities and raw log-probabilities."""
+        unique = {c.key: (c, options) for c, options in zip(calls, choices, strict=True)}
+        todo = [(c, options) for key, (c, options) in unique.items() if not self.cache.has(key)]
+        self.counters.cached += len(unique) - len(todo)
+        if not todo:
+            return
+        model = step.params["model"]
+        steering = self.steering(model)
+        for chunk in _chunks(todo, CHUNK):
+            batch = [self._score_request(call, options, steering) for call, options in chunk]
+            async with self.compute:
+                scores = await self.pool.backend(model).score(batch)
+            for score in scores:
+                probs = {option: math.exp(lp) for option, lp in score.logprobs.items()}
+                self.cache.put(score.key, {"probs": probs, "logprobs": dict(score.raw_logprobs),
+                                           "logprob": sum(score.raw_logprobs.values()),
+                                           "prompt_tokens": score.prompt_tokens})  # fmt: skip
+                self.counters.calls += 1
+                self.counters.prompt_tokens += score.prompt_tokens
+            if self.on_progress:
+                self.on_progress(step, len(unique) - len(todo) + len(chunk), len(unique))
+
+    def _score_request(self, call: Call, options: list[str], steering: Steering | None) -> ScoreRequest:
+        prompt = self.tables.prompt(call.prompt)
+        messages = tuple(Message(role, content) for role, content in prompt.messages)
+        return ScoreRequest(call.key, messages, tuple(options), prompt.prefill, steering)
+
     def _request(
         self, step: Step, key: str, prompt_key: str, sample: int, steering: Steering | None
     ) -> GenerationRequest:
-        prompt = self.plan.prompts[prompt_key]
+        prompt = self.tables.prompt(prompt_key)
         p = step.params
         return GenerationRequest(
             key=key,

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from intro.compiler.plan import Plan, Step, requests
+from intro.runtime.dataflow.tables import CALLING as CALLS
+from intro.runtime.dataflow.tables import NotReady, Tables
 from intro.runtime.engine import journal
 from intro.runtime.engine.experiment_calls import CALLING_KINDS, planned_calls
 from intro.runtime.store.cache import Cache, default_cache_dir
@@ -24,7 +26,8 @@ def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | Non
     cache = Cache(cache_dir or default_cache_dir())
     own = _own_steps(plan, runs_dir)
     seen: set[str] = set()  # calls that measure steps share (a control readout) count once
-    steps = [_step_summary(plan, step, cache, own, seen) for step in plan.steps]
+    tables = Tables(plan, cache)
+    steps = [_step_summary(plan, step, cache, own, seen, tables) for step in plan.steps]
     totals: Counter[str] = Counter()
     for s in steps:
         totals["steps"] += 1
@@ -48,7 +51,8 @@ def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | Non
 def calls_to_make(plan: Plan, cache: Cache) -> int:
     """Model calls a run of the plan will make: sample steps' missing requests and measure steps' own calls."""
     seen: set[str] = set()
-    return sum(_step_summary(plan, step, cache, set(), seen).get("to_run", 0) for step in plan.steps)
+    tables = Tables(plan, cache)
+    return sum(_step_summary(plan, step, cache, set(), seen, tables).get("to_run", 0) for step in plan.steps)
 
 
 def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:
@@ -58,9 +62,13 @@ def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:
     return journal.finished_hashes(runs_dir / plan.study / "journal.jsonl")
 
 
-def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str], seen: set[str]) -> dict[str, Any]:
+def _step_summary(
+    plan: Plan, step: Step, cache: Cache, own: set[str], seen: set[str], tables: Tables
+) -> dict[str, Any]:
     summary: dict[str, Any] = {"id": step.id, "kind": step.kind}
-    if step.kind == "sample":
+    if step.kind in CALLS:
+        done = _calls_summary(plan, step, tables, summary)
+    elif step.kind == "sample":
         keys = list(requests(plan, step))
         missing = [k for k in keys if not cache.has(k[0])]
         prompt_chars = sum(_prompt_chars(plan, p) for _, p, _ in missing)
@@ -88,6 +96,28 @@ def _step_summary(plan: Plan, step: Step, cache: Cache, own: set[str], seen: set
     else:
         summary["status"] = "cached"
     return summary
+
+
+def _calls_summary(plan: Plan, step: Step, tables: Tables, summary: dict[str, Any]) -> bool:
+    """A primitive's calls, from the same `Tables` a run uses. Prompts rendered from results not yet in the
+    cache are counted from their source's size: exact, or at most that many after a filter."""
+    try:
+        calls = list({c.key: c for c in tables.calls(step)}.values())
+    except NotReady:
+        count = step.params["count"]
+        summary.update(calls=count, to_run=count, prompt_tokens=0, model=step.params["model"])
+        summary.update(completion_tokens=count * step.params["max_tokens"], exact=step.params["exact"])
+        return False
+    missing = [c for c in calls if not tables.cache.has(c.key)]
+    chars = sum(_chars(tables.prompt(c.prompt).messages) for c in missing)
+    tokens = step.params.get("max_tokens", 0)
+    summary.update(calls=len(calls), to_run=len(missing), prompt_tokens=chars // CHARS_PER_TOKEN)
+    summary.update(completion_tokens=len(missing) * tokens, model=step.params["model"])
+    return not missing
+
+
+def _chars(messages: Any) -> int:
+    return sum(len(content) for _, content in messages)
 
 
 def _experiment_summary(
@@ -132,6 +162,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         detail = ""
         if "calls" in s:
             detail = f"  {s['to_run']}/{s['calls']} calls to make"
+            if s.get("exact") is False:
+                detail = f"  at most {s['calls']} calls to make (after a filter)"
         lines.append(f"  {s['status']:<19} {s['id']}{detail}")
     t = summary["totals"]
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary["by_kind"].items()))

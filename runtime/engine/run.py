@@ -20,6 +20,8 @@ from typing import Any, TextIO
 from intro.compiler.plan import Measure, Plan, Step
 from intro.runtime.analysis import injected_thought, measures, sentence_trials
 from intro.runtime.backends.requests import BackendError
+from intro.runtime.dataflow import cubes as dataflow_cubes
+from intro.runtime.dataflow import steps as dataflow_steps
 from intro.runtime.engine import memory, planview
 from intro.runtime.engine.console import libraries_to_log
 from intro.runtime.engine.executor import Counters, Executor, StepHandler
@@ -156,6 +158,7 @@ class _StudyRun:
                 **training.handlers(self),
                 **injected_thought.handlers(self),
                 **sentence_trials.handlers(self),
+                **dataflow_steps.handlers(self),
             },
             on_step=self.step_done,
             on_progress=self.calls_progress,
@@ -251,6 +254,8 @@ def _show_plan(directory: Path, plan: Plan) -> int:
 def measure_table(dataset: Any, measure: Measure) -> str:
     """The summary of one measure's cube, by kind."""
     title = f"{measure.name} ({measure.kind})"
+    if measure.kind in dataflow_cubes.KINDS:
+        return _table(title, *dataflow_cubes.table_rows(dataset, measure.kind))
     if measure.kind == "calibration":
         return _table(title, *cubes_extra.calibration_rows(dataset))
     if measure.kind == "behaviour_change":

@@ -123,11 +123,16 @@ def test_the_model_entry_names_every_backend() -> None:
 
 
 # ---------------------------------------------------------------- the examples are real
+RETURN_TYPES = {"model", "training data", "measurement", "vector", "grader", "list"} | {
+    "rows", "string", "prompts", "texts", "values", "rule", "estimate", "comparison"
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
 def test_each_builtin_has_a_doc_a_return_type_and_an_example_calling_it(name: str) -> None:
     function = FUNCTIONS[name]
     assert function.doc and function.example
-    assert function.returns in {"model", "training data", "measurement", "vector", "grader", "list"}
+    assert function.returns in RETURN_TYPES
     (let,) = parse(f"let x = {function.example}\n", "example").items
     assert let.value.func.id == name  # type: ignore[attr-defined]
 

@@ -1,0 +1,184 @@
+"""The values of the open language: rows, prompts, model outputs, grades and statistics over them.
+
+A study written on these primitives is a dataflow graph: `generate` turns a prompt set into texts,
+`extract` and `judge` turn texts into values, `filter` keeps some texts, `examples` turns prompts and texts
+into training data, and `rate`, `mean`, `accuracy`, `difference`, `correlation` summarise values with
+confidence intervals. A prompt set built from *results* (a model's own earlier answers, a teacher's outputs)
+is rendered at run time; everything else is rendered while lowering. Like the rest of the IR, every value is
+frozen and compares by meaning, so the same computation reached twice is one plan step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+from . import ir
+
+Scalar = str | int | float | bool
+
+
+@frozen
+class Items:
+    """Rows to build prompts from: a data file's rows or a literal list. Each row is keyed `name/id`."""
+
+    name: str
+    digest: str
+    rows: tuple[Mapping[str, Any], ...] = field(eq=False, repr=False)
+    id_column: str = "id"
+
+    def keyed(self) -> list[tuple[str, Mapping[str, Any]]]:
+        return [(f"{self.name}/{row[self.id_column]}", row) for row in self.rows]
+
+
+@frozen
+class PromptSet:
+    """One chat prompt per row of `source`: the user turn is `template` rendered with the row's fields.
+
+    A source of results (texts, values) adds `text` (the answer), `sample` and `prompt` (the user turn
+    it answered) to the item's fields, and makes the set a run-time one. A task selection with no
+    template uses each task's own prompt and system message.
+    """
+
+    source: Any  # Items | ir.Selection | Texts
+    template: str | None
+    system: str | None = None
+    prefill: str = ""
+
+
+@frozen
+class Rule:
+    """A leaf function of `stdlib.rules`, with its arguments: text (and item) in, a value or None out."""
+
+    name: str
+    args: tuple[tuple[str, Scalar], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "args": dict(self.args)}
+
+
+# ---------------------------------------------------------------- texts
+@frozen
+class Generate:
+    """`model`'s answers to `prompts`: `sampling.samples` texts per prompt."""
+
+    model: ir.Model
+    prompts: PromptSet
+    sampling: ir.Sampling
+
+
+@frozen
+class Filter:
+    """The texts for which `rule` gives a value other than None, "false" or "no"."""
+
+    texts: Texts
+    rule: Rule
+
+
+Texts = Generate | Filter
+
+
+# ---------------------------------------------------------------- values
+@frozen
+class Extract:
+    """`rule`'s value for each text (None where the text has no such value: not compliant)."""
+
+    texts: Texts
+    rule: Rule
+
+
+@frozen
+class Judge:
+    """A grader model's label for each text, asked with `rubric` (a template over the item's fields, `text`
+    and `prompt`); the label is the first of `labels` the reply starts with, or a 0-100 number when
+    `labels` is empty."""
+
+    grader: ir.Model
+    texts: Texts
+    rubric: str
+    labels: tuple[str, ...]
+    sampling: ir.Sampling
+
+
+@frozen
+class Choose:
+    """`model`'s probability of each option as its reply to each prompt, read in one pass; the value is
+    the most probable option."""
+
+    model: ir.Model
+    prompts: PromptSet
+    options: tuple[str, ...]
+
+
+@frozen
+class Score:
+    """The total log-probability `model` gives `continuation` (a template over the item's fields) as its
+    reply to each prompt."""
+
+    model: ir.Model
+    prompts: PromptSet
+    continuation: str
+
+
+Values = Extract | Judge | Choose | Score
+
+
+# ---------------------------------------------------------------- statistics
+@frozen
+class Estimate:
+    """A statistic of values over items, with a bootstrap confidence interval over items.
+
+    rate: the share of values equal to `equals` (or true-like when `equals` is None); mean: the mean of
+    numeric values; accuracy: how often `values` equals the mode of `other` on the same item;
+    mode_baseline: how often an item's value is the most common value overall.
+    """
+
+    statistic: str
+    values: Values
+    other: Values | None = None
+    equals: Scalar | None = None
+
+
+@frozen
+class Comparison:
+    """difference: a - b, paired by item where both have the item; correlation: Pearson's r of the two
+    estimates' per-item scores. Both with a bootstrap interval over items."""
+
+    statistic: str
+    a: Estimate
+    b: Estimate
+
+
+# ---------------------------------------------------------------- training data
+@frozen
+class Examples:
+    """Chat examples to finetune on: `prompts` answered by `completions` (texts joined by item, or a template
+    over the item's fields), or the rows of a chat / prompt-completion data file (`fixed`)."""
+
+    prompts: PromptSet | None = None
+    completions: Texts | str | None = None
+    fixed: tuple[tuple[tuple[tuple[str, str], ...], str], ...] = field(default=(), eq=False, repr=False)
+    digest: str = ""
+
+
+TEXTS = (Generate, Filter)
+VALUES = (Extract, Judge, Choose, Score)
+MEASURABLE = (*TEXTS, *VALUES, Estimate, Comparison)
+
+
+def is_run_time(prompts: PromptSet) -> bool:
+    """Whether the prompt set can only be rendered once its source's results exist."""
+    return isinstance(prompts.source, (*TEXTS, *VALUES))
+
+
+def measure_kind(value: Any) -> str:
+    """The kind of measure a dataflow value makes in the plan (and so the layout of its cube)."""
+    if isinstance(value, TEXTS):
+        return "texts"
+    if isinstance(value, VALUES):
+        return "values"
+    if isinstance(value, Estimate):
+        return "estimate"
+    return "comparison"

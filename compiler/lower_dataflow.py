@@ -1,0 +1,221 @@
+"""Lower the open language's values (compiler/dataflow.py) to plan steps.
+
+Each value becomes a step whose result is a *table* (rows of item, sample and a text or value) or a
+statistic over tables. Prompts built from rows are rendered here, so their model calls are plain requests
+in the plan; prompts built from results become a `render` step, run when its source is done, keyed by its
+template and its source's hash. Every table knows its size (exact unless a `filter` lies upstream), so
+`intro plan` counts the calls of run-time prompts too.
+
+Step kinds (executed by runtime/dataflow/):
+  generate   model calls: params `rows` [[item, source sample, prompt key]] or `from` a render step
+  choose     one scoring pass per prompt over `options`;  score: log-probability of a continuation
+  render     prompts from a source table and a template (pure)
+  extract, filter, labels   values from texts (pure)
+  estimate, comparison      statistics with bootstrap intervals (pure)
+  examples   training examples for `finetune` (an artifact, like `hypotheticals`)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
+
+from . import dataflow as df
+from . import ir
+from .declarations import render
+from .plan import Prompt
+
+if TYPE_CHECKING:
+    from .lower import Lowering
+
+
+@frozen
+class Table:
+    step: str  # the step whose result it is
+    size: int  # its rows (at most, when not exact)
+    exact: bool
+
+
+class DataflowLowering:
+    def __init__(self, lowering: Lowering):
+        self.low = lowering
+        self.study = lowering.study.name
+
+    def table(self, value: Any) -> Table:
+        return self.low._memoised(("table", value), lambda: self._table(value))  # type: ignore[no-any-return]
+
+    def _table(self, value: Any) -> Table:
+        match value:
+            case df.Generate():
+                return self._generate(value)
+            case df.Filter():
+                source = self.table(value.texts)
+                step = self._pure("filter", [source], {"texts": source.step, "rule": value.rule.to_json()})
+                return Table(step, source.size, exact=False)
+            case df.Extract():
+                source = self.table(value.texts)
+                step = self._pure("extract", [source], {"texts": source.step, "rule": value.rule.to_json()})
+                return Table(step, source.size, source.exact)
+            case df.Judge():
+                replies = self.table(
+                    df.Generate(value.grader, df.PromptSet(value.texts, value.rubric), value.sampling)
+                )
+                step = self._pure(
+                    "labels", [replies], {"replies": replies.step, "labels": list(value.labels)}
+                )
+                return Table(step, replies.size, replies.exact)
+            case df.Choose() | df.Score():
+                return self._scoring(value)
+        raise AssertionError(f"not a table: {value!r}")
+
+    # ------------------------------------------------------------ steps
+    def _pure(self, kind: str, sources: list[Table], params: dict[str, Any], label: str = "") -> str:
+        """A step computed from its sources' results; step ids in params are covered by the dep hashes."""
+        content = {k: v for k, v in params.items() if not _is_reference(k)}
+        step_id = f"{kind}.{self.study}" + (f"[{label}]" if label else "")
+        return self.low.add_step(step_id, kind, [s.step for s in sources], params, content)
+
+    def _model_deps(self, key: str) -> list[str]:
+        """The steps a derived model needs first: its finetuning run, its steering vector, its base's."""
+        deps = []
+        entry = self.low.models[key]
+        while entry.kind in ("finetuned", "steered"):
+            deps.append(entry.params["step"] if entry.kind == "finetuned" else entry.params["vector"])
+            entry = self.low.models[entry.params["base"]]
+        return deps
+
+    # ------------------------------------------------------------ prompts
+    def static_rows(self, prompts: df.PromptSet) -> list[tuple[str, str, dict[str, Any]]]:
+        """(item key, prompt key, row) for a prompt set rendered now (its source is rows or a selection)."""
+        return self.low._memoised(("static_rows", prompts), lambda: self._static_rows(prompts))  # type: ignore[no-any-return]
+
+    def _static_rows(self, prompts: df.PromptSet) -> list[tuple[str, str, dict[str, Any]]]:
+        out = []
+        for item, row, system, text in self._rendered(prompts):
+            self.low.items[item] = row
+            messages = ((("system", system),) if system else ()) + (("user", text),)
+            out.append((item, self.low.prompt(Prompt(messages, prompts.prefill)), row))
+        return out
+
+    def _rendered(self, prompts: df.PromptSet) -> list[tuple[str, dict[str, Any], str | None, str]]:
+        source = prompts.source
+        if isinstance(source, ir.Selection):
+            return [
+                (item, row, prompts.system or task.system, self._text(prompts.template or task.prompt, row))
+                for task, item, row in self.low.rows(source)
+            ]
+        return [
+            (item, dict(row), prompts.system, self._text(prompts.template or "", dict(row)))
+            for item, row in source.keyed()
+        ]
+
+    def _text(self, template: str, row: dict[str, Any]) -> str:
+        return render(template, row) if "{" in template else template
+
+    def _render(self, prompts: df.PromptSet) -> Table:
+        source = self.table(prompts.source)
+        params = {
+            "source": source.step,
+            "template": prompts.template,
+            "system": prompts.system,
+            "prefill": prompts.prefill,
+        }
+        return Table(self._pure("render", [source], params), source.size, source.exact)
+
+    # ------------------------------------------------------------ model calls
+    def _generate(self, value: df.Generate) -> Table:
+        key = self.low.model(value.model)
+        s = value.sampling
+        params: dict[str, Any] = {
+            "model": key,
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+            "stop": list(s.stop),
+            "seed": s.seed,
+            "samples": s.samples,
+        }
+        deps = self._model_deps(key)
+        if df.is_run_time(value.prompts):
+            source = self._render(value.prompts)
+            params.update({"from": source.step, "count": source.size * s.samples, "exact": source.exact})
+            deps.append(source.step)
+            size, exact = source.size * s.samples, source.exact
+        else:
+            rows = self.static_rows(value.prompts)
+            params["rows"] = [[item, 0, prompt] for item, prompt, _ in rows]
+            size, exact = len(rows) * s.samples, True
+        content = [
+            self.low.models[key].identity,
+            {k: v for k, v in params.items() if k not in ("model", "from")},
+        ]
+        step_id = f"generate.{self.study}[{self.low.label(value.model)}]"
+        return Table(self.low.add_step(step_id, "generate", deps, params, content), size, exact)
+
+    def _scoring(self, value: df.Choose | df.Score) -> Table:
+        key = self.low.model(value.model)
+        rows = self.static_rows(value.prompts)
+        params: dict[str, Any] = {"model": key}
+        if isinstance(value, df.Choose):
+            kind = "choose"
+            params["options"] = list(value.options)
+            params["rows"] = [[item, prompt] for item, prompt, _ in rows]
+        else:
+            kind = "score"
+            params["rows"] = [
+                [item, prompt, self._text(value.continuation, row)] for item, prompt, row in rows
+            ]
+        content = [self.low.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
+        step_id = f"{kind}.{self.study}[{self.low.label(value.model)}]"
+        return Table(
+            self.low.add_step(step_id, kind, self._model_deps(key), params, content), len(rows), True
+        )
+
+    # ------------------------------------------------------------ statistics and measures
+    def measure(self, value: Any) -> str:
+        """The step whose result a measure stores."""
+        if isinstance(value, df.Estimate):
+            return self.estimate(value)
+        if isinstance(value, df.Comparison):
+            a, b = self.estimate(value.a), self.estimate(value.b)
+            sources = [Table(a, 0, True), Table(b, 0, True)]
+            return self._pure("comparison", sources, {"statistic": value.statistic, "a": a, "b": b})
+        return self.table(value).step
+
+    def estimate(self, value: df.Estimate) -> str:
+        values = self.table(value.values)
+        sources = [values]
+        params: dict[str, Any] = {"statistic": value.statistic, "values": values.step, "equals": value.equals}
+        if value.other is not None:
+            other = self.table(value.other)
+            sources.append(other)
+            params["other"] = other.step
+        return self._pure("estimate", sources, params, value.statistic)
+
+    # ------------------------------------------------------------ training data
+    def examples(self, value: df.Examples) -> str:
+        params: dict[str, Any] = {}
+        sources: list[Table] = []
+        if value.fixed:
+            params["fixed"] = [[[list(m) for m in messages], target] for messages, target in value.fixed]
+        elif value.prompts is not None and df.is_run_time(value.prompts):
+            source = self._render(value.prompts)
+            sources.append(source)
+            params["from"] = source.step
+        elif value.prompts is not None:
+            rows = self.static_rows(value.prompts)
+            if isinstance(value.completions, str):
+                template = value.completions
+                params["rows"] = [[item, prompt, self._text(template, row)] for item, prompt, row in rows]
+            else:
+                params["rows"] = [[item, prompt] for item, prompt, _ in rows]
+        if isinstance(value.completions, df.TEXTS):
+            completions = self.table(value.completions)
+            sources.append(completions)
+            params["completions"] = completions.step
+        return self._pure("examples", sources, params)
+
+
+def _is_reference(key: str) -> bool:
+    """Params that name other steps (their hashes are in the step's hash through its deps)."""
+    return key in ("texts", "replies", "source", "values", "other", "a", "b", "from", "completions")

@@ -1,0 +1,214 @@
+"""Tables: what the open language's steps produce, computed from the cache on demand.
+
+A table is a list of rows, each a dict with `item` (the item key), `sample` and, by kind, `text` and
+`prompt` (texts), `value` (values; None where a rule or label does not apply), `reply` (a judge's raw
+answer) or `probs` (choose). Model-calling steps read their rows from the request cache; pure steps are
+recomputed from their sources on every run (they are cheap, and so never stale). `intro plan` asks the
+same object for the requests of a step whose prompts are rendered at run time, so planned calls are the
+calls made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import frozen
+
+from intro.compiler.plan import Plan, Prompt, Step, digest, request_key, sampling_params
+from intro.compiler.template_sandbox import TemplateProblem, render
+from intro.runtime.dataflow.statistics import comparison, estimate
+from intro.runtime.store.cache import Cache
+from intro.stdlib.rules import apply, parse_label, passes
+
+Row = dict[str, Any]
+CALLING = ("generate", "choose", "score")
+
+
+class NotReady(Exception):
+    """A step's inputs are not all in the cache yet (planning before a run; never during one)."""
+
+
+class StepFailed(Exception):
+    """A step cannot produce its table from its inputs (a template failing on a model's answer)."""
+
+
+@frozen
+class Call:
+    """One model call of a step: its cache key, the prompt, and where its answer goes."""
+
+    key: str
+    prompt: str
+    item: str
+    sample: int  # the output row's sample index
+    index: int  # the sampling index within the prompt (seed offset); the choice set for scoring
+    continuation: str = ""
+
+
+class Tables:
+    def __init__(self, plan: Plan, cache: Cache):
+        self.plan = plan
+        self.cache = cache
+        self.prompts: dict[str, Prompt] = {}  # rendered at run time
+        self._steps = {s.id: s for s in plan.steps}
+        self._memo: dict[str, Any] = {}
+
+    def prompt(self, key: str) -> Prompt:
+        return self.prompts.get(key) or self.plan.prompts[key]
+
+    def step(self, step_id: str) -> Step:
+        return self._steps[step_id]
+
+    def forget(self, step_id: str) -> None:
+        """Drop a memoised result that was computed before all its inputs were there."""
+        self._memo.pop(step_id, None)
+
+    def table(self, step_id: str) -> list[Row]:
+        if step_id not in self._memo:
+            step = self._steps[step_id]
+            self._memo[step_id] = getattr(self, "_" + step.kind)(step)
+        return self._memo[step_id]  # type: ignore[no-any-return]
+
+    def result(self, step_id: str) -> dict[str, Any]:
+        """An estimate's or a comparison's summary (same memo as tables)."""
+        return self.table(step_id)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ model calls
+    def calls(self, step: Step) -> list[Call]:
+        """Every model call of a calling step, in row order (keys repeat where prompts do)."""
+        if step.kind == "generate":
+            return self._generate_calls(step)
+        identity = self.plan.models[step.params["model"]].identity
+        calls = []
+        for row in step.params["rows"]:
+            item, prompt = row[0], row[1]
+            choices = step.params["options"] if step.kind == "choose" else [row[2]]
+            key = digest(["score-request", step.kind, identity, prompt, choices])
+            calls.append(Call(key, prompt, item, 0, 0, "" if step.kind == "choose" else row[2]))
+        return calls
+
+    def _generate_calls(self, step: Step) -> list[Call]:
+        p = step.params
+        identity = self.plan.models[p["model"]].identity
+        params = sampling_params(step)
+        if "rows" in p:
+            sources = [(item, sample, prompt) for item, sample, prompt in p["rows"]]
+        else:
+            sources = [(r["item"], r["sample"], r["prompt"]) for r in self.table(p["from"])]
+        n = p["samples"]
+        return [
+            Call(request_key(identity, prompt, params, k), prompt, item, sample * n + k, k)
+            for item, sample, prompt in sources
+            for k in range(n)
+        ]
+
+    def _record(self, call: Call, step: Step) -> Mapping[str, Any]:
+        record = self.cache.get(call.key)
+        if record is None:
+            raise NotReady(f"the answer {call.key[:12]} of {step.id} is not in the cache")
+        return record
+
+    def _generate(self, step: Step) -> list[Row]:
+        rows = []
+        for call in self.calls(step):
+            record = self._record(call, step)
+            rows.append(
+                {"item": call.item, "sample": call.sample, "text": record["text"], "prompt": call.prompt}
+            )
+        return rows
+
+    def _choose(self, step: Step) -> list[Row]:
+        rows = []
+        for call in self.calls(step):
+            probs = dict(self._record(call, step)["probs"])
+            best = max(probs, key=lambda option: probs[option])
+            rows.append(
+                {"item": call.item, "sample": 0, "value": best, "probs": probs, "prompt": call.prompt}
+            )
+        return rows
+
+    def _score(self, step: Step) -> list[Row]:
+        return [
+            {"item": c.item, "sample": 0, "value": self._record(c, step)["logprob"], "prompt": c.prompt}
+            for c in self.calls(step)
+        ]
+
+    # ------------------------------------------------------------ pure steps
+    def _render(self, step: Step) -> list[Row]:
+        p = step.params
+        rows = []
+        for source in self.table(p["source"]):
+            fields = self.fields(source)
+            try:
+                text = render(p["template"], fields)
+            except TemplateProblem as problem:
+                raise StepFailed(
+                    f"{step.id}: the template fails on item {source['item']}: {problem}"
+                ) from None
+            messages = ((("system", p["system"]),) if p["system"] else ()) + (("user", text),)
+            prompt = Prompt(messages, p["prefill"])
+            self.prompts.setdefault(prompt.key, prompt)
+            rows.append({"item": source["item"], "sample": source["sample"], "prompt": prompt.key})
+        return rows
+
+    def fields(self, row: Row) -> dict[str, Any]:
+        """What a template over a result row sees: the item's fields, the answer, its prompt, its value."""
+        prompt = self.prompt(row["prompt"]) if "prompt" in row else None
+        asked = next((c for role, c in reversed(prompt.messages) if role == "user"), "") if prompt else ""
+        extra = {
+            "text": row.get("text", ""),
+            "sample": row["sample"],
+            "prompt": asked,
+            "value": row.get("value"),
+        }
+        return {**dict(self.plan.items.get(row["item"], {})), **extra}
+
+    def _filter(self, step: Step) -> list[Row]:
+        rule = step.params["rule"]
+        return [r for r in self.table(step.params["texts"]) if passes(self._apply(rule, r))]
+
+    def _extract(self, step: Step) -> list[Row]:
+        rule = step.params["rule"]
+        return [{**r, "value": self._apply(rule, r)} for r in self.table(step.params["texts"])]
+
+    def _apply(self, rule: Mapping[str, Any], row: Row) -> str | None:
+        return apply(rule["name"], rule["args"], row["text"], self.plan.items.get(row["item"], {}))
+
+    def _labels(self, step: Step) -> list[Row]:
+        labels = step.params["labels"]
+        return [
+            {**r, "value": parse_label(r["text"], labels), "reply": r["text"]}
+            for r in self.table(step.params["replies"])
+        ]
+
+    def _estimate(self, step: Step) -> dict[str, Any]:
+        p = step.params
+        other = self.table(p["other"]) if p.get("other") else None
+        return estimate(p["statistic"], self.table(p["values"]), other, p.get("equals"))
+
+    def _comparison(self, step: Step) -> dict[str, Any]:
+        p = step.params
+        return comparison(p["statistic"], self.result(p["a"]), self.result(p["b"]))
+
+    def _examples(self, step: Step) -> list[Row]:
+        """Training examples as rows: `messages` (role, content pairs) and the `target` reply."""
+        p = step.params
+        if "fixed" in p:
+            return [{"messages": [tuple(m) for m in messages], "target": t} for messages, t in p["fixed"]]
+        if "rows" in p and "completions" not in p:
+            return [self._example(prompt, target) for _, prompt, target in p["rows"]]
+        prompts = self._example_prompts(p)
+        return [
+            self._example(prompts[r["item"]], r["text"])
+            for r in self.table(p["completions"])
+            if r["item"] in prompts and r["text"].strip()
+        ]
+
+    def _example_prompts(self, p: Mapping[str, Any]) -> dict[str, str]:
+        if "rows" in p:
+            return {item: prompt for item, prompt in p["rows"]}
+        return {r["item"]: r["prompt"] for r in self.table(p["from"])}
+
+    def _example(self, prompt_key: str, target: str) -> Row:
+        prompt = self.prompt(prompt_key)
+        return {"messages": list(prompt.messages), "target": prompt.prefill + target}

@@ -1,0 +1,102 @@
+"""Leaf functions the language's `extract` and `filter` apply to each text: pure, small, registered by name.
+
+A rule takes the text (and the item's fields) and returns a string value, or None when the text has no
+such value (a non-compliant answer). `filter` keeps texts whose value is not None and not "false"/"no".
+The language builds a rule with a builtin of the same name (`contains("owl")`, `number_list()`); a
+property (`li.first_character`) is the rule `property` with the property's extractor.
+
+Add a rule with the `rule` decorator; its keyword arguments are the builtin's parameters, and the function
+must be pure: its values are recomputed from cached texts on every run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .extractors import EXTRACTORS, normalise, words
+from .graders import mentions
+
+RuleFn = Callable[..., str | None]
+RULES: dict[str, RuleFn] = {}
+
+FALSE_LIKE = frozenset({"", "false", "no", "0"})
+
+
+def rule(name: str) -> Callable[[RuleFn], RuleFn]:
+    def register(fn: RuleFn) -> RuleFn:
+        if name in RULES:
+            raise ValueError(f"a rule named {name!r} is already registered")
+        RULES[name] = fn
+        return fn
+
+    return register
+
+
+def apply(name: str, args: Mapping[str, Any], text: str, item: Mapping[str, Any]) -> str | None:
+    return RULES[name](text, item, **args)
+
+
+def passes(value: str | None) -> bool:
+    """Whether a rule's value keeps a text (filter) or counts as true (rate without `equals`)."""
+    return value is not None and value.strip().lower() not in FALSE_LIKE
+
+
+def _bool(condition: bool) -> str:
+    return "true" if condition else "false"
+
+
+@rule("contains")
+def contains(text: str, item: Mapping[str, Any], *, word: str) -> str | None:
+    """ "true" when `word` appears in the text as a whole word (any case, plurals included), else "false"."""
+    return _bool(mentions(text, word))
+
+
+@rule("matches")
+def matches(text: str, item: Mapping[str, Any], *, pattern: str) -> str | None:
+    """ "true" when the whole text (stripped) matches the regular expression `pattern`, else "false"."""
+    return _bool(re.fullmatch(pattern, text.strip(), flags=re.DOTALL) is not None)
+
+
+_NUMBER_LIST = re.compile(r"[\s(\[]*\d+(?:[\s,;]+\d+)*[\s)\].]*")
+
+
+@rule("number_list")
+def number_list(text: str, item: Mapping[str, Any], *, min: int = 1, max: int = 999) -> str | None:
+    """The numbers, as "1, 2, 3", when the text is nothing but at least `min` integers of at most `max`
+    separated by commas, semicolons or spaces (brackets and a final period allowed); else None."""
+    if not _NUMBER_LIST.fullmatch(text):
+        return None
+    numbers = [int(n) for n in re.findall(r"\d+", text)]
+    if len(numbers) < min or any(n > max for n in numbers):
+        return None
+    return ", ".join(str(n) for n in numbers)
+
+
+@rule("nth_word")
+def nth_word(text: str, item: Mapping[str, Any], *, n: int = 1) -> str | None:
+    """The text's `n`-th word (from 1), normalised (lowercase, punctuation stripped); None if it has fewer."""
+    found = words(text)
+    return normalise(found[n - 1]) if 0 < n <= len(found) else None
+
+
+@rule("property")
+def property_value(text: str, item: Mapping[str, Any], *, name: str) -> str | None:
+    """A Looking Inward property (`stdlib.extractors`) of the text."""
+    return EXTRACTORS[name](text, item)
+
+
+def parse_label(reply: str, labels: tuple[str, ...] | list[str]) -> str | None:
+    """A judge's label: the first of `labels` its reply starts with (any case, after punctuation and
+    markdown), or with no labels, a 0-100 score (the first number in the reply, if in range)."""
+    head = reply.strip().lstrip("*_#>\"' ").lower()
+    if not labels:
+        found = re.search(r"-?\d+(?:\.\d+)?", head)
+        if found is None or not 0 <= float(found.group()) <= 100:
+            return None
+        return found.group()
+    for label in sorted(labels, key=len, reverse=True):
+        if re.match(rf"{re.escape(label.lower())}\b", head):
+            return label
+    return None
