@@ -419,6 +419,15 @@ PRIMITIVES: dict[str, Function] = dict(
             example="number_list(min: 5)",
         ),
         _fn(
+            "answer_is",
+            _rule_builder("answer_is", "field"),
+            Param("field", "string"),
+            doc="a rule: \"true\" when the text's first word is the row's `field` (both lowercased, punctuation "
+            "stripped)",
+            returns="rule",
+            example='answer_is("capital")',
+        ),
+        _fn(
             "nth_word",
             _rule_builder("nth_word", "n"),
             Param("n", "int", 1),

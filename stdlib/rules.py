@@ -81,6 +81,16 @@ def nth_word(text: str, item: Mapping[str, Any], *, n: int = 1) -> str | None:
     return normalise(found[n - 1]) if 0 < n <= len(found) else None
 
 
+@rule("answer_is")
+def answer_is(text: str, item: Mapping[str, Any], *, field: str) -> str | None:
+    """ "true" when the text's first word is the item's `field` (both normalised: "42." is 42), else "false";
+    None when the item has no such field."""
+    if field not in item:
+        return None
+    found, wanted = words(text), normalise(str(item[field]))
+    return _bool(bool(found) and found[0] == wanted)
+
+
 @rule("property")
 def property_value(text: str, item: Mapping[str, Any], *, name: str) -> str | None:
     """A Looking Inward property (`stdlib.extractors`) of the text."""

@@ -115,7 +115,7 @@ def table_rows(data: xr.Dataset, kind: str) -> tuple[list[str], list[list[str]]]
         if kind == "comparison":
             header += ["a", "b"]
         return header, [_summary_line(data, axes, at, kind) for at in _points(data, axes)]
-    header = [*axes, "items", "samples", "answers" if kind == "texts" else "most common values (share)"]
+    header = [*axes, "items", "rows", "answers" if kind == "texts" else "most common values (share)"]
     return header, [_rows_line(data, axes, at, kind) for at in _points(data, axes)]
 
 
