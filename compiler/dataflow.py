@@ -131,7 +131,8 @@ class Estimate:
     """A statistic of values over items, with a bootstrap confidence interval over items.
 
     rate: the share of values equal to `equals` (or true-like when `equals` is None); mean: the mean of
-    numeric values; accuracy: how often `values` equals the mode of `other` on the same item;
+    numeric values; accuracy: how often `values` equals the mode of `other` on the same item (a missing
+    value counts as wrong; items where `other` has none are left out);
     mode_baseline: how often an item's value is the most common value overall.
     """
 

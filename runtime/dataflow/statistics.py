@@ -49,10 +49,15 @@ def item_scores(
         numbers = {item: [n for v in vs if (n := _number(v)) is not None] for item, vs in by_item.items()}
         return {item: _mean(ns) for item, ns in numbers.items() if ns}
     if statistic == "accuracy":
+        # As Looking Inward scores predictions: an item counts where the truth (`other`) has a value; a
+        # prediction without one (not compliant) is wrong, not left out.
         modes = {item: _mode(vs) for item, vs in _values_by_item(other or ()).items()}
+        guesses: dict[str, list[Any]] = {}
+        for row in values:
+            guesses.setdefault(row["item"], []).append(row.get("value"))
         return {
-            item: _mean([normalise_answer(str(v)) == modes[item] for v in vs])
-            for item, vs in by_item.items()
+            item: _mean([v is not None and normalise_answer(str(v)) == modes[item] for v in vs])
+            for item, vs in guesses.items()
             if item in modes
         }
     if statistic == "mode_baseline":
