@@ -48,6 +48,14 @@ class ListExpr:
 
 
 @frozen
+class TupleExpr:
+    """`(a, b)` or `(a,)`: a list written in parentheses (the same value as `[a, b]`)."""
+
+    items: tuple[Expr, ...]
+    span: Span = _span()
+
+
+@frozen
 class Field:
     name: str
     value: Expr
@@ -100,7 +108,7 @@ class Binary:
     span: Span = _span()
 
 
-Expr = Name | Str | Num | Bool | ListExpr | Record | Call | Attr | Unary | Binary
+Expr = Name | Str | Num | Bool | ListExpr | TupleExpr | Record | Call | Attr | Unary | Binary
 
 
 # ---------------------------------------------------------------- statements and declarations
@@ -144,6 +152,12 @@ class Measure:
 
 
 @frozen
+class Return:
+    value: Expr
+    span: Span = _span()  # the whole statement
+
+
+@frozen
 class Binding:
     targets: tuple[str, ...]
     iterable: Expr
@@ -167,7 +181,30 @@ class Study:
     span: Span = _span()
 
 
-Item = Use | ModelDecl | Decl | Let | Study
+@frozen
+class Param:
+    """A function parameter: `name`, `name: type`, `name = default` or `name: type = default`."""
+
+    name: str
+    type: Name | None  # a type name as written (checked against the language's types when declared)
+    default: Expr | None
+    span: Span = _span()  # the parameter's name
+
+
+@frozen
+class FnDecl:
+    """`fn name(params) { let ... return expr }`. The body keeps any statement the parser accepts (a
+    misplaced `return`, a `for`) so the evaluator can say what is wrong with it."""
+
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Statement | Return, ...]
+    span: Span = _span()  # the declared name
+    params_span: Span = _span()  # the parameter list, parentheses included
+    end: Span = _span()  # the closing brace
+
+
+Item = Use | ModelDecl | Decl | Let | FnDecl | Study
 
 
 @frozen

@@ -2,6 +2,7 @@
 
 The language is total (no recursion, finite loops), so "resolving" a study means evaluating it: each
 expression becomes a typed IR value, each `for` becomes an axis, each `measure` a set of measure points.
+Calls, of builtins and of user functions (`fn`), are bound and run by `compiler/functions.py`.
 Errors are reported to a `Sink` with the span of the expression at fault; evaluation of that statement
 stops (`_Abort`) and the next statement goes on, so one run reports many independent errors.
 """
@@ -22,7 +23,7 @@ from .declarations import build_decl, build_model
 from .diagnostics import CompileError, Diagnostic, Sink, Span, did_you_mean
 from .files import OUTSIDE_NOTE, SPEC_LIMIT_ENV, Confinement, FileProblem, read_bytes, utf8_error_position
 from .parser import parse
-from .types import REQUIRED, Function, Module, describe_type, type_name
+from .types import Function, Module, UserFunction, describe_type, is_measurement, type_name
 
 
 class _Abort(Exception):
@@ -63,6 +64,7 @@ class Program:
         self.sources: dict[str, str] = {}
         self._namespaces: dict[str, _Namespace] = {}
         self._loading: list[str] = []
+        self.calls: list[tuple[Span, str]] = []  # the user functions being evaluated: declaration, name
 
     def load_spec(self, path: Path, source: str | None = None) -> tuple[_Namespace, ast.Module]:
         """Load the spec at `path`; `source` stands in for the file's text (an editor's unsaved buffer)."""
@@ -200,6 +202,10 @@ class _Namespace:
                 self.values[item.name] = build_decl(item, Evaluator(self.ctx, scope), self.ctx)
             case ast.Let():
                 self.values[item.name] = _label(Evaluator(self.ctx, scope).expr(item.value), item.name)
+            case ast.FnDecl():
+                from .functions import declare
+
+                self.values[item.name] = declare(item, self)
 
     def _bind_use(self, use: ast.Use) -> None:
         namespace = self.program.import_module(use, self.ctx.directory)
@@ -223,7 +229,7 @@ def _declared_names(item: ast.Item) -> Iterator[tuple[str, Span]]:
             yield item.alias or item.module[-1], item.span
         case ast.Use(names=names):
             yield from ((n.id, n.span) for n in names or ())
-        case ast.ModelDecl() | ast.Decl() | ast.Let():
+        case ast.ModelDecl() | ast.Decl() | ast.Let() | ast.FnDecl():
             yield item.name, item.span
 
 
@@ -291,8 +297,10 @@ class Evaluator:
     def _Bool(self, node: ast.Bool) -> bool:
         return node.value
 
-    def _ListExpr(self, node: ast.ListExpr) -> tuple[Any, ...]:
+    def _ListExpr(self, node: ast.ListExpr | ast.TupleExpr) -> tuple[Any, ...]:
         return tuple(self.expr(item) for item in node.items)
+
+    _TupleExpr = _ListExpr  # `(a, b)` is a list written in parentheses
 
     def _Record(self, node: ast.Record) -> Mapping[str, Any]:
         seen: dict[str, Any] = {}
@@ -325,8 +333,9 @@ class Evaluator:
                 notes = did_you_mean(node.name, base.names())
                 self.ctx.fail("E104", f"module '{base.name}' has no '{node.name}'", node.span, *notes)
             return value
-        if isinstance(base, ir.Split) and node.name in ("train", "test"):
-            return getattr(base, node.name)
+        readable = _readable_fields(base)
+        if node.name in readable:
+            return getattr(base, readable[node.name])
         if isinstance(base, Mapping) and node.name in base:
             return base[node.name]
         fields = _fields_of(base)
@@ -360,8 +369,10 @@ class Evaluator:
         )
 
     def _Call(self, node: ast.Call) -> Any:
+        from .functions import call
+
         func = self.expr(node.func)
-        if not isinstance(func, Function):
+        if not isinstance(func, Function | UserFunction):
             self.ctx.fail("E204", f"a {type_name(func)} cannot be called", node.func.span)
         return call(func, node, self)
 
@@ -369,61 +380,28 @@ class Evaluator:
         return self.expr(node.value)
 
 
+# The fields of declared values a spec may read (`mysplit.train`, `li.first_character.question`), by the
+# names their declarations use: what was declared, never rows, spans or bookkeeping.
+_READABLE: dict[type, dict[str, str]] = {
+    ir.BaseModel: {"name": "name", "backend": "backend", "locator": "locator"},
+    ir.Task: {f: f for f in ("name", "prompt", "answer", "choices", "system")} | {"id": "id_column"},
+    ir.Property: {f: f for f in ("name", "extract", "question", "choices")},
+    ir.Split: {f: f for f in ("name", "train", "test")},
+    ir.Selection: {f: f for f in ("tasks", "items", "seed")},
+    ir.Sampling: {f: f for f in ("temperature", "samples", "max_tokens", "seed", "stop", "reduce")},
+}
+
+
+def _readable_fields(value: Any) -> dict[str, str]:
+    """Field name -> attribute of `value` a spec may read; a field that is not set (None) is not readable."""
+    fields = _READABLE.get(type(value), {})
+    return {name: attr for name, attr in fields.items() if getattr(value, attr) is not None}
+
+
 def _fields_of(value: Any) -> tuple[str, ...]:
-    if isinstance(value, ir.Split):
-        return ("train", "test")
     if isinstance(value, Mapping):
         return tuple(value)
-    return ()
-
-
-def call(func: Function, node: ast.Call, ev: Evaluator) -> Any:
-    """Bind arguments to parameters (positional, then named), check each type, run the builder."""
-    from .types import CHECKS
-
-    params = {p.name: p for p in func.params}
-    if len(node.args) > len(func.params):
-        extra = node.args[len(func.params)]
-        ev.ctx.fail(
-            "E205",
-            f"{func.name}() takes at most {len(func.params)} arguments, got {len(node.args)}",
-            extra.span,
-        )
-    bound: dict[str, tuple[Any, Span]] = {}
-    for param, arg in zip(func.params, node.args, strict=False):
-        bound[param.name] = (ev.expr(arg), arg.span)
-    for named in node.kwargs:
-        if named.name not in params:
-            notes = (*did_you_mean(named.name, params), _parameters_note(func))
-            ev.ctx.fail("E206", f"{func.name}() has no parameter '{named.name}'", named.span, *notes)
-        if named.name in bound:
-            ev.ctx.fail("E207", f"{func.name}() got '{named.name}' twice", named.span)
-        bound[named.name] = (ev.expr(named.value), named.value.span)
-    values: dict[str, Any] = {}
-    spans: dict[str, Span] = {}
-    for param in func.params:
-        if param.name in bound:
-            value, span = bound[param.name]
-            if not CHECKS[param.type](value):
-                ev.ctx.fail(
-                    "E201",
-                    f"{func.name}() argument '{param.name}' must be a {describe_type(param.type)}, "
-                    f"not a {type_name(value)}",
-                    span,
-                )
-            values[param.name], spans[param.name] = value, span
-        elif param.default is REQUIRED:
-            ev.ctx.fail("E208", f"{func.name}() is missing argument '{param.name}'", node.span)
-        else:
-            values[param.name], spans[param.name] = param.default, node.span
-    return func.build(ev.ctx, spans, node.span, **values)
-
-
-def _parameters_note(func: Function) -> str:
-    """The parameters a misnamed argument could have meant, all of them: the list is short."""
-    if not func.params:
-        return f"{func.name}() takes no arguments"
-    return f"{func.name}() parameters: {', '.join(p.name for p in func.params)}"
+    return tuple(_readable_fields(value))
 
 
 def _label(value: Any, name: str) -> Any:
@@ -481,14 +459,27 @@ class _StudyRunner:
         if known[1] != stmt.span:
             self.ctx.fail("E107", f"measure '{stmt.name}' is declared twice", stmt.span)
         value = Evaluator(self.ctx, scope).expr(stmt.value)
-        if type_name(value) != "measurement":
+        labels = tuple((name, _coordinate(v)) for name, v in coords)
+        for name, measured in self._measured(stmt, value):
+            self.points.append(ir.MeasurePoint(name, labels, measured, span=stmt.span))
+
+    def _measured(self, stmt: ast.Measure, value: Any) -> list[tuple[str, Any]]:
+        """A measurement, or a record of them (a function's several results): one measure per field."""
+        if is_measurement(value):
+            return [(stmt.name, value)]
+        if not isinstance(value, Mapping):
             self.ctx.fail(
                 "E209",
                 f"a measure must be a measurement (prediction, calibration, ...), not a {type_name(value)}",
                 stmt.value.span,
             )
-        labels = tuple((name, _coordinate(v)) for name, v in coords)
-        self.points.append(ir.MeasurePoint(stmt.name, labels, value, span=stmt.span))
+        wrong = [
+            f"'{field}' is a {type_name(item)}" for field, item in value.items() if not is_measurement(item)
+        ]
+        if wrong or not value:
+            message = "a measure's record must hold measurements" + (": " + ", ".join(wrong) if wrong else "")
+            self.ctx.fail("E209", message, stmt.value.span)
+        return [(f"{stmt.name}.{field}", item) for field, item in value.items()]
 
     def loop(self, stmt: ast.For, scope: Scope, coords: tuple[tuple[str, Any], ...]) -> None:
         ev = Evaluator(self.ctx, scope)

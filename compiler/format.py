@@ -120,6 +120,13 @@ def flat(node: ast.Expr) -> str:
             return "true" if node.value else "false"
         case ast.ListExpr():
             return "[" + ", ".join(flat(item) for item in node.items) + "]"
+        case ast.TupleExpr():
+            return (
+                "("
+                + ", ".join(flat(item) for item in node.items)
+                + ("," if len(node.items) == 1 else "")
+                + ")"
+            )
         case ast.Record():
             if not node.fields:
                 return "{}"
@@ -320,6 +327,8 @@ class _Printer:
                 return _join([head], self.body(item.body, 0))
             case ast.Let():
                 return self.binding_statement("let", item.name, item.value, item.span.line, 0)
+            case ast.FnDecl():
+                return self.function(item)
             case ast.Study():
                 end = next(self.study_ends)
                 head = _Line(0, f"study {item.name} ", item.span.line, item.span.end_line)
@@ -332,6 +341,31 @@ class _Printer:
         if decl.options is None:
             return head
         return _join(_suffix(head, " "), self.body(decl.options, 0))
+
+    def function(self, decl: ast.FnDecl) -> Block:
+        """`fn name(params) {`, the parameters on one line when they fit, else one per line; then the body."""
+        texts = [_param_text(p) for p in decl.params]
+        header_end = decl.params_span.end_line
+        one_line = f"fn {decl.name}(" + ", ".join(texts) + ") {"
+        head = [_Line(0, f"fn {decl.name}", decl.span.line, decl.span.line)]
+        if (
+            len(one_line) <= WIDTH
+            and "\n" not in one_line
+            and not self.comment_inside(decl.span.line, header_end)
+        ):
+            head = _suffix(head, "(" + ", ".join(texts) + ")", header_end)
+        else:
+            params = [_suffix(self.parameter(p), ",") for p in decl.params]
+            head = _join(head, self.bracketed("(", params, ")", 0, decl.span.line, header_end, NO_GAP))
+        body = self.statements(decl.body, 0, header_end, decl.end.line)
+        return _join(_suffix(head, " "), body)
+
+    def parameter(self, param: ast.Param) -> Block:
+        head = param.name if param.type is None else f"{param.name}: {param.type.id}"
+        if param.default is None:
+            return [_Line(1, head, param.span.line, param.span.line)]
+        value = self.expr(param.default, 1, len(INDENT) + len(head) + 3, reserve=1)
+        return _prefix(head + " = ", _retag(value, param.span.line))
 
     def body(self, record: ast.Record, indent: int) -> Block:
         """A declaration's body: one field per line."""
@@ -347,13 +381,15 @@ class _Printer:
         return _with_gap(_prefix(head, _retag(value, field.span.line)), gap)
 
     # ------------------------------------------------------------ statements
-    def statements(self, body: Sequence[ast.Statement], indent: int, first: int, last: int) -> Block:
+    def statements(
+        self, body: Sequence[ast.Statement | ast.Return], indent: int, first: int, last: int
+    ) -> Block:
         if not body and not self.comment_inside(first, last):
             return [_Line(indent, "{}", first, last)]
         blocks = [_with_gap(self.statement(s, indent + 1), KEEP_GAP) for s in body]
         return self.bracketed("{", blocks, "}", indent, first, last, KEEP_GAP)
 
-    def statement(self, stmt: ast.Statement, indent: int) -> Block:
+    def statement(self, stmt: ast.Statement | ast.Return, indent: int) -> Block:
         match stmt:
             case ast.Let():
                 return self.binding_statement("let", stmt.name, stmt.value, stmt.span.line, indent)
@@ -361,6 +397,9 @@ class _Printer:
                 return self.binding_statement("measure", stmt.name, stmt.value, stmt.span.line, indent)
             case ast.For():
                 return self.loop(stmt, indent)
+            case ast.Return():
+                block = self.expr(stmt.value, indent, len(INDENT) * indent + len("return "))
+                return _prefix("return ", _retag(block, stmt.span.line))
         raise TypeError(f"not a statement: {stmt!r}")
 
     def binding_statement(self, keyword: str, name: str, value: ast.Expr, line: int, indent: int) -> Block:
@@ -397,6 +436,9 @@ class _Printer:
         match node:
             case ast.ListExpr():
                 return self.sequence("[", [(None, item) for item in node.items], "]", indent, first, last)
+            case ast.TupleExpr():
+                items = [(None, item) for item in node.items]
+                return self.sequence("(", items, ")", indent, first, last, hug=len(items) > 1)
             case ast.Record():
                 fields = [self.field(f, indent + 1, NO_GAP) for f in node.fields]
                 return self.bracketed("{", fields, "}", indent, first, last, NO_GAP)
@@ -437,15 +479,20 @@ class _Printer:
         first: int,
         last: int,
         comments_from: int | None = None,
+        hug: bool = True,
     ) -> Block:
-        """Items of a list or call that do not fit on one line: all on one indented line, else one per line."""
+        """Items of a list or call that do not fit on one line: all on one indented line, else one per line.
+
+        `hug=False` always puts one per line, each with its comma (a one-item tuple needs its comma).
+        """
         if not items:
             return [_Line(indent, opener + closer, first, last)]
         texts = [(f"{name}: " if name else "") + flat(value) for name, value in items]
         hugged = ", ".join(texts)
         inner = len(INDENT) * (indent + 1)
         if (
-            "\n" not in hugged
+            hug
+            and "\n" not in hugged
             and inner + len(hugged) <= WIDTH
             and not self.comment_inside(comments_from or first, last)
         ):
@@ -471,6 +518,11 @@ class _Printer:
 def _retag(block: Block, line: int) -> Block:
     """A statement's first printed line starts at its keyword's line, which may be above its value's."""
     return [evolve(block[0], first=min(block[0].first, line)), *block[1:]]
+
+
+def _param_text(param: ast.Param) -> str:
+    text = param.name if param.type is None else f"{param.name}: {param.type.id}"
+    return text if param.default is None else f"{text} = {flat(param.default)}"
 
 
 def _target_text(targets: tuple[str, ...]) -> str:

@@ -96,7 +96,14 @@ def _syntax_diagnostic(exc: UnexpectedInput, path: str, source: str) -> Diagnost
 
 
 def _expected(exc: UnexpectedInput) -> tuple[str, ...]:
-    expected = getattr(exc, "expected", None) or getattr(exc, "allowed", None) or set()
+    # `accepts` is what the parser would really take next; `expected` may hold more, because LALR merges
+    # states (a `return` may follow a `let` in a function, so `expected` offers it in a study too).
+    expected = (
+        getattr(exc, "accepts", None)
+        or getattr(exc, "expected", None)
+        or getattr(exc, "allowed", None)
+        or set()
+    )
     names = sorted({_TOKEN_NAMES.get(t, _keyword(t)) for t in expected if not t.startswith("__")})
     if not names:
         return ()
@@ -201,6 +208,24 @@ class _ToAst(Transformer[Any, Any]):
     def study(self, meta: Any, name: Token, *body: Any) -> ast.Study:
         return ast.Study(str(name), tuple(body), span=self._tok(name))
 
+    def fn_decl(
+        self, meta: Any, name: Token, params: tuple[Span, tuple[ast.Param, ...]], *body: Any
+    ) -> ast.FnDecl:
+        # The closing brace is the last character of the declaration.
+        end = Span(self.path, meta.end_line, meta.end_column - 1, meta.end_line, meta.end_column)
+        where, found = params
+        return ast.FnDecl(str(name), found, tuple(body), span=self._tok(name), params_span=where, end=end)
+
+    def params(self, meta: Any, *params: ast.Param | None) -> tuple[Span, tuple[ast.Param, ...]]:
+        return self._span(meta), tuple(p for p in params if p is not None)
+
+    def param(self, meta: Any, name: Token, type_: Token | None, default: ast.Expr | None) -> ast.Param:
+        written = None if type_ is None else ast.Name(str(type_), span=self._tok(type_))
+        return ast.Param(str(name), written, default, span=self._tok(name))
+
+    def return_stmt(self, meta: Any, value: ast.Expr) -> ast.Return:
+        return ast.Return(value, span=self._span(meta))
+
     # -- statements
     def for_stmt(self, meta: Any, *parts: Any) -> ast.For:
         bindings = tuple(p for p in parts if isinstance(p, ast.Binding))
@@ -285,6 +310,9 @@ class _ToAst(Transformer[Any, Any]):
 
     def list(self, meta: Any, *items: Any) -> ast.ListExpr:
         return ast.ListExpr(tuple(i for i in items if i is not None), span=self._span(meta))
+
+    def tuple(self, meta: Any, *items: Any) -> ast.TupleExpr:
+        return ast.TupleExpr(tuple(i for i in items if i is not None), span=self._span(meta))
 
     def record(self, meta: Any, *fields: ast.Field) -> ast.Record:
         return ast.Record(tuple(fields), span=self._span(meta))

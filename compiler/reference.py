@@ -26,7 +26,7 @@ from .declarations import ANSWER_KINDS, FIELDS, REDUCERS
 from .diagnostics import did_you_mean
 from .models import EMBEDDED
 from .parser import parse
-from .types import REQUIRED, Function, describe_type
+from .types import CHECKS, REQUIRED, Function, describe_type
 
 REGENERATE = "python -m intro.compiler.reference > docs/language.md"
 
@@ -112,6 +112,26 @@ CONSTRUCTS: tuple[Construct, ...] = (
         'let dog = concept(qwen, "dog", 16, baseline)',
     ),
     Construct(
+        "fn",
+        ("fn NAME(PARAM, PARAM: TYPE, PARAM: TYPE = DEFAULT, ...) { let ... return EXPR }",),
+        "Declares a function: `let`s, then one `return`. A parameter's type is one of "
+        f"{', '.join(f'`{name}`' for name in CHECKS)} (`any` when left out); a default is an expression, "
+        "evaluated in the function's own module. A call binds its arguments as a builtin's are bound "
+        "(in order, then by name) and checks their types. The body sees its parameters and its module's "
+        "names, never the caller's; a function cannot call itself, directly or through others. Functions "
+        "are values, imported with `use` like any declaration. One that returns a record of measurements "
+        "(`{ a: ..., b: ... }`) gives a `measure g = f(...)` one measure per field: `g.a`, `g.b`.",
+        "fn self_prediction(model: model, tasks: selection, props: properties = props) {\n"
+        "  let own = prediction(model, model, tasks, props)\n"
+        "  return { own: own, cross: prediction(gemma, model, tasks, props) }\n}",
+    ),
+    Construct(
+        "return",
+        ("return EXPR",),
+        "Ends a function: the value of a call. It is the last statement of the function's body.",
+        "fn doubled(vector: vector) {\n  return 2 * vector\n}\nlet stronger = doubled(dog)",
+    ),
+    Construct(
         "study",
         ("study NAME { for ... | let ... | measure ... }",),
         "What to run: a block of `for`, `let` and `measure` statements. `intro run` writes a study's results "
@@ -124,9 +144,11 @@ CONSTRUCTS: tuple[Construct, ...] = (
         "measure",
         ("measure NAME = EXPR",),
         "Inside a study: a measurement (the value of `prediction`, `calibration`, `injected_thought`, ...) "
-        "to compute at this point of the sweep. The loop variables around it are the dimensions of its "
-        "cube; a measure is declared once, at one place in the study.",
-        "measure accuracy = prediction(qwen, qwen, mini.test, props, object: creative)",
+        "to compute at this point of the sweep, or a record of measurements (a function's results), "
+        "measured as one measure per field, `NAME.FIELD`. The loop variables around it are the dimensions "
+        "of its cube; a measure is declared once, at one place in the study.",
+        "measure accuracy = prediction(qwen, qwen, mini.test, props, object: creative)\n"
+        "measure selves = self_prediction(qwen, mini.test)",
         in_study=True,
     ),
     Construct(
@@ -142,13 +164,19 @@ CONSTRUCTS: tuple[Construct, ...] = (
     ),
     Construct(
         "expressions",
-        ("NAME  NAME.FIELD  F(ARG, NAME: ARG)  [A, B]  { key: value }", '"text"  """long text"""  1  2.5e-4'),
+        (
+            "NAME  NAME.FIELD  F(ARG, NAME: ARG)  [A, B]  (A, B)  { key: value }",
+            '"text"  """long text"""  1  2.5e-4',
+        ),
         'Literals: strings (`\\n`, `\\t`, `\\"` and `\\\\` escapes; triple quotes span lines), numbers, '
         "`true` and `false`, lists and records (a record is a chat turn in `injected_thought`'s prompt). "
+        "`(A, B)` and `(A,)` are lists too (a pair to unpack in a `for`); `(A)` is A. `NAME.FIELD` reads a "
+        "record's field, a module's name or a declaration's field (`mini.train`, `creative.temperature`, "
+        "`first_word.question`, `qwen.name`). "
         "Positional arguments bind a function's parameters in order, named ones (`name: value`) by name. `+ - * /` work on numbers; `number * vector`, "
         "`vector * number`, `vector / number` and `-vector` scale a steering vector. `#` starts a comment.",
         'let strong = 2 * dog\nlet opposite = -dog\nlet question = [{ user: "Do you detect a thought?" }]\n'
-        'let long = """two\nlines"""',
+        'let long = """two\nlines"""\nlet pair = (qwen, gemma)\nlet hot = creative.temperature',
     ),
 )
 

@@ -2,8 +2,9 @@
 
 An editor's buffer is half-typed most of the time, so this works on any text the parser may reject: it
 reads the token stream of `vocabulary.tokenize` (the grammar's own terminals), follows braces to find
-study and `for` blocks, and resolves names the way the compiler does (block locals, then the file's
-declarations, then imports, then builtins). Deciding what is an error stays with the compiler.
+study, `for` and `fn` blocks, and resolves names the way the compiler does (block locals and a function's
+parameters, then the file's declarations, then imports, then builtins). Deciding what is an error stays
+with the compiler.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from intro.compiler.evaluate import module_file
 
 from .vocabulary import Token, tokenize
 
-# Keywords that declare a name (`model qwen = ...`, `let x = ...`, `measure m = ...`).
-DECLARING = frozenset({"model", "task", "property", "split", "sampling", "let", "study", "measure"})
+# Keywords that declare a name (`model qwen = ...`, `let x = ...`, `measure m = ...`, `fn f(...)`).
+DECLARING = frozenset({"model", "task", "property", "split", "sampling", "let", "study", "measure", "fn"})
+# Keywords whose block follows a header: the names the header binds are visible in the block.
+_BLOCK_HEADERS = ("study", "for", "fn")
 _SUMMARY_LINES = 10
 
 
@@ -41,7 +44,7 @@ class Place:
 @frozen
 class Definition:
     name: str
-    kind: str  # a declaring keyword, "loop variable" or "module"
+    kind: str  # a declaring keyword, "loop variable", "parameter" or "module"
     place: Place  # the defining name (the file's start for a module)
     summary: str = ""  # the declaration's text, a few lines at most
     doc: str = ""  # the comment lines right above it (for a module: its leading comments)
@@ -72,7 +75,7 @@ class _Local:
 
 
 class _Block:
-    """A study or `for` body; its end is known once its closing brace is read."""
+    """A study, `for` or `fn` body; its end is known once its closing brace is read."""
 
     def __init__(self, start: int):
         self.start = start
@@ -90,7 +93,7 @@ class Outline:
     definitions: dict[str, Definition]
     imports: tuple[Import, ...]
     locals: tuple[_Local, ...] = field(repr=False)
-    block_starts: frozenset[int] = frozenset()  # offsets of the braces opening study and `for` bodies
+    block_starts: frozenset[int] = frozenset()  # offsets of the braces opening study, `for` and `fn` bodies
 
     @property
     def directory(self) -> Path:
@@ -160,9 +163,9 @@ class _Scanner:
         self.block_starts: list[int] = []
         self.pending: list[tuple[Definition, _Block, int]] = []  # block locals whose statement is still open
         self.stack: list[tuple[str, _Block | None]] = []  # ("block" | "other", block)
-        self.header: str | None = None  # "study" or "for" until its body's brace
+        self.header: str | None = None  # "study", "for" or "fn" until its body's brace
         self.header_depth = 0
-        self.targets: list[Token] = []  # a `for` header's loop variables
+        self.targets: list[Token] = []  # a `for` header's loop variables or a function's parameters
 
     def run(self) -> None:
         index = 0
@@ -183,10 +186,12 @@ class _Scanner:
         following = self.code[index + 1] if index + 1 < len(self.code) else None
         if token.text == "use" and not self.stack:
             return self.use(index)
-        if token.text in ("let", "measure", "for"):
+        if token.text in ("let", "measure", "for", "return"):
             self.settle(token.offset, len(self.stack))
-        if token.text in ("study", "for"):
+        if token.text in _BLOCK_HEADERS:
             self.header, self.header_depth, self.targets = token.text, len(self.stack), []
+        if token.text == "fn":
+            self.targets = self.parameters(index)
         if token.text == "in" and self.header == "for":
             self.targets.extend(self.loop_targets(index))
         if token.text in DECLARING and following is not None and following.kind == "name":
@@ -241,14 +246,28 @@ class _Scanner:
                 back -= 1
         return targets[::-1]
 
+    def parameters(self, index: int) -> list[Token]:
+        """A function's parameter names: in `fn f(a, b: int = 2) {`, the names after `(` or a `,` at depth 1."""
+        found, depth = [], 0
+        for position in range(index + 1, len(self.code)):
+            token = self.code[position]
+            if token.text in ("{", "}") and depth == 0:
+                break
+            depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(token.text, 0)
+            before = self.code[position - 1].text
+            if depth == 1 and token.kind == "name" and before in ("(", ",") and position > index + 2:
+                found.append(token)
+        return found
+
     def bracket(self, token: Token) -> None:
         if token.text == "{" and self.header is not None and len(self.stack) == self.header_depth:
             block = _Block(token.offset)
             self.block_starts.append(token.offset)
+            kind = "parameter" if self.header == "fn" else "loop variable"
             for target in self.targets:
                 definition = Definition(
                     target.text,
-                    "loop variable",
+                    kind,
                     Place.of(self.path, target),
                     _line_of(self.text, target.line),
                 )

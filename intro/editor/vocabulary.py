@@ -20,7 +20,7 @@ from intro.compiler.builtins import FUNCTIONS
 
 # How a keyword is highlighted. Keywords not named here are declaration words (`model`, `task`, `let`, ...),
 # so a keyword added to the grammar is highlighted as one without touching this module.
-CONTROL = frozenset({"use", "as", "for", "in"})
+CONTROL = frozenset({"use", "as", "for", "in", "return"})
 CONSTANTS = frozenset({"true", "false"})
 OPERATORS = frozenset("=+-*/")
 # The regex terminals, in the order the tokenizer tries them (a long string before a string).

@@ -1,0 +1,270 @@
+"""Calls: binding arguments to parameters, for builtins and for functions declared in `.intro` with `fn`.
+
+    fn rate_of(model: model, asks: any, n: int = 5, label: string = "yes") {
+      let x = ...
+      return expr
+    }
+
+A user function is a value like any declaration: importable with `use`, passable as an argument. A call
+binds its arguments exactly as a builtin's are bound (positional, then named, each type-checked), evaluates
+left-out defaults in the defining module, then evaluates the body in a new scope whose parent is the
+*defining* module's namespace (lexical scoping: a body never sees the caller's names). The language is
+total, so a call that re-enters a function still being evaluated is an error. An error inside a body is
+reported at the body's span, in the module that declares it, with a note naming each call site that led
+there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from attrs import field, frozen
+
+from . import ast
+from .builtins import FUNCTIONS
+from .diagnostics import Sink, Span, did_you_mean
+from .evaluate import Context, Evaluator, Scope, _label, _Namespace
+from .types import CHECKS, REQUIRED, Function, Param, UserFunction, describe_type, type_name
+
+
+def call(func: Function | UserFunction, node: ast.Call, ev: Evaluator) -> Any:
+    """The value of `node`, a call of `func` evaluated by `ev`."""
+    if isinstance(func, UserFunction):
+        return _call_user(func, node, ev)
+    values, spans = bind(func.name, func.params, node, ev)
+    return func.build(ev.ctx, spans, node.span, **values)
+
+
+# ---------------------------------------------------------------- binding
+# Where a left-out parameter's value comes from: (value, span), already type-checked.
+DefaultOf = Callable[[Param], tuple[Any, Span]]
+
+
+def bind(
+    name: str, params: tuple[Param, ...], node: ast.Call, ev: Evaluator, default: DefaultOf | None = None
+) -> tuple[dict[str, Any], dict[str, Span]]:
+    """Bind arguments to parameters (positional, then named) and check each type.
+
+    A left-out parameter takes `default(param)` when given (a user function's default expression), else a
+    builtin's `param.default` as it is.
+    """
+    bound = _given_arguments(name, params, node, ev)
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for param in params:
+        if param.name in bound:
+            values[param.name], spans[param.name] = bound[param.name]
+            check_argument(ev.ctx, name, param, *bound[param.name])
+        elif param.default is REQUIRED:
+            ev.ctx.fail("E208", f"{name}() is missing argument '{param.name}'", node.span)
+        elif default is not None:
+            values[param.name], spans[param.name] = default(param)
+        else:
+            values[param.name], spans[param.name] = param.default, node.span
+    return values, spans
+
+
+def _given_arguments(
+    name: str, params: tuple[Param, ...], node: ast.Call, ev: Evaluator
+) -> dict[str, tuple[Any, Span]]:
+    """Each argument the call gives, by parameter name, with the span of its expression."""
+    if len(node.args) > len(params):
+        message = f"{name}() takes at most {len(params)} arguments, got {len(node.args)}"
+        ev.ctx.fail("E205", message, node.args[len(params)].span)
+    bound: dict[str, tuple[Any, Span]] = {}
+    for param, arg in zip(params, node.args, strict=False):
+        bound[param.name] = (ev.expr(arg), arg.span)
+    names = [p.name for p in params]
+    for named in node.kwargs:
+        if named.name not in names:
+            notes = (*did_you_mean(named.name, names), _parameters_note(name, names))
+            ev.ctx.fail("E206", f"{name}() has no parameter '{named.name}'", named.span, *notes)
+        if named.name in bound:
+            ev.ctx.fail("E207", f"{name}() got '{named.name}' twice", named.span)
+        bound[named.name] = (ev.expr(named.value), named.value.span)
+    return bound
+
+
+def check_argument(ctx: Context, function: str, param: Param, value: Any, span: Span) -> None:
+    """An E201 error unless `value` has the parameter's type."""
+    if not CHECKS[param.type](value):
+        message = (
+            f"{function}() argument '{param.name}' must be a {describe_type(param.type)}, "
+            f"not a {type_name(value)}"
+        )
+        ctx.fail("E201", message, span)
+
+
+def _parameters_note(function: str, names: list[str]) -> str:
+    """The parameters a misnamed argument could have meant, all of them: the list is short."""
+    if not names:
+        return f"{function}() takes no arguments"
+    return f"{function}() parameters: {', '.join(names)}"
+
+
+# ---------------------------------------------------------------- declaring a function
+def declare(decl: ast.FnDecl, home: _Namespace) -> UserFunction:
+    """The function `decl` declares, after checking its shape, its parameter types and the names it uses."""
+    problems = [*_shape_problems(decl), *_parameter_problems(decl), *_unknown_names(decl, home)]
+    for code, message, span, notes in problems:
+        home.ctx.sink.error(code, message, span, *notes)
+    if problems:
+        home.ctx.abort()
+    params = tuple(_parameter(p) for p in decl.params)
+    return UserFunction(decl.name, params, decl, home)
+
+
+def _parameter(param: ast.Param) -> Param:
+    default = REQUIRED if param.default is None else param.default
+    return Param(param.name, "any" if param.type is None else param.type.id, default)
+
+
+Problem = tuple[str, str, Span, tuple[str, ...]]
+
+
+def _shape_problems(decl: ast.FnDecl) -> Iterator[Problem]:
+    """A body is `let`s, then one `return`."""
+    for index, stmt in enumerate(decl.body):
+        last = index == len(decl.body) - 1
+        if isinstance(stmt, ast.Return) and not last:
+            yield "E240", f"`return` must be the last statement of '{decl.name}'", stmt.span, ()
+        elif isinstance(stmt, ast.For | ast.Measure):
+            keyword = "for" if isinstance(stmt, ast.For) else "measure"
+            note = "a function holds `let`s and one final `return`; sweeps and measures belong in a study"
+            yield "E241", f"`{keyword}` cannot be used in a function", _keyword_span(stmt), (note,)
+    returns = [stmt for stmt in decl.body if isinstance(stmt, ast.Return)]
+    if not returns:
+        yield "E240", f"function '{decl.name}' must end with `return EXPR`", decl.end, ()
+
+
+def _keyword_span(stmt: ast.For | ast.Measure) -> Span:
+    if isinstance(stmt, ast.Measure):
+        return stmt.span
+    return Span(stmt.span.path, stmt.span.line, stmt.span.column, stmt.span.line, stmt.span.column + 3)
+
+
+def _parameter_problems(decl: ast.FnDecl) -> Iterator[Problem]:
+    """Each parameter is named once, with a type the language knows; a `let` cannot reuse a name."""
+    seen: set[str] = set()
+    for param in decl.params:
+        if param.name in seen:
+            yield "E101", f"parameter '{param.name}' is declared twice", param.span, ()
+        seen.add(param.name)
+        if param.type is not None and param.type.id not in CHECKS:
+            notes = did_you_mean(param.type.id, CHECKS) or (f"types: {', '.join(sorted(CHECKS))}",)
+            yield "E242", f"unknown type '{param.type.id}'", param.type.span, notes
+    for stmt in decl.body:
+        if isinstance(stmt, ast.Let):
+            if stmt.name in seen:
+                yield "E101", f"'{stmt.name}' is declared twice in function '{decl.name}'", stmt.span, ()
+            seen.add(stmt.name)
+
+
+def _unknown_names(decl: ast.FnDecl, home: _Namespace) -> Iterator[Problem]:
+    """Names the body uses that nothing defines: found when the function is declared, not when called."""
+    module = set(home.names()) | set(FUNCTIONS)
+    for param in decl.params:
+        if param.default is not None:  # defaults are evaluated in the module, without the parameters
+            yield from _undefined(param.default, module)
+    visible = module | {p.name for p in decl.params}
+    for stmt in decl.body:
+        if isinstance(stmt, ast.Let | ast.Return):
+            yield from _undefined(stmt.value, visible)
+        if isinstance(stmt, ast.Let):
+            visible = visible | {stmt.name}
+
+
+def _undefined(node: ast.Expr, visible: set[str]) -> Iterator[Problem]:
+    for name in _names_in(node):
+        if name.id not in visible:
+            yield "E100", f"unknown name '{name.id}'", name.span, did_you_mean(name.id, visible)
+
+
+def _names_in(node: ast.Expr) -> Iterator[ast.Name]:
+    """The names an expression looks up (not attribute, argument or field names)."""
+    match node:
+        case ast.Name():
+            yield node
+        case ast.Attr():
+            yield from _names_in(node.value)
+        case ast.Call():
+            for part in (node.func, *node.args, *(named.value for named in node.kwargs)):
+                yield from _names_in(part)
+        case ast.ListExpr() | ast.TupleExpr():
+            for item in node.items:
+                yield from _names_in(item)
+        case ast.Record():
+            for field in node.fields:
+                yield from _names_in(field.value)
+        case ast.Unary():
+            yield from _names_in(node.operand)
+        case ast.Binary():
+            yield from _names_in(node.left)
+            yield from _names_in(node.right)
+
+
+# ---------------------------------------------------------------- calling a function
+@frozen
+class _CallSite(Sink):
+    """The sink of one call's body: each error gets a note naming the call site, then goes to the caller's."""
+
+    caller: Sink = field(kw_only=True)
+    note: str = field(kw_only=True)
+
+    def error(self, code: str, message: str, span: Span, *notes: str) -> None:
+        self.caller.error(code, message, span, *notes, self.note)
+
+
+def _call_user(func: UserFunction, node: ast.Call, ev: Evaluator) -> Any:
+    home: _Namespace = func.home
+    calls = home.program.calls
+    _refuse_recursion(func, node, ev, calls)
+    ctx = _body_context(func, node, ev.ctx)
+    values, _ = bind(func.name, func.params, node, ev, lambda param: _default(func, param, ctx))
+    calls.append((func.decl.span, func.name))
+    try:
+        return _run_body(func, values, ctx)
+    finally:
+        calls.pop()
+
+
+def _refuse_recursion(
+    func: UserFunction, node: ast.Call, ev: Evaluator, calls: list[tuple[Span, str]]
+) -> None:
+    active = [declared for declared, _ in calls]
+    if func.decl.span not in active:
+        return
+    chain = [name for _, name in calls[active.index(func.decl.span) :]] + [func.name]
+    how = "itself" if len(chain) == 2 else "itself through " + " -> ".join(chain)
+    note = "the language is total: a function cannot call itself, directly or through others"
+    ev.ctx.fail("E243", f"'{func.name}' calls {how}", node.span, note)
+
+
+def _body_context(func: UserFunction, node: ast.Call, caller: Context) -> Context:
+    """The context a body is evaluated in: the defining module's folder, errors noted with the call site."""
+    home: _Namespace = func.home
+    where = f"{node.span.path}:{node.span.line}:{node.span.column}"
+    sink = _CallSite(caller.sink.items, caller=caller.sink, note=f"in {func.name}(), called from {where}")
+    ctx = Context(sink, home.ctx.directory, home.ctx.confinement)
+    ctx.sources = home.ctx.sources
+    return ctx
+
+
+def _default(func: UserFunction, param: Param, ctx: Context) -> tuple[Any, Span]:
+    """A left-out parameter's default, evaluated in the defining module and checked like an argument."""
+    expression: ast.Expr = param.default
+    value = Evaluator(ctx, Scope(func.home, {})).expr(expression)
+    check_argument(ctx, func.name, param, value, expression.span)
+    return value, expression.span
+
+
+def _run_body(func: UserFunction, arguments: dict[str, Any], ctx: Context) -> Any:
+    local = dict(arguments)
+    ev = Evaluator(ctx, Scope(func.home, local))
+    *lets, result = func.decl.body  # `declare` checked the shape: lets, then one return
+    for let in lets:
+        assert isinstance(let, ast.Let)
+        local[let.name] = _label(ev.expr(let.value), let.name)
+    assert isinstance(result, ast.Return)
+    return ev.expr(result.value)
