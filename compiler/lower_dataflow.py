@@ -58,12 +58,12 @@ class DataflowLowering:
                 step = self._pure("extract", [source], {"texts": source.step, "rule": value.rule.to_json()})
                 return Table(step, source.size, source.exact)
             case df.Judge():
+                judged = self.table(value.texts)
                 replies = self.table(
                     df.Generate(value.grader, df.PromptSet(value.texts, value.rubric), value.sampling)
                 )
-                step = self._pure(
-                    "labels", [replies], {"replies": replies.step, "labels": list(value.labels)}
-                )
+                params = {"texts": judged.step, "replies": replies.step, "labels": list(value.labels)}
+                step = self._pure("labels", [judged, replies], params)
                 return Table(step, replies.size, replies.exact)
             case df.Choose() | df.Score():
                 return self._scoring(value)
@@ -202,6 +202,10 @@ class DataflowLowering:
             source = self._render(value.prompts)
             sources.append(source)
             params["from"] = source.step
+            if isinstance(value.completions, str):  # rendered per row of the results the prompts come from
+                results = self.table(value.prompts.source)
+                sources.append(results)
+                params.update({"results": results.step, "template": value.completions})
         elif value.prompts is not None:
             rows = self.static_rows(value.prompts)
             if isinstance(value.completions, str):
@@ -218,4 +222,9 @@ class DataflowLowering:
 
 def _is_reference(key: str) -> bool:
     """Params that name other steps (their hashes are in the step's hash through its deps)."""
-    return key in ("texts", "replies", "source", "values", "other", "a", "b", "from", "completions")
+    return key in REFERENCES
+
+
+REFERENCES = frozenset(
+    {"texts", "replies", "source", "values", "other", "a", "b", "from", "completions", "results"}
+)

@@ -90,8 +90,15 @@ def _sample_rows(source: Any) -> templates.Rows:
         rows = [dict(row) for task in source.tasks for row in task.rows]
         return templates.Rows(rows, "the selected tasks", "the tasks' rows")
     items = _sample_rows(_prompts_of(source).source)
-    rows = [{**dict(row), **RESULT_FIELDS} for row in items.rows]
+    rows = [{**dict(row), **_result_fields(source)} for row in items.rows]
     return templates.Rows(rows, items.label, items.plural, items.id_column)
+
+
+def _result_fields(source: Any) -> dict[str, Any]:
+    """The fields a result adds to its item's: `value` only where the results are values, not texts."""
+    if isinstance(source, df.VALUES):
+        return RESULT_FIELDS
+    return {name: example for name, example in RESULT_FIELDS.items() if name != "value"}
 
 
 def _prompts_of(value: Any) -> df.PromptSet:
@@ -152,9 +159,7 @@ def _judge(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Judge:
         ctx.fail(
             "E335", "judge() labels must be distinct: two or more, or none for a 0-100 score", spans["labels"]
         )
-    rows = _sample_rows(_prompts_of(a["texts"]).source)
-    result_rows = [{**dict(row), **RESULT_FIELDS} for row in rows.rows]
-    _check_template(ctx, a["rubric"], spans["rubric"], templates.Rows(result_rows, rows.label, rows.plural))
+    _check_template(ctx, a["rubric"], spans["rubric"], _sample_rows(a["texts"]))
     sampling = ir.Sampling(temperature=0.0, samples=1, max_tokens=a["max_tokens"])
     return df.Judge(a["grader"], a["texts"], a["rubric"], labels, sampling)
 

@@ -68,7 +68,10 @@ def number_list(text: str, item: Mapping[str, Any], *, min: int = 1, max: int = 
     separated by commas, semicolons or spaces (brackets and a final period allowed); else None."""
     if not _NUMBER_LIST.fullmatch(text):
         return None
-    numbers = [int(n) for n in re.findall(r"\d+", text)]
+    digits = re.findall(r"\d+", text)
+    if any(len(d.lstrip("0")) > len(str(max)) for d in digits):  # too big, and too long for int()
+        return None
+    numbers = [int(n) for n in digits]
     if len(numbers) < min or any(n > max for n in numbers):
         return None
     return ", ".join(str(n) for n in numbers)
@@ -107,6 +110,6 @@ def parse_label(reply: str, labels: tuple[str, ...] | list[str]) -> str | None:
             return None
         return found.group()
     for label in sorted(labels, key=len, reverse=True):
-        if re.match(rf"{re.escape(label.lower())}\b", head):
+        if re.match(rf"{re.escape(label.lower())}(?!\w)", head):  # a whole label: "(A)" as well as "yes"
             return label
     return None

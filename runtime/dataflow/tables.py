@@ -120,7 +120,9 @@ class Tables:
     def _choose(self, step: Step) -> list[Row]:
         rows = []
         for call in self.calls(step):
-            probs = dict(self._record(call, step)["probs"])
+            # In the spec's order (the cache keeps keys sorted): the cube's option axis, and ties, follow it.
+            record = self._record(call, step)["probs"]
+            probs = {option: record[option] for option in step.params["options"]}
             best = max(probs, key=lambda option: probs[option])
             rows.append(
                 {"item": call.item, "sample": 0, "value": best, "probs": probs, "prompt": call.prompt}
@@ -138,18 +140,18 @@ class Tables:
         p = step.params
         rows = []
         for source in self.table(p["source"]):
-            fields = self.fields(source)
-            try:
-                text = render(p["template"], fields)
-            except TemplateProblem as problem:
-                raise StepFailed(
-                    f"{step.id}: the template fails on item {source['item']}: {problem}"
-                ) from None
+            text = self._template(step, p["template"], source)
             messages = ((("system", p["system"]),) if p["system"] else ()) + (("user", text),)
             prompt = Prompt(messages, p["prefill"])
             self.prompts.setdefault(prompt.key, prompt)
             rows.append({"item": source["item"], "sample": source["sample"], "prompt": prompt.key})
         return rows
+
+    def _template(self, step: Step, template: str, row: Row) -> str:
+        try:
+            return render(template, self.fields(row))
+        except TemplateProblem as problem:
+            raise StepFailed(f"{step.id}: the template fails on item {row['item']}: {problem}") from None
 
     def fields(self, row: Row) -> dict[str, Any]:
         """What a template over a result row sees: the item's fields, the answer, its prompt, its value."""
@@ -175,9 +177,12 @@ class Tables:
         return apply(rule["name"], rule["args"], row["text"], self.plan.items.get(row["item"], {}))
 
     def _labels(self, step: Step) -> list[Row]:
+        """The judged rows (their text and prompt), each with the grader's label and raw reply; a grader
+        answers each judged row once, under the same item and sample."""
         labels = step.params["labels"]
+        judged = {(r["item"], r["sample"]): r for r in self.table(step.params["texts"])}
         return [
-            {**r, "value": parse_label(r["text"], labels), "reply": r["text"]}
+            {**judged[r["item"], r["sample"]], "value": parse_label(r["text"], labels), "reply": r["text"]}
             for r in self.table(step.params["replies"])
         ]
 
@@ -197,6 +202,12 @@ class Tables:
             return [{"messages": [tuple(m) for m in messages], "target": t} for messages, t in p["fixed"]]
         if "rows" in p and "completions" not in p:
             return [self._example(prompt, target) for _, prompt, target in p["rows"]]
+        if "template" in p:  # prompts and completions both rendered from the same result rows
+            rendered = zip(self.table(p["from"]), self.table(p["results"]), strict=True)
+            return [
+                self._example(r["prompt"], self._template(step, p["template"], result))
+                for r, result in rendered
+            ]
         prompts = self._example_prompts(p)
         return [
             self._example(prompts[r["item"]], r["text"])

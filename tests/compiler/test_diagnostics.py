@@ -55,6 +55,12 @@ REQUIRED_CODES = {
     "E211": "tuple unpack mismatch",
     "E300": "model lacks a capability",
     "E303": "property cannot read any selected task",
+    "E330": "rows to prompt with: none, or ids not unique",
+    "E331": "a data file row that is not a training example",
+    "E332": "choose() without two distinct options",
+    "E333": "choose() or score() over prompts built from results",
+    "E334": "a rule's bad regular expression",
+    "E335": "judge() labels not distinct",
     "E401": "no study",
     "E402": "study measures nothing",
 }
