@@ -249,6 +249,56 @@ def test_empty_and_comment_only_files() -> None:
     )
 
 
+FUNCTION = """\
+# a library
+fn  rates( predictor : model ,subject,  # who is asked
+  tasks: selection = mini.test,props: properties=[a, b],) {   # opens
+  # first
+  let own = prediction(subject,subject,tasks,props)
+  let pair=( own , prediction(predictor, subject, tasks, props) )   # a tuple
+  let one = ( own, )
+  let same = ( own )
+
+  return {own: own, cross: pair}  # the record
+}  # closes
+fn empty() { return (1,2,) }
+"""
+
+FUNCTION_CANONICAL = """\
+# a library
+fn rates(
+  predictor: model,
+  subject,  # who is asked
+  tasks: selection = mini.test,
+  props: properties = [a, b],
+) {  # opens
+  # first
+  let own = prediction(subject, subject, tasks, props)
+  let pair = (own, prediction(predictor, subject, tasks, props))  # a tuple
+  let one = (own,)
+  let same = own
+
+  return { own: own, cross: pair }  # the record
+}  # closes
+
+fn empty() {
+  return (1, 2)
+}
+"""
+
+
+def test_functions_and_tuples_have_a_canonical_layout() -> None:
+    assert assert_canonical(FUNCTION) == FUNCTION_CANONICAL
+    short = "fn f(a, b: int = 2) {\n  return (a,)\n}\n"
+    assert assert_canonical(short) == short
+
+
+def test_a_long_one_item_tuple_keeps_its_comma_when_broken() -> None:
+    item = '"' + "x" * 100 + '"'
+    formatted = assert_canonical(f"let t = ({item},)\n")
+    assert formatted == f"let t = (\n  {item},\n)\n"
+
+
 def test_unparseable_source_is_a_positioned_compile_error() -> None:
     with pytest.raises(CompileError) as caught:
         format_source("let x = [1, 2\n", "broken.intro")
@@ -282,7 +332,16 @@ def _tokens(source: str) -> list[str]:
 def test_any_layout_of_a_project_spec_formats_to_the_same_canonical_text(
     data: st.DataObject, path: Path
 ) -> None:
-    original = path.read_text(encoding="utf-8")
+    _check_any_layout(data, path.read_text(encoding="utf-8"), str(path))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_layout_of_a_function_formats_to_the_same_canonical_text(data: st.DataObject) -> None:
+    _check_any_layout(data, FUNCTION, "lib.intro")
+
+
+def _check_any_layout(data: st.DataObject, original: str, path: str) -> None:
     tokens = _tokens(original)
     choices = data.draw(st.lists(st.sampled_from(_SEPARATORS), min_size=len(tokens), max_size=len(tokens)))
     pieces = []
@@ -290,8 +349,8 @@ def test_any_layout_of_a_project_spec_formats_to_the_same_canonical_text(
         # A comment runs to the end of its line, so whatever follows it starts on a new one.
         pieces.append(token + ("\n" if token.startswith("#") else separator.format(i=index)))
     variant = "".join(pieces)
-    formatted = assert_canonical(variant, str(path))
-    assert parse(formatted, str(path)) == parse(original, str(path))
+    formatted = assert_canonical(variant, path)
+    assert parse(formatted, path) == parse(original, path)
 
 
 # ---------------------------------------------------------------- generated expressions
@@ -328,6 +387,7 @@ def _call(parts: tuple[str, list[str], list[tuple[str, str]]]) -> str:
 def _compound(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.lists(inner, min_size=1, max_size=4).map(lambda items: "(" + ", ".join(items) + ",)"),
         st.lists(st.tuples(_NAMES, inner), max_size=3).map(
             lambda fs: "{" + " ".join(f"{n}: {v}" for n, v in fs) + "}"
         ),

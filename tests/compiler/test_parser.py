@@ -25,6 +25,10 @@ class _Nodes:
 n = _Nodes()
 
 
+def fn_decl(name: str, params: tuple[a.Param, ...], body: tuple[a.Statement | a.Return, ...]) -> a.FnDecl:
+    return a.FnDecl(name, params, body, span=ANYWHERE, params_span=ANYWHERE, end=ANYWHERE)
+
+
 def parse_one(source: str) -> a.Item:
     (item,) = parse(source, "t.intro").items
     return item
@@ -85,7 +89,49 @@ def test_study_with_loops_lets_and_measures() -> None:
     assert loop.span == Span("t.intro", 2, 3, 5, 4)
 
 
+def test_function_declaration_with_typed_and_defaulted_parameters() -> None:
+    fn = parse_one(
+        'fn rate(m: model, asks, n: int = 5, label: string = "yes",) {\n  let x = m\n  return x\n}'
+    )
+    assert fn == fn_decl(
+        "rate",
+        (
+            n.Param("m", n.Name("model"), None),
+            n.Param("asks", None, None),
+            n.Param("n", n.Name("int"), n.Num(5)),
+            n.Param("label", n.Name("string"), n.Str("yes")),
+        ),
+        (n.Let("x", n.Name("m")), n.Return(n.Name("x"))),
+    )
+    assert isinstance(fn, a.FnDecl)
+    assert fn.span == Span("t.intro", 1, 4, 1, 8)  # the name
+    assert fn.params_span == Span("t.intro", 1, 8, 1, 60)  # the parentheses and what is between them
+    assert fn.end == Span("t.intro", 4, 1, 4, 2)  # the closing brace
+    assert parse_one("fn f() {}") == fn_decl("f", (), ())
+
+
+def test_a_function_body_parses_any_statement_and_a_study_no_return() -> None:
+    # Where a statement may go is the evaluator's to say (with a clear message), except `return` in a study.
+    fn = parse_one("fn f(x) {\n  for y in x {}\n  return x\n  let z = 1\n}")
+    assert isinstance(fn, a.FnDecl) and [type(s) for s in fn.body] == [a.For, a.Return, a.Let]
+    code, message, line, column, notes = error_of("study s {\n  return 1\n}")
+    assert (code, message, line, column) == ("E002", "unexpected 'return'", 2, 3)
+    assert notes == ("expected one of 'for', 'let', 'measure', '}'",)
+
+
 # ---------------------------------------------------------------- expressions
+def test_tuples_need_a_comma_and_parentheses_alone_group() -> None:
+    one, two = n.Num(1), n.Num(2)
+    assert value_of("(1, 2)") == n.TupleExpr((one, two))
+    assert value_of("(1, 2,)") == n.TupleExpr((one, two))
+    assert value_of("(1,)") == n.TupleExpr((one,))
+    assert value_of("(1)") == one
+    assert value_of("((1, 2))") == n.TupleExpr((one, two))
+    assert value_of("(1, 2).x") == n.Attr(n.TupleExpr((one, two)), "x")
+    assert value_of("(1, 2)").span == Span("t.intro", 1, 9, 1, 15)
+    assert error_of("let x = ()")[:2] == ("E002", "unexpected ')'")
+
+
 def test_precedence_and_associativity() -> None:
     one, two, three = n.Num(1), n.Num(2), n.Num(3)
     assert value_of("1 - 2 - 3") == n.Binary("-", n.Binary("-", one, two), three)

@@ -52,3 +52,20 @@ def test_hover_on_an_imported_module_and_on_a_named_argument() -> None:
     assert module is not None and module.startswith("module `stdlib.looking_inward`") and "Binder" in module
     rank = features.hover(doc, _at(text, "rank: 8", 1))
     assert rank is not None and "rank: int = 8" in rank and "parameter of `finetune`" in rank
+
+
+def test_a_functions_parameters_and_lets_are_names_in_its_body_only() -> None:
+    text = (
+        "let k = 1\nfn rate(m: model, n: int = k, r: record = { a: 1, b: 2 }) {\n  let x = n\n  return x\n}\n"
+        "study s { measure q = rate(k) }\n"
+    )
+    doc = outline(Path("/tmp/s.intro"), text)
+    assert set(doc.definitions) == {"k", "rate", "s"}
+    parameter = features.definition(doc, _at(text, "= n", 2))
+    assert parameter is not None and (parameter.kind, parameter.place.line) == ("parameter", 2)
+    inside = {c.label for c in features.completions(doc, _at(text, "return x", 7))}
+    assert {"m", "n", "r", "x", "rate"} <= inside and "a" not in inside and "b" not in inside
+    outside = {c.label for c in features.completions(doc, _at(text, "rate(k)", 5))}
+    assert "rate" in outside and not {"m", "n", "x"} & outside
+    shown = features.hover(doc, _at(text, "rate(k)", 1))
+    assert shown is not None and "fn rate(" in shown
