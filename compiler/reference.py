@@ -316,6 +316,8 @@ def _top_level(module: ast.Module) -> Iterator[tuple[str, str]]:
                 yield item.kind, item.name
             case ast.Let():
                 yield "let", item.name
+            case ast.FnDecl():
+                yield "fn", item.name
 
 
 def _leading_comment(source: str) -> list[str]:
