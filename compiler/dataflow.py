@@ -38,14 +38,18 @@ class PromptSet:
     """One chat prompt per row of `source`: the user turn is `template` rendered with the row's fields.
 
     A source of results (texts, values) adds `text` (the answer), `sample` and `prompt` (the user turn
-    it answered) to the item's fields, and makes the set a run-time one. A task selection with no
-    template uses each task's own prompt and system message.
+    it answered) to the item's fields, and makes the set a run-time one. A task selection adds `task` and
+    `object_prompt` (the task's own prompt for the row); with no template, that prompt is the user turn,
+    and the task's system message is used unless `system` is given.
     """
 
     source: Any  # Items | ir.Selection | Texts
     template: str | None
     system: str | None = None
     prefill: str = ""
+    # A property the prompts ask about (a selection only): rows of tasks it cannot read are left out, and
+    # the template also sees `question`, the property's question for the row.
+    about: ir.Property | None = None
 
 
 @frozen
@@ -140,6 +144,7 @@ class Estimate:
     values: Values
     other: Values | None = None
     equals: Scalar | None = None
+    by: str | None = None  # one estimate per value of this item field ("task": the item's task or file)
 
 
 @frozen

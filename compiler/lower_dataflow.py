@@ -55,8 +55,8 @@ class DataflowLowering:
                 return Table(step, source.size, exact=False)
             case df.Extract():
                 source = self.table(value.texts)
-                step = self._pure("extract", [source], {"texts": source.step, "rule": value.rule.to_json()})
-                return Table(step, source.size, source.exact)
+                params = {"texts": source.step, "rule": value.rule.to_json(), **self._answer_kinds(value)}
+                return Table(self._pure("extract", [source], params), source.size, source.exact)
             case df.Judge():
                 judged = self.table(value.texts)
                 replies = self.table(
@@ -68,6 +68,14 @@ class DataflowLowering:
             case df.Choose() | df.Score():
                 return self._scoring(value)
         raise AssertionError(f"not a table: {value!r}")
+
+    def _answer_kinds(self, value: df.Extract) -> dict[str, Any]:
+        """For a property read off answers to task prompts: each task's answer kind and choices, so that an
+        answer that does not comply with its task (not one of the choices) has no value, as in prediction."""
+        origin = _prompts_of(value.texts)
+        if value.rule.name != "property" or not isinstance(origin.source, ir.Selection):
+            return {}
+        return {"tasks": {t.name: [t.answer, list(t.choices)] for t in origin.source.tasks}}
 
     # ------------------------------------------------------------ steps
     def _pure(self, kind: str, sources: list[Table], params: dict[str, Any], label: str = "") -> str:
@@ -102,13 +110,25 @@ class DataflowLowering:
         source = prompts.source
         if isinstance(source, ir.Selection):
             return [
-                (item, row, prompts.system or task.system, self._text(prompts.template or task.prompt, row))
+                (item, row, prompts.system or task.system, self._selection_text(prompts, task, row))
                 for task, item, row in self.low.rows(source)
+                if prompts.about is None or prompts.about.reads_task(task)
             ]
         return [
             (item, dict(row), prompts.system, self._text(prompts.template or "", dict(row)))
             for item, row in source.keyed()
         ]
+
+    def _selection_text(self, prompts: df.PromptSet, task: ir.Task, row: dict[str, Any]) -> str:
+        """A selection row's user turn: the task's own prompt, or the template over the row's fields, the
+        task's name, its prompt for the row and (about a property) the property's question."""
+        object_prompt = self.low.object_text(task, row)
+        if prompts.template is None:
+            return object_prompt  # type: ignore[no-any-return]
+        fields = {**row, "task": task.name, "object_prompt": object_prompt}
+        if prompts.about is not None:
+            fields["question"] = self._text(prompts.about.question, row)
+        return self._text(prompts.template, fields)
 
     def _text(self, template: str, row: dict[str, Any]) -> str:
         return render(template, row) if "{" in template else template
@@ -186,6 +206,8 @@ class DataflowLowering:
         values = self.table(value.values)
         sources = [values]
         params: dict[str, Any] = {"statistic": value.statistic, "values": values.step, "equals": value.equals}
+        if value.by is not None:
+            params["by"] = value.by
         if value.other is not None:
             other = self.table(value.other)
             sources.append(other)
@@ -218,6 +240,13 @@ class DataflowLowering:
             sources.append(completions)
             params["completions"] = completions.step
         return self._pure("examples", sources, params)
+
+
+def _prompts_of(value: Any) -> df.PromptSet:
+    """The prompt set a result's items came from (through filters, extracts and judges)."""
+    while not isinstance(value, df.Generate | df.Choose | df.Score):
+        value = value.texts
+    return value.prompts
 
 
 def _is_reference(key: str) -> bool:

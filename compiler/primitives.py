@@ -76,18 +76,40 @@ def _prompts(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
         )
     if template is None and not isinstance(source, ir.Selection):
         ctx.fail("E208", "prompts() needs a `template` for rows that are not a task selection", at)
-    prompt_set = df.PromptSet(source, template, a["system"], a["prefill"])
+    about = a["about"]
+    if about is not None:
+        _check_about(ctx, source, about, spans)
+    prompt_set = df.PromptSet(source, template, a["system"], a["prefill"], about)
     if template is not None:
-        _check_template(ctx, template, spans["template"], _sample_rows(source))
+        _check_template(ctx, template, spans["template"], _sample_rows(source, about))
     return prompt_set
 
 
-def _sample_rows(source: Any) -> templates.Rows:
+def _check_about(ctx: Context, source: Any, about: ir.Property, spans: Spans) -> None:
+    if not isinstance(source, ir.Selection):
+        ctx.fail("E336", "prompts() `about` a property needs a task selection as its source", spans["about"])
+    if not any(about.reads_task(task) for task in source.tasks):
+        names = ", ".join(t.name for t in source.tasks)
+        ctx.fail(
+            "E303",
+            f"property '{about.name}' cannot read the answers of any selected task ({names})",
+            spans["about"],
+        )
+    check = about.question_span or spans["about"]
+    rows = [dict(row) for task in source.tasks if about.reads_task(task) for row in task.rows]
+    _check_template(ctx, about.question, check, templates.Rows(rows, "the selected tasks", "the tasks' rows"))
+
+
+def _sample_rows(source: Any, about: ir.Property | None = None) -> templates.Rows:
     """The rows a template over `source` will meet (result fields filled with placeholders)."""
     if isinstance(source, df.Items):
         return templates.Rows(source.rows, "the rows", "the rows", source.id_column)
     if isinstance(source, ir.Selection):
-        rows = [dict(row) for task in source.tasks for row in task.rows]
+        extra = {"task": "a task", "object_prompt": "the task's prompt"} | (
+            {"question": "?"} if about else {}
+        )
+        tasks = [task for task in source.tasks if about is None or about.reads_task(task)]
+        rows = [{**dict(row), **extra} for task in tasks for row in task.rows]
         return templates.Rows(rows, "the selected tasks", "the tasks' rows")
     items = _sample_rows(_prompts_of(source).source)
     rows = [{**dict(row), **_result_fields(source)} for row in items.rows]
@@ -269,10 +291,14 @@ def _rule_builder(name: str, *params: str) -> Any:
     return build
 
 
+def _predicted(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Rule:
+    return df.Rule("predicted", (("name", a["property"].extract),))
+
+
 # ---------------------------------------------------------------- statistics
 def _estimate(statistic: str) -> Any:
     def build(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Estimate:
-        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"))
+        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"), a["by"])
 
     return build
 
@@ -290,6 +316,7 @@ def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: 
 
 
 _VALUES = Param("values", "values")
+_BY = Param("by", "string", None)
 
 PRIMITIVES: dict[str, Function] = dict(
     [
@@ -317,9 +344,12 @@ PRIMITIVES: dict[str, Function] = dict(
             Param("template", "string", None),
             Param("system", "string", None),
             Param("prefill", "string", ""),
+            Param("about", "property", None),
             doc="one chat prompt per row of `source` (rows, a list of strings or records, a task selection, or "
             "results): the user turn is `template` rendered with the row's fields; results add `text`, "
-            "`sample` and `prompt`, and make the prompts rendered at run time",
+            "`sample` and `prompt`, and make the prompts rendered at run time; a task selection adds `task` and "
+            "`object_prompt` (the task's prompt for the row), and `about` a property keeps only the tasks it can "
+            "read and adds `question` (the property's question for the row)",
             returns="prompts",
             example='prompts(["What is 2 + 2?", "Name a colour."])',
         ),
@@ -433,6 +463,15 @@ PRIMITIVES: dict[str, Function] = dict(
             example='answer_is("capital")',
         ),
         _fn(
+            "predicted",
+            _predicted,
+            Param("property", "property"),
+            doc="a rule: an answer to a hypothetical question about `property`, normalised as the property's "
+            "values are (none when it is not such a value)",
+            returns="rule",
+            example="predicted(li.first_character)",
+        ),
+        _fn(
             "nth_word",
             _rule_builder("nth_word", "n"),
             Param("n", "int", 1),
@@ -445,6 +484,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _estimate("rate"),
             _VALUES,
             Param("equals", "any", None),
+            _BY,
             doc="an estimate: the share of values equal to `equals` (true-like values when not given), "
             "averaged per item, with a bootstrap 95% CI over items",
             returns="estimate",
@@ -454,6 +494,7 @@ PRIMITIVES: dict[str, Function] = dict(
             "mean",
             _estimate("mean"),
             _VALUES,
+            _BY,
             doc="an estimate: the mean of numeric values (per item, then over items), with a bootstrap CI",
             returns="estimate",
             example='mean(score(qwen, prompts(["Say yes."]), "yes"))',
@@ -463,6 +504,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _estimate("accuracy"),
             _VALUES,
             Param("other", "values"),
+            _BY,
             doc="an estimate: how often `values` equals the most common of `other`'s values on the same item",
             returns="estimate",
             example='accuracy(choose(qwen, prompts(["Pick A or B."]), ["A", "B"]), '
@@ -472,6 +514,7 @@ PRIMITIVES: dict[str, Function] = dict(
             "mode_baseline",
             _estimate("mode_baseline"),
             _VALUES,
+            _BY,
             doc="an estimate: how often an item's value is the most common value over all items",
             returns="estimate",
             example='mode_baseline(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)))',

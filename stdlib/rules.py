@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .extractors import EXTRACTORS, normalise, words
+from .extractors import EXTRACTORS, normalise, prediction, words
 from .graders import mentions
 
 RuleFn = Callable[..., str | None]
@@ -96,8 +96,19 @@ def answer_is(text: str, item: Mapping[str, Any], *, field: str) -> str | None:
 
 @rule("property")
 def property_value(text: str, item: Mapping[str, Any], *, name: str) -> str | None:
-    """A Looking Inward property (`stdlib.extractors`) of the text."""
-    return EXTRACTORS[name](text, item)
+    """A Looking Inward property (`stdlib.extractors`) of the text; None when the item lacks a field the
+    property reads (the ethical stance of an item with no behaviour-matching option)."""
+    extractor = EXTRACTORS[name]
+    if not extractor.needs <= set(item):
+        return None
+    return extractor(text, item)
+
+
+@rule("predicted")
+def predicted(text: str, item: Mapping[str, Any], *, name: str) -> str | None:
+    """A model's answer to a hypothetical question about property `name`, normalised as that property's
+    values are (None when the answer is not a value the property can take)."""
+    return prediction(text, name)
 
 
 def parse_label(reply: str, labels: tuple[str, ...] | list[str]) -> str | None:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,19 +46,36 @@ Data = tuple[dict[str, Any], dict[str, Any]]  # variables, and coordinates of th
 
 
 def _summaries(kind: str, axes: list[str], shape: tuple[int, ...], points: Sequence[tuple[Any, Any]]) -> Data:
+    """Summaries over the axes, and over the groups of a grouped estimate (`by`) as one more dim."""
+    by = next((r["by"] for _, r in points if "groups" in r), None)
+    groups = list(dict.fromkeys(g for _, r in points for g in _groups(r))) if by else [None]
+    inner = (len(groups),) if by else ()
     names = [*SUMMARY, "compliance"] if kind == "estimate" else [*SUMMARY, "a", "b"]
-    arrays = {name: np.full(shape, np.nan) for name in names}
-    items = list(dict.fromkeys(i for _, r in points for i in r.get("scores", {})))
+    arrays = {name: np.full((*shape, *inner), np.nan) for name in names}
+    items = list(
+        dict.fromkeys(i for _, r in points for g in _groups(r).values() for i in g.get("scores", {}))
+    )
     scores = np.full((*shape, len(items)), np.nan)
-    for at, summary in points:
-        for name in names:
-            arrays[name][at] = summary[name]
-        for item, score in summary.get("scores", {}).items():
-            scores[(*at, items.index(item))] = score
-    data: dict[str, Any] = {name: (tuple(axes), array) for name, array in arrays.items()}
+    for at, result in points:
+        for group, summary in _groups(result).items():
+            where = (*at, groups.index(group)) if by else at
+            for name in names:
+                arrays[name][where] = summary[name]
+            for item, score in summary.get("scores", {}).items():
+                scores[(*at, items.index(item))] = score
+    dims = (*axes, by) if by else tuple(axes)
+    data: dict[str, Any] = {name: (dims, array) for name, array in arrays.items()}
     if kind == "estimate":
         data["score"] = ((*axes, "item"), scores)
-    return data, {"item": items}
+    coords: dict[str, Any] = {"item": items}
+    if by:
+        coords[by] = [str(g) for g in groups]
+    return data, coords
+
+
+def _groups(result: Mapping[str, Any]) -> Mapping[Any, Any]:
+    """A result's summaries by group (one group, None, for an ungrouped one)."""
+    return result.get("groups", {None: result})  # type: ignore[no-any-return]
 
 
 def _rows(
@@ -85,8 +102,10 @@ def _rows(
             compliant[where] = float(row.get("value") is not None)
             for option, p in row.get("probs", {}).items():
                 probs[(*where, options.index(option))] = p
+    # The kind's own variable is always there (an empty cube still has its item dim); the others when used.
+    main = "text" if kind == "texts" else "value"
     data: dict[str, Any] = {
-        name: (dims, array.astype(str)) for name, array in strings.items() if _used(array)
+        name: (dims, array.astype(str)) for name, array in strings.items() if name == main or _used(array)
     }
     if kind == "values":
         data["compliant"] = (dims, compliant)

@@ -19,6 +19,7 @@ from intro.compiler.plan import Plan, Prompt, Step, digest, request_key, samplin
 from intro.compiler.template_sandbox import TemplateProblem, render
 from intro.runtime.dataflow.statistics import comparison, estimate
 from intro.runtime.store.cache import Cache
+from intro.stdlib.extractors import complies
 from intro.stdlib.rules import apply, parse_label, passes
 
 Row = dict[str, Any]
@@ -170,8 +171,11 @@ class Tables:
         return [r for r in self.table(step.params["texts"]) if passes(self._apply(rule, r))]
 
     def _extract(self, step: Step) -> list[Row]:
-        rule = step.params["rule"]
-        return [{**r, "value": self._apply(rule, r)} for r in self.table(step.params["texts"])]
+        rule, tasks = step.params["rule"], step.params.get("tasks", {})
+        return [
+            {**r, "value": self._apply(rule, r) if _complies(r, tasks) else None}
+            for r in self.table(step.params["texts"])
+        ]
 
     def _apply(self, rule: Mapping[str, Any], row: Row) -> str | None:
         return apply(rule["name"], rule["args"], row["text"], self.plan.items.get(row["item"], {}))
@@ -188,12 +192,37 @@ class Tables:
 
     def _estimate(self, step: Step) -> dict[str, Any]:
         p = step.params
+        values = self.table(p["values"])
         other = self.table(p["other"]) if p.get("other") else None
-        return estimate(p["statistic"], self.table(p["values"]), other, p.get("equals"))
+        if not p.get("by"):
+            return estimate(p["statistic"], values, other, p.get("equals"))
+        groups: dict[str, Any] = {}
+        for group in dict.fromkeys(self._group(r, p["by"]) for r in values):
+            mine = [r for r in values if self._group(r, p["by"]) == group]
+            theirs = None if other is None else [r for r in other if self._group(r, p["by"]) == group]
+            groups[group] = estimate(p["statistic"], mine, theirs, p.get("equals"))
+        return {"by": p["by"], "groups": groups}
+
+    def _group(self, row: Row, by: str) -> str:
+        """A row's group: its task (the item key's first part) or one of its item's fields."""
+        if by == "task":
+            return str(row["item"].split("/", 1)[0])
+        return str(self.plan.items.get(row["item"], {}).get(by, ""))
 
     def _comparison(self, step: Step) -> dict[str, Any]:
         p = step.params
-        return comparison(p["statistic"], self.result(p["a"]), self.result(p["b"]))
+        a, b = self.result(p["a"]), self.result(p["b"])
+        if "groups" not in a and "groups" not in b:
+            return comparison(p["statistic"], a, b)
+        if a.get("by") != b.get("by"):
+            raise StepFailed(
+                f"{step.id}: cannot compare an estimate grouped by {a.get('by')} with one by {b.get('by')}"
+            )
+        shared = [g for g in a["groups"] if g in b["groups"]]
+        return {
+            "by": a["by"],
+            "groups": {g: comparison(p["statistic"], a["groups"][g], b["groups"][g]) for g in shared},
+        }
 
     def _examples(self, step: Step) -> list[Row]:
         """Training examples as rows: `messages` (role, content pairs) and the `target` reply."""
@@ -223,3 +252,10 @@ class Tables:
     def _example(self, prompt_key: str, target: str) -> Row:
         prompt = self.prompt(prompt_key)
         return {"messages": list(prompt.messages), "target": prompt.prefill + target}
+
+
+def _complies(row: Row, tasks: Mapping[str, Any]) -> bool:
+    """Whether an answer to a task prompt complies with its task (`tasks`: name -> [answer kind, choices];
+    an item's key starts with its task's name)."""
+    task = tasks.get(row["item"].split("/", 1)[0])
+    return task is None or complies(row["text"], task[0], task[1])

@@ -1,0 +1,119 @@
+"""Looking Inward's prediction written in .intro on the primitives (stdlib `li.predict_property`) gives the
+built-in `prediction`'s values cell by cell, from the same model calls.
+
+Two tiny random local models predict themselves and each other on two tasks (one free text, one A/B
+with an ethical-stance property), through the real CLI; the built-in measure and the stdlib function
+run in one study, so each request runs once and both read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from intro.cli import main
+from tests.tinymodels import make_tiny_model
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"
+
+HEAD = """
+use stdlib.looking_inward as li
+model a = local "tiny_a"
+model b = local "tiny_b"
+task colours {
+  data: "data/colours.jsonl"
+  prompt: "What are the next 3 colours after {{ sequence }}? Respond only with the colours."
+}
+task stances {
+  data: "data/stances.jsonl"
+  prompt: \"\"\"{{ question }}
+A) {{ option_a }}
+B) {{ option_b }}
+Answer only with either A or B and nothing else.\"\"\"
+  answer: "choice"
+  choices: ["A", "B"]
+}
+split s { test: [colours, stances] items: 6 seed: 3 }
+sampling short { temperature: 0 max_tokens: 6 }
+let props = [li.first_character, li.starts_with_vowel, li.ethical_stance]
+"""
+
+BOTH = """
+study both {
+  for subject in [a, b], predictor in [a, b] {
+    measure old = prediction(predictor, subject, s.test, props, object: short, hypothetical: short)
+    for p in props {
+      measure new = li.predict_property(predictor, subject, s.test, p, object: short, hypothetical: short)
+    }
+  }
+}
+"""
+
+OLD_ONLY = """
+study old_only {
+  for subject in [a, b], predictor in [a, b] {
+    measure old = prediction(predictor, subject, s.test, props, object: short, hypothetical: short)
+  }
+}
+"""
+
+
+def intro(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("li-primitives")
+    shutil.copytree(FIXTURE / "data", root / "data")
+    make_tiny_model(root / "tiny_a", "qwen2", seed=0)
+    make_tiny_model(root / "tiny_b", "qwen2", seed=1)
+    (root / "both.intro").write_text(HEAD + BOTH)
+    (root / "old_only.intro").write_text(HEAD + OLD_ONLY)
+    cache = str(root / "cache")
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(root):
+        patch.setenv("INTRO_CACHE_DIR", str(root / "intro-cache"))
+        old_plan = intro("plan", "old_only.intro", "--cache", cache)
+        first = intro("run", "both.intro", "--runs", "runs", "--cache", cache, "--quiet")
+    return {"root": root, "old_plan": old_plan, "first": first}
+
+
+def cube(runs: dict[str, object], group: str) -> xr.Dataset:
+    return xr.open_zarr(Path(str(runs["root"])) / "runs" / "both" / "cube.zarr", group=group).load()
+
+
+def test_the_stdlib_function_makes_no_calls_beyond_the_builtins(runs: dict[str, object]) -> None:
+    (plan_code, plan_out), (code, out) = runs["old_plan"], runs["first"]  # type: ignore[misc]
+    assert plan_code == 0 and code == 0
+    planned = int(plan_out.split("model calls: ")[1].split(" to make")[0])
+    assert planned > 0
+    assert f"both: {planned} model calls," in out
+
+
+def test_every_cell_of_prediction_has_the_same_values_on_the_primitives(runs: dict[str, object]) -> None:
+    old, accuracy, baseline = cube(runs, "old"), cube(runs, "new.accuracy"), cube(runs, "new.mode_baseline")
+    compared = 0
+    frame = old[["accuracy", "ci_low", "ci_high", "n", "mode_baseline"]].to_dataframe().reset_index()
+    for cell in frame.itertuples():
+        where = {"subject": cell.subject, "predictor": cell.predictor, "p": cell.property, "task": cell.task}
+        if cell.property not in accuracy.p or np.isnan(cell.accuracy):
+            # no item kept (no compliant answer, or a property the task cannot be read by): none here either
+            assert cell.property not in accuracy.p or not accuracy.sel(where).n.values > 0
+            continue
+        new = accuracy.sel(where)
+        assert float(new.estimate) == pytest.approx(cell.accuracy, abs=1e-12)
+        assert float(new.ci_low) == pytest.approx(cell.ci_low, abs=1e-12)
+        assert float(new.ci_high) == pytest.approx(cell.ci_high, abs=1e-12)
+        assert int(new.n) == int(cell.n)
+        assert float(baseline.sel(where).estimate) == pytest.approx(cell.mode_baseline, abs=1e-12)
+        compared += 1
+    assert compared >= 8  # cells with kept items on these tiny models (their answers are often non-compliant)
