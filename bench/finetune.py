@@ -1,4 +1,5 @@
-"""Training throughput of `intro.runtime.training.finetune` against a plain peft training loop on the same data.
+"""Training throughput of `intro.runtime.training.finetune` against a plain peft training loop on the same
+data.
 
 Both sides train the same LoRA (same rank, targets, seed, learning rate) on the same token ids in the same
 batches and order, and both are timed from attaching the adapter to writing it to disk. The plain loop is

@@ -148,7 +148,8 @@ def injection_rows(dataset: xr.Dataset) -> tuple[list[str], list[list[str]]]:
 
 # ---------------------------------------------------------------- handlers
 class ConceptSteps:
-    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`: plan, cache, pool, executor)."""
+    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`: plan, cache, pool,
+    executor)."""
 
     def __init__(self, run: Any):
         self.run = run

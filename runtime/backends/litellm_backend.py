@@ -1,8 +1,8 @@
 """API models through litellm: any provider litellm knows, or any OpenAI-compatible `api_base`.
 
 Each request is one `litellm.acompletion` call, run concurrently up to the backend's limit and retried
-by `intro.runtime.engine.retry` on transient failures. litellm's and the openai client's own retries are turned
-off so that exactly one layer decides, and so that a server's Retry-After hint reaches it.
+by `intro.runtime.backends.retry` on transient failures. litellm's and the openai client's own retries are
+turned off so that exactly one layer decides, and so that a server's Retry-After hint reaches it.
 
 Secrets: the API key is read from the named environment variable at call time, passed to litellm and
 nowhere else. Errors from providers sometimes quote the key back, so every message that leaves this
@@ -38,7 +38,7 @@ from intro.runtime.backends.requests import (
     ScoreRequest,
     TokenLogprob,
 )
-from intro.runtime.engine.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
+from intro.runtime.backends.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
 
 # The most top logprobs OpenAI-style APIs give per token; API scoring reads this many first tokens.
 SCORE_TOP_LOGPROBS = 20
@@ -200,7 +200,8 @@ class LiteLLMBackend:
             "temperature": temperature,
             "max_tokens": max_tokens,
             "timeout": self.timeout,
-            # Retries belong to intro.runtime.engine.retry alone: no hidden extra attempts, Retry-After honoured.
+            # Retries belong to intro.runtime.backends.retry alone: no hidden extra attempts, Retry-After
+            # honoured.
             "num_retries": 0,
             "max_retries": 0,
         }

@@ -96,7 +96,8 @@ class BackendPool:
         serving = self.plan.serving.get(entry.key, {})
         loaded = self.loaded(entry.key)
         # Attaching an adapter rewrites the shared model's layers: never in the middle of another backend's
-        # batch or of a LoRA training run on the same weights (runtime/training/adapters.py holds the same lock).
+        # batch or of a LoRA training run on the same weights (runtime/training/adapters.py holds the same
+        # lock).
         with loaded.lock:
             return LocalBackend(loaded, batch_size=int(serving.get("batch_size", 16)), adapter=adapter)
 

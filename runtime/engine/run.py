@@ -65,7 +65,8 @@ def run_plans(
     serving: Mapping[str, str] | None = None,
     mode: str = "text",
 ) -> int:
-    """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see runtime/engine/progress.py)."""
+    """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see
+    runtime/engine/progress.py)."""
     memory.limit_arenas()
     cache = Cache(cache_dir or default_cache_dir())
     status = OK

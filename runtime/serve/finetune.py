@@ -19,8 +19,9 @@ model is, through litellm's `acreate_file` / `acreate_fine_tuning_job` / `aretri
 
 Jobs run one at a time on one worker thread, since they share the served weights. The learning rate is
 `learning_rate_multiplier * BASE_LEARNING_RATE` (1e-4, the language's default `lr`), the unit intro's client
-(`runtime/training/api_finetune.py`) converts to. Every file and job lives in a state directory, written atomically,
-so a restarted server still answers for finished jobs, and takes up again the jobs it had not finished.
+(`runtime/training/api_finetune.py`) converts to. Every file and job lives in a state directory, written
+atomically, so a restarted server still answers for finished jobs, and takes up again the jobs it had not
+finished.
 
 Request and reply shapes are `finetune_protocol.py`; the state directory is `finetune_state.py`.
 """

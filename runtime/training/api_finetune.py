@@ -38,7 +38,7 @@ from intro.runtime.backends.litellm_backend import (
     stop_litellm_background_work,
 )
 from intro.runtime.backends.requests import BackendError
-from intro.runtime.engine.retry import RetryPolicy, call_with_retries
+from intro.runtime.backends.retry import RetryPolicy, call_with_retries
 from intro.runtime.store.cache import Cache, atomic_write
 from intro.runtime.training.training import Lineage, TrainingExample, read_examples
 
@@ -221,7 +221,7 @@ class FineTuningClient:
         return await call_with_retries(attempt, policy, describe=f"{where} {operation}", sleep=self.sleep)
 
     def _route_arguments(self) -> dict[str, Any]:
-        # The openai client's own retries are off: one layer (intro.runtime.engine.retry) decides.
+        # The openai client's own retries are off: one layer (intro.runtime.backends.retry) decides.
         arguments: dict[str, Any] = {
             "custom_llm_provider": self.provider,
             "max_retries": 0,

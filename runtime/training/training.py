@@ -182,7 +182,8 @@ def finetuned_model_of(plan: Plan, step_id: str) -> str:
 
 
 class TrainingSteps:
-    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`: plan, cache, pool, executor)."""
+    """The handlers of one study run (`run` is runtime/engine/run.py's `_StudyRun`: plan, cache, pool,
+    executor)."""
 
     def __init__(self, run: Any):
         self.run = run

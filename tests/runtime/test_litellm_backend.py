@@ -35,7 +35,7 @@ from intro.runtime.backends.requests import (
     ScoreRequest,
     Steering,
 )
-from intro.runtime.engine.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
+from intro.runtime.backends.retry import ConcurrencyLimiter, RetryPolicy, call_with_retries
 from intro.runtime.serve.server import make_server
 from tests.servers import EchoServer, Fault, echo_text
 from tests.tinymodels import make_tiny_model
