@@ -67,10 +67,12 @@ def _step_summary(
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {"id": step.id, "kind": step.kind}
     if step.kind in CALLS:
-        done = _calls_summary(plan, step, tables, summary)
+        done = _calls_summary(plan, step, tables, summary, seen)
     elif step.kind == "sample":
         keys = list(requests(plan, step))
-        missing = [k for k in keys if not cache.has(k[0])]
+        # a request another step already counts is made once, by whichever step runs first
+        missing = [k for k in keys if not cache.has(k[0]) and k[0] not in seen]
+        seen.update(k[0] for k in keys)
         prompt_chars = sum(_prompt_chars(plan, p) for _, p, _ in missing)
         summary.update(
             calls=len(keys),
@@ -98,7 +100,7 @@ def _step_summary(
     return summary
 
 
-def _calls_summary(plan: Plan, step: Step, tables: Tables, summary: dict[str, Any]) -> bool:
+def _calls_summary(plan: Plan, step: Step, tables: Tables, summary: dict[str, Any], seen: set[str]) -> bool:
     """A primitive's calls, from the same `Tables` a run uses. Prompts rendered from results not yet in the
     cache are counted from their source's size: exact, or at most that many after a filter."""
     try:
@@ -108,7 +110,8 @@ def _calls_summary(plan: Plan, step: Step, tables: Tables, summary: dict[str, An
         summary.update(calls=count, to_run=count, prompt_tokens=0, model=step.params["model"])
         summary.update(completion_tokens=count * step.params["max_tokens"], exact=step.params["exact"])
         return False
-    missing = [c for c in calls if not tables.cache.has(c.key)]
+    missing = [c for c in calls if not tables.cache.has(c.key) and c.key not in seen]
+    seen.update(c.key for c in calls)
     chars = sum(_chars(tables.prompt(c.prompt).messages) for c in missing)
     tokens = step.params.get("max_tokens", 0)
     summary.update(calls=len(calls), to_run=len(missing), prompt_tokens=chars // CHARS_PER_TOKEN)
