@@ -50,6 +50,12 @@ class PromptSet:
     # A property the prompts ask about (a selection only): rows of tasks it cannot read are left out, and
     # the template also sees `question`, the property's question for the row.
     about: ir.Property | None = None
+    # Plain values bound where the prompts are written (loop variables, lets, parameters) that the
+    # template names; a row's own field of the same name wins.
+    values: tuple[tuple[str, Scalar], ...] = ()
+
+    def fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {**dict(self.values), **row}
 
 
 @frozen
@@ -104,6 +110,7 @@ class Judge:
     rubric: str
     labels: tuple[str, ...]
     sampling: ir.Sampling
+    values: tuple[tuple[str, Scalar], ...] = ()  # as PromptSet.values, for the rubric
 
 
 @frozen

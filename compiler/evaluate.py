@@ -38,6 +38,9 @@ class Context:
         self.directory = directory
         self.confinement = confinement or Confinement(None)
         self.sources: Mapping[str, str] = {}  # the program's texts: a template's lines are found in them
+        # The plain values (strings, numbers, booleans) bound in the block a builtin is called from: loop
+        # variables, lets, a function's parameters. Prompt templates see them (set by each call).
+        self.template_values: Mapping[str, Any] = {}
 
     def confined(self, relative: str, span: Span) -> Path:
         """`relative` resolved against this file's folder; an error unless it lies inside the allowed ones."""
@@ -259,6 +262,17 @@ class Scope:
             return FUNCTIONS[name]
         return value
 
+    def template_values(self) -> dict[str, Any]:
+        """The plain values bound in this block and the blocks around it (the innermost binding wins)."""
+        values: dict[str, Any] = {}
+        scope: Scope | None = self
+        while scope is not None:
+            for name, value in scope.local.items():
+                if isinstance(value, str | int | float | bool) and name not in values:
+                    values[name] = value
+            scope = scope.parent
+        return values
+
     def visible_names(self) -> set[str]:
         names = set(self.namespace.names()) | set(FUNCTIONS)
         scope: Scope | None = self
@@ -353,6 +367,8 @@ class Evaluator:
         from .types import CHECKS
 
         number, vector = CHECKS["number"], CHECKS["vector"]
+        if op == "+" and isinstance(left, str) and isinstance(right, str):
+            return left + right
         if number(left) and number(right):
             if op == "/" and right == 0:
                 self.ctx.fail("E202", "division by zero", node.span)

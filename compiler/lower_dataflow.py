@@ -60,7 +60,11 @@ class DataflowLowering:
             case df.Judge():
                 judged = self.table(value.texts)
                 replies = self.table(
-                    df.Generate(value.grader, df.PromptSet(value.texts, value.rubric), value.sampling)
+                    df.Generate(
+                        value.grader,
+                        df.PromptSet(value.texts, value.rubric, values=value.values),
+                        value.sampling,
+                    )
                 )
                 params = {"texts": judged.step, "replies": replies.step, "labels": list(value.labels)}
                 step = self._pure("labels", [judged, replies], params)
@@ -115,7 +119,7 @@ class DataflowLowering:
                 if prompts.about is None or prompts.about.reads_task(task)
             ]
         return [
-            (item, dict(row), prompts.system, self._text(prompts.template or "", dict(row)))
+            (item, dict(row), prompts.system, self._text(prompts.template or "", prompts.fields(row)))
             for item, row in source.keyed()
         ]
 
@@ -125,7 +129,7 @@ class DataflowLowering:
         object_prompt = self.low.object_text(task, row)
         if prompts.template is None:
             return object_prompt  # type: ignore[no-any-return]
-        fields = {**row, "task": task.name, "object_prompt": object_prompt}
+        fields = {**prompts.fields(row), "task": task.name, "object_prompt": object_prompt}
         if prompts.about is not None:
             fields["question"] = self._text(prompts.about.question, row)
         return self._text(prompts.template, fields)
@@ -141,6 +145,8 @@ class DataflowLowering:
             "system": prompts.system,
             "prefill": prompts.prefill,
         }
+        if prompts.values:
+            params["bound"] = dict(prompts.values)
         return Table(self._pure("render", [source], params), source.size, source.exact)
 
     # ------------------------------------------------------------ model calls

@@ -79,10 +79,24 @@ def _prompts(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
     about = a["about"]
     if about is not None:
         _check_about(ctx, source, about, spans)
-    prompt_set = df.PromptSet(source, template, a["system"], a["prefill"], about)
+    values = _named_values(ctx, template, a["system"], a["prefill"])
+    prompt_set = df.PromptSet(source, template, a["system"], a["prefill"], about, values)
     if template is not None:
-        _check_template(ctx, template, spans["template"], _sample_rows(source, about))
+        _check_template(ctx, template, spans["template"], _with_values(_sample_rows(source, about), values))
     return prompt_set
+
+
+def _named_values(ctx: Context, *templates_: str | None) -> tuple[tuple[str, Any], ...]:
+    """The plain values in scope (loop variables, lets, parameters) that any of the templates names."""
+    text = " ".join(t for t in templates_ if t)
+    return tuple(sorted((k, v) for k, v in ctx.template_values.items() if k in text))
+
+
+def _with_values(rows: templates.Rows, values: tuple[tuple[str, Any], ...]) -> templates.Rows:
+    if not values:
+        return rows
+    merged = [{**dict(values), **dict(row)} for row in rows.rows]
+    return templates.Rows(merged, rows.label, rows.plural, rows.id_column)
 
 
 def _check_about(ctx: Context, source: Any, about: ir.Property, spans: Spans) -> None:
@@ -181,9 +195,10 @@ def _judge(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Judge:
         ctx.fail(
             "E335", "judge() labels must be distinct: two or more, or none for a 0-100 score", spans["labels"]
         )
-    _check_template(ctx, a["rubric"], spans["rubric"], _sample_rows(a["texts"]))
+    values = _named_values(ctx, a["rubric"])
+    _check_template(ctx, a["rubric"], spans["rubric"], _with_values(_sample_rows(a["texts"]), values))
     sampling = ir.Sampling(temperature=0.0, samples=1, max_tokens=a["max_tokens"])
-    return df.Judge(a["grader"], a["texts"], a["rubric"], labels, sampling)
+    return df.Judge(a["grader"], a["texts"], a["rubric"], labels, sampling, values)
 
 
 def _rule_of(ctx: Context, value: Any, span: Span) -> df.Rule:

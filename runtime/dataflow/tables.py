@@ -141,16 +141,16 @@ class Tables:
         p = step.params
         rows = []
         for source in self.table(p["source"]):
-            text = self._template(step, p["template"], source)
+            text = self._template(step, p["template"], source, p.get("bound", {}))
             messages = ((("system", p["system"]),) if p["system"] else ()) + (("user", text),)
             prompt = Prompt(messages, p["prefill"])
             self.prompts.setdefault(prompt.key, prompt)
             rows.append({"item": source["item"], "sample": source["sample"], "prompt": prompt.key})
         return rows
 
-    def _template(self, step: Step, template: str, row: Row) -> str:
+    def _template(self, step: Step, template: str, row: Row, values: Mapping[str, Any] | None = None) -> str:
         try:
-            return render(template, self.fields(row))
+            return render(template, {**(values or {}), **self.fields(row)})
         except TemplateProblem as problem:
             raise StepFailed(f"{step.id}: the template fails on item {row['item']}: {problem}") from None
 
