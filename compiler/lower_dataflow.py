@@ -139,7 +139,7 @@ class DataflowLowering:
 
     def _render(self, prompts: df.PromptSet) -> Table:
         source = self.table(prompts.source)
-        params = {
+        params: dict[str, Any] = {
             "source": source.step,
             "template": prompts.template,
             "system": prompts.system,
