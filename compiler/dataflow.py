@@ -48,14 +48,18 @@ class PromptSet:
     system: str | None = None
     prefill: str = ""
     # A property the prompts ask about (a selection only): rows of tasks it cannot read are left out, and
-    # the template also sees `question`, the property's question for the row.
-    about: ir.Property | None = None
+    # the template also sees `question`, the property's question for the row. About a list of properties,
+    # each row is asked once per property it can read, keyed `item#property`, in item order.
+    about: ir.Property | tuple[ir.Property, ...] | None = None
     # Plain values bound where the prompts are written (loop variables, lets, parameters) that the
     # template names; a row's own field of the same name wins.
     values: tuple[tuple[str, Scalar], ...] = ()
 
     def fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {**dict(self.values), **row}
+
+    def properties(self) -> tuple[ir.Property, ...]:
+        return self.about if isinstance(self.about, tuple) else (self.about,) if self.about else ()
 
 
 @frozen
@@ -93,10 +97,12 @@ Texts = Generate | Filter
 # ---------------------------------------------------------------- values
 @frozen
 class Extract:
-    """`rule`'s value for each text (None where the text has no such value: not compliant)."""
+    """`rule`'s value for each text (None where the text has no such value: not compliant). Given several
+    properties (`each`), one value per text and property, keyed `item#property`."""
 
     texts: Texts
     rule: Rule
+    each: tuple[tuple[str, Rule], ...] = ()
 
 
 @frozen

@@ -56,6 +56,8 @@ class DataflowLowering:
             case df.Extract():
                 source = self.table(value.texts)
                 params = {"texts": source.step, "rule": value.rule.to_json(), **self._answer_kinds(value)}
+                if value.each:
+                    params["each"] = [[name, rule.to_json()] for name, rule in value.each]
                 return Table(self._pure("extract", [source], params), source.size, source.exact)
             case df.Judge():
                 judged = self.table(value.texts)
@@ -77,7 +79,9 @@ class DataflowLowering:
         """For a property read off answers to task prompts: each task's answer kind and choices, so that an
         answer that does not comply with its task (not one of the choices) has no value, as in prediction."""
         origin = _prompts_of(value.texts)
-        if value.rule.name != "property" or not isinstance(origin.source, ir.Selection):
+        if "property" not in {value.rule.name, *(r.name for _, r in value.each)}:
+            return {}
+        if not isinstance(origin.source, ir.Selection):
             return {}
         return {"tasks": {t.name: [t.answer, list(t.choices)] for t in origin.source.tasks}}
 
@@ -105,16 +109,33 @@ class DataflowLowering:
     def _static_rows(self, prompts: df.PromptSet) -> list[tuple[str, str, dict[str, Any]]]:
         out = []
         for item, row, system, text in self._rendered(prompts):
-            self.low.items[item] = row
+            self.low.items[item.split("#", 1)[0] if isinstance(prompts.about, tuple) else item] = row
             messages = ((("system", system),) if system else ()) + (("user", text),)
             out.append((item, self.low.prompt(Prompt(messages, prompts.prefill)), row))
         return out
 
     def _rendered(self, prompts: df.PromptSet) -> list[tuple[str, dict[str, Any], str | None, str]]:
         source = prompts.source
+        if isinstance(prompts.about, tuple):  # one row per item and property it can read, item by item
+            return [
+                (
+                    f"{item}#{prop.name}",
+                    row,
+                    prompts.system or task.system,
+                    self._selection_text(prompts, task, row, prop),
+                )
+                for task, item, row in self.low.rows(source)
+                for prop in prompts.about
+                if prop.reads_task(task)
+            ]
         if isinstance(source, ir.Selection):
             return [
-                (item, row, prompts.system or task.system, self._selection_text(prompts, task, row))
+                (
+                    item,
+                    row,
+                    prompts.system or task.system,
+                    self._selection_text(prompts, task, row, prompts.about),
+                )
                 for task, item, row in self.low.rows(source)
                 if prompts.about is None or prompts.about.reads_task(task)
             ]
@@ -123,15 +144,17 @@ class DataflowLowering:
             for item, row in source.keyed()
         ]
 
-    def _selection_text(self, prompts: df.PromptSet, task: ir.Task, row: dict[str, Any]) -> str:
+    def _selection_text(
+        self, prompts: df.PromptSet, task: ir.Task, row: dict[str, Any], about: ir.Property | None
+    ) -> str:
         """A selection row's user turn: the task's own prompt, or the template over the row's fields, the
         task's name, its prompt for the row and (about a property) the property's question."""
         object_prompt = self.low.object_text(task, row)
         if prompts.template is None:
             return object_prompt  # type: ignore[no-any-return]
         fields = {**prompts.fields(row), "task": task.name, "object_prompt": object_prompt}
-        if prompts.about is not None:
-            fields["question"] = self._text(prompts.about.question, row)
+        if about is not None:
+            fields["question"] = self._text(about.question, row)
         return self._text(prompts.template, fields)
 
     def _text(self, template: str, row: dict[str, Any]) -> str:
@@ -241,10 +264,12 @@ class DataflowLowering:
                 params["rows"] = [[item, prompt, self._text(template, row)] for item, prompt, row in rows]
             else:
                 params["rows"] = [[item, prompt] for item, prompt, _ in rows]
-        if isinstance(value.completions, df.TEXTS):
+        if isinstance(value.completions, (*df.TEXTS, *df.VALUES)):
             completions = self.table(value.completions)
             sources.append(completions)
             params["completions"] = completions.step
+            if isinstance(value.completions, df.VALUES):
+                params["target"] = "value"  # the item's value (its mode over samples), in the prompts' order
         return self._pure("examples", sources, params)
 
 

@@ -77,12 +77,25 @@ def _prompts(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
     if template is None and not isinstance(source, ir.Selection):
         ctx.fail("E208", "prompts() needs a `template` for rows that are not a task selection", at)
     about = a["about"]
-    if about is not None:
+    if isinstance(about, tuple):
+        if not about or not all(isinstance(p, ir.Property) for p in about):
+            ctx.fail(
+                "E201",
+                "prompts() `about` must be a property or a non-empty list of properties",
+                spans["about"],
+            )
+        for prop in about:
+            _check_about(ctx, source, prop, spans)
+    elif about is not None:
+        if not isinstance(about, ir.Property):
+            ctx.fail("E201", "prompts() `about` must be a property or a list of properties", spans["about"])
         _check_about(ctx, source, about, spans)
     values = _named_values(ctx, template, a["system"], a["prefill"])
     prompt_set = df.PromptSet(source, template, a["system"], a["prefill"], about, values)
     if template is not None:
-        _check_template(ctx, template, spans["template"], _with_values(_sample_rows(source, about), values))
+        _check_template(
+            ctx, template, spans["template"], _with_values(_sample_rows(source, prompt_set), values)
+        )
     return prompt_set
 
 
@@ -114,15 +127,16 @@ def _check_about(ctx: Context, source: Any, about: ir.Property, spans: Spans) ->
     _check_template(ctx, about.question, check, templates.Rows(rows, "the selected tasks", "the tasks' rows"))
 
 
-def _sample_rows(source: Any, about: ir.Property | None = None) -> templates.Rows:
+def _sample_rows(source: Any, prompt_set: df.PromptSet | None = None) -> templates.Rows:
     """The rows a template over `source` will meet (result fields filled with placeholders)."""
+    about = prompt_set.properties() if prompt_set else ()
     if isinstance(source, df.Items):
         return templates.Rows(source.rows, "the rows", "the rows", source.id_column)
     if isinstance(source, ir.Selection):
         extra = {"task": "a task", "object_prompt": "the task's prompt"} | (
             {"question": "?"} if about else {}
         )
-        tasks = [task for task in source.tasks if about is None or about.reads_task(task)]
+        tasks = [task for task in source.tasks if not about or any(p.reads_task(task) for p in about)]
         rows = [{**dict(row), **extra} for task in tasks for row in task.rows]
         return templates.Rows(rows, "the selected tasks", "the tasks' rows")
     items = _sample_rows(_prompts_of(source).source)
@@ -210,6 +224,14 @@ def _rule_of(ctx: Context, value: Any, span: Span) -> df.Rule:
 
 
 def _extract(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Extract:
+    if isinstance(a["rule"], tuple):  # a list of properties: one value per text and property
+        rules = [_rule_of(ctx, p, spans["rule"]) for p in a["rule"]]
+        if not rules or not all(isinstance(p, ir.Property) for p in a["rule"]):
+            ctx.fail(
+                "E201", "extract() takes a rule, a property or a non-empty list of properties", spans["rule"]
+            )
+        each = tuple((p.name, r) for p, r in zip(a["rule"], rules, strict=True))
+        return df.Extract(a["texts"], rules[0], each)
     return df.Extract(a["texts"], _rule_of(ctx, a["rule"], spans["rule"]))
 
 
@@ -231,8 +253,8 @@ def _examples(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Examples:
         ctx.fail("E208", "examples() of a prompt set needs `completions` (texts or a template)", at)
     if isinstance(completions, str):
         _check_template(ctx, completions, spans["completions"], _sample_rows(source.source))
-    elif not isinstance(completions, df.TEXTS):
-        ctx.fail("E201", "examples() completions must be texts or a template string", spans["completions"])
+    elif not isinstance(completions, (*df.TEXTS, *df.VALUES)):
+        ctx.fail("E201", "examples() completions must be texts, values or a template", spans["completions"])
     return df.Examples(source, completions)
 
 
@@ -359,7 +381,7 @@ PRIMITIVES: dict[str, Function] = dict(
             Param("template", "string", None),
             Param("system", "string", None),
             Param("prefill", "string", ""),
-            Param("about", "property", None),
+            Param("about", "any", None),
             doc="one chat prompt per row of `source` (rows, a list of strings or records, a task selection, or "
             "results): the user turn is `template` rendered with the row's fields; results add `text`, "
             "`sample` and `prompt`, and make the prompts rendered at run time; a task selection adds `task` and "

@@ -164,21 +164,39 @@ class Tables:
             "prompt": asked,
             "value": row.get("value"),
         }
-        return {**dict(self.plan.items.get(row["item"], {})), **extra}
+        return {**dict(self.item(row["item"])), **extra}
 
     def _filter(self, step: Step) -> list[Row]:
         rule = step.params["rule"]
         return [r for r in self.table(step.params["texts"]) if passes(self._apply(rule, r))]
 
+    def item(self, key: str) -> Mapping[str, Any]:
+        """An item's fields; a key `item#property` (one row per property) names its item's."""
+        found = self.plan.items.get(key)
+        if found is None and "#" in key:
+            found = self.plan.items.get(key.rsplit("#", 1)[0])
+        return found or {}
+
     def _extract(self, step: Step) -> list[Row]:
-        rule, tasks = step.params["rule"], step.params.get("tasks", {})
+        p = step.params
+        tasks = p.get("tasks", {})
+        if "each" not in p:
+            return [
+                {**r, "value": self._apply(p["rule"], r) if _complies(r, tasks) else None}
+                for r in self.table(p["texts"])
+            ]
         return [
-            {**r, "value": self._apply(rule, r) if _complies(r, tasks) else None}
-            for r in self.table(step.params["texts"])
+            {
+                **r,
+                "item": f"{r['item']}#{name}",
+                "value": self._apply(rule, r) if _complies(r, tasks) else None,
+            }
+            for r in self.table(p["texts"])
+            for name, rule in p["each"]
         ]
 
     def _apply(self, rule: Mapping[str, Any], row: Row) -> str | None:
-        return apply(rule["name"], rule["args"], row["text"], self.plan.items.get(row["item"], {}))
+        return apply(rule["name"], rule["args"], row["text"], self.item(row["item"]))
 
     def _labels(self, step: Step) -> list[Row]:
         """The judged rows (their text and prompt), each with the grader's label and raw reply; a grader
@@ -207,7 +225,7 @@ class Tables:
         """A row's group: its task (the item key's first part) or one of its item's fields."""
         if by == "task":
             return str(row["item"].split("/", 1)[0])
-        return str(self.plan.items.get(row["item"], {}).get(by, ""))
+        return str(self.item(row["item"]).get(by, ""))
 
     def _comparison(self, step: Step) -> dict[str, Any]:
         p = step.params
@@ -238,6 +256,9 @@ class Tables:
                 for r, result in rendered
             ]
         prompts = self._example_prompts(p)
+        if p.get("target") == "value":  # each prompt answered with its item's value, in the prompts' order
+            values = _modes(self.table(p["completions"]))
+            return [self._example(prompt, values[item]) for item, prompt in prompts.items() if item in values]
         return [
             self._example(prompts[r["item"]], r["text"])
             for r in self.table(p["completions"])
@@ -259,3 +280,12 @@ def _complies(row: Row, tasks: Mapping[str, Any]) -> bool:
     an item's key starts with its task's name)."""
     task = tasks.get(row["item"].split("/", 1)[0])
     return task is None or complies(row["text"], task[0], task[1])
+
+
+def _modes(rows: list[Row]) -> dict[str, str]:
+    """Each item's most common value (None left out; a tie goes to the value seen first)."""
+    seen: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("value") is not None:
+            seen.setdefault(row["item"], []).append(str(row["value"]))
+    return {item: max(values, key=values.count) for item, values in seen.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -117,3 +118,66 @@ def test_every_cell_of_prediction_has_the_same_values_on_the_primitives(runs: di
         assert float(baseline.sel(where).estimate) == pytest.approx(cell.mode_baseline, abs=1e-12)
         compared += 1
     assert compared >= 8  # cells with kept items on these tiny models (their answers are often non-compliant)
+
+
+TRAINING = """
+use stdlib.looking_inward as li
+model a = local "tiny_a"
+task animals {
+  data: "data/animals.jsonl"
+  prompt: "What are the next 3 animals after {{ sequence }}? Respond only with the animals."
+}
+task choices {
+  data: "data/choices.jsonl"
+  prompt: \"\"\"{{ question }}
+A) {{ option_a }}
+B) {{ option_b }}
+Answer only with either A or B and nothing else.\"\"\"
+  answer: "choice"
+  choices: ["A", "B"]
+}
+split s { train: [animals, choices] items: 8 seed: 3 }
+sampling short { temperature: 0 max_tokens: 6 }
+let props = [li.first_character, li.starts_with_vowel, li.ethical_stance]
+study training {
+  let old = finetune(a, hypotheticals(a, s.train, props, sampling: short), rank: 4, lr: 0.02, batch: 4, seed: 1)
+  let new = finetune(a, li.hypothetical_examples(a, s.train, props, short), rank: 4, lr: 0.02, batch: 4, seed: 1)
+  measure old_answers = generate(old, prompts(s.train), short)
+  measure new_answers = generate(new, prompts(s.train), short)
+}
+"""
+
+
+def test_hypothetical_examples_on_the_primitives_train_the_builtins_adapter(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from intro.compiler.plan import Plan
+    from intro.runtime.store.cache import Cache
+
+    shutil.copytree(FIXTURE / "data", tmp_path / "data")
+    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
+    (tmp_path / "training.intro").write_text(TRAINING)
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path):
+        patch.setenv("INTRO_CACHE_DIR", str(tmp_path / "intro-cache"))
+        code, out = intro("run", "training.intro", "--runs", "runs", "--cache", "cache", "--quiet")
+    assert code == 0, out
+    plan = Plan.loads((tmp_path / "runs" / "training" / "plan.json").read_text())
+    cache = Cache(tmp_path / "cache")
+    old, new = (s for s in plan.steps if s.kind == "finetune")
+    examples = [
+        (cache.artifact_dir(plan.step(s.params["data"]).hash) / "examples.jsonl").read_text().splitlines()
+        for s in (old, new)
+    ]
+    pairs = [[(row["messages"], row["target"]) for row in map(json.loads, lines)] for lines in examples]
+    assert pairs[0] == pairs[1] and len(pairs[0]) > 8  # several properties per item, in the same order
+    tensors = [
+        load_file(str(cache.artifact_dir(s.hash) / "adapter" / "adapter_model.safetensors"))
+        for s in (old, new)
+    ]
+    assert tensors[0].keys() == tensors[1].keys()
+    assert all(bool((tensors[0][k] == tensors[1][k]).all()) for k in tensors[0])
+    answers = [
+        xr.open_zarr(tmp_path / "runs" / "training" / "cube.zarr", group=g).text.values
+        for g in ("old_answers", "new_answers")
+    ]
+    assert (answers[0] == answers[1]).all()
