@@ -449,6 +449,7 @@ def _diff(args: argparse.Namespace) -> int:
             report["only_in_a"]
             or report["only_in_b"]
             or any(c["difference"] != 0 for m in report["measures"].values() for c in m.get("cells", []))
+            or any("error" in m for m in report["measures"].values())  # cubes that cannot be compared
         )
         return 2 if different else OK
     if args.a.is_dir() or args.b.is_dir():

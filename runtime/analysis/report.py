@@ -44,6 +44,8 @@ def write_report(run: Path, output: Path | None = None) -> Path:
             continue
         draw = FIGURES.get(measure.kind)
         if draw is None:
+            if measure.kind in TABLE_ONLY:  # texts and values: what they hold is best read as a table
+                sections.append((f"{measure.name} ({measure.kind})", "", _table(dataset, measure)))
             continue
         figure = draw(dataset, measure.name)
         name = f"{measure.name}.png"
@@ -383,7 +385,31 @@ def training_figure(dataset: xr.Dataset) -> Figure:
     return figure
 
 
+# ---------------------------------------------------------------- the open language's statistics
+def statistic_figure(dataset: xr.Dataset, name: str) -> Figure:
+    """An estimate or a comparison at every point of the study's axes, with its 95% CI."""
+    axes = [str(d) for d in dataset["estimate"].dims]
+    points = list(np.ndindex(*(dataset.sizes[a] for a in axes)))
+    labels = [", ".join(str(dataset[a].values[i]) for a, i in zip(axes, at, strict=True)) for at in points]
+    value = np.array([float(dataset["estimate"].values[at]) for at in points])
+    low = np.array([float(dataset["ci_low"].values[at]) for at in points])
+    high = np.array([float(dataset["ci_high"].values[at]) for at in points])
+    figure, axis = plt.subplots(figsize=(max(3.0, 0.9 * len(points) + 1.5), 3.4))
+    errors = np.nan_to_num(np.vstack([value - low, high - value]))
+    axis.errorbar(range(len(points)), value, yerr=errors, fmt="o", capsize=4)
+    axis.set_xticks(range(len(points)), [label or name for label in labels], rotation=30, ha="right")
+    if dataset.attrs.get("kind") == "comparison":  # a difference or r: zero is "no effect"
+        axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_ylabel(str(dataset.attrs.get("kind", "estimate")))
+    axis.set_title(f"{name} (95% bootstrap CI over items)")
+    return figure
+
+
+TABLE_ONLY = ("texts", "values")
+
 FIGURES: dict[str, Callable[[xr.Dataset, str], Figure]] = {
+    "estimate": statistic_figure,
+    "comparison": statistic_figure,
     "prediction": prediction_figure,
     "calibration": calibration_figure,
     "behaviour_change": behaviour_figure,
@@ -399,9 +425,12 @@ def _html(plan: Plan, output: Path, sections: list[tuple[str, str, str]]) -> str
     created = ""
     parts = []
     for title, png, table in sections:
-        encoded = base64.b64encode((output / png).read_bytes()).decode()
+        image = ""
+        if png:
+            encoded = base64.b64encode((output / png).read_bytes()).decode()
+            image = f"<img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>"
         parts.append(
-            f"<section><h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>"
+            f"<section><h2>{html.escape(title)}</h2>{image}"
             + (f"<pre>{html.escape(table)}</pre>" if table else "")
             + "</section>"
         )

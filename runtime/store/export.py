@@ -160,7 +160,10 @@ def table_frame(dataset: xr.Dataset, table: Table, numeric_axes: Sequence[str] =
     """
     import pandas as pd
 
-    frame = dataset[list(table.variables)].to_dataframe(dim_order=list(table.dims)).reset_index()
+    if table.dims:
+        frame = dataset[list(table.variables)].to_dataframe(dim_order=list(table.dims)).reset_index()
+    else:  # a study without loops: its statistics are one point, so one row
+        frame = pd.DataFrame([{name: dataset[name].values.item() for name in table.variables}])
     for axis in numeric_axes:
         if axis in frame.columns:
             frame[axis] = pd.to_numeric(frame[axis])
