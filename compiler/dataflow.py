@@ -54,6 +54,9 @@ class PromptSet:
     # Plain values bound where the prompts are written (loop variables, lets, parameters) that the
     # template names; a row's own field of the same name wins.
     values: tuple[tuple[str, Scalar], ...] = ()
+    # Earlier turns of the conversation, (role, text), before the templated user turn; with no template
+    # they are the whole prompt (the last one a user turn).
+    turns: tuple[tuple[str, str], ...] = ()
 
     def fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {**dict(self.values), **row}
@@ -158,6 +161,7 @@ class Estimate:
     other: Values | None = None
     equals: Scalar | None = None
     by: str | None = None  # one estimate per value of this item field ("task": the item's task or file)
+    over: str = "items"  # the unit resampled: items, or samples (trials of one prompt, as concept injection)
 
 
 @frozen

@@ -110,7 +110,8 @@ class DataflowLowering:
         out = []
         for item, row, system, text in self._rendered(prompts):
             self.low.items[item.split("#", 1)[0] if isinstance(prompts.about, tuple) else item] = row
-            messages = ((("system", system),) if system else ()) + (("user", text),)
+            asked = (("user", text),) if prompts.template is not None or not prompts.turns else ()
+            messages = ((("system", system),) if system else ()) + prompts.turns + asked
             out.append((item, self.low.prompt(Prompt(messages, prompts.prefill)), row))
         return out
 
@@ -237,6 +238,8 @@ class DataflowLowering:
         params: dict[str, Any] = {"statistic": value.statistic, "values": values.step, "equals": value.equals}
         if value.by is not None:
             params["by"] = value.by
+        if value.over != "items":
+            params["over"] = value.over
         if value.other is not None:
             other = self.table(value.other)
             sources.append(other)

@@ -313,6 +313,22 @@ def _text_file(ctx: Context, spans: Spans, at: Span, **a: Any) -> str:
         ctx.fail("E140", f"cannot read '{a['path']}': {reason}", spans["path"])
 
 
+def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
+    from .injected_thought import _conversation as turns_of
+
+    turns = turns_of(ctx, a["turns"], spans["turns"])
+    items = df.Items("conversation", digest(["conversation", turns]), ({"id": "1"},))
+    return df.PromptSet(items, None, turns=turns)
+
+
+def _repeat(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Sampling:
+    from attrs import evolve
+
+    if a["samples"] < 1:
+        ctx.fail("E307", "samples must be at least 1", spans["samples"])
+    return evolve(a["sampling"], samples=a["samples"])
+
+
 # ---------------------------------------------------------------- rules
 def _rule_builder(name: str, *params: str) -> Any:
     def build(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Rule:
@@ -335,7 +351,9 @@ def _predicted(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Rule:
 # ---------------------------------------------------------------- statistics
 def _estimate(statistic: str) -> Any:
     def build(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Estimate:
-        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"), a["by"])
+        if a["over"] not in ("items", "samples"):
+            ctx.fail("E337", f'{statistic}() `over` must be "items" or "samples"', spans["over"])
+        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"), a["by"], a["over"])
 
     return build
 
@@ -354,6 +372,7 @@ def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: 
 
 _VALUES = Param("values", "values")
 _BY = Param("by", "string", None)
+_OVER = Param("over", "string", "items")
 
 PRIMITIVES: dict[str, Function] = dict(
     [
@@ -389,6 +408,24 @@ PRIMITIVES: dict[str, Function] = dict(
             "read and adds `question` (the property's question for the row)",
             returns="prompts",
             example='prompts(["What is 2 + 2?", "Name a colour."])',
+        ),
+        _fn(
+            "conversation",
+            _conversation,
+            Param("turns", "list"),
+            doc="prompts: one chat prompt that is the whole conversation `turns` (records `{ user: ... }`, "
+            "`{ assistant: ... }`, `{ system: ... }`, the last a user turn)",
+            returns="prompts",
+            example='conversation([{ user: "Hello." }, { assistant: "Hi." }, { user: "Do you notice anything?" }])',
+        ),
+        _fn(
+            "repeat",
+            _repeat,
+            Param("sampling", "sampling"),
+            Param("samples", "int"),
+            doc="a sampling: `sampling` with `samples` answers per prompt (trials of one prompt)",
+            returns="sampling",
+            example="repeat(li.object_level, 5)",
         ),
         _fn(
             "generate",
@@ -509,6 +546,22 @@ PRIMITIVES: dict[str, Function] = dict(
             example="predicted(li.first_character)",
         ),
         _fn(
+            "detects",
+            _rule_builder("detects"),
+            doc='a rule: "true" when the reply\'s first word is yes (an affirmed detection)',
+            returns="rule",
+            example="detects()",
+        ),
+        _fn(
+            "identifies",
+            _rule_builder("identifies", "word"),
+            Param("word", "string"),
+            doc='a rule: "true" when the reply affirms a detection, names `word` and is coherent (not empty, '
+            "not a loop)",
+            returns="rule",
+            example='identifies("ocean")',
+        ),
+        _fn(
             "nth_word",
             _rule_builder("nth_word", "n"),
             Param("n", "int", 1),
@@ -522,6 +575,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _VALUES,
             Param("equals", "any", None),
             _BY,
+            _OVER,
             doc="an estimate: the share of values equal to `equals` (true-like values when not given), "
             "averaged per item, with a bootstrap 95% CI over items",
             returns="estimate",
@@ -532,6 +586,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _estimate("mean"),
             _VALUES,
             _BY,
+            _OVER,
             doc="an estimate: the mean of numeric values (per item, then over items), with a bootstrap CI",
             returns="estimate",
             example='mean(score(qwen, prompts(["Say yes."]), "yes"))',
@@ -542,6 +597,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _VALUES,
             Param("other", "values"),
             _BY,
+            _OVER,
             doc="an estimate: how often `values` equals the most common of `other`'s values on the same item",
             returns="estimate",
             example='accuracy(choose(qwen, prompts(["Pick A or B."]), ["A", "B"]), '
@@ -552,6 +608,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _estimate("mode_baseline"),
             _VALUES,
             _BY,
+            _OVER,
             doc="an estimate: how often an item's value is the most common value over all items",
             returns="estimate",
             example='mode_baseline(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)))',

@@ -68,7 +68,9 @@ def item_scores(
 
 
 def comparison(statistic: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    shared = [item for item in a["scores"] if item in b["scores"]]
+    # Trials (samples) of two conditions are independent draws, never pairs, whatever their index.
+    independent = "samples" in (a.get("over"), b.get("over"))
+    shared = [] if independent else [item for item in a["scores"] if item in b["scores"]]
     first = np.array([a["scores"][i] for i in shared], dtype=float)
     second = np.array([b["scores"][i] for i in shared], dtype=float)
     if statistic == "correlation":

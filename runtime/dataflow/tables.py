@@ -210,15 +210,16 @@ class Tables:
 
     def _estimate(self, step: Step) -> dict[str, Any]:
         p = step.params
-        values = self.table(p["values"])
-        other = self.table(p["other"]) if p.get("other") else None
+        values = _units(self.table(p["values"]), p.get("over"))
+        other = _units(self.table(p["other"]), p.get("over")) if p.get("other") else None
+        over = {"over": p.get("over", "items")}
         if not p.get("by"):
-            return estimate(p["statistic"], values, other, p.get("equals"))
+            return {**estimate(p["statistic"], values, other, p.get("equals")), **over}
         groups: dict[str, Any] = {}
         for group in dict.fromkeys(self._group(r, p["by"]) for r in values):
             mine = [r for r in values if self._group(r, p["by"]) == group]
             theirs = None if other is None else [r for r in other if self._group(r, p["by"]) == group]
-            groups[group] = estimate(p["statistic"], mine, theirs, p.get("equals"))
+            groups[group] = {**estimate(p["statistic"], mine, theirs, p.get("equals")), **over}
         return {"by": p["by"], "groups": groups}
 
     def _group(self, row: Row, by: str) -> str:
@@ -289,3 +290,11 @@ def _modes(rows: list[Row]) -> dict[str, str]:
         if row.get("value") is not None:
             seen.setdefault(row["item"], []).append(str(row["value"]))
     return {item: max(values, key=values.count) for item, values in seen.items()}
+
+
+def _units(rows: list[Row], over: str | None) -> list[Row]:
+    """Rows as the statistic's units: per item (samples averaged first), or each sample on its own (trials
+    of one prompt), keyed `item@sample`."""
+    if over != "samples":
+        return rows
+    return [{**row, "item": f"{row['item']}@{row['sample']}"} for row in rows]
