@@ -374,6 +374,8 @@ class Evaluator:
                 self.ctx.fail("E202", "division by zero", node.span)
             result = {"+": left + right, "-": left - right, "*": left * right}.get(op)
             return result if op != "/" else left / right
+        if op in ("+", "-") and vector(left) and vector(right):
+            return ir.SumVector(left, right if op == "+" else ir.ScaledVector(right, -1.0))
         if op == "*" and number(left) and vector(right):
             return ir.ScaledVector(right, float(left))
         if op in ("*", "/") and vector(left) and number(right):

@@ -178,7 +178,25 @@ class FileVector:
     digest: str
 
 
-Vector = ConceptVector | RandomVector | ScaledVector | FileVector
+@frozen
+class ActivationVector:
+    """The mean residual stream after `layer` on the last token of each of `prompts` (a prompt set known
+    before the run; compiler/dataflow.py's PromptSet)."""
+
+    model: Model
+    prompts: Any
+    layer: int
+
+
+@frozen
+class SumVector:
+    """`first + second` (a difference is a sum with a vector scaled by -1)."""
+
+    first: Vector
+    second: Vector
+
+
+Vector = ConceptVector | RandomVector | ScaledVector | FileVector | ActivationVector | SumVector
 
 
 # ---------------------------------------------------------------- training data

@@ -137,6 +137,17 @@ class Lowering:
             case ir.FileVector():
                 params = {"op": "file", "path": vector.path}
                 return self.add_step(f"{name}.file", "vector", [], params, ["file", vector.digest])
+            case ir.ActivationVector():
+                model = self.model(vector.model)
+                prompts = [key for _, key, _ in self.dataflow.static_rows(vector.prompts)]
+                reads = {"op": "activations", "model": model, "layer": vector.layer, "prompts": prompts}
+                identity = [self.models[model].identity, str(vector.layer), prompts]
+                return self.add_step(f"{name}.activations[{vector.layer}]", "vector", [], reads, identity)
+            case ir.SumVector():
+                first, second = self.vector(vector.first), self.vector(vector.second)
+                adds = {"op": "add", "of": [first, second]}
+                summed = ["add", self.steps[first].hash, self.steps[second].hash]
+                return self.add_step(f"{name}.sum", "vector", [first, second], adds, summed)
         raise AssertionError(vector)
 
     # ------------------------------------------------------------ prompts and items

@@ -321,6 +321,26 @@ def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSe
     return df.PromptSet(items, None, turns=turns)
 
 
+def _activations(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ActivationVector:
+    from .builtins import _layer
+
+    _require(ctx, a["model"], "activations", spans["model"], "give activations")
+    if not isinstance(a["model"], ir.BaseModel):
+        ctx.fail(
+            "E338",
+            "activations() reads a declared model's own weights (not a finetuned or steered one)",
+            spans["model"],
+        )
+    if df.is_run_time(a["prompts"]):
+        ctx.fail(
+            "E333",
+            "activations() reads prompts known before the run (not built from results)",
+            spans["prompts"],
+        )
+    layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
+    return ir.ActivationVector(a["model"], a["prompts"], layer)
+
+
 def _repeat(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Sampling:
     from attrs import evolve
 
@@ -417,6 +437,17 @@ PRIMITIVES: dict[str, Function] = dict(
             "`{ assistant: ... }`, `{ system: ... }`, the last a user turn)",
             returns="prompts",
             example='conversation([{ user: "Hello." }, { assistant: "Hi." }, { user: "Do you notice anything?" }])',
+        ),
+        _fn(
+            "activations",
+            _activations,
+            Param("model", "model"),
+            Param("prompts", "prompts"),
+            Param("layer", "number"),
+            doc="a vector: the mean of `model`'s residual stream after `layer` on the last token of each prompt "
+            "(vectors add and subtract: a contrast of two prompt sets is a steering vector)",
+            returns="vector",
+            example='activations(qwen, prompts(["I love dogs."]), 16) - activations(qwen, prompts(["I love cats."]), 16)',
         ),
         _fn(
             "repeat",

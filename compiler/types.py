@@ -85,7 +85,15 @@ def type_name(value: Any) -> str:
             return "task selection"
         case ir.Sampling():
             return "sampling"
-        case ir.ConceptVector() | ir.RandomVector() | ir.ScaledVector() | ir.FileVector():
+        case (
+            ir.ConceptVector()
+            | ir.RandomVector()
+            | ir.ScaledVector()
+            | ir.FileVector()
+            | ir.ActivationVector()
+        ):
+            return "vector"
+        case ir.SumVector():
             return "vector"
         case ir.Hypotheticals() | ir.ObjectAnswers():
             return "training data"
@@ -128,7 +136,14 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 _MODEL = (ir.BaseModel, ir.FinetunedModel, ir.SteeredModel)
-_VECTOR = (ir.ConceptVector, ir.RandomVector, ir.ScaledVector, ir.FileVector)
+_VECTOR = (
+    ir.ConceptVector,
+    ir.RandomVector,
+    ir.ScaledVector,
+    ir.FileVector,
+    ir.ActivationVector,
+    ir.SumVector,
+)
 
 CHECKS: dict[str, Callable[[Any], bool]] = {
     "model": lambda v: isinstance(v, _MODEL),

@@ -1,8 +1,5 @@
-"""Step handlers for concept injection (Lindsey 2025): vector steps and the injected-thought measurement.
-
-A `vector` step writes `<cache>/artifacts/<step hash>/vector.safetensors` (where the executor's steering
-looks for it): a concept vector read from the model, a norm-matched random direction, a scaled vector, or
-a copy of a user's file. An `injected_thought` step grades the cached trial replies and fills its cube:
+"""The injected-thought measurement (Lindsey 2025): an `injected_thought` step grades the cached trial
+replies and fills its cube (its vectors are `vector` steps, runtime/dataflow/vectors.py):
 
 - per trial (dims: the measure's axes, `trial`): `injected_response`, `control_response` (strings),
   `injected_detected`, `injected_identified`, `injected_coherent`, `control_detected` (1.0 / 0.0);
@@ -27,13 +24,12 @@ from attrs import frozen
 
 from intro.compiler.plan import Measure, Plan, Step, digest
 from intro.runtime.analysis import metrics
-from intro.runtime.backends.requests import BackendError, GenerationRequest, Message, ScoreRequest
+from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest
 from intro.runtime.engine.experiment_calls import score_key
 from intro.runtime.store import cube
 from intro.stdlib import graders
 from intro.stdlib.extractors import normalise
 
-VECTOR_FILE = "vector.safetensors"
 RATES = ("detection", "identification", "false_positive", "net")
 TRIAL_GRADES = ("injected_detected", "injected_identified", "injected_coherent", "control_detected")
 JUDGE_RUBRICS = ("coherent", "affirmative_detection", "affirmative_correct_identification")
@@ -162,38 +158,7 @@ class ConceptSteps:
         self._scoring: dict[str, asyncio.Lock] = {}
 
     def handlers(self) -> dict[str, Any]:
-        return {"vector": self.vector, "injected_thought": self.injected_thought}
-
-    # ------------------------------------------------------------ vectors
-    async def vector(self, step: Step) -> None:
-        if self.cache.artifact_done(step.hash):
-            return
-        # Load on the event loop, as the executor does: two threads loading one model would race.
-        loaded = self.run.pool.loaded(step.params["model"]) if step.params["op"] == "concept" else None
-        async with self.run.executor.compute:
-            vector = await asyncio.to_thread(self._make_vector, step.params, loaded)
-        from intro.runtime.backends.activations import save_vector
-
-        save_vector(self.cache.artifact_dir(step.hash) / VECTOR_FILE, vector)
-        norm = float(vector.norm())
-        self.cache.mark_artifact_done(step.hash, {"kind": "vector", "op": step.params["op"], "norm": norm})
-        self.run.say(f"  {step.id}: norm {norm:.2f}")
-
-    def _make_vector(self, p: Mapping[str, Any], loaded: Any) -> Any:
-        from intro.runtime.backends.activations import concept_vector, load_vector, random_vector_like
-
-        op = p["op"]
-        if op == "concept":
-            with loaded.lock:
-                return concept_vector(loaded, p["word"], p["baseline"], p["layer"], p["template"])
-        if op == "file":
-            return load_vector(p["path"])
-        source = load_vector(self.cache.artifact_dir(self.plan.step(p["of"]).hash) / VECTOR_FILE)
-        if op == "random":
-            return random_vector_like(source, int(p["seed"]))
-        if op == "scale":
-            return source * float(p["factor"])
-        raise BackendError(f"unknown vector operation '{op}'")
+        return {"injected_thought": self.injected_thought}
 
     # ------------------------------------------------------------ the measurement
     async def injected_thought(self, step: Step) -> None:

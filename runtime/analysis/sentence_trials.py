@@ -39,8 +39,8 @@ import xarray as xr
 
 from intro.compiler.plan import Measure, Plan, Prompt, Step
 from intro.runtime.analysis import metrics
-from intro.runtime.analysis.injected_thought import VECTOR_FILE
 from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest, Steering
+from intro.runtime.dataflow.vectors import VECTOR_FILE
 from intro.runtime.engine.executor import generation_record
 from intro.runtime.engine.experiment_calls import injection_ids, reply_key, score_key, think_key
 from intro.runtime.store import cube

@@ -22,6 +22,7 @@ from intro.runtime.analysis import injected_thought, measures, sentence_trials
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes as dataflow_cubes
 from intro.runtime.dataflow import steps as dataflow_steps
+from intro.runtime.dataflow import vectors as dataflow_vectors
 from intro.runtime.engine import memory, planview
 from intro.runtime.engine.console import libraries_to_log
 from intro.runtime.engine.executor import Counters, Executor, StepHandler
@@ -160,6 +161,7 @@ class _StudyRun:
                 **injected_thought.handlers(self),
                 **sentence_trials.handlers(self),
                 **dataflow_steps.handlers(self),
+                **dataflow_vectors.handlers(self),
             },
             on_step=self.step_done,
             on_progress=self.calls_progress,
