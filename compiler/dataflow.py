@@ -142,7 +142,16 @@ class Score:
     continuation: str
 
 
-Values = Extract | Judge | Choose | Score
+@frozen
+class Differs:
+    """Per item: "true" where the most common values of `a` and `b` differ, "false" where they agree, none
+    where either has no value (a behaviour that changed, for behaviour-change studies)."""
+
+    a: Values
+    b: Values
+
+
+Values = Extract | Judge | Choose | Score | Differs
 
 
 # ---------------------------------------------------------------- statistics
@@ -162,6 +171,7 @@ class Estimate:
     equals: Scalar | None = None
     by: str | None = None  # one estimate per value of this item field ("task": the item's task or file)
     over: str = "items"  # the unit resampled: items, or samples (trials of one prompt, as concept injection)
+    where: Values | None = None  # only the items whose value here is true-like
 
 
 @frozen
@@ -187,7 +197,7 @@ class Examples:
 
 
 TEXTS = (Generate, Filter)
-VALUES = (Extract, Judge, Choose, Score)
+VALUES = (Extract, Judge, Choose, Score, Differs)
 MEASURABLE = (*TEXTS, *VALUES, Estimate, Comparison)
 
 

@@ -73,6 +73,9 @@ class DataflowLowering:
                 return Table(step, replies.size, replies.exact)
             case df.Choose() | df.Score():
                 return self._scoring(value)
+            case df.Differs():
+                a, b = self.table(value.a), self.table(value.b)
+                return Table(self._pure("differs", [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
         raise AssertionError(f"not a table: {value!r}")
 
     def _answer_kinds(self, value: df.Extract) -> dict[str, Any]:
@@ -240,6 +243,10 @@ class DataflowLowering:
             params["by"] = value.by
         if value.over != "items":
             params["over"] = value.over
+        if value.where is not None:
+            where = self.table(value.where)
+            sources.append(where)
+            params["where"] = where.step
         if value.other is not None:
             other = self.table(value.other)
             sources.append(other)
@@ -279,7 +286,7 @@ class DataflowLowering:
 def _prompts_of(value: Any) -> df.PromptSet:
     """The prompt set a result's items came from (through filters, extracts and judges)."""
     while not isinstance(value, df.Generate | df.Choose | df.Score):
-        value = value.texts
+        value = value.a if isinstance(value, df.Differs) else value.texts
     return value.prompts
 
 

@@ -43,6 +43,7 @@ STEP_VERSIONS: dict[str, int] = {
     "estimate": 1,
     "comparison": 1,
     "examples": 1,
+    "differs": 1,
 }
 
 

@@ -154,7 +154,7 @@ def _result_fields(source: Any) -> dict[str, Any]:
 def _prompts_of(value: Any) -> df.PromptSet:
     """The prompt set a result's items came from (walking through filters, extracts and judges)."""
     while not isinstance(value, df.Generate | df.Choose | df.Score):
-        value = value.texts
+        value = value.a if isinstance(value, df.Differs) else value.texts
     return value.prompts
 
 
@@ -368,12 +368,17 @@ def _predicted(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Rule:
     return df.Rule("predicted", (("name", a["property"].extract),))
 
 
+def _differs(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Differs:
+    return df.Differs(a["a"], a["b"])
+
+
 # ---------------------------------------------------------------- statistics
 def _estimate(statistic: str) -> Any:
     def build(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Estimate:
         if a["over"] not in ("items", "samples"):
             ctx.fail("E337", f'{statistic}() `over` must be "items" or "samples"', spans["over"])
-        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"), a["by"], a["over"])
+        where = a["where"]
+        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"), a["by"], a["over"], where)
 
     return build
 
@@ -393,6 +398,7 @@ def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: 
 _VALUES = Param("values", "values")
 _BY = Param("by", "string", None)
 _OVER = Param("over", "string", "items")
+_WHERE = Param("where", "values", None)
 
 PRIMITIVES: dict[str, Function] = dict(
     [
@@ -447,7 +453,7 @@ PRIMITIVES: dict[str, Function] = dict(
             doc="a vector: the mean of `model`'s residual stream after `layer` on the last token of each prompt "
             "(vectors add and subtract: a contrast of two prompt sets is a steering vector)",
             returns="vector",
-            example='activations(qwen, prompts(["I love dogs."]), 16) - activations(qwen, prompts(["I love cats."]), 16)',
+            example='activations(qwen, prompts(["I love dogs.", "Dogs are great."]), 16)',
         ),
         _fn(
             "repeat",
@@ -601,12 +607,24 @@ PRIMITIVES: dict[str, Function] = dict(
             example="nth_word(1)",
         ),
         _fn(
+            "differs",
+            _differs,
+            Param("a", "values"),
+            Param("b", "values"),
+            doc='values: per item, "true" where the most common values of `a` and `b` differ, "false" where '
+            "they agree, none where either has none (use as `where:` to score only changed items)",
+            returns="values",
+            example='differs(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)), '
+            'extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)))',
+        ),
+        _fn(
             "rate",
             _estimate("rate"),
             _VALUES,
             Param("equals", "any", None),
             _BY,
             _OVER,
+            _WHERE,
             doc="an estimate: the share of values equal to `equals` (true-like values when not given), "
             "averaged per item, with a bootstrap 95% CI over items",
             returns="estimate",
@@ -618,6 +636,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _VALUES,
             _BY,
             _OVER,
+            _WHERE,
             doc="an estimate: the mean of numeric values (per item, then over items), with a bootstrap CI",
             returns="estimate",
             example='mean(score(qwen, prompts(["Say yes."]), "yes"))',
@@ -629,6 +648,7 @@ PRIMITIVES: dict[str, Function] = dict(
             Param("other", "values"),
             _BY,
             _OVER,
+            _WHERE,
             doc="an estimate: how often `values` equals the most common of `other`'s values on the same item",
             returns="estimate",
             example='accuracy(choose(qwen, prompts(["Pick A or B."]), ["A", "B"]), '
@@ -640,6 +660,7 @@ PRIMITIVES: dict[str, Function] = dict(
             _VALUES,
             _BY,
             _OVER,
+            _WHERE,
             doc="an estimate: how often an item's value is the most common value over all items",
             returns="estimate",
             example='mode_baseline(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)))',

@@ -115,6 +115,7 @@ _DATAFLOW_TYPES: dict[type, str] = {
     df.Judge: "values",
     df.Choose: "values",
     df.Score: "values",
+    df.Differs: "values",
     df.Estimate: "estimate",
     df.Comparison: "comparison",
     df.Rule: "rule",

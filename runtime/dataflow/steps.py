@@ -13,7 +13,7 @@ from intro.runtime.dataflow.tables import NotReady, StepFailed, Tables
 from intro.runtime.store import cube
 from intro.runtime.training.training import TrainingExample, write_examples
 
-PURE = ("render", "extract", "filter", "labels", "estimate", "comparison")
+PURE = ("render", "extract", "filter", "labels", "differs", "estimate", "comparison")
 
 
 class DataflowSteps:

@@ -210,8 +210,9 @@ class Tables:
 
     def _estimate(self, step: Step) -> dict[str, Any]:
         p = step.params
-        values = _units(self.table(p["values"]), p.get("over"))
-        other = _units(self.table(p["other"]), p.get("over")) if p.get("other") else None
+        keep = self._kept(p.get("where"))
+        values = _units(keep(self.table(p["values"])), p.get("over"))
+        other = _units(keep(self.table(p["other"])), p.get("over")) if p.get("other") else None
         over = {"over": p.get("over", "items")}
         if not p.get("by"):
             return {**estimate(p["statistic"], values, other, p.get("equals")), **over}
@@ -221,6 +222,25 @@ class Tables:
             theirs = None if other is None else [r for r in other if self._group(r, p["by"]) == group]
             groups[group] = {**estimate(p["statistic"], mine, theirs, p.get("equals")), **over}
         return {"by": p["by"], "groups": groups}
+
+    def _kept(self, where: str | None) -> Any:
+        """A filter of rows to the items whose `where` value is true-like (all rows without `where`)."""
+        if where is None:
+            return lambda rows: rows
+        items = {r["item"] for r in self.table(where) if passes(r.get("value"))}
+        return lambda rows: [r for r in rows if r["item"] in items]
+
+    def _differs(self, step: Step) -> list[Row]:
+        a, b = _modes(self.table(step.params["a"])), _modes(self.table(step.params["b"]))
+        items = dict.fromkeys([*(r["item"] for r in self.table(step.params["a"])), *a, *b])
+        return [
+            {
+                "item": item,
+                "sample": 0,
+                "value": None if item not in a or item not in b else str(a[item] != b[item]).lower(),
+            }
+            for item in items
+        ]
 
     def _group(self, row: Row, by: str) -> str:
         """A row's group: its task (the item key's first part) or one of its item's fields."""

@@ -181,3 +181,48 @@ def test_hypothetical_examples_on_the_primitives_train_the_builtins_adapter(tmp_
         for g in ("old_answers", "new_answers")
     ]
     assert (answers[0] == answers[1]).all()
+
+
+CHANGE = """
+study change {
+  for p in props {
+    measure new = li.behaviour_follows(a, b, s.test, p, short)
+  }
+  measure old = behaviour_change(a, b, s.test, props, sampling: short)
+}
+"""
+
+
+def test_behaviour_change_on_the_primitives_gives_the_builtins_accuracies(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURE / "data", tmp_path / "data")
+    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
+    make_tiny_model(tmp_path / "tiny_b", "qwen2", seed=1)
+    (tmp_path / "change.intro").write_text(HEAD + CHANGE)
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path):
+        patch.setenv("INTRO_CACHE_DIR", str(tmp_path / "intro-cache"))
+        code, out = intro("run", "change.intro", "--runs", "runs", "--cache", "cache", "--quiet")
+    assert code == 0, out
+    store = tmp_path / "runs" / "change" / "cube.zarr"
+    old = xr.open_zarr(store, group="old").load()
+    follows = {
+        name: xr.open_zarr(store, group=f"new.{name}").load() for name in ("new_behaviour", "old_behaviour")
+    }
+    compared = 0
+    names = ["accuracy_new", "new_ci_low", "new_ci_high", "accuracy_old", "changed_items"]
+    for cell in old[names].to_dataframe().reset_index().itertuples():
+        if not cell.changed_items > 0:
+            continue
+        where = {"p": cell.property, "task": cell.task}
+        assert float(follows["new_behaviour"].estimate.sel(where)) == pytest.approx(
+            cell.accuracy_new, abs=1e-12
+        )
+        assert float(follows["old_behaviour"].estimate.sel(where)) == pytest.approx(
+            cell.accuracy_old, abs=1e-12
+        )
+        assert int(follows["new_behaviour"].n.sel(where)) == int(cell.changed_items)
+        assert float(follows["new_behaviour"].ci_low.sel(where)) == pytest.approx(cell.new_ci_low, abs=1e-12)
+        assert float(follows["new_behaviour"].ci_high.sel(where)) == pytest.approx(
+            cell.new_ci_high, abs=1e-12
+        )
+        compared += 1
+    assert compared >= 2
