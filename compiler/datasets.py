@@ -243,7 +243,13 @@ def _checked_ids(
     return tuple(item.row for item in positioned), lines
 
 
+# The id "column" of files whose rows need no ids of their own (chat examples): each row's line number.
+LINE_IDS = "#line"
+
+
 def _row_id(item: _PositionedRow, path: Path, id_column: str) -> str:
+    if id_column == LINE_IDS:
+        return str(item.line)
     if id_column not in item.row:
         fields = ", ".join(item.row) or "none"
         raise DataError(f"the row has no {id_column!r} field (its fields: {fields})", path, item.line, 1)

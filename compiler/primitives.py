@@ -259,11 +259,11 @@ def _examples(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Examples:
 
 
 def _file_examples(ctx: Context, relative: str, span: Span) -> df.Examples:
-    from .datasets import DataError, data_digest, load_rows
+    from .datasets import LINE_IDS, DataError, data_digest, load_rows
 
     path = ctx.confined(relative, span)
-    try:
-        rows, content = load_rows(path), data_digest(path)
+    try:  # chat files rarely have ids, and examples need none: a row is named by its line
+        rows, content = load_rows(path, LINE_IDS), data_digest(path, LINE_IDS)
     except DataError as error:
         if error.line is not None:
             ctx.fail("E141", error.message, Span.point(error.path, error.line, error.column or 1))
@@ -274,9 +274,10 @@ def _file_examples(ctx: Context, relative: str, span: Span) -> df.Examples:
         if chat is None:
             ctx.fail(
                 "E331",
-                f"row '{row['id']}' of '{relative}' is not a training example",
-                span,
+                f"this row of '{relative}' is not a training example",
+                Span.point(str(path), int(row[LINE_IDS]), 1),
                 'each row needs "messages" ending with an assistant turn, or "prompt" and "completion"',
+                f"read by examples() at {span.path}:{span.line}:{span.column}",
             )
         chats.append(chat)
     if not chats:
