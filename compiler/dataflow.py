@@ -162,7 +162,9 @@ class Estimate:
     rate: the share of values equal to `equals` (or true-like when `equals` is None); mean: the mean of
     numeric values; accuracy: how often `values` equals the mode of `other` on the same item (a missing
     value counts as wrong; items where `other` has none are left out);
-    mode_baseline: how often an item's value is the most common value overall.
+    mode_baseline: how often an item's value is the most common value overall; calibration: how far the
+    distribution of `values` (predictions, sampled) is from that of `other` (behaviour, sampled) per item,
+    as Looking Inward's mean absolute deviation x 100 over equal-frequency bins of the top-k behaviours.
     """
 
     statistic: str
@@ -172,6 +174,7 @@ class Estimate:
     by: str | None = None  # one estimate per value of this item field ("task": the item's task or file)
     over: str = "items"  # the unit resampled: items, or samples (trials of one prompt, as concept injection)
     where: Values | None = None  # only the items whose value here is true-like
+    top_k: int = 3  # calibration: the behaviours per item the curve is drawn over
 
 
 @frozen

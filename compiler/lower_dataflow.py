@@ -243,6 +243,8 @@ class DataflowLowering:
             params["by"] = value.by
         if value.over != "items":
             params["over"] = value.over
+        if value.statistic == "calibration":
+            params["top_k"] = value.top_k
         if value.where is not None:
             where = self.table(value.where)
             sources.append(where)

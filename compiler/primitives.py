@@ -376,10 +376,15 @@ def _differs(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Differs:
 # ---------------------------------------------------------------- statistics
 def _estimate(statistic: str) -> Any:
     def build(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Estimate:
-        if a["over"] not in ("items", "samples"):
+        if a.get("over", "items") not in ("items", "samples"):
             ctx.fail("E337", f'{statistic}() `over` must be "items" or "samples"', spans["over"])
-        where = a["where"]
-        return df.Estimate(statistic, a["values"], a.get("other"), a.get("equals"), a["by"], a["over"], where)
+        where, top_k = a.get("where"), a.get("top_k", 3)
+        if top_k < 1:
+            ctx.fail("E307", "top_k must be at least 1", spans["top_k"])
+        over = a.get("over", "items")
+        return df.Estimate(
+            statistic, a["values"], a.get("other"), a.get("equals"), a["by"], over, where, top_k
+        )
 
     return build
 
@@ -665,6 +670,20 @@ PRIMITIVES: dict[str, Function] = dict(
             doc="an estimate: how often an item's value is the most common value over all items",
             returns="estimate",
             example='mode_baseline(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)))',
+        ),
+        _fn(
+            "calibration_curve",
+            _estimate("calibration"),
+            Param("values", "values"),
+            Param("other", "values"),
+            Param("top_k", "int", 3),
+            _BY,
+            doc="an estimate: how far the sampled distribution of `values` (predictions) is from that of `other` "
+            "(behaviour) per item: the mean absolute deviation x 100 over 10 equal-frequency bins of each "
+            "item's `top_k` behaviours (Looking Inward's calibration; 0 is perfect)",
+            returns="estimate",
+            example='calibration_curve(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)), '
+            'extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)))',
         ),
         _fn(
             "difference",

@@ -21,8 +21,10 @@ RESAMPLES = 1000
 
 
 def estimate(
-    statistic: str, values: Sequence[Row], other: Sequence[Row] | None, equals: Any
+    statistic: str, values: Sequence[Row], other: Sequence[Row] | None, equals: Any = None, top_k: int = 3
 ) -> dict[str, Any]:
+    if statistic == "calibration":
+        return calibration(values, other or (), top_k)
     scores = item_scores(statistic, values, other, equals)
     kept = [r for r in values if r.get("value") is not None]
     array = np.array(list(scores.values()), dtype=float)
@@ -35,6 +37,34 @@ def estimate(
         "n": len(scores),
         "compliance": len(kept) / len(values) if values else float("nan"),
         "scores": scores,
+    }
+
+
+def calibration(predicted: Sequence[Row], behaviour: Sequence[Row], top_k: int) -> dict[str, Any]:
+    """Looking Inward's calibration of sampled predictions against sampled behaviour (the built-in
+    calibration's curve: runtime/analysis/calibration.py); items without any behaviour are left out."""
+    from intro.runtime.analysis.calibration import NON_ANSWER, ItemSamples, calibrate
+
+    answers: dict[str, list[str]] = {}
+    for row in predicted:
+        answers.setdefault(row["item"], []).append(
+            NON_ANSWER if row.get("value") is None else str(row["value"])
+        )
+    seen = _values_by_item(behaviour)
+    samples = [
+        ItemSamples("", item, "", tuple(str(v) for v in seen.get(item, ())), tuple(hypothetical))
+        for item, hypothetical in answers.items()
+    ]
+    cell = calibrate(samples, top_k)
+    nan = float("nan")
+    return {
+        "statistic": "calibration",
+        "estimate": cell.curve.mad,
+        "ci_low": nan,
+        "ci_high": nan,
+        "n": cell.items,
+        "compliance": nan,
+        "scores": {},
     }
 
 

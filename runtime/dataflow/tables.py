@@ -214,13 +214,14 @@ class Tables:
         values = _units(keep(self.table(p["values"])), p.get("over"))
         other = _units(keep(self.table(p["other"])), p.get("over")) if p.get("other") else None
         over = {"over": p.get("over", "items")}
+        options = {"equals": p.get("equals"), "top_k": p.get("top_k", 3)}
         if not p.get("by"):
-            return {**estimate(p["statistic"], values, other, p.get("equals")), **over}
+            return {**estimate(p["statistic"], values, other, **options), **over}
         groups: dict[str, Any] = {}
         for group in dict.fromkeys(self._group(r, p["by"]) for r in values):
             mine = [r for r in values if self._group(r, p["by"]) == group]
             theirs = None if other is None else [r for r in other if self._group(r, p["by"]) == group]
-            groups[group] = {**estimate(p["statistic"], mine, theirs, p.get("equals")), **over}
+            groups[group] = {**estimate(p["statistic"], mine, theirs, **options), **over}
         return {"by": p["by"], "groups": groups}
 
     def _kept(self, where: str | None) -> Any:

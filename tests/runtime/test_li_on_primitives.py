@@ -226,3 +226,37 @@ def test_behaviour_change_on_the_primitives_gives_the_builtins_accuracies(tmp_pa
         )
         compared += 1
     assert compared >= 2
+
+
+CALIBRATION = """
+sampling warm { temperature: 1 samples: 4 max_tokens: 6 seed: 2 }
+study calib {
+  for p in props {
+    measure new = li.calibration_of(a, a, s.test, p, warm)
+  }
+  measure old = calibration(a, a, s.test, props, sampling: warm)
+}
+"""
+
+
+def test_calibration_on_the_primitives_gives_the_builtins_mad(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURE / "data", tmp_path / "data")
+    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
+    make_tiny_model(tmp_path / "tiny_b", "qwen2", seed=1)
+    (tmp_path / "calib.intro").write_text(HEAD + CALIBRATION)
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path):
+        patch.setenv("INTRO_CACHE_DIR", str(tmp_path / "intro-cache"))
+        code, out = intro("run", "calib.intro", "--runs", "runs", "--cache", "cache", "--quiet")
+    assert code == 0, out
+    store = tmp_path / "runs" / "calib" / "cube.zarr"
+    old = xr.open_zarr(store, group="old").load()
+    new = xr.open_zarr(store, group="new").load()
+    compared = 0
+    for cell in old[["mad", "items"]].to_dataframe().reset_index().itertuples():
+        if not cell.items > 0:
+            continue
+        where = {"p": cell.property, "task": cell.task}
+        assert float(new.estimate.sel(where)) == pytest.approx(cell.mad, abs=1e-9)
+        assert int(new.n.sel(where)) == int(cell.items)
+        compared += 1
+    assert compared >= 2
