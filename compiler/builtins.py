@@ -249,6 +249,14 @@ def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: 
 _SELECTION = Param("tasks", "selection")
 _PROPERTIES = Param("properties", "properties")
 _TEMPLATE = Param("template", "string", HYPOTHETICAL)
+# inject() and steer() are one builder: steer is the open language's name for the same model value.
+_STEERING = (
+    Param("model", "model"),
+    Param("vector", "vector"),
+    Param("layer", "number"),
+    Param("strength", "number"),
+    Param("start", "string", None),
+)
 
 FUNCTIONS: dict[str, Function] = dict(
     [
@@ -270,11 +278,7 @@ FUNCTIONS: dict[str, Function] = dict(
         _fn(
             "inject",
             _inject,
-            Param("model", "model"),
-            Param("vector", "vector"),
-            Param("layer", "number"),
-            Param("strength", "number"),
-            Param("start", "string", None),
+            *_STEERING,
             doc="a new model: `model` with `strength * vector` added to the residual stream after `layer`, "
             "from the token before `start` on (from the first token when `start` is not given)",
             returns="model",
@@ -443,11 +447,7 @@ FUNCTIONS: dict[str, Function] = dict(
         _fn(
             "steer",
             _inject,
-            Param("model", "model"),
-            Param("vector", "vector"),
-            Param("layer", "number"),
-            Param("strength", "number"),
-            Param("start", "string", None),
+            *_STEERING,
             doc="a new model: `model` whose every call (generate, score, choose) runs with `strength * vector` "
             "added to the residual stream after `layer`, from the token before `start` on",
             returns="model",

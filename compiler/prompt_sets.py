@@ -24,17 +24,21 @@ RESULT_FIELDS = {"text": "an answer", "sample": 0, "prompt": "the question it an
 
 
 # ---------------------------------------------------------------- rows and prompts
-def _rows(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Items:
+def _load(ctx: Context, relative: str, span: Span, id_column: str) -> tuple[tuple[dict[str, Any], ...], str]:
+    """A data file's rows and content digest; a problem is a diagnostic at its line, or at the call."""
     from .datasets import DataError, data_digest, load_rows
 
-    path = ctx.confined(a["path"], spans["path"])
+    path = ctx.confined(relative, span)
     try:
-        rows = load_rows(path, a["id"])
-        content = data_digest(path, a["id"])
+        return load_rows(path, id_column), data_digest(path, id_column)
     except DataError as error:
         if error.line is not None:
             ctx.fail("E141", error.message, Span.point(error.path, error.line, error.column or 1))
-        ctx.fail("E140", f"cannot load '{a['path']}': {error.message}", spans["path"])
+        ctx.fail("E140", f"cannot load '{relative}': {error.message}", span)
+
+
+def _rows(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Items:
+    rows, content = _load(ctx, a["path"], spans["path"], a["id"])
     if not rows:
         ctx.fail("E330", f"'{a['path']}' has no rows", spans["path"])
     return df.Items(Path(a["path"]).stem, content, rows, a["id"])
@@ -177,15 +181,11 @@ def _examples(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Examples:
 
 
 def _file_examples(ctx: Context, relative: str, span: Span) -> df.Examples:
-    from .datasets import LINE_IDS, DataError, data_digest, load_rows
+    from .datasets import LINE_IDS
 
+    # chat files rarely have ids, and examples need none: a row is named by its line
+    rows, content = _load(ctx, relative, span, LINE_IDS)
     path = ctx.confined(relative, span)
-    try:  # chat files rarely have ids, and examples need none: a row is named by its line
-        rows, content = load_rows(path, LINE_IDS), data_digest(path, LINE_IDS)
-    except DataError as error:
-        if error.line is not None:
-            ctx.fail("E141", error.message, Span.point(error.path, error.line, error.column or 1))
-        ctx.fail("E140", f"cannot load '{relative}': {error.message}", span)
     chats = []
     for row in rows:
         chat = _chat_example(row)

@@ -65,6 +65,19 @@ study old_only {
 """
 
 
+def run_study(root: Path, name: str, spec: str) -> Path:
+    """Run `spec` as `<root>/<name>.intro` on the two tiny models; the store of its cube."""
+    shutil.copytree(FIXTURE / "data", root / "data")
+    make_tiny_model(root / "tiny_a", "qwen2", seed=0)
+    make_tiny_model(root / "tiny_b", "qwen2", seed=1)
+    (root / f"{name}.intro").write_text(spec)
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(root):
+        patch.setenv("INTRO_CACHE_DIR", str(root / "intro-cache"))
+        code, out = intro("run", f"{name}.intro", "--runs", "runs", "--cache", "cache", "--quiet")
+    assert code == 0, out
+    return root / "runs" / name / "cube.zarr"
+
+
 def intro(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
@@ -194,15 +207,7 @@ study change {
 
 
 def test_behaviour_change_on_the_primitives_gives_the_builtins_accuracies(tmp_path: Path) -> None:
-    shutil.copytree(FIXTURE / "data", tmp_path / "data")
-    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
-    make_tiny_model(tmp_path / "tiny_b", "qwen2", seed=1)
-    (tmp_path / "change.intro").write_text(HEAD + CHANGE)
-    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path):
-        patch.setenv("INTRO_CACHE_DIR", str(tmp_path / "intro-cache"))
-        code, out = intro("run", "change.intro", "--runs", "runs", "--cache", "cache", "--quiet")
-    assert code == 0, out
-    store = tmp_path / "runs" / "change" / "cube.zarr"
+    store = run_study(tmp_path, "change", HEAD + CHANGE)
     old = xr.open_zarr(store, group="old").load()
     follows = {
         name: xr.open_zarr(store, group=f"new.{name}").load() for name in ("new_behaviour", "old_behaviour")
@@ -240,15 +245,7 @@ study calib {
 
 
 def test_calibration_on_the_primitives_gives_the_builtins_mad(tmp_path: Path) -> None:
-    shutil.copytree(FIXTURE / "data", tmp_path / "data")
-    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
-    make_tiny_model(tmp_path / "tiny_b", "qwen2", seed=1)
-    (tmp_path / "calib.intro").write_text(HEAD + CALIBRATION)
-    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path):
-        patch.setenv("INTRO_CACHE_DIR", str(tmp_path / "intro-cache"))
-        code, out = intro("run", "calib.intro", "--runs", "runs", "--cache", "cache", "--quiet")
-    assert code == 0, out
-    store = tmp_path / "runs" / "calib" / "cube.zarr"
+    store = run_study(tmp_path, "calib", HEAD + CALIBRATION)
     old = xr.open_zarr(store, group="old").load()
     new = xr.open_zarr(store, group="new").load()
     compared = 0
