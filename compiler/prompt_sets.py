@@ -61,7 +61,11 @@ def _literal_items(ctx: Context, values: tuple[Any, ...], span: Span) -> df.Item
     ids = [str(r["id"]) for r in rows]
     if len(set(ids)) != len(ids):
         ctx.fail("E330", "the rows' ids are not unique", span)
-    return df.Items("list", digest(["items", rows]), tuple(rows))
+    content = digest(["items", rows])
+    # Named by content: item keys (`name/id`) carry the row's fields to run-time templates and rules and
+    # pair items across estimates, so two different lists must not share keys; the same list reached
+    # twice (two models asked it) does.
+    return df.Items(f"list-{content[:8]}", content, tuple(rows))
 
 
 def _prompts(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
