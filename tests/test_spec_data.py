@@ -144,8 +144,9 @@ def check_rubrics(data: Path) -> None:
         text = (data / name).read_text(encoding="utf-8")
         assert len(text) <= 900, f"{name}: {len(text)} characters"
         parsed = template_sandbox.parse(text)  # a syntax error is a TemplateProblem
-        assert parsed.names == {"question", "answer"}, f"{name}: reads {sorted(parsed.names)}"
-        shown = template_sandbox.render(text, {"question": "Q-TEXT", "answer": "A-TEXT"})
+        # `text` is the graded answer as judge() names it; `question` is the item's own field
+        assert parsed.names == {"question", "text"}, f"{name}: reads {sorted(parsed.names)}"
+        shown = template_sandbox.render(text, {"question": "Q-TEXT", "text": "A-TEXT"})
         assert "Q-TEXT" in shown and "A-TEXT" in shown and "yes or no" in shown, name
 
 
@@ -200,7 +201,7 @@ DEFECTS = {
     "no warning": ("documents", replace_in("false_claims/documents.jsonl", "false", "odd", -1)),
     "no claim": ("documents", replace_in("false_claims/documents.jsonl", "Rome", "Lyon", -1)),
     "wrong kind": ("claim_questions", replace_in("false_claims/questions.jsonl", '"direct"', '"plain"')),
-    "rubric misses a variable": ("rubrics", replace_in(RUBRICS[0], "{{ answer }}", "the answer")),
+    "rubric misses a variable": ("rubrics", replace_in(RUBRICS[0], "{{ text }}", "the answer")),
     "rubric does not parse": ("rubrics", replace_in(RUBRICS[1], "{{ question }}", "{{ question ")),
 }
 
