@@ -66,6 +66,9 @@ REQUIRED_CODES = {
     "E333": "choose() or score() over prompts built from results",
     "E334": "a rule's bad regular expression",
     "E335": "judge() labels not distinct",
+    "E336": "prompts() about a property of rows that are not a task selection",
+    "E337": "a statistic over a unit that is not items or samples",
+    "E338": "activations() of a finetuned or steered model",
     "E401": "no study",
     "E402": "study measures nothing",
 }
