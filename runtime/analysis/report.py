@@ -405,11 +405,39 @@ def statistic_figure(dataset: xr.Dataset, name: str) -> Figure:
     return figure
 
 
+def comparison_figure(dataset: xr.Dataset, name: str) -> Figure:
+    """A difference: its two sides next to each other at every point (left), and the difference with its
+    95% CI (right), so "self 0.42 vs cross 0.31" and "+0.11 [0.02, 0.20]" read from one picture."""
+    if dataset.attrs.get("statistic") == "correlation" or "a" not in dataset:
+        return statistic_figure(dataset, name)
+    axes = [str(d) for d in dataset["estimate"].dims]
+    points = list(np.ndindex(*(dataset.sizes[a] for a in axes)))
+    labels = [
+        ", ".join(str(dataset[a].values[i]) for a, i in zip(axes, at, strict=True)) or name for at in points
+    ]
+    xs = np.arange(len(points))
+    figure, (sides, diff) = plt.subplots(1, 2, figsize=(max(6.0, 1.4 * len(points) + 3), 3.4))
+    for offset, side, marker in ((-0.12, "a", "o"), (0.12, "b", "s")):
+        sides.plot(xs + offset, [float(dataset[side].values[at]) for at in points], marker, label=side)
+    sides.set_xticks(xs, labels, rotation=30, ha="right")
+    sides.set_ylabel("estimate")
+    sides.legend(fontsize=8)
+    sides.set_title(f"{name}: a and b")
+    value = np.array([float(dataset["estimate"].values[at]) for at in points])
+    low = np.array([float(dataset["ci_low"].values[at]) for at in points])
+    high = np.array([float(dataset["ci_high"].values[at]) for at in points])
+    diff.errorbar(xs, value, yerr=np.nan_to_num(np.vstack([value - low, high - value])), fmt="o", capsize=4)
+    diff.axhline(0, color="grey", linewidth=0.8)
+    diff.set_xticks(xs, labels, rotation=30, ha="right")
+    diff.set_title("a - b (95% bootstrap CI over items)")
+    return figure
+
+
 TABLE_ONLY = ("texts", "values")
 
 FIGURES: dict[str, Callable[[xr.Dataset, str], Figure]] = {
     "estimate": statistic_figure,
-    "comparison": statistic_figure,
+    "comparison": comparison_figure,
     "prediction": prediction_figure,
     "calibration": calibration_figure,
     "behaviour_change": behaviour_figure,

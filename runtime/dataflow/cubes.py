@@ -39,7 +39,14 @@ def dataset(
         data, inner = _rows(measure.kind, axes, shape, [(at, result(step)) for at, step in points], user_turn)
     used = {d for dims, _ in data.values() for d in dims}
     coords = {**dict(zip(axes, values, strict=True)), **{k: v for k, v in inner.items() if k in used}}
-    return xr.Dataset(data, coords=coords, attrs=provenance(plan, measure))
+    attrs = provenance(plan, measure)
+    if measure.kind in ("estimate", "comparison"):  # which statistic: a difference and r read differently
+        attrs["statistic"] = next((_statistic(result(step)) for _, step in points), "")
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _statistic(result: Mapping[str, Any]) -> str:
+    return str(next(iter(_groups(result).values()), {}).get("statistic", ""))
 
 
 Data = tuple[dict[str, Any], dict[str, Any]]  # variables, and coordinates of the inner dims

@@ -114,7 +114,7 @@ def test_the_stdlib_function_makes_no_calls_beyond_the_builtins(runs: dict[str, 
 
 
 def test_every_cell_of_prediction_has_the_same_values_on_the_primitives(runs: dict[str, object]) -> None:
-    old, accuracy, baseline = cube(runs, "old"), cube(runs, "new.accuracy"), cube(runs, "new.mode_baseline")
+    old, accuracy, baseline = cube(runs, "old"), cube(runs, "new.by_task"), cube(runs, "new.baseline_by_task")
     compared = 0
     frame = old[["accuracy", "ci_low", "ci_high", "n", "mode_baseline"]].to_dataframe().reset_index()
     for cell in frame.itertuples():
@@ -131,6 +131,20 @@ def test_every_cell_of_prediction_has_the_same_values_on_the_primitives(runs: di
         assert float(baseline.sel(where).estimate) == pytest.approx(cell.mode_baseline, abs=1e-12)
         compared += 1
     assert compared >= 8  # cells with kept items on these tiny models (their answers are often non-compliant)
+
+
+def test_the_accuracy_over_all_tasks_is_the_builtins_pooled_accuracy(runs: dict[str, object]) -> None:
+    old, pooled = cube(runs, "old"), cube(runs, "new.accuracy")
+    frame = old[["pooled_accuracy", "pooled_n"]].to_dataframe().reset_index()
+    compared = 0
+    for cell in frame.itertuples():
+        if cell.property not in pooled.p or np.isnan(cell.pooled_accuracy):
+            continue
+        new = pooled.sel(subject=cell.subject, predictor=cell.predictor, p=cell.property)
+        assert float(new.estimate) == pytest.approx(cell.pooled_accuracy, abs=1e-12)
+        assert int(new.n) == int(cell.pooled_n)
+        compared += 1
+    assert compared >= 8
 
 
 TRAINING = """
