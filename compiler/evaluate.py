@@ -512,15 +512,18 @@ class _StudyRunner:
             if len(binding.targets) > 1:
                 self._check_tuples(binding, values)
             columns.append((binding.targets, values))
-        for combination in itertools.product(*(values for _, values in columns)):
+        labels = [_arm_labels(values) for _, values in columns]
+        for at in itertools.product(*(range(len(values)) for _, values in columns)):
             local: dict[str, Any] = {}
             point = list(coords)
-            for (names, _), value in zip(columns, combination, strict=True):
+            for (names, values), arms, index in zip(columns, labels, at, strict=True):
+                value = values[index]
                 parts = value if len(names) > 1 else (value,)
-                for name, part in zip(names, parts, strict=True):
-                    local[name] = part
-                    point.append((name, part))
-                    self._record_axis(name, part)
+                local.update(zip(names, parts, strict=True))
+                # A tuple binding is one dimension (its arms), named after its first name.
+                label = arms[index] if len(names) > 1 else _coordinate(value)
+                point.append((names[0], label))
+                self._record_axis(names[0], label)
             self.block(stmt.body, scope.child(local), tuple(point))
 
     def _check_tuples(self, binding: ast.Binding, values: tuple[Any, ...]) -> None:
@@ -536,6 +539,17 @@ class _StudyRunner:
         values = self.axes.setdefault(name, [])
         if label not in values:
             values.append(label)
+
+
+def _arm_labels(values: tuple[Any, ...]) -> list[ir.Scalar]:
+    """The labels of a tuple loop's arms: each tuple's first value, or all its values joined with "/"
+    where the first values alone do not tell the arms apart."""
+    if not values or not isinstance(values[0], tuple):
+        return [_coordinate(v) for v in values]
+    first = [_coordinate(v[0]) for v in values]
+    if len(set(first)) == len(first):
+        return first
+    return ["/".join(str(_coordinate(part)) for part in v) for v in values]
 
 
 def _coordinate(value: Any) -> ir.Scalar:

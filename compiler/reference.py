@@ -154,12 +154,17 @@ CONSTRUCTS: tuple[Construct, ...] = (
     Construct(
         "for",
         ("for NAME in LIST, NAME in LIST { ... }", "for (NAME, NAME) in LIST { ... }"),
-        "Inside a study: sweeps an axis. Several bindings are a cross product; a tuple target unpacks pairs "
-        "(`pairs`, `product`). Each loop variable becomes a dimension of the cubes measured inside, with "
-        "models named by their declared name. A loop over an empty list is an error.",
+        "Inside a study: sweeps an axis. Several bindings are a cross product; a tuple target unpacks "
+        "tuples (`pairs`, `product`, or arms written out). Each binding becomes a dimension of the cubes "
+        "measured inside, with models named by their declared name. A tuple binding is one dimension, named "
+        "after its first name and labelled by each tuple's first value (by all its values, joined with `/`, "
+        "where the first ones repeat): arms like `(\"concept\", v), (\"random\", r)` give one `arm` axis. A "
+        "loop over an empty list is an error.",
         "for (subject, other) in pairs([qwen, gemma]) {\n"
         "  let tuned = finetune(subject, hypotheticals(subject, mini.train, props))\n"
-        "  measure cross = prediction(other, tuned, mini.test, props)\n}",
+        "  measure cross = prediction(other, tuned, mini.test, props)\n}\n"
+        'for (arm, predictor) in [("self", qwen), ("cross", gemma)] {\n'
+        "  measure arms = prediction(predictor, qwen, mini.test, props)\n}",
         in_study=True,
     ),
     Construct(

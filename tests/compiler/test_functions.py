@@ -251,7 +251,29 @@ def test_tuples_are_lists_and_parentheses_alone_only_group(tmp_path: Path) -> No
         + "  }\n"
         + "}\n",
     )
-    assert axes(plan, "p") == [("a", ["m", "other"]), ("b", ["other", "m"]), ("c", ["m"])]
+    # a tuple loop is one dimension, named after its first name and labelled by the arms' first values
+    assert axes(plan, "p") == [("a", ["m", "other"]), ("c", ["m"])]
+
+
+def test_a_tuple_loop_is_one_labelled_dimension_not_a_sparse_cube(tmp_path: Path) -> None:
+    plan = compiled(
+        tmp_path,
+        "arms",
+        "use mylib\n"
+        + HEADER
+        + "study s {\n"
+        + '  for (arm, predictor) in [("own", m), ("cross", other)] {\n'
+        + "    measure p = mylib.cross(predictor, m, t.test)\n"
+        + "  }\n"
+        + "  for (x, y) in [(m, m), (m, other)] {\n"
+        + "    measure q = mylib.cross(x, y, t.test)\n"
+        + "  }\n"
+        + "}\n",
+    )
+    assert axes(plan, "p") == [("arm", ["own", "cross"])]
+    assert [coords for coords, _ in measures(plan)["p"]] == [("own",), ("cross",)]
+    # where the first values repeat, the arms are labelled by all their values
+    assert axes(plan, "q") == [("x", ["m/m", "m/other"])]
 
 
 def test_declared_values_fields_can_be_read(tmp_path: Path) -> None:
