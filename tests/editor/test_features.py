@@ -37,12 +37,13 @@ def test_a_let_that_shadows_a_builtin_is_what_hover_shows() -> None:
 
 
 def test_a_split_completes_its_train_and_test_and_measures_are_not_names() -> None:
-    text = MINI.read_text().replace("mini.test, props, object", "mini.", 1)
+    text = MINI.read_text().replace("mini.test, property, hypothetical", "mini.", 1)
     doc = outline(MINI, text)
     labels = [c.label for c in features.completions(doc, _at(text, "mini.:", 5))]
     assert labels == ["train", "test"]
     inside = [c.label for c in features.completions(doc, _at(text, "measure self", 0))]
-    assert "untrained" not in inside and "self_trained" in inside and "prediction" in inside
+    assert "untrained" not in inside and "self_trained" in inside and "own" in inside
+    assert "difference" in inside
 
 
 def test_hover_on_an_imported_module_and_on_a_named_argument() -> None:

@@ -69,4 +69,4 @@ def test_highlight_renders_html() -> None:
     html = highlight(
         (ROOT / "specs" / "looking_inward_mini.intro").read_text(), IntroLexer(), HtmlFormatter()
     )
-    assert '<span class="kn">use</span>' in html and '<span class="nb">prediction</span>' in html
+    assert '<span class="kn">use</span>' in html and '<span class="nb">finetune</span>' in html
