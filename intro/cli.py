@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from intro.runtime.engine import ray_cli  # standard library only: the --executor options
+
 OK, FAILED, BAD_INPUT, CHANGES, LOCKED = 0, 1, 2, 3, 4
 
 
@@ -91,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
     p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 3 when any step would run")
+    ray_cli.add_executor_options(p)
 
     p = command("fmt", _fmt, "rewrite specs in canonical form")
     p.add_argument("specs", type=Path, nargs="+", help="the .intro files to format")
@@ -110,6 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MODEL=URL",
         help="serve MODEL from an OpenAI-compatible URL",
     )
+    ray_cli.add_executor_options(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument(
         "--quiet",
@@ -339,10 +343,15 @@ def _plan(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
+    if ray_cli.misused(args):
+        return BAD_INPUT
     pending = 0
     for plan in plans:
         summary = plan_summary(plan, cache_dir=args.cache, runs_dir=args.runs)
-        print(json.dumps(summary, indent=1) if args.json else render_summary(summary))
+        if args.executor == "ray" and (failed := ray_cli.add_placement(args, plan, summary)):
+            return failed
+        text = render_summary(summary) + ray_cli.rendered(summary)
+        print(json.dumps(summary, indent=1) if args.json else text)
         pending += summary["totals"]["steps_to_run"]
     return CHANGES if (args.detailed_exitcode and pending) else OK
 
@@ -380,8 +389,8 @@ def _run(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    from intro.runtime.engine.run import run_plans
-
+    if ray_cli.misused(args):
+        return BAD_INPUT
     serving = {}
     for item in args.serve:
         name, sep, url = item.partition("=")
@@ -390,7 +399,7 @@ def _run(args: argparse.Namespace) -> int:
             return BAD_INPUT
         serving[name] = url
     mode = "json" if args.json_progress else "quiet" if args.quiet else "text"
-    return run_plans(plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode)
+    return ray_cli.run(args, plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode)
 
 
 def _show(args: argparse.Namespace) -> int:

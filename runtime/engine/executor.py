@@ -9,6 +9,7 @@ flight. Measurement steps are pure functions of cached results and are recompute
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -117,9 +118,9 @@ class Executor:
             return
         backend = self.pool.backend(step.params["model"])
         steering = self.steering(step.params["model"])
-        for chunk in _chunks(todo, CHUNK):
+        for chunk in _chunks(todo, CHUNK * _width(backend)):
             batch = [self._request(step, key, prompt, sample, steering) for key, prompt, sample in chunk]
-            if self.pool.in_process(step.params["model"]):
+            if self.pool.in_process(step.params["model"]) and not _remote(backend):
                 async with self.compute:
                     results = await backend.generate(batch)
             else:
@@ -150,11 +151,12 @@ class Executor:
         if not todo:
             return
         model = step.params["model"]
+        backend = self.pool.backend(model)
         steering = self.steering(model)
-        for chunk in _chunks(todo, CHUNK):
+        for chunk in _chunks(todo, CHUNK * _width(backend)):
             batch = [self._score_request(call, options, steering) for call, options in chunk]
-            async with self.compute:
-                scores = await self.pool.backend(model).score(batch)
+            async with contextlib.nullcontext() if _remote(backend) else self.compute:
+                scores = await backend.score(batch)
             for score in scores:
                 probs = {option: math.exp(lp) for option, lp in score.logprobs.items()}
                 self.cache.put(score.key, {"probs": probs, "logprobs": dict(score.raw_logprobs),
@@ -225,6 +227,17 @@ def generation_record(result: Generation) -> dict[str, Any]:
     if result.logprobs is not None:
         record["logprobs"] = [[t.token, t.logprob, [list(x) for x in t.top]] for t in result.logprobs]
     return record
+
+
+def _remote(backend: Any) -> bool:
+    """Whether a backend computes in other processes (Ray workers), so its calls skip the driver's lock."""
+    return bool(getattr(backend, "remote", False))
+
+
+def _width(backend: Any) -> int:
+    """Chunks handed to a backend in one call: one, or one per worker for a backend that spreads a call's
+    chunks over its workers (Ray), each chunk still one batch as the local executor makes it."""
+    return max(1, int(getattr(backend, "parallel_batches", 1)))
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

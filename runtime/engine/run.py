@@ -12,7 +12,7 @@ import fcntl
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,7 +27,7 @@ from intro.runtime.engine import memory, planview
 from intro.runtime.engine.console import libraries_to_log
 from intro.runtime.engine.executor import Counters, Executor, StepHandler
 from intro.runtime.engine.journal import open_for_append
-from intro.runtime.engine.pool import BackendPool
+from intro.runtime.engine.pool import BackendPool, LoadListener
 from intro.runtime.engine.progress import Progress, emit_json, step_units
 from intro.runtime.store import cube, cubes_extra
 from intro.runtime.store.cache import Cache, default_cache_dir
@@ -35,6 +35,8 @@ from intro.runtime.training import training
 
 OK, FAILED, LOCKED = 0, 1, 4
 RESUME_HINT = "finished calls are cached; the same command resumes from them"
+# Opens a plan's backends: (plan, cache, serving, on_load) -> pool. BackendPool in this process, or RayPool.
+PoolFactory = Callable[[Plan, Cache, Mapping[str, str], LoadListener], BackendPool]
 
 
 class StudyLockedError(Exception):
@@ -65,9 +67,10 @@ def run_plans(
     cache_dir: Path | None = None,
     serving: Mapping[str, str] | None = None,
     mode: str = "text",
+    pools: PoolFactory = BackendPool,
 ) -> int:
     """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see
-    runtime/engine/progress.py)."""
+    runtime/engine/progress.py); `pools` opens where the models answer (`RayPool` for `--executor ray`)."""
     memory.limit_arenas()
     cache = Cache(cache_dir or default_cache_dir())
     status = OK
@@ -75,7 +78,7 @@ def run_plans(
         directory = runs_dir / plan.study
         try:
             with study_lock(directory):
-                counters = run_plan(plan, directory, cache, serving or {}, mode=mode)
+                counters = run_plan(plan, directory, cache, serving or {}, mode=mode, pools=pools)
         except StudyLockedError as error:
             return _failed(plan, mode, LOCKED, str(error))
         except BackendError as error:
@@ -110,13 +113,19 @@ def _finished(plan: Plan, directory: Path, counters: Counters, mode: str) -> Non
 
 
 def run_plan(
-    plan: Plan, directory: Path, cache: Cache, serving: Mapping[str, str], *, mode: str = "text"
+    plan: Plan,
+    directory: Path,
+    cache: Cache,
+    serving: Mapping[str, str],
+    *,
+    mode: str = "text",
+    pools: PoolFactory = BackendPool,
 ) -> Counters:
     (directory / "plan.json").write_text(plan.dumps(), encoding="utf-8")
     cube.discard_if_damaged(directory / "cube.zarr", cache.report)
     log = (directory / "run.log").open("a", encoding="utf-8")
     journal = open_for_append(directory / "journal.jsonl")
-    pool = BackendPool(plan, cache, serving, on_load=lambda *event: study.progress.model_event(*event))
+    pool = pools(plan, cache, serving, lambda *event: study.progress.model_event(*event))
     study = _StudyRun(plan, directory, cache, pool, log, journal, mode)
     in_process = any(pool.in_process(key) for key in plan.models)
     try:

@@ -1,0 +1,192 @@
+"""`intro run --executor ray` on a local Ray cluster (127.0.0.1, two CPUs): the same cube as the local
+executor, every unique request made once, the same cache keys, and a worker killed mid-run is retried.
+
+The study is a tiny random transformers model in a prediction measure with enough requests for several
+batches, so both actors work at once. One Ray cluster serves the whole module (starting one takes seconds);
+`intro run` in this process joins it, as it joins any session its caller opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import xarray as xr
+
+from intro.cli import main
+from intro.compiler import compile_spec
+from intro.runtime.engine.planview import plan_summary
+from tests.studydata import write_ab_rows, write_sequence_rows
+from tests.tinymodels import cached_tiny_model
+
+ray = pytest.importorskip("ray")
+
+SPEC = """
+use stdlib.looking_inward as li
+model a = local "{model}"
+task seq {{ data: "seq.jsonl" prompt: "Next animals after {{{{ sequence }}}}?" }}
+task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B) {{{{ option_b }}}}" answer: "choice" choices: ["A", "B"] }}
+split s {{ test: [seq, ab] items: 16 seed: 1 }}
+sampling warm {{ temperature: 1 samples: 3 max_tokens: {tokens} seed: 4 }}
+study onray {{
+  measure self = prediction(a, a, s.test, [li.first_character, li.ethical_stance], object: warm, hypothetical: warm)
+}}
+"""
+
+
+def write_study(directory: Path, tokens: int = 6) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_sequence_rows(directory / "seq.jsonl", 40)
+    write_ab_rows(directory / "ab.jsonl", 40)
+    spec = directory / "onray.intro"
+    spec.write_text(SPEC.format(model=cached_tiny_model("qwen2"), tokens=tokens))
+    return spec
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    temp = tempfile.mkdtemp(prefix="intro-ray-")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return write_study(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def local_cube(study, tmp_path_factory):
+    """The study run by the local executor: the cube every Ray run must equal."""
+    root = tmp_path_factory.mktemp("local")
+    status, output = intro("run", study, "--runs", root / "runs", "--cache", root / "cache", "--quiet")
+    assert status == 0, output
+    return cube(root / "runs")
+
+
+def intro(*argv: object) -> tuple[int, str]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        status = main([str(a) for a in argv])
+    return status, printed.getvalue()
+
+
+def cube(runs: Path) -> xr.Dataset:
+    dataset = xr.open_zarr(runs / "onray" / "cube.zarr", group="self").load()
+    del dataset.attrs["created"]  # when the cube was written: the one attribute two runs never share
+    return dataset
+
+
+def calls_made(output: str) -> int:
+    """The model calls of a run, from its final summary line ("onray: N model calls, M from cache, ...")."""
+    line = next(x for x in output.splitlines() if x.startswith("onray: "))
+    return int(line.split(": ")[1].split()[0])
+
+
+def unique_requests(spec: Path, cache: Path) -> int:
+    (plan,) = compile_spec(spec)
+    return int(plan_summary(plan, cache_dir=cache)["totals"]["calls_to_make"])
+
+
+def test_ray_run_equals_local_run_and_shares_its_cache(cluster, study, local_cube, tmp_path):
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    unique = unique_requests(study, cache)
+    status, output = intro(
+        "run", study, "--runs", runs, "--cache", cache, "--quiet", "--executor", "ray", "--workers", 2
+    )
+    assert status == 0, output
+    assert calls_made(output) == unique > 2 * 32  # every unique request once, in more batches than actors
+    xr.testing.assert_identical(cube(runs), local_cube)
+    # Same cache keys: the local executor finds every call cached.
+    status, output = intro("run", study, "--runs", tmp_path / "again", "--cache", cache, "--quiet")
+    assert status == 0, output
+    assert calls_made(output) == 0
+    xr.testing.assert_identical(cube(tmp_path / "again"), local_cube)
+
+
+@pytest.fixture(scope="module")
+def long_study(tmp_path_factory):
+    """The study with longer replies, so batches last long enough to be caught in the middle."""
+    return write_study(tmp_path_factory.mktemp("long"), tokens=32)
+
+
+@pytest.mark.slow  # a cluster, two actors started twice, and a local run to compare with
+def test_a_worker_killed_mid_batch_is_retried_and_the_cube_is_unchanged(cluster, long_study, tmp_path):
+    status, output = intro(
+        "run", long_study, "--runs", tmp_path / "local", "--cache", tmp_path / "c0", "--quiet"
+    )
+    assert status == 0, output
+    argv = ["run", long_study, "--runs", tmp_path / "runs", "--cache", tmp_path / "cache", "--quiet"]
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        outcome["status"], outcome["output"] = intro(*argv, "--executor", "ray", "--workers", 2)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    killed = kill_a_busy_worker(runner)
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    assert outcome["status"] == 0, outcome["output"]
+    assert killed, "no worker was ever seen in the middle of a batch"
+    assert "was lost mid-batch; sending the batch again" in str(outcome["output"])
+    xr.testing.assert_identical(cube(tmp_path / "runs"), cube(tmp_path / "local"))
+
+
+def kill_a_busy_worker(runner: threading.Thread) -> bool:
+    """SIGKILL the first model worker seen running a batch (its process title names the method)."""
+    deadline = time.monotonic() + 120
+    while runner.is_alive() and time.monotonic() < deadline:
+        for process in psutil.process_iter(["name", "cmdline", "pid"]):
+            title = " ".join(process.info["cmdline"] or [])
+            if title.startswith("ray::ModelWorker.generate"):
+                os.kill(process.info["pid"], signal.SIGKILL)
+                return True
+        time.sleep(0.005)
+    return False
+
+
+def test_plan_shows_actors_per_model_and_expected_parallelism(study, tmp_path):
+    status, output = intro("plan", study, "--cache", tmp_path / "cache", "--executor", "ray", "--workers", 2)
+    assert status == 0, output
+    assert "model a: 2 actor(s), 1 CPU (1 torch thread) each" in output
+    assert "up to 2 at once" in output
+    assert "the driver alone writes the cache, the journal and the cubes" in output
+
+
+def test_ray_options_need_the_ray_executor(study, tmp_path):
+    status, output = intro("run", study, "--runs", tmp_path / "runs", "--workers", "2")
+    assert status == 2
+    assert output.strip().endswith("intro: error: --workers needs --executor ray")
+
+
+def test_without_ray_installed_the_run_says_how_to_install_it(study, tmp_path):
+    script = (
+        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed: `import ray` fails
+        "from intro.cli import main\n"
+        f"sys.exit(main(['run', {str(study)!r}, '--runs', {str(tmp_path)!r}, '--executor', 'ray']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "intro: error: --executor ray needs Ray, which is not installed: pip install 'intro[ray]'"
+    ]
+    assert not (tmp_path / "onray").exists()
