@@ -103,6 +103,21 @@ def _inject(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
     return ir.SteeredModel(a["model"], a["vector"], layer, float(a["strength"]), a["start"], span=at)
 
 
+def _steer(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
+    from attrs import evolve
+
+    model = _inject(ctx, spans, at, **{k: v for k, v in a.items() if k != "span"})
+    if a["span"] is None:
+        return model
+    if a["start"] is not None:
+        ctx.fail("E339", "steer() takes `start` or `span`, not both", spans["span"])
+    if not a["span"].strip():
+        ctx.fail("E339", "the steering span is empty", spans["span"])
+    from .prompt_sets import named_values
+
+    return evolve(model, span_text=a["span"], span_values=named_values(ctx, a["span"]))
+
+
 # ---------------------------------------------------------------- training data
 def _hypotheticals(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Hypotheticals:
     _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
@@ -200,6 +215,24 @@ def _take(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[Any, ...]:
     if a["n"] < 0:
         ctx.fail("E313", "take() needs a count of at least 0", spans["n"])
     return tuple(a["items"][: a["n"]])
+
+
+def _without(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[Any, ...]:
+    """The list without the given items and without repeats, in its order."""
+    drop = a["drop"] if isinstance(a["drop"], tuple) else (a["drop"],)
+    return tuple(item for item in dict.fromkeys(a["items"]) if item not in drop)
+
+
+def _capitalized(ctx: Context, spans: Spans, at: Span, **a: Any) -> str | tuple[str, ...]:
+    def first_upper(text: str) -> str:
+        return text[:1].upper() + text[1:]
+
+    value = a["text"]
+    if isinstance(value, str):
+        return first_upper(value)
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        ctx.fail("E201", "capitalized() takes a string or a list of strings", spans["text"])
+    return tuple(first_upper(v) for v in value)
 
 
 def _layers(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[int, ...]:
@@ -410,6 +443,25 @@ FUNCTIONS: dict[str, Function] = dict(
             example="take(intro.sentences, 3)",
         ),
         _fn(
+            "without",
+            _without,
+            Param("items", "list"),
+            Param("drop", "any"),
+            doc="the list without `drop` (an item or a list of items) and without repeats, in its order "
+            "(lists also join with `+`)",
+            returns="list",
+            example='without(intro.candidates, "dog")',
+        ),
+        _fn(
+            "capitalized",
+            _capitalized,
+            Param("text", "any"),
+            doc="`text` with its first character upper-cased and the rest as it is (given a list of strings, "
+            "the list of them so capitalized)",
+            returns="string",
+            example='capitalized("dog")',
+        ),
+        _fn(
             "layers",
             _layers,
             Param("model", "model"),
@@ -446,10 +498,12 @@ FUNCTIONS: dict[str, Function] = dict(
         ),
         _fn(
             "steer",
-            _inject,
+            _steer,
             *_STEERING,
+            Param("span", "string", None),
             doc="a new model: `model` whose every call (generate, score, choose) runs with `strength * vector` "
-            "added to the residual stream after `layer`, from the token before `start` on",
+            "added to the residual stream after `layer`, from the token before `start` on; or, given `span` "
+            "(a template over each prompt's row), only on the prompt tokens of that text",
             returns="model",
             example="steer(qwen, dog, 16, 4)",
         ),

@@ -57,6 +57,8 @@ class PromptSet:
     # Earlier turns of the conversation, (role, text), before the templated user turn; with no template
     # they are the whole prompt (the last one a user turn).
     turns: tuple[tuple[str, str], ...] = ()
+    # Whether the turns are templates over the row (a conversation asked once per row of its source).
+    templated_turns: bool = False
 
     def fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {**dict(self.values), **row}
@@ -103,7 +105,7 @@ class Extract:
     """`rule`'s value for each text (None where the text has no such value: not compliant). Given several
     properties (`each`), one value per text and property, keyed `item#property`."""
 
-    texts: Texts
+    texts: Texts | Values  # values: the rule reads each value as its text
     rule: Rule
     each: tuple[tuple[str, Rule], ...] = ()
 
@@ -151,7 +153,26 @@ class Differs:
     b: Values
 
 
-Values = Extract | Judge | Choose | Score | Differs
+@frozen
+class AllOf:
+    """Per item: "true" where the most common values of `a` and `b` are both true-like, "false" where
+    either is not, none where either has no value (two criteria a trial must meet at once)."""
+
+    a: Values
+    b: Values
+
+
+@frozen
+class Probability:
+    """Per prompt of `choices` (a choose): the probability it gave `option`, normalised over its options;
+    given `against`, the log-odds log P(option) - log P(against) instead."""
+
+    choices: Choose
+    option: str
+    against: str | None = None
+
+
+Values = Extract | Judge | Choose | Score | Differs | AllOf | Probability
 
 
 # ---------------------------------------------------------------- statistics
@@ -200,8 +221,17 @@ class Examples:
 
 
 TEXTS = (Generate, Filter)
-VALUES = (Extract, Judge, Choose, Score, Differs)
+VALUES = (Extract, Judge, Choose, Score, Differs, AllOf, Probability)
 MEASURABLE = (*TEXTS, *VALUES, Estimate, Comparison)
+
+
+def upstream(value: Any) -> Any:
+    """The result a value is computed from (the first of two), towards the prompts its items came from."""
+    if isinstance(value, Differs | AllOf):
+        return value.a
+    if isinstance(value, Probability):
+        return value.choices
+    return value.texts
 
 
 def is_run_time(prompts: PromptSet) -> bool:

@@ -369,6 +369,8 @@ class Evaluator:
         number, vector = CHECKS["number"], CHECKS["vector"]
         if op == "+" and isinstance(left, str) and isinstance(right, str):
             return left + right
+        if op == "+" and isinstance(left, tuple) and isinstance(right, tuple):
+            return left + right  # lists join
         if number(left) and number(right):
             if op == "/" and right == 0:
                 self.ctx.fail("E202", "division by zero", node.span)

@@ -67,6 +67,10 @@ class SteeredModel:
     layer: int
     strength: float
     start: str | None = None  # inject from the token before this text; None: from the first token
+    # Inject only on the prompt tokens of this text, a template over each prompt's row (overrides start);
+    # `span_values` are the plain values in scope where it was written that it names.
+    span_text: str | None = None
+    span_values: tuple[tuple[str, Any], ...] = ()
     label: str = _meta("steered")
     span: Span | None = _meta()
 

@@ -98,7 +98,9 @@ class Lowering:
     def _steered(self, model: ir.SteeredModel) -> str:
         base = self.model(model.base)
         vector = self.vector(model.vector)
-        settings = {"layer": model.layer, "strength": model.strength, "start": model.start}
+        settings: dict[str, Any] = {"layer": model.layer, "strength": model.strength, "start": model.start}
+        if model.span_text is not None:  # only then: steered models without one keep their identities
+            settings.update(span=model.span_text, span_values=dict(model.span_values))
         identity = digest(["steered", self.models[base].identity, self.steps[vector].hash, settings])
         key = f"steer-{identity[:12]}"
         params = {"base": base, "vector": vector, **settings, "label": self.label(model)}

@@ -73,9 +73,14 @@ class DataflowLowering:
                 return Table(step, replies.size, replies.exact)
             case df.Choose() | df.Score():
                 return self._scoring(value)
-            case df.Differs():
+            case df.Differs() | df.AllOf():
+                kind = "differs" if isinstance(value, df.Differs) else "all_of"
                 a, b = self.table(value.a), self.table(value.b)
-                return Table(self._pure("differs", [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+                return Table(self._pure(kind, [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+            case df.Probability():
+                choices = self.table(value.choices)
+                params = {"values": choices.step, "option": value.option, "against": value.against}
+                return Table(self._pure("probability", [choices], params), choices.size, True)
         raise AssertionError(f"not a table: {value!r}")
 
     def _answer_kinds(self, value: df.Extract) -> dict[str, Any]:
@@ -114,7 +119,10 @@ class DataflowLowering:
         for item, row, system, text in self._rendered(prompts):
             self.low.items[item.split("#", 1)[0] if isinstance(prompts.about, tuple) else item] = row
             asked = (("user", text),) if prompts.template is not None or not prompts.turns else ()
-            messages = ((("system", system),) if system else ()) + prompts.turns + asked
+            turns = prompts.turns
+            if prompts.templated_turns:
+                turns = tuple((role, self._text(content, prompts.fields(row))) for role, content in turns)
+            messages = ((("system", system),) if system else ()) + turns + asked
             out.append((item, self.low.prompt(Prompt(messages, prompts.prefill)), row))
         return out
 
@@ -197,6 +205,7 @@ class DataflowLowering:
         else:
             rows = self.static_rows(value.prompts)
             params["rows"] = [[item, 0, prompt] for item, prompt, _ in rows]
+            params.update(self._spans(value.model, rows))
             size, exact = len(rows) * s.samples, True
         content = [
             self.low.models[key].identity,
@@ -218,11 +227,19 @@ class DataflowLowering:
             params["rows"] = [
                 [item, prompt, self._text(value.continuation, row)] for item, prompt, row in rows
             ]
+        params.update(self._spans(value.model, rows))
         content = [self.low.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
         step_id = f"{kind}.{self.study}[{self.low.label(value.model)}]"
         return Table(
             self.low.add_step(step_id, kind, self._model_deps(key), params, content), len(rows), True
         )
+
+    def _spans(self, model: ir.Model, rows: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+        """A model steered on a span: the text each prompt is steered on, rendered with the prompt's row."""
+        if not isinstance(model, ir.SteeredModel) or model.span_text is None:
+            return {}
+        values = dict(model.span_values)
+        return {"spans": [self._text(model.span_text, {**values, **row}) for _, _, row in rows]}
 
     # ------------------------------------------------------------ statistics and measures
     def measure(self, value: Any) -> str:
@@ -288,7 +305,7 @@ class DataflowLowering:
 def _prompts_of(value: Any) -> df.PromptSet:
     """The prompt set a result's items came from (through filters, extracts and judges)."""
     while not isinstance(value, df.Generate | df.Choose | df.Score):
-        value = value.a if isinstance(value, df.Differs) else value.texts
+        value = df.upstream(value)
     return value.prompts
 
 

@@ -44,6 +44,8 @@ STEP_VERSIONS: dict[str, int] = {
     "comparison": 1,
     "examples": 1,
     "differs": 1,
+    "all_of": 1,
+    "probability": 1,
 }
 
 

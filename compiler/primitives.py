@@ -42,6 +42,20 @@ def _check_model_prompts(ctx: Context, model: ir.Model, prompts: df.PromptSet, s
         pass  # a base model continues the rendered text, prefill included: nothing to refuse
     if isinstance(model, ir.SteeredModel):
         _require(ctx, model, "activations", spans["model"], "be steered")
+    _check_span(ctx, model, prompts, spans["model"])
+
+
+def _check_span(ctx: Context, model: ir.Model, prompts: df.PromptSet, span: Span) -> None:
+    """A steering span is rendered with each prompt's row while lowering: the rows must be known then."""
+    if not isinstance(model, ir.SteeredModel) or model.span_text is None:
+        return
+    if df.is_run_time(prompts):
+        ctx.fail(
+            "E340",
+            "a model steered on a span reads prompts known before the run (not built from results)",
+            span,
+        )
+    check_template(ctx, model.span_text, span, with_values(sample_rows(prompts.source), model.span_values))
 
 
 def _choose(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Choose:
@@ -53,6 +67,7 @@ def _choose(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Choose:
         ctx.fail(
             "E333", "choose() reads prompts known before the run (not built from results)", spans["prompts"]
         )
+    _check_span(ctx, a["model"], a["prompts"], spans["model"])
     return df.Choose(a["model"], a["prompts"], options)
 
 
@@ -63,6 +78,7 @@ def _score(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Score:
             "E333", "score() reads prompts known before the run (not built from results)", spans["prompts"]
         )
     check_template(ctx, a["continuation"], spans["continuation"], sample_rows(a["prompts"].source))
+    _check_span(ctx, a["model"], a["prompts"], spans["model"])
     return df.Score(a["model"], a["prompts"], a["continuation"])
 
 
@@ -87,6 +103,8 @@ def _rule_of(ctx: Context, value: Any, span: Span) -> df.Rule:
 
 
 def _extract(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Extract:
+    if not isinstance(a["texts"], (*df.TEXTS, *df.VALUES)):
+        ctx.fail("E201", "extract() reads texts or values", spans["texts"])
     if isinstance(a["rule"], tuple):  # a list of properties: one value per text and property
         rules = [_rule_of(ctx, p, spans["rule"]) for p in a["rule"]]
         if not rules or not all(isinstance(p, ir.Property) for p in a["rule"]):
@@ -96,6 +114,21 @@ def _extract(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Extract:
         each = tuple((p.name, r) for p, r in zip(a["rule"], rules, strict=True))
         return df.Extract(a["texts"], rules[0], each)
     return df.Extract(a["texts"], _rule_of(ctx, a["rule"], spans["rule"]))
+
+
+def _all_of(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.AllOf:
+    return df.AllOf(a["a"], a["b"])
+
+
+def _probability(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Probability:
+    choices = a["choices"]
+    if not isinstance(choices, df.Choose):
+        ctx.fail("E341", "probability() reads the distribution of a choose()", spans["choices"])
+    for name in ("option", "against"):
+        if a[name] is not None and a[name] not in choices.options:
+            listed = ", ".join(repr(o) for o in choices.options)
+            ctx.fail("E341", f"{a[name]!r} is not one of the options chosen from ({listed})", spans[name])
+    return df.Probability(choices, a["option"], a["against"])
 
 
 def _filter(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Filter:
@@ -243,9 +276,10 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
         _fn(
             "extract",
             _extract,
-            Param("texts", "texts"),
+            Param("texts", "any"),
             Param("rule", "any"),
-            doc="values: `rule` (a rule or a property) applied to each text; None where it does not apply",
+            doc="values: `rule` (a rule or a property) applied to each text (or to each value, read as a "
+            "text); None where it does not apply",
             returns="values",
             example='extract(generate(qwen, prompts(["Name a colour."])), nth_word(1))',
         ),
@@ -332,6 +366,30 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             example='identifies("ocean")',
         ),
         _fn(
+            "same_as",
+            _rule_builder("same_as", "value"),
+            Param("value", "string"),
+            doc='a rule: "true" when the text is `value` (both lowercased, punctuation stripped)',
+            returns="rule",
+            example='same_as("Paris")',
+        ),
+        _fn(
+            "quotes",
+            _rule_builder("quotes", "field"),
+            Param("field", "string"),
+            doc='a rule: "true" when the row\'s `field` appears in the text character for character',
+            returns="rule",
+            example='quotes("text")',
+        ),
+        _fn(
+            "disowns",
+            _rule_builder("disowns"),
+            doc='a rule: "true" when the reply disowns what was said before (an accident, a mistake, an '
+            'apology; "not an accident" owns it)',
+            returns="rule",
+            example="disowns()",
+        ),
+        _fn(
             "nth_word",
             _rule_builder("nth_word", "n"),
             Param("n", "int", 1),
@@ -349,6 +407,28 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             returns="values",
             example='differs(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)), '
             'extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)))',
+        ),
+        _fn(
+            "all_of",
+            _all_of,
+            Param("a", "values"),
+            Param("b", "values"),
+            doc='values: per item, "true" where the most common values of `a` and `b` are both true-like, '
+            '"false" where either is not, none where either has none (a trial that must pass two grades)',
+            returns="values",
+            example='all_of(extract(generate(qwen, prompts(["Name a colour."])), contains("blue")), '
+            'extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)))',
+        ),
+        _fn(
+            "probability",
+            _probability,
+            Param("choices", "values"),
+            Param("option", "string"),
+            Param("against", "string", None),
+            doc="values: per prompt, the probability `choices` (a choose()) gave `option`, normalised over its "
+            "options; given `against`, the log-odds log P(option) - log P(against) instead",
+            returns="values",
+            example='probability(choose(qwen, prompts(["Yes or no?"]), ["yes", "no"]), "yes")',
         ),
         _fn(
             "rate",

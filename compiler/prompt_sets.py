@@ -157,7 +157,7 @@ def _result_fields(source: Any) -> dict[str, Any]:
 def prompts_of(value: Any) -> df.PromptSet:
     """The prompt set a result's items came from (walking through filters, extracts and judges)."""
     while not isinstance(value, df.Generate | df.Choose | df.Score):
-        value = value.a if isinstance(value, df.Differs) else value.texts
+        value = df.upstream(value)
     return value.prompts
 
 
@@ -240,8 +240,22 @@ def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSe
     from .injected_thought import _conversation as turns_of
 
     turns = turns_of(ctx, a["turns"], spans["turns"])
-    items = df.Items("conversation", digest(["conversation", turns]), ({"id": "1"},))
-    return df.PromptSet(items, None, turns=turns)
+    source = a["source"]
+    if source is None:
+        items = df.Items("conversation", digest(["conversation", turns]), ({"id": "1"},))
+        return df.PromptSet(items, None, prefill=a["prefill"], turns=turns)
+    if isinstance(source, tuple):
+        source = _literal_items(ctx, source, spans["source"])
+    if not isinstance(source, df.Items):
+        ctx.fail("E201", "conversation() source must be rows or a list", spans["source"])
+    values = named_values(ctx, *(content for _, content in turns))
+    prompt_set = df.PromptSet(
+        source, None, prefill=a["prefill"], values=values, turns=turns, templated_turns=True
+    )
+    rows = with_values(sample_rows(source), values)
+    for _, content in turns:
+        check_template(ctx, content, spans["turns"], rows)
+    return prompt_set
 
 
 # ---------------------------------------------------------------- the table
@@ -288,8 +302,11 @@ PROMPT_SETS: dict[str, Function] = dict(
             "conversation",
             _conversation,
             Param("turns", "list"),
+            Param("source", "any", None),
+            Param("prefill", "string", ""),
             doc="prompts: one chat prompt that is the whole conversation `turns` (records `{ user: ... }`, "
-            "`{ assistant: ... }`, `{ system: ... }`, the last a user turn)",
+            "`{ assistant: ... }`, `{ system: ... }`, the last a user turn); given `source` (rows or a list), "
+            "one per row, each turn a template over the row; the reply starts with `prefill`",
             returns="prompts",
             example='conversation([{ user: "Hello." }, { assistant: "Hi." }, { user: "Do you notice anything?" }])',
         ),

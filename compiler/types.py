@@ -116,6 +116,8 @@ _DATAFLOW_TYPES: dict[type, str] = {
     df.Choose: "values",
     df.Score: "values",
     df.Differs: "values",
+    df.AllOf: "values",
+    df.Probability: "values",
     df.Estimate: "estimate",
     df.Comparison: "comparison",
     df.Rule: "rule",

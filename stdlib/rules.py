@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .extractors import EXTRACTORS, normalise, prediction, words
-from .graders import mentions
+from .graders import disowns, mentions
 
 RuleFn = Callable[..., str | None]
 RULES: dict[str, RuleFn] = {}
@@ -108,6 +108,28 @@ def identifies(text: str, item: Mapping[str, Any], *, word: str) -> str | None:
     found = words(text)
     coherent = bool(found) and len(set(found)) * 3 >= len(found)
     return _bool(coherent and bool(found) and found[0] == "yes" and mentions(text, word))
+
+
+@rule("same_as")
+def same_as(text: str, item: Mapping[str, Any], *, value: str) -> str | None:
+    """ "true" when the text is `value` (both normalised: "Dog." is dog), else "false"."""
+    return _bool(normalise(text) == normalise(value))
+
+
+@rule("quotes")
+def quotes(text: str, item: Mapping[str, Any], *, field: str) -> str | None:
+    """ "true" when the item's `field` appears in the text character for character (a repeated line),
+    else "false"; None when the item has no such field."""
+    if field not in item:
+        return None
+    return _bool(str(item[field]) in text)
+
+
+@rule("disowns")
+def disowns_rule(text: str, item: Mapping[str, Any]) -> str | None:
+    """ "true" when the reply disowns what was said before: an accident, a mistake, an apology ("not an
+    accident" owns it)."""
+    return _bool(disowns(text))
 
 
 @rule("property")

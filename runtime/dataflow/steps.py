@@ -13,7 +13,7 @@ from intro.runtime.dataflow.tables import NotReady, StepFailed, Tables
 from intro.runtime.store import cube
 from intro.runtime.training.training import TrainingExample, write_examples
 
-PURE = ("render", "extract", "filter", "labels", "differs", "estimate", "comparison")
+PURE = ("render", "extract", "filter", "labels", "differs", "all_of", "probability", "estimate", "comparison")
 
 
 class DataflowSteps:
@@ -39,8 +39,9 @@ class DataflowSteps:
         }
 
     async def generate(self, step: Step) -> None:
-        calls = [(c.key, c.prompt, c.index) for c in self._calls(step)]
-        await self.run.executor.generate(step, calls)
+        own = self._calls(step)
+        spans = {c.key: c.span for c in own if c.span is not None}
+        await self.run.executor.generate(step, [(c.key, c.prompt, c.index) for c in own], spans)
         self._finish(step)
 
     async def scoring(self, step: Step) -> None:

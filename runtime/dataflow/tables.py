@@ -44,6 +44,7 @@ class Call:
     sample: int  # the output row's sample index
     index: int  # the sampling index within the prompt (seed offset); the choice set for scoring
     continuation: str = ""
+    span: str | None = None  # a model steered on a span: the prompt text this call is steered on
 
 
 class Tables:
@@ -79,27 +80,45 @@ class Tables:
         """Every model call of a calling step, in row order (keys repeat where prompts do)."""
         if step.kind == "generate":
             return self._generate_calls(step)
-        identity = self.plan.models[step.params["model"]].identity
+        spans = step.params.get("spans") or [None] * len(step.params["rows"])
         calls = []
-        for row in step.params["rows"]:
+        for row, span in zip(step.params["rows"], spans, strict=True):
             item, prompt = row[0], row[1]
+            identity = self.identity(step.params["model"], span)
             choices = step.params["options"] if step.kind == "choose" else [row[2]]
             key = digest(["score-request", step.kind, identity, prompt, choices])
-            calls.append(Call(key, prompt, item, 0, 0, "" if step.kind == "choose" else row[2]))
+            calls.append(Call(key, prompt, item, 0, 0, "" if step.kind == "choose" else row[2], span))
         return calls
+
+    def identity(self, model_key: str, span: str | None) -> str:
+        """What a call's key names as its model: for a model steered on a span, the base model with the
+        injection on that text (the key the built-in concept experiments give the same request)."""
+        entry = self.plan.models[model_key]
+        if span is None:
+            return entry.identity
+        p = entry.params
+        injection = [self._steps[p["vector"]].hash, p["layer"], p["strength"], span]
+        return digest(["span", self.plan.models[p["base"]].identity, injection])
 
     def _generate_calls(self, step: Step) -> list[Call]:
         p = step.params
-        identity = self.plan.models[p["model"]].identity
         params = sampling_params(step)
         if "rows" in p:
             sources = [(item, sample, prompt) for item, sample, prompt in p["rows"]]
         else:
             sources = [(r["item"], r["sample"], r["prompt"]) for r in self.table(p["from"])]
+        spans = p.get("spans") or [None] * len(sources)
         n = p["samples"]
         return [
-            Call(request_key(identity, prompt, params, k), prompt, item, sample * n + k, k)
-            for item, sample, prompt in sources
+            Call(
+                request_key(self.identity(p["model"], span), prompt, params, k),
+                prompt,
+                item,
+                sample * n + k,
+                k,
+                span=span,
+            )
+            for (item, sample, prompt), span in zip(sources, spans, strict=True)
             for k in range(n)
         ]
 
@@ -122,12 +141,11 @@ class Tables:
         rows = []
         for call in self.calls(step):
             # In the spec's order (the cache keeps keys sorted): the cube's option axis, and ties, follow it.
-            record = self._record(call, step)["probs"]
-            probs = {option: record[option] for option in step.params["options"]}
+            record = self._record(call, step)
+            probs = {option: record["probs"][option] for option in step.params["options"]}
             best = max(probs, key=lambda option: probs[option])
-            rows.append(
-                {"item": call.item, "sample": 0, "value": best, "probs": probs, "prompt": call.prompt}
-            )
+            row = {"item": call.item, "sample": 0, "value": best, "probs": probs, "prompt": call.prompt}
+            rows.append({**row, "logprobs": record["logprobs"]})
         return rows
 
     def _score(self, step: Step) -> list[Row]:
@@ -196,7 +214,37 @@ class Tables:
         ]
 
     def _apply(self, rule: Mapping[str, Any], row: Row) -> str | None:
-        return apply(rule["name"], rule["args"], row["text"], self.item(row["item"]))
+        """The rule on a row's text, or on its value read as a text (none stays none)."""
+        text = row["text"] if "text" in row else row.get("value")
+        if text is None:
+            return None
+        return apply(rule["name"], rule["args"], str(text), self.item(row["item"]))
+
+    def _probability(self, step: Step) -> list[Row]:
+        """A choose's probability of one option per prompt, or its log-odds against another."""
+        p = step.params
+        rows = []
+        for r in self.table(p["values"]):
+            if p["against"] is None:
+                value = r["probs"][p["option"]]
+            else:  # from the raw log-probabilities: the difference is the normalised one's, and never -inf
+                value = r["logprobs"][p["option"]] - r["logprobs"][p["against"]]
+            rows.append({"item": r["item"], "sample": r["sample"], "value": value, "prompt": r["prompt"]})
+        return rows
+
+    def _all_of(self, step: Step) -> list[Row]:
+        a, b = _modes(self.table(step.params["a"])), _modes(self.table(step.params["b"]))
+        items = dict.fromkeys([*(r["item"] for r in self.table(step.params["a"])), *a, *b])
+        return [
+            {
+                "item": item,
+                "sample": 0,
+                "value": None
+                if item not in a or item not in b
+                else str(passes(a[item]) and passes(b[item])).lower(),
+            }
+            for item in items
+        ]
 
     def _labels(self, step: Step) -> list[Row]:
         """The judged rows (their text and prompt), each with the grader's label and raw reply; a grader
@@ -301,7 +349,7 @@ def _complies(row: Row, tasks: Mapping[str, Any]) -> bool:
     """Whether an answer to a task prompt complies with its task (`tasks`: name -> [answer kind, choices];
     an item's key starts with its task's name)."""
     task = tasks.get(row["item"].split("/", 1)[0])
-    return task is None or complies(row["text"], task[0], task[1])
+    return task is None or "text" not in row or complies(row["text"], task[0], task[1])
 
 
 def _modes(rows: list[Row]) -> dict[str, str]:

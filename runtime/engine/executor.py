@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from attrs import define, field
+from attrs import define, evolve, field
 
 from intro.compiler.plan import Plan, Step, requests
 from intro.runtime.backends.requests import Generation, GenerationRequest, Message, ScoreRequest, Steering
@@ -93,9 +93,12 @@ class Executor:
     async def sample(self, step: Step) -> None:
         await self.generate(step, list(requests(self.plan, step)))
 
-    async def generate(self, step: Step, calls: list[tuple[str, str, int]]) -> None:
+    async def generate(
+        self, step: Step, calls: list[tuple[str, str, int]], spans: Mapping[str, str] | None = None
+    ) -> None:
         """Make the calls (request key, prompt key, sample index) of a step that are not cached yet: the one
-        path of every generation, whichever step kind asks."""
+        path of every generation, whichever step kind asks. `spans`: request key -> the prompt text a call
+        of a model steered on a span is steered on."""
         unique = list({key: (key, prompt, sample) for key, prompt, sample in calls}.values())
         todo = [r for r in unique if not self.cache.has(r[0])]
         total = len(unique)
@@ -107,19 +110,29 @@ class Executor:
         for key, _, _ in mine:
             self._inflight[key] = loop.create_future()
         try:
-            await self._call(step, mine, total - len(todo), total)
+            await self._call(step, mine, total - len(todo), total, spans or {})
         except BaseException as error:
             self._release(mine, error)
             raise
         await asyncio.gather(*theirs)
 
-    async def _call(self, step: Step, todo: list[tuple[str, str, int]], finished: int, total: int) -> None:
+    async def _call(
+        self,
+        step: Step,
+        todo: list[tuple[str, str, int]],
+        finished: int,
+        total: int,
+        spans: Mapping[str, str],
+    ) -> None:
         if not todo:
             return
         backend = self.pool.backend(step.params["model"])
         steering = self.steering(step.params["model"])
         for chunk in _chunks(todo, CHUNK * _width(backend)):
-            batch = [self._request(step, key, prompt, sample, steering) for key, prompt, sample in chunk]
+            batch = [
+                self._request(step, key, prompt, sample, _on_span(steering, spans.get(key)))
+                for key, prompt, sample in chunk
+            ]
             if self.pool.in_process(step.params["model"]) and not _remote(backend):
                 async with self.compute:
                     results = await backend.generate(batch)
@@ -154,7 +167,9 @@ class Executor:
         backend = self.pool.backend(model)
         steering = self.steering(model)
         for chunk in _chunks(todo, CHUNK * _width(backend)):
-            batch = [self._score_request(call, options, steering) for call, options in chunk]
+            batch = [
+                self._score_request(call, options, _on_span(steering, call.span)) for call, options in chunk
+            ]
             async with contextlib.nullcontext() if _remote(backend) else self.compute:
                 scores = await backend.score(batch)
             for score in scores:
@@ -227,6 +242,13 @@ def generation_record(result: Generation) -> dict[str, Any]:
     if result.logprobs is not None:
         record["logprobs"] = [[t.token, t.logprob, [list(x) for x in t.top]] for t in result.logprobs]
     return record
+
+
+def _on_span(steering: Steering | None, span: str | None) -> Steering | None:
+    """A model's steering, narrowed to one call's span (the prompt tokens of that text) where it has one."""
+    if steering is None or span is None:
+        return steering
+    return evolve(steering, start_text=None, span_text=span)
 
 
 def _remote(backend: Any) -> bool:
