@@ -51,11 +51,15 @@ def test_the_notebook_analyses_the_run_named_by_intro_run(workdir, tmp_path, mon
     namespace: dict = {}  # type: ignore[type-arg]
     for source in code_cells(json.loads(NOTEBOOK.read_text(encoding="utf-8"))):
         exec(compile(source, str(NOTEBOOK), "exec"), namespace)
-    assert namespace["measure"] == "untrained"
+    assert namespace["measure"] == "untrained.accuracy"
     comparison = namespace["comparison"]
-    assert len(comparison) == 8  # 2 subjects x 2 predictors x 1 task x 2 properties
-    assert (tmp_path / "tables" / "untrained.parquet").is_file()
-    assert list(namespace["self_vs_cross"].columns) == ["cross", "self"]
+    assert len(comparison) == 8  # 2 subjects x 2 predictors x 2 properties
+    assert (tmp_path / "tables" / "untrained.accuracy.parquet").is_file()
+    self_vs_cross = namespace["self_vs_cross"]
+    assert list(self_vs_cross.columns) == ["self", "cross", "advantage", "ci_low", "ci_high", "n"]
+    assert len(self_vs_cross) == 4  # 2 ordered pairs x 2 properties
+    difference = self_vs_cross["self"] - self_vs_cross["cross"]
+    assert ((difference - self_vs_cross["advantage"]).abs() < 1e-9).all()
 
 
 def readme_pandas_snippet() -> str:

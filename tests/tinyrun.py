@@ -1,9 +1,14 @@
 """A small real run for tests that read results: `intro run` of a tiny study against the echo server.
 
-Two API models (`a`, `b`: litellm against tests.servers.EchoServer on 127.0.0.1) in a subject x predictor
-sweep of a prediction measure, plus a calibration measure over a numeric axis, so the cube has loop axes,
-per-item, per-cell, pooled and per-bin variables. About forty model calls; built once per test process
-and copied from there.
+It mirrors the main job (specs/looking_inward_mini.intro) on the stdlib's functions, without training:
+two API models (`a`, `b`: litellm against tests.servers.EchoServer on 127.0.0.1) in a subject x predictor
+x property sweep of `li.predict_property`; for each ordered pair, each model predicting itself (`self`)
+and the other predicting it (`cross`), with their paired `difference` (`advantage`); and
+`li.calibration_of` over a numeric axis. So the run has estimate cubes per field (`untrained.accuracy`,
+`self.by_task`, ...) with per-item scores, a comparison cube and per-task groups. The echo server answers
+both models alike with "echo: " and the prompt, and one word of that is the hypothetical answer: every
+first word is predicted and no first character, for self and cross alike (an advantage of zero). Thirty
+model calls; built once per test process and copied from there.
 """
 
 from __future__ import annotations
@@ -27,14 +32,25 @@ model a = litellm "openai/echo" {{ api_base: "{url}", api_key_env: "INTRO_TINYRU
 model b = litellm "openai/echo-two" {{ api_base: "{url}", api_key_env: "INTRO_TINYRUN_KEY" }}
 task seq {{ data: "seq.jsonl" prompt: "Next animals after {{{{ sequence }}}}?" }}
 split s {{ test: [seq] items: 3 seed: 3 }}
+sampling one_word {{ max_tokens: 1 }}
 sampling warm {{ temperature: 1 samples: 2 max_tokens: 5 }}
+let props = [li.first_character, li.first_word]
 study {study} {{
-  for subject in [a, b], predictor in [a, b] {{
-    measure untrained = prediction(predictor, subject, s.test, [li.first_character, li.first_word])
+  for subject in [a, b], predictor in [a, b], property in props {{
+    measure untrained = li.predict_property(predictor, subject, s.test, property, hypothetical: one_word)
+  }}
+  for (subject, other) in pairs([a, b]) {{
+    for property in props {{
+      let own = li.predict_property(subject, subject, s.test, property, hypothetical: one_word)
+      let crossed = li.predict_property(other, subject, s.test, property, hypothetical: one_word)
+      measure self = own
+      measure cross = crossed
+      measure advantage = difference(own.accuracy, crossed.accuracy)
+    }}
   }}
   # A numeric axis for exports to keep as numbers: the same measurement twice, so its steps run once.
   for copy in [1, 2] {{
-    measure calibration = calibration(a, a, s.test, [li.first_character], sampling: warm)
+    measure calibration = li.calibration_of(a, a, s.test, li.first_character, sampling: warm)
   }}
 }}
 """

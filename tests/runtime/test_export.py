@@ -48,13 +48,15 @@ def test_open_run_is_a_datatree_of_the_cube_groups_and_import_intro_stays_light(
 
     tree = intro.open_run(run)
     assert isinstance(tree, xr.DataTree)
-    assert list(tree.children) == ["untrained", "calibration"]  # the plan's measure order
+    fields = ["accuracy", "mode_baseline", "by_task", "baseline_by_task"]
+    measured = [f"{measure}.{field}" for measure in ("untrained", "self", "cross") for field in fields]
+    assert list(tree.children) == [*measured, "advantage", "calibration"]  # the plan's measure order
     for name, expected in cube_groups(run).items():
         node = tree[name].to_dataset().load()
         assert node.identical(expected), name
     assert not tree.to_dataset().data_vars
     assert tree.attrs["plan_hash"] == plan_of(run).hash
-    assert tree["untrained"].attrs["plan_hash"] == plan_of(run).hash
+    assert tree["untrained.accuracy"].attrs["plan_hash"] == plan_of(run).hash
 
 
 def read_tables(folder: Path, suffix: str) -> dict[str, pd.DataFrame]:
@@ -83,7 +85,7 @@ def check_export(run: Path, folder: Path, suffix: str) -> None:
     tables = read_tables(folder, suffix)
     plan_hash = plan_of(run).hash
     for group, cube in cube_groups(run).items():
-        mine = {name: frame for name, frame in tables.items() if name.split(".")[0] == group}
+        mine = {name: frame for name, frame in tables.items() if _of_group(name, group)}
         holders = {v: [t for t, f in mine.items() if v in f.columns] for v in cube.data_vars}
         assert all(len(h) == 1 for h in holders.values()), holders  # each variable in exactly one table
         for name, frame in mine.items():
@@ -91,38 +93,56 @@ def check_export(run: Path, folder: Path, suffix: str) -> None:
             widest = max(held, key=lambda v: v.ndim)
             assert len(frame) == math.prod(widest.shape), name  # one row per cell
             assert set(map(str, widest.dims)) <= set(frame.columns)  # every axis a column
-            assert set(frame["plan_hash"]) == {plan_hash}
+            assert set(frame["plan_hash"]) == ({plan_hash} if len(frame) else set())
             for variable in held:
                 assert_same_values(frame, variable, str(variable.name))
-    items = tables["untrained"]
+    items = tables["untrained.accuracy"]
     assert set(items["subject"]) == set(items["predictor"]) == {"a", "b"}  # model keys, not positions
-    assert len(items) == math.prod(cube_groups(run)["untrained"]["correct"].shape)
+    assert len(items) == math.prod(cube_groups(run)["untrained.accuracy"]["score"].shape)
+
+
+def _of_group(name: str, group: str) -> bool:
+    """A group's tables are `<group>` and `<group>.by_<dims>` (group names hold dots: `self.accuracy`)."""
+    return name == group or name.startswith(f"{group}.by_")
 
 
 def test_export_parquet_has_one_row_per_cell_and_the_plan_hash(run, tmp_path, capsys):
     out = tmp_path / "tables"
     assert main(["export", str(run), "--out", str(out)]) == 0
-    assert "untrained.parquet (24 rows)" in capsys.readouterr().out
+    assert "untrained.accuracy.parquet (24 rows)" in capsys.readouterr().out
     check_export(run, out, "parquet")
-    metadata = json.loads(pq.read_schema(out / "untrained.parquet").metadata[b"intro"])
+    metadata = json.loads(pq.read_schema(out / "untrained.accuracy.parquet").metadata[b"intro"])
     assert metadata["plan_hash"] == plan_of(run).hash
-    assert metadata["dims"] == ["subject", "predictor", "task", "property", "item"]
+    assert metadata["dims"] == ["subject", "predictor", "property", "item"]
     assert json.loads(metadata["models"]) == {"a": "litellm:openai/echo", "b": "litellm:openai/echo-two"}
-    cells = pd.read_parquet(out / "calibration.by_task_property.parquet")
+    cells = pd.read_parquet(out / "calibration.by_task.parquet")
     assert cells["copy"].tolist() == [1, 2] and cells["copy"].dtype.kind == "i"  # a numeric sweep: numbers
     manifest = json.loads((out / "export.json").read_text())
-    assert manifest["tables"]["untrained.by_task_property"]["rows"] == 8
-    assert set(manifest["provenance"]) == {"untrained", "calibration"}
+    assert manifest["tables"]["untrained.accuracy.by_point"]["rows"] == 8  # 2 subjects x 2 predictors x 2
+    assert manifest["tables"]["untrained.by_task.by_task"]["dims"][-1] == "task"
+    assert set(manifest["provenance"]) == {m.name for m in plan_of(run).measures}
+
+
+def test_the_advantage_table_pairs_the_self_and_cross_accuracy_tables(run, tmp_path):
+    out = tmp_path / "tables"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    keys = ["subject", "property"]
+    advantage = pd.read_parquet(out / "advantage.by_point.parquet").set_index(keys)
+    own = pd.read_parquet(out / "self.accuracy.by_point.parquet").set_index(keys)["estimate"]
+    crossed = pd.read_parquet(out / "cross.accuracy.by_point.parquet").set_index(keys)["estimate"]
+    assert len(advantage) == 4  # 2 ordered pairs x 2 properties
+    assert np.allclose(advantage["a"], own.reindex(advantage.index))
+    assert np.allclose(advantage["b"], crossed.reindex(advantage.index))
+    assert np.allclose(advantage["estimate"], advantage["a"] - advantage["b"])
+    assert sorted(own.groupby("property").mean().items()) == [("first_character", 0.0), ("first_word", 1.0)]
 
 
 def test_export_csv_defaults_to_the_run_folder(run, capsys):
     assert main(["export", str(run), "--format", "csv"]) == 0
     check_export(run, run / "export", "csv")
     assert {p.name for p in (run / "export").glob("calibration*.csv")} == {
-        "calibration.by_task_property.csv",
-        "calibration.by_task_property_bin.csv",
-        "calibration.by_property.csv",
-        "calibration.by_property_bin.csv",
+        "calibration.csv",  # per item: li.calibration_of's MAD has no per-item scores, so no rows
+        "calibration.by_task.csv",
     }
 
 
