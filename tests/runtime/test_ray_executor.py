@@ -2,8 +2,10 @@
 executor, every unique request made once, the same cache keys, and a worker killed mid-run is retried.
 
 The study is a tiny random transformers model in a prediction measure with enough requests for several
-batches, so both actors work at once. One Ray cluster serves the whole module (starting one takes seconds);
-`intro run` in this process joins it, as it joins any session its caller opened.
+batches, so both actors work at once. One Ray cluster serves the whole module; `intro run` in this process
+joins it, as it joins any session its caller opened. Starting a cluster and actors that import torch takes
+tens of seconds on a loaded 2-core machine, so the tests that need one are slow-marked; the default suite
+checks the plan's placement and the command line without a cluster.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ use stdlib.looking_inward as li
 model a = local "{model}"
 task seq {{ data: "seq.jsonl" prompt: "Next animals after {{{{ sequence }}}}?" }}
 task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B) {{{{ option_b }}}}" answer: "choice" choices: ["A", "B"] }}
-split s {{ test: [seq, ab] items: 16 seed: 1 }}
+split s {{ test: [seq, ab] items: {items} seed: 1 }}
 sampling warm {{ temperature: 1 samples: 3 max_tokens: {tokens} seed: 4 }}
 study onray {{
   measure self = prediction(a, a, s.test, [li.first_character, li.ethical_stance], object: warm, hypothetical: warm)
@@ -44,12 +46,12 @@ study onray {{
 """
 
 
-def write_study(directory: Path, tokens: int = 6) -> Path:
+def write_study(directory: Path, items: int = 12, tokens: int = 4) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_sequence_rows(directory / "seq.jsonl", 40)
     write_ab_rows(directory / "ab.jsonl", 40)
     spec = directory / "onray.intro"
-    spec.write_text(SPEC.format(model=cached_tiny_model("qwen2"), tokens=tokens))
+    spec.write_text(SPEC.format(model=cached_tiny_model("qwen2"), items=items, tokens=tokens))
     return spec
 
 
@@ -106,6 +108,7 @@ def unique_requests(spec: Path, cache: Path) -> int:
     return int(plan_summary(plan, cache_dir=cache)["totals"]["calls_to_make"])
 
 
+@pytest.mark.slow  # starting a cluster and two actors: about 70 s on this 2-core machine under load
 def test_ray_run_equals_local_run_and_shares_its_cache(cluster, study, local_cube, tmp_path):
     cache, runs = tmp_path / "cache", tmp_path / "runs"
     unique = unique_requests(study, cache)
@@ -113,7 +116,7 @@ def test_ray_run_equals_local_run_and_shares_its_cache(cluster, study, local_cub
         "run", study, "--runs", runs, "--cache", cache, "--quiet", "--executor", "ray", "--workers", 2
     )
     assert status == 0, output
-    assert calls_made(output) == unique > 2 * 32  # every unique request once, in more batches than actors
+    assert calls_made(output) == unique > 4 * 32  # every unique request once; each step has two batches
     xr.testing.assert_identical(cube(runs), local_cube)
     # Same cache keys: the local executor finds every call cached.
     status, output = intro("run", study, "--runs", tmp_path / "again", "--cache", cache, "--quiet")
@@ -125,7 +128,7 @@ def test_ray_run_equals_local_run_and_shares_its_cache(cluster, study, local_cub
 @pytest.fixture(scope="module")
 def long_study(tmp_path_factory):
     """The study with longer replies, so batches last long enough to be caught in the middle."""
-    return write_study(tmp_path_factory.mktemp("long"), tokens=32)
+    return write_study(tmp_path_factory.mktemp("long"), items=16, tokens=32)
 
 
 @pytest.mark.slow  # a cluster, two actors started twice, and a local run to compare with
@@ -190,3 +193,32 @@ def test_without_ray_installed_the_run_says_how_to_install_it(study, tmp_path):
         "intro: error: --executor ray needs Ray, which is not installed: pip install 'intro[ray]'"
     ]
     assert not (tmp_path / "onray").exists()
+
+
+@pytest.mark.slow  # a driver in a subprocess joining the test's cluster, killed, then run again
+def test_a_driver_killed_mid_run_resumes_from_what_it_cached(cluster, long_study, tmp_path):
+    status, output = intro(
+        "run", long_study, "--runs", tmp_path / "local", "--cache", tmp_path / "c0", "--quiet"
+    )
+    assert status == 0, output
+    cache = tmp_path / "cache"
+    unique = unique_requests(long_study, cache)
+    address = ray.get_runtime_context().gcs_address
+    argv = [sys.executable, "-m", "intro.cli", "run", str(long_study), "--runs", str(tmp_path / "runs")]
+    argv += ["--cache", str(cache), "--quiet", "--executor", "ray", "--address", address, "--workers", "2"]
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while cached(cache) < unique // 4 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    before = cached(cache)
+    assert 0 < before < unique  # killed mid-run
+    resumed = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert calls_made(resumed.stdout) == unique - before  # nothing that had finished is done twice
+    xr.testing.assert_identical(cube(tmp_path / "runs"), cube(tmp_path / "local"))
+
+
+def cached(cache: Path) -> int:
+    return sum(1 for _ in (cache / "requests").glob("*/*.json"))
