@@ -40,10 +40,16 @@ def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "concept_experiments_mini" / "cube.zarr"
 
 
+def _estimate(cube: Path, group: str) -> xr.DataArray:
+    """One estimate of a stdlib function's group (thoughts vs text, prefill intention)."""
+    return xr.open_zarr(cube, group=group).load()["estimate"]
+
+
 def test_injection_on_the_line_raises_the_word_and_spares_the_repetition(cube: Path) -> None:
-    text = xr.open_zarr(cube, group="thoughts_vs_text").load()
-    assert float(text["p_word_injected"].mean()) > float(text["p_word_control"].mean()) + 0.05
-    assert float(text["repeat_control"].mean()) == 1.0
+    injected = _estimate(cube, "thoughts_vs_text.p_word_injected")
+    control = _estimate(cube, "thoughts_vs_text.p_word_control")
+    assert float(injected.mean()) > float(control.mean()) + 0.05
+    assert float(_estimate(cube, "thoughts_vs_text.repeat_control").mean()) == 1.0
 
 
 def test_thinking_about_the_word_moves_the_sentence_towards_its_vector(cube: Path) -> None:
@@ -53,6 +59,6 @@ def test_thinking_about_the_word_moves_the_sentence_towards_its_vector(cube: Pat
 
 
 def test_prefill_intention_fills_its_readouts(cube: Path) -> None:
-    intention = xr.open_zarr(cube, group="prefill_intention").load()
-    assert intention["accident_log_odds_shift"].notnull().all()
-    assert set(intention["injected_disowned"].values.ravel()) <= {0.0, 1.0}
+    assert _estimate(cube, "prefill_intention.accident_log_odds_shift").notnull().all()
+    disowned = _estimate(cube, "prefill_intention.disown_injected")
+    assert ((disowned >= 0) & (disowned <= 1)).all()
