@@ -69,6 +69,9 @@ REQUIRED_CODES = {
     "E336": "prompts() about a property of rows that are not a task selection",
     "E337": "a statistic over a unit that is not items or samples",
     "E338": "activations() of a finetuned or steered model",
+    "E339": "steer() with both start and span",
+    "E340": "a model steered on a span over prompts built from results",
+    "E341": "probability() of an option the choice was not made over",
     "E401": "no study",
     "E402": "study measures nothing",
 }
