@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from attrs import define, evolve, field
@@ -128,7 +128,9 @@ class Executor:
             return
         backend = self.pool.backend(step.params["model"])
         steering = self.steering(step.params["model"])
-        for chunk in _chunks(todo, CHUNK * _width(backend)):
+
+        async def run_chunk(chunk: list[tuple[str, str, int]]) -> None:
+            nonlocal finished
             batch = [
                 self._request(step, key, prompt, sample, _on_span(steering, spans.get(key)))
                 for key, prompt, sample in chunk
@@ -148,6 +150,8 @@ class Executor:
             if self.on_progress:
                 self.on_progress(step, finished, total)
 
+        await _each(_width(backend), list(_chunks(todo, CHUNK)), run_chunk)
+
     def _release(self, claimed: list[tuple[str, str, int]], error: BaseException) -> None:
         for key, _, _ in claimed:
             future = self._inflight.pop(key, None)
@@ -166,7 +170,10 @@ class Executor:
         model = step.params["model"]
         backend = self.pool.backend(model)
         steering = self.steering(model)
-        for chunk in _chunks(todo, CHUNK * _width(backend)):
+        finished = len(unique) - len(todo)
+
+        async def run_chunk(chunk: list[tuple[Call, list[str]]]) -> None:
+            nonlocal finished
             batch = [
                 self._score_request(call, options, _on_span(steering, call.span)) for call, options in chunk
             ]
@@ -179,8 +186,11 @@ class Executor:
                                            "prompt_tokens": score.prompt_tokens})  # fmt: skip
                 self.counters.calls += 1
                 self.counters.prompt_tokens += score.prompt_tokens
+            finished += len(chunk)
             if self.on_progress:
-                self.on_progress(step, len(unique) - len(todo) + len(chunk), len(unique))
+                self.on_progress(step, finished, len(unique))
+
+        await _each(_width(backend), list(_chunks(todo, CHUNK)), run_chunk)
 
     def _score_request(self, call: Call, options: list[str], steering: Steering | None) -> ScoreRequest:
         prompt = self.tables.prompt(call.prompt)
@@ -257,9 +267,29 @@ def _remote(backend: Any) -> bool:
 
 
 def _width(backend: Any) -> int:
-    """Chunks handed to a backend in one call: one, or one per worker for a backend that spreads a call's
-    chunks over its workers (Ray), each chunk still one batch as the local executor makes it."""
+    """Chunks a backend takes at once: one, or one per worker for a backend with several (Ray)."""
     return max(1, int(getattr(backend, "parallel_batches", 1)))
+
+
+async def _each(width: int, chunks: list[Any], call: Callable[[Any], Awaitable[None]]) -> None:
+    """`call` on every chunk: one after another, or `width` at a time (the first failure cancels the rest)."""
+    if width == 1:
+        for chunk in chunks:
+            await call(chunk)
+        return
+    gate = asyncio.Semaphore(width)
+
+    async def gated(chunk: Any) -> None:
+        async with gate:
+            await call(chunk)
+
+    tasks = [asyncio.ensure_future(gated(chunk)) for chunk in chunks]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -27,7 +27,6 @@ from typing import Any
 
 from intro.compiler.plan import Plan
 from intro.runtime.backends.requests import BackendError, Generation, GenerationRequest, Score, ScoreRequest
-from intro.runtime.engine.executor import CHUNK
 from intro.runtime.engine.pool import BackendPool, LoadListener
 from intro.runtime.engine.ray_placement import Cluster, Placement, place, root_model
 from intro.runtime.store.cache import Cache
@@ -225,9 +224,9 @@ class Replicas:
 
 
 class RayBackend:
-    """The `Backend` protocol for one model over its root's actors. The executor hands it `parallel_batches`
-    chunks at once; each chunk runs whole on one actor, so every batch (and so every result) is the one the
-    local executor would make, and the chunks run side by side."""
+    """The `Backend` protocol for one model over its root's actors. Each call runs whole on one free actor,
+    batched there exactly as the local backend batches it, so results are those of one process; the
+    executor makes `parallel_batches` calls at once (one chunk of a step's requests each)."""
 
     remote = True  # the executor takes no lock on the driver's processor for these calls
 
@@ -238,15 +237,10 @@ class RayBackend:
         self.parallel_batches = len(replicas.actors)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        return await self._spread("generate", requests)
+        return await self.replicas.call("generate", self.model_key, list(requests))  # type: ignore[no-any-return]
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
-        return await self._spread("score", requests)
-
-    async def _spread(self, method: str, requests: Sequence[Any]) -> list[Any]:
-        chunks = [list(requests[i : i + CHUNK]) for i in range(0, len(requests), CHUNK)]
-        answers = await asyncio.gather(*(self.replicas.call(method, self.model_key, c) for c in chunks))
-        return [result for answer in answers for result in answer]
+        return await self.replicas.call("score", self.model_key, list(requests))  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         return None

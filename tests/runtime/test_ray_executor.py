@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from intro.cli import main
 from intro.compiler import compile_spec
 from intro.runtime.engine.planview import plan_summary
 from tests.studydata import write_ab_rows, write_sequence_rows
-from tests.tinymodels import cached_tiny_model
+from tests.tinymodels import cached_tiny_model, make_tiny_model
 
 ray = pytest.importorskip("ray")
 
@@ -222,3 +223,39 @@ def test_a_driver_killed_mid_run_resumes_from_what_it_cached(cluster, long_study
 
 def cached(cache: Path) -> int:
     return sum(1 for _ in (cache / "requests").glob("*/*.json"))
+
+
+FINETUNE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"
+
+
+@pytest.mark.slow  # three LoRA trainings (on the driver) and a local run to compare with
+def test_finetuned_models_answer_from_their_base_models_actors(cluster, tmp_path):
+    """The finetuning study (tests/fixtures/studies): adapters trained on the driver are loaded by the
+    actors of their base model, and every cube group equals the local executor's."""
+    shutil.copytree(FINETUNE, tmp_path, dirs_exist_ok=True)
+    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
+    make_tiny_model(tmp_path / "tiny_b", "qwen2", seed=1)
+    spec = tmp_path / "looking_inward_finetune_tiny.intro"
+    for runs, executor in (("local", "local"), ("ray", "ray")):
+        status, output = intro("run", spec, "--runs", tmp_path / runs, "--cache", tmp_path / f"cache-{runs}",
+                               "--quiet", "--executor", executor)  # fmt: skip
+        assert status == 0, output
+        assert ", 3 trained," in output
+    groups = [
+        g.name
+        for g in (tmp_path / "local" / "looking_inward_finetune_tiny" / "cube.zarr").iterdir()
+        if g.is_dir()
+    ]
+    assert len(groups) > 3
+    for group in groups:
+        ours, theirs = (_group(tmp_path / runs, group) for runs in ("ray", "local"))
+        # Texts, choices and counts are identical; log-probabilities computed with one torch thread per actor
+        # (two threads in one process) may differ in the last bits of a float32 sum.
+        xr.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert ours.attrs == theirs.attrs
+
+
+def _group(runs: Path, group: str) -> xr.Dataset:
+    dataset = xr.open_zarr(runs / "looking_inward_finetune_tiny" / "cube.zarr", group=group).load()
+    dataset.attrs.pop("created", None)
+    return dataset.drop_vars(["seconds"], errors="ignore")  # how long each training took
