@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 FAILED, BAD_INPUT = 1, 2
@@ -76,7 +77,7 @@ def add_placement(args: argparse.Namespace, plan: Any, summary: dict[str, Any]) 
     from intro.runtime.engine.ray_placement import Cluster, plan_placement
 
     if args.address is None:
-        cluster = Cluster(os.cpu_count() or 1, 0, "a new local cluster on this machine")
+        cluster = Cluster(os.cpu_count() or 1, _local_gpus(), "a new local cluster on this machine")
     else:
         from intro.runtime.engine.ray_executor import ClusterError, connected
 
@@ -88,6 +89,15 @@ def add_placement(args: argparse.Namespace, plan: Any, summary: dict[str, Any]) 
             return FAILED
     summary["placement"] = plan_placement(plan, summary, cluster, cache_dir=args.cache, workers=args.workers)
     return 0
+
+
+def _local_gpus() -> int:
+    """NVIDIA GPUs a local cluster would see, without importing torch (`intro plan` stays fast)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 0
 
 
 def rendered(summary: dict[str, Any]) -> str:
