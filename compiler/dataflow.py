@@ -172,7 +172,29 @@ class Probability:
     against: str | None = None
 
 
-Values = Extract | Judge | Choose | Score | Differs | AllOf | Probability
+@frozen
+class Residuals:
+    """`model`'s residual stream after `layer` for each prompt: the mean over the prompt tokens of `span`
+    (a template over the row; the reply's prefill is part of the prompt), or the last token's."""
+
+    model: ir.Model
+    prompts: PromptSet
+    layer: int
+    span: str | None = None
+    values: tuple[tuple[str, Scalar], ...] = ()  # as PromptSet.values, for the span
+
+
+@frozen
+class Cosine:
+    """Per prompt of `residuals`: the cosine similarity with `vectors` (with several, one value per prompt
+    and vector, keyed `item#k` from 1)."""
+
+    residuals: Residuals
+    vectors: tuple[Any, ...]  # ir.Vector
+    several: bool = False
+
+
+Values = Extract | Judge | Choose | Score | Differs | AllOf | Probability | Cosine
 
 
 # ---------------------------------------------------------------- statistics
@@ -221,7 +243,7 @@ class Examples:
 
 
 TEXTS = (Generate, Filter)
-VALUES = (Extract, Judge, Choose, Score, Differs, AllOf, Probability)
+VALUES = (Extract, Judge, Choose, Score, Differs, AllOf, Probability, Cosine)
 MEASURABLE = (*TEXTS, *VALUES, Estimate, Comparison)
 
 
@@ -231,6 +253,8 @@ def upstream(value: Any) -> Any:
         return value.a
     if isinstance(value, Probability):
         return value.choices
+    if isinstance(value, Cosine):
+        return value.residuals
     return value.texts
 
 

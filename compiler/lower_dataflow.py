@@ -77,6 +77,14 @@ class DataflowLowering:
                 kind = "differs" if isinstance(value, df.Differs) else "all_of"
                 a, b = self.table(value.a), self.table(value.b)
                 return Table(self._pure(kind, [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+            case df.Residuals():
+                return self._residuals(value)
+            case df.Cosine():
+                source = self.table(value.residuals)
+                vectors = [self.low.vector(v) for v in value.vectors]
+                params = {"residuals": source.step, "vectors": vectors, "several": value.several}
+                step = self._pure("cosine", [source, *(Table(v, 0, True) for v in vectors)], params)
+                return Table(step, source.size * len(vectors), True)
             case df.Probability():
                 choices = self.table(value.choices)
                 params = {"values": choices.step, "option": value.option, "against": value.against}
@@ -123,7 +131,10 @@ class DataflowLowering:
             if prompts.templated_turns:
                 turns = tuple((role, self._text(content, prompts.fields(row))) for role, content in turns)
             messages = ((("system", system),) if system else ()) + turns + asked
-            out.append((item, self.low.prompt(Prompt(messages, prompts.prefill)), row))
+            prefill = prompts.prefill  # a template over the row, but in a fixed conversation
+            if prompts.templated_turns or not prompts.turns:
+                prefill = self._text(prefill, prompts.fields(row))
+            out.append((item, self.low.prompt(Prompt(messages, prefill)), row))
         return out
 
     def _rendered(self, prompts: df.PromptSet) -> list[tuple[str, dict[str, Any], str | None, str]]:
@@ -234,6 +245,19 @@ class DataflowLowering:
             self.low.add_step(step_id, kind, self._model_deps(key), params, content), len(rows), True
         )
 
+    def _residuals(self, value: df.Residuals) -> Table:
+        key = self.low.model(value.model)
+        rows = self.static_rows(value.prompts)
+        params: dict[str, Any] = {"model": key, "layer": value.layer}
+        params["rows"] = [[item, prompt] for item, prompt, _ in rows]
+        if value.span is not None:
+            values = dict(value.values)
+            params["spans"] = [self._text(value.span, {**values, **row}) for _, _, row in rows]
+        content = [self.low.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
+        step_id = f"residuals.{self.study}[{self.low.label(value.model)}]"
+        step = self.low.add_step(step_id, "residuals", self._model_deps(key), params, content)
+        return Table(step, len(rows), True)
+
     def _spans(self, model: ir.Model, rows: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
         """A model steered on a span: the text each prompt is steered on, rendered with the prompt's row."""
         if not isinstance(model, ir.SteeredModel) or model.span_text is None:
@@ -304,7 +328,7 @@ class DataflowLowering:
 
 def _prompts_of(value: Any) -> df.PromptSet:
     """The prompt set a result's items came from (through filters, extracts and judges)."""
-    while not isinstance(value, df.Generate | df.Choose | df.Score):
+    while not isinstance(value, df.Generate | df.Choose | df.Score | df.Residuals):
         value = df.upstream(value)
     return value.prompts
 
@@ -315,5 +339,6 @@ def _is_reference(key: str) -> bool:
 
 
 REFERENCES = frozenset(
-    {"texts", "replies", "source", "values", "other", "a", "b", "from", "completions", "results"}
+    {"texts", "replies", "source", "values", "other", "a", "b", "from", "completions", "results", "residuals"}
+    | {"vectors"}
 )

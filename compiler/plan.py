@@ -46,6 +46,8 @@ STEP_VERSIONS: dict[str, int] = {
     "differs": 1,
     "all_of": 1,
     "probability": 1,
+    "residuals": 1,
+    "cosine": 1,
 }
 
 

@@ -14,6 +14,7 @@ from . import dataflow as df
 from . import ir
 from .diagnostics import Span
 from .prompt_sets import PROMPT_SETS, check_template, named_values, sample_rows, with_values
+from .readings import READINGS
 from .types import Function, Param
 
 if TYPE_CHECKING:
@@ -516,4 +517,4 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
     ]
 )
 # Where prompts come from first, then what models do with them and the statistics: the reference's order.
-PRIMITIVES: dict[str, Function] = {**PROMPT_SETS, **_MODEL_AND_STATISTICS}
+PRIMITIVES: dict[str, Function] = {**PROMPT_SETS, **_MODEL_AND_STATISTICS, **READINGS}

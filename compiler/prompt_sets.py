@@ -99,6 +99,10 @@ def _prompts(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
     prompt_set = df.PromptSet(source, template, a["system"], a["prefill"], about, values)
     if template is not None:
         check_template(ctx, template, spans["template"], with_values(sample_rows(source, prompt_set), values))
+    if "{" in a["prefill"]:  # a template over the row too: the reply can start with the row's own text
+        check_template(
+            ctx, a["prefill"], spans["prefill"], with_values(sample_rows(source, prompt_set), values)
+        )
     return prompt_set
 
 
@@ -156,7 +160,7 @@ def _result_fields(source: Any) -> dict[str, Any]:
 
 def prompts_of(value: Any) -> df.PromptSet:
     """The prompt set a result's items came from (walking through filters, extracts and judges)."""
-    while not isinstance(value, df.Generate | df.Choose | df.Score):
+    while not isinstance(value, df.Generate | df.Choose | df.Score | df.Residuals):
         value = df.upstream(value)
     return value.prompts
 
@@ -248,13 +252,14 @@ def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSe
         source = _literal_items(ctx, source, spans["source"])
     if not isinstance(source, df.Items):
         ctx.fail("E201", "conversation() source must be rows or a list", spans["source"])
-    values = named_values(ctx, *(content for _, content in turns))
+    values = named_values(ctx, a["prefill"], *(content for _, content in turns))
     prompt_set = df.PromptSet(
         source, None, prefill=a["prefill"], values=values, turns=turns, templated_turns=True
     )
     rows = with_values(sample_rows(source), values)
     for _, content in turns:
         check_template(ctx, content, spans["turns"], rows)
+    check_template(ctx, a["prefill"], spans["prefill"], rows)
     return prompt_set
 
 
@@ -291,7 +296,8 @@ PROMPT_SETS: dict[str, Function] = dict(
             Param("prefill", "string", ""),
             Param("about", "any", None),
             doc="one chat prompt per row of `source` (rows, a list of strings or records, a task selection, or "
-            "results): the user turn is `template` rendered with the row's fields; results add `text`, "
+            "results): the user turn is `template` rendered with the row's fields (and the reply starts with "
+            "`prefill`, a template too); results add `text`, "
             "`sample` and `prompt`, and make the prompts rendered at run time; a task selection adds `task` and "
             "`object_prompt` (the task's prompt for the row), and `about` a property keeps only the tasks it can "
             "read and adds `question` (the property's question for the row)",
@@ -306,7 +312,7 @@ PROMPT_SETS: dict[str, Function] = dict(
             Param("prefill", "string", ""),
             doc="prompts: one chat prompt that is the whole conversation `turns` (records `{ user: ... }`, "
             "`{ assistant: ... }`, `{ system: ... }`, the last a user turn); given `source` (rows or a list), "
-            "one per row, each turn a template over the row; the reply starts with `prefill`",
+            "one per row, each turn (and `prefill`) a template over the row; the reply starts with `prefill`",
             returns="prompts",
             example='conversation([{ user: "Hello." }, { assistant: "Hi." }, { user: "Do you notice anything?" }])',
         ),

@@ -118,6 +118,8 @@ _DATAFLOW_TYPES: dict[type, str] = {
     df.Differs: "values",
     df.AllOf: "values",
     df.Probability: "values",
+    df.Cosine: "values",
+    df.Residuals: "activations",
     df.Estimate: "estimate",
     df.Comparison: "comparison",
     df.Rule: "rule",
@@ -161,6 +163,7 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "prompts": lambda v: isinstance(v, df.PromptSet),
     "texts": lambda v: isinstance(v, df.TEXTS),
     "values": lambda v: isinstance(v, df.VALUES),
+    "activations": lambda v: isinstance(v, df.Residuals),
     "estimate": lambda v: isinstance(v, df.Estimate),
     "rule": lambda v: isinstance(v, df.Rule),
     "grader": lambda v: isinstance(v, ir.Grader),
@@ -186,6 +189,7 @@ EXPECTED = {
     "prompts": "prompt set (see prompts())",
     "texts": "texts (see generate())",
     "values": "values (see extract(), judge(), choose(), score())",
+    "activations": "activations per prompt (see residuals())",
     "estimate": "estimate (see rate(), mean(), accuracy())",
 }
 

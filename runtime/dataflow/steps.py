@@ -4,16 +4,18 @@ through `Tables`, training examples as artifacts, and each measure's cube writte
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from intro.compiler.plan import Measure, Step
 from intro.runtime.backends.requests import BackendError
-from intro.runtime.dataflow import cubes
+from intro.runtime.dataflow import cubes, readings
 from intro.runtime.dataflow.tables import NotReady, StepFailed, Tables
 from intro.runtime.store import cube
 from intro.runtime.training.training import TrainingExample, write_examples
 
-PURE = ("render", "extract", "filter", "labels", "differs", "all_of", "probability", "estimate", "comparison")
+PURE: tuple[str, ...] = ("render", "extract", "filter", "labels", "differs", "all_of", "probability")
+PURE += ("cosine", "estimate", "comparison")
 
 
 class DataflowSteps:
@@ -35,6 +37,7 @@ class DataflowSteps:
             "choose": self.scoring,
             "score": self.scoring,
             "examples": self.examples,
+            "residuals": self.residuals,
             **{kind: self.pure for kind in PURE},
         }
 
@@ -48,6 +51,22 @@ class DataflowSteps:
         calls = self._calls(step)
         choices = [step.params["options"] if step.kind == "choose" else [c.continuation] for c in calls]
         await self.run.executor.score(step, calls, choices)
+        self._finish(step)
+
+    async def residuals(self, step: Step) -> None:
+        """Read the residuals not cached yet, each under its request's key, in one pass per prompt."""
+        unique = list({c.key: c for c in self._calls(step)}.values())
+        todo = [c for c in unique if not self.run.cache.has(c.key)]
+        if todo:
+            loaded = self.run.pool.loaded(step.params["model"])  # on the event loop: loading threads race
+            prompts = [self.tables.prompt(c.prompt) for c in todo]
+            spans = [c.span for c in todo]
+            async with self.run.executor.compute:
+                read = await asyncio.to_thread(readings.read, loaded, prompts, spans, step.params["layer"])
+            for call, vector in zip(todo, read, strict=True):
+                self.run.cache.put(call.key, readings.encode(vector))
+        self.run.executor.counters.calls += len(todo)
+        self.run.executor.counters.cached += len(unique) - len(todo)
         self._finish(step)
 
     def pure(self, step: Step) -> None:

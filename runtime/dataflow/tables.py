@@ -17,13 +17,14 @@ from attrs import frozen
 
 from intro.compiler.plan import Plan, Prompt, Step, digest, request_key, sampling_params
 from intro.compiler.template_sandbox import TemplateProblem, render
+from intro.runtime.dataflow import readings
 from intro.runtime.dataflow.statistics import comparison, estimate
 from intro.runtime.store.cache import Cache
 from intro.stdlib.extractors import complies
 from intro.stdlib.rules import apply, parse_label, passes
 
 Row = dict[str, Any]
-CALLING = ("generate", "choose", "score")
+CALLING = ("generate", "choose", "score", "residuals")
 
 
 class NotReady(Exception):
@@ -80,6 +81,8 @@ class Tables:
         """Every model call of a calling step, in row order (keys repeat where prompts do)."""
         if step.kind == "generate":
             return self._generate_calls(step)
+        if step.kind == "residuals":
+            return self._residual_calls(step)
         spans = step.params.get("spans") or [None] * len(step.params["rows"])
         calls = []
         for row, span in zip(step.params["rows"], spans, strict=True):
@@ -122,6 +125,41 @@ class Tables:
             for k in range(n)
         ]
 
+    def _residual_calls(self, step: Step) -> list[Call]:
+        p = step.params
+        identity = self.plan.models[p["model"]].identity
+        spans = p.get("spans") or [None] * len(p["rows"])
+        return [
+            Call(readings.reading_key(identity, prompt, p["layer"], span), prompt, item, 0, 0, span=span)
+            for (item, prompt), span in zip(p["rows"], spans, strict=True)
+        ]
+
+    def _residuals(self, step: Step) -> list[Row]:
+        return [
+            {
+                "item": c.item,
+                "sample": 0,
+                "prompt": c.prompt,
+                "residual": readings.decode(dict(self._record(c, step))),
+            }
+            for c in self.calls(step)
+        ]
+
+    def _cosine(self, step: Step) -> list[Row]:
+        """Each reading's cosine with each vector; with several vectors, keyed `item#k` (k from 1)."""
+        p = step.params
+        vectors = [
+            readings.load_vector(self.cache.artifact_dir(self._steps[v].hash) / readings.VECTOR_FILE)
+            for v in p["vectors"]
+        ]
+        rows = []
+        for r in self.table(p["residuals"]):
+            for k, vector in enumerate(vectors, start=1):
+                item = f"{r['item']}#{k}" if p["several"] else r["item"]
+                value = readings.cosine(r["residual"], vector)
+                rows.append({"item": item, "sample": 0, "value": value, "prompt": r["prompt"]})
+        return rows
+
     def _record(self, call: Call, step: Step) -> Mapping[str, Any]:
         record = self.cache.get(call.key)
         if record is None:
@@ -161,7 +199,10 @@ class Tables:
         for source in self.table(p["source"]):
             text = self._template(step, p["template"], source, p.get("bound", {}))
             messages = ((("system", p["system"]),) if p["system"] else ()) + (("user", text),)
-            prompt = Prompt(messages, p["prefill"])
+            prefill = p["prefill"]
+            if "{" in prefill:  # a template over the row, as the user turn
+                prefill = self._template(step, prefill, source, p.get("bound", {}))
+            prompt = Prompt(messages, prefill)
             self.prompts.setdefault(prompt.key, prompt)
             rows.append({"item": source["item"], "sample": source["sample"], "prompt": prompt.key})
         return rows

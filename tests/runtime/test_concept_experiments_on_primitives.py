@@ -1,7 +1,8 @@
-"""Thoughts vs text and prefill intention written in .intro on the primitives (stdlib
-`intro.thoughts_vs_text_trials`, `intro.prefill_intention_trials`: a model steered on each sentence's span,
-conversations with a forced reply, choose, generate, rules, rates, means and paired differences) give the
-built-ins' values from the same requests, on a tiny random model through the real CLI."""
+"""Thoughts vs text, prefill intention and think / don't think written in .intro on the primitives (stdlib
+`intro.thoughts_vs_text_trials`, `intro.prefill_intention_trials`, `intro.think_about_trials`: a model
+steered on each sentence's span, conversations with a forced reply, choose, generate, residuals read on the
+model's own reply, cosines, rules, rates, means and paired differences) give the built-ins' values from
+as many requests, on a tiny random model through the real CLI."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ study {name} {{
     for strength in [4, 8] {{
 {measures}
     }}
+{outer}
   }}
 }}
 """
@@ -45,6 +47,15 @@ NEW = """
                                                    sampling: short)
       measure intention = intro.prefill_intention_trials(a, v, word, layer, strength, lines,
                                                          sampling: short)
+"""
+OLD_THINK = """
+    measure old_think = think_about(a, v, word, layer, lines, take(intro.control_words, 4), intro.think_line,
+                                    intro.dont_think_line)
+"""
+NEW_THINK = """
+    measure think = intro.think_about_trials(a, v, word, layer, lines,
+                                             concept_vectors(a, take(intro.control_words, 4), layer,
+                                                             take(intro.baseline, 6)))
 """
 # The built-in's cell -> the stdlib function's measure (an estimate or a comparison of two).
 TEXT = (
@@ -80,16 +91,16 @@ def run(*argv: str, cache: Path) -> str:
     return done.stdout
 
 
-def spec(path: Path, name: str, measures: str) -> Path:
+def spec(path: Path, name: str, measures: str, outer: str) -> Path:
     head = HEAD.format(model=cached_tiny_model("qwen2"))
-    path.write_text(head + LOOP.format(name=name, measures=measures))
+    path.write_text(head + LOOP.format(name=name, measures=measures, outer=outer))
     return path
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("concept-experiments-primitives")
-    both = spec(root / "both.intro", "both", OLD + NEW)
+    both = spec(root / "both.intro", "both", OLD + NEW, OLD_THINK + NEW_THINK)
     run("run", str(both), "--runs", str(root / "runs"), "--quiet", cache=root / "cache")
     return root / "runs" / "both" / "cube.zarr"
 
@@ -134,22 +145,42 @@ def test_each_shift_and_its_paired_interval_is_the_builtins(
             assert same(got, expected), (cell + suffix, point, got, expected)
 
 
+def test_think_about_gives_the_builtins_cosines(store: Path) -> None:
+    old = cube(store, "old_think")
+    new = {name: cube(store, f"think.{name}") for name in ("think", "dont", "control_think", "control_dont")}
+    shift = cube(store, "think.think_minus_dont")
+    for point in [{"layer": layer, "word": word} for layer in old.layer.values for word in old.word.values]:
+        for name in ("think", "dont"):
+            assert float(new[name].estimate.sel(point)) == pytest.approx(
+                float(old[name].sel(point)), abs=1e-5
+            )
+        controls = (
+            float(new["control_think"].estimate.sel(point)) + float(new["control_dont"].estimate.sel(point))
+        ) / 2
+        # The control words' vectors are read one by one here and in one batch by the built-in.
+        assert controls == pytest.approx(float(old["controls"].sel(point)), abs=1e-5)
+        for suffix, variable in (("", "estimate"), ("_low", "ci_low"), ("_high", "ci_high")):
+            expected = float(old["think_minus_dont" + suffix].sel(point))
+            assert float(shift[variable].sel(point)) == pytest.approx(expected, abs=1e-5)
+        assert int(new["think"].n.sel(point)) == 3 and int(new["control_think"].n.sel(point)) == 3 * 4
+
+
 def test_the_same_requests_and_the_replies_shared_with_the_builtins(tmp_path: Path) -> None:
-    old = spec(tmp_path / "old.intro", "old", OLD)
-    new = spec(tmp_path / "new.intro", "new", NEW)
+    old = spec(tmp_path / "old.intro", "old", OLD, OLD_THINK)
+    new = spec(tmp_path / "new.intro", "new", NEW, NEW_THINK)
     # As many calls, on an empty cache: injected, 2 words x 2 strengths x 3 lines x (choice + reply) x 2
     # experiments = 48; controls shared by the strengths: 3 repeats (shared by the words too) and 2 x 3
     # choices for thoughts vs text, 2 x 3 replies and 2 x 3 choices for prefill intention (the forced
-    # reply is the word) = 21.
+    # reply is the word) = 21; think / don't think, one pass per word, condition and line = 12.
     empty = tmp_path / "empty"
     planned = [_to_make(run("plan", str(spec), cache=empty)) for spec in (old, new)]
-    assert planned == [48 + 21, 48 + 21]
+    assert planned == [48 + 21 + 12, 48 + 21 + 12]
     # After the built-ins ran, every reply is in the cache under the key the functions give it: only the
-    # one-pass choices are left (stored by the built-ins in another record format, under another key):
-    # 2 x 2 x 3 x 2 injected and 2 x 3 x 2 controls.
+    # one-pass choices (2 x 2 x 3 x 2 injected and 2 x 3 x 2 controls) and the residual readings (12) are
+    # left: the built-ins store them in other records, under other keys.
     cache = tmp_path / "cache"
     run("run", str(old), "--runs", str(tmp_path / "runs"), "--quiet", cache=cache)
-    assert _to_make(run("plan", str(new), cache=cache)) == 36
+    assert _to_make(run("plan", str(new), cache=cache)) == 36 + 12
 
 
 def _to_make(planned: str) -> int:

@@ -53,9 +53,12 @@ def test_injection_on_the_line_raises_the_word_and_spares_the_repetition(cube: P
 
 
 def test_thinking_about_the_word_moves_the_sentence_towards_its_vector(cube: Path) -> None:
-    think = xr.open_zarr(cube, group="think_about").load()
-    assert (think["think_minus_dont"].values > 0).all()
-    assert (think["think"].values > think["controls"].values).all()
+    think = _estimate(cube, "think_about.think")
+    controls = (
+        _estimate(cube, "think_about.control_think") + _estimate(cube, "think_about.control_dont")
+    ) / 2
+    assert (_estimate(cube, "think_about.think_minus_dont").values > 0).all()
+    assert (think.values > controls.values).all()
 
 
 def test_prefill_intention_fills_its_readouts(cube: Path) -> None:
