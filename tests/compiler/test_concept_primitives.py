@@ -144,3 +144,49 @@ def test_bad_arguments_are_diagnosed(tmp_path: Path, body: str, code: str) -> No
     with pytest.raises(CompileError) as error:
         plan_of(tmp_path, f"study s {{ {body} }}")
     assert code in {d.code for d in error.value.diagnostics}
+
+
+def test_residuals_are_read_on_the_replys_span_of_each_row(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        """
+study s {
+  for word in ["dog"] {
+    let written = prompts(lines, "Write \\"{{ text }}\\". Think about {{ word }}.", prefill: "{{ text }}")
+    let read = residuals(q, written, 12, span: "{{ text }}")
+    measure towards = mean(cosine(read, dog))
+    measure controls = mean(cosine(read, concept_vectors(q, ["cat", "tree"], 12, ["bread", "lamp"])))
+  }
+}
+""",
+    )
+    (read,) = steps(plan, "residuals")
+    prompts = [plan.prompts[prompt] for _, prompt in read.params["rows"]]
+    assert [p.prefill for p in prompts] == ["The dog ran home.", "A {brace} stays."]
+    assert prompts[0].messages == (("user", 'Write "The dog ran home.". Think about dog.'),)
+    assert read.params["spans"] == ["The dog ran home.", "A {brace} stays."]
+    # One pass per prompt, whatever it is compared with; the control words are one vector step each.
+    assert len(Tables(plan, Cache(tmp_path / "cache")).calls(read)) == 2
+    cosines = steps(plan, "cosine")
+    assert [len(c.params["vectors"]) for c in cosines] == [1, 2]
+    assert [c.params["several"] for c in cosines] == [False, True]
+    assert sorted(s.params.get("word") for s in steps(plan, "vector")) == ["cat", "dog", "tree"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ('measure c = mean(cosine(residuals(steer(q, dog, 12, 2), prompts(["Hi."]), 12), dog))', "E338"),
+        ('measure c = mean(cosine(residuals(q, prompts(["Hi."]), 12), "dog"))', "E201"),
+        ('measure c = mean(cosine(residuals(q, prompts(["Hi."]), 12, span: "{{ line }}"), dog))', "E146"),
+        (
+            'measure c = mean(cosine(residuals(q, prompts(["Hi."]), 12), concept_vectors(q, [], 12, ["a"])))',
+            "E310",
+        ),
+        ('measure r = generate(q, prompts(["Hi."], "{{ text }}", prefill: "{{ missing }}"))', "E146"),
+    ],
+)
+def test_bad_readings_are_diagnosed(tmp_path: Path, body: str, code: str) -> None:
+    with pytest.raises(CompileError) as error:
+        plan_of(tmp_path, f"study s {{ {body} }}")
+    assert code in {d.code for d in error.value.diagnostics}
