@@ -284,7 +284,7 @@ class RayPool(BackendPool):
         return self._replicas[root]
 
     def _start_actors(self, root: str) -> Replicas:
-        placed = self.placement.actors_of(root)
+        placed = self.placement.actors_of(root, self.plan.models[root].params.get("label", root))
         worker = self.ray.remote(ModelWorker).options(
             num_cpus=placed.cpus,
             num_gpus=placed.gpus,

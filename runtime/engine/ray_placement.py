@@ -51,9 +51,13 @@ class ModelActors:
 class Placement:
     models: tuple[ModelActors, ...]
     cluster: Cluster
+    actors: int  # per model
+    gpus: int  # per actor
 
-    def actors_of(self, model: str) -> ModelActors:
-        return next(m for m in self.models if m.model == model)
+    def actors_of(self, model: str, label: str = "") -> ModelActors:
+        """The placed model's actors; a model only a measure calls (a judge, say) gets as many."""
+        placed = [m for m in self.models if m.model == model]
+        return placed[0] if placed else ModelActors(model, label or model, self.actors, 1, self.gpus)
 
 
 def root_model(plan: Plan, model_key: str) -> str:
@@ -79,7 +83,8 @@ def place(plan: Plan, pool: BackendPool, cluster: Cluster, workers: int | None =
     default = max(1, (cluster.gpus if gpus else cluster.cpus) // share)
     count = workers or default
     labels = {key: plan.models[key].params.get("label", key) for key in models}
-    return Placement(tuple(ModelActors(key, labels[key], count, 1, gpus) for key in models), cluster)
+    placed = tuple(ModelActors(key, labels[key], count, 1, gpus) for key in models)
+    return Placement(placed, cluster, count, gpus)
 
 
 def plan_placement(
