@@ -152,6 +152,7 @@ def test_a_worker_killed_mid_batch_is_retried_and_the_cube_is_unchanged(cluster,
     assert outcome["status"] == 0, outcome["output"]
     assert killed, "no worker was ever seen in the middle of a batch"
     assert "was lost mid-batch; sending the batch again" in str(outcome["output"])
+    assert calls_made(str(outcome["output"])) == calls_made(output)  # the lost batch is counted once
     xr.testing.assert_identical(cube(tmp_path / "runs"), cube(tmp_path / "local"))
 
 
