@@ -48,7 +48,7 @@ def test_open_run_is_a_datatree_of_the_cube_groups_and_import_intro_stays_light(
 
     tree = intro.open_run(run)
     assert isinstance(tree, xr.DataTree)
-    fields = ["accuracy", "mode_baseline", "by_task", "baseline_by_task"]
+    fields = ["accuracy", "mode_baseline", "by_task", "baseline_by_task", "behaviour", "predictions"]
     measured = [f"{measure}.{field}" for measure in ("untrained", "self", "cross") for field in fields]
     assert list(tree.children) == [*measured, "advantage", "calibration"]  # the plan's measure order
     for name, expected in cube_groups(run).items():
