@@ -79,7 +79,14 @@ def test_bad_trials_are_diagnosed(tmp_path: Path, prompt: str, extra: str, code:
     assert code in {d.code for d in error.value.diagnostics}
 
 
-@pytest.mark.parametrize("name", ["concept_injection", "concept_injection_mini"])
-def test_the_concept_injection_specs_compile(name: str) -> None:
-    (plan,) = compile_spec(SPECS / f"{name}.intro")
+def test_the_concept_injection_specs_compile() -> None:
+    (plan,) = compile_spec(SPECS / "concept_injection.intro")
     assert any(s.kind == "injected_thought" for s in plan.steps)
+
+
+def test_the_mini_spec_runs_the_trials_and_the_readout_on_the_primitives() -> None:
+    (plan,) = compile_spec(SPECS / "concept_injection_mini.intro")
+    kinds = {s.kind for s in plan.steps}
+    assert "injected_thought" not in kinds and {"generate", "choose", "probability", "vector"} <= kinds
+    measures = {m.name for m in plan.measures}
+    assert {"trials.detection", "trials.net", "p_yes.injected", "p_yes.shift"} <= measures
