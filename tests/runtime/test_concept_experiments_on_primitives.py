@@ -181,6 +181,9 @@ def test_the_same_requests_and_the_replies_shared_with_the_builtins(tmp_path: Pa
     cache = tmp_path / "cache"
     run("run", str(old), "--runs", str(tmp_path / "runs"), "--quiet", cache=cache)
     assert _to_make(run("plan", str(new), cache=cache)) == 36 + 12
+    # And a run makes exactly the calls planned.
+    made = run("run", str(new), "--runs", str(tmp_path / "runs"), cache=cache)
+    assert f"new: {36 + 12} model calls, {48 + 21 + 12 - 36 - 12} from cache" in made, made
 
 
 def _to_make(planned: str) -> int:
