@@ -114,6 +114,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve MODEL from an OpenAI-compatible URL",
     )
     ray_cli.add_executor_options(p)
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget for in-process models, like 4G or 512M (default: what the machine has "
+        "available); models are released or refused to stay within it",
+    )
     output = p.add_mutually_exclusive_group()
     output.add_argument(
         "--quiet",
@@ -399,7 +405,29 @@ def _run(args: argparse.Namespace) -> int:
             return BAD_INPUT
         serving[name] = url
     mode = "json" if args.json_progress else "quiet" if args.quiet else "text"
-    return ray_cli.run(args, plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode)
+    options: dict[str, int] = {}
+    if args.max_memory is not None:
+        budget = _memory_budget(args)
+        if budget is None:
+            return BAD_INPUT
+        options["max_memory"] = budget
+    return ray_cli.run(
+        args, plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode, **options
+    )
+
+
+def _memory_budget(args: argparse.Namespace) -> int | None:
+    """`--max-memory` in bytes, or None after printing why it is not usable."""
+    from intro.runtime.engine.memory import parse_size
+
+    if args.executor == "ray":
+        print("intro: error: --max-memory applies to the local executor, not --executor ray", file=sys.stderr)
+        return None
+    try:
+        return parse_size(args.max_memory)
+    except ValueError as error:
+        print(f"intro: error: --max-memory: {error}", file=sys.stderr)
+        return None
 
 
 def _show(args: argparse.Namespace) -> int:

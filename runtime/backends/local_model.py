@@ -251,6 +251,22 @@ def count_parameters(config: Any) -> int:
     return sum(parameter.numel() for parameter in skeleton.parameters())
 
 
+def needed_to_load(source: str) -> int:
+    """About how many bytes loading `source` on the CPU takes (its float32 weights and the load's overhead);
+    0 when its config cannot be read here (loading then says what is wrong)."""
+    try:
+        if source.startswith(EMBEDDED_PREFIX):
+            parameters = int(EMBEDDED_MODELS[source.removeprefix(EMBEDDED_PREFIX)]["approx_params"])
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(Path(source).expanduser(), local_files_only=True)
+            parameters = count_parameters(config)
+    except Exception:  # a missing or damaged directory: the load itself reports it in one line
+        return 0
+    return int(parameters * _bytes_per(torch.float32) * LOAD_OVERHEAD)
+
+
 def require_memory(needed: float, device: torch.device, *, what: str) -> None:
     """Refuse, before allocating anything, a model that cannot fit on `device`."""
     available = available_memory(device)
@@ -362,6 +378,16 @@ def attach_adapter(model: Any, adapter: Path) -> str:
         finally:
             hf_logging.set_verbosity(verbosity)
     return name
+
+
+def detach_adapter(model: Any, name: str) -> None:
+    """Remove a loaded adapter from `model` (its LoRA factors are freed; the base weights stay)."""
+    if name not in (getattr(model, "peft_config", None) or {}):
+        return
+    with warnings.catch_warnings():
+        # peft notes which adapter stays active once one is deleted: batches choose theirs anyway.
+        warnings.filterwarnings("ignore", message=".*now deleted.*", category=UserWarning)
+        model.delete_adapter(name)
 
 
 def activate_adapter(model: Any, name: str | None) -> None:

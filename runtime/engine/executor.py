@@ -86,6 +86,7 @@ class Executor:
         if asyncio.iscoroutine(result):
             await result
         self.counters.steps_done += 1
+        self.pool.step_finished(step)  # models no remaining step needs are released
         if self.on_step:
             self.on_step(step, self.counters)
 

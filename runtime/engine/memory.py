@@ -5,6 +5,9 @@ PyTorch on the CPU allocates and frees many large, differently sized buffers fro
 freed memory in it, so a run that alternates models, adapters and training grows far past its working
 set (a mini study reached 20 GB RSS with about 5 GB live). Two arenas and a trim after each step keep it
 near the live size. Elsewhere than glibc both calls are skipped.
+
+A run's memory budget (`intro run --max-memory`, `parse_size`) defaults to the memory the machine has
+available when the run starts (`machine_memory`); `resident_bytes` is what this process holds now.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+import re
 from typing import Any
 
 M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
@@ -43,3 +48,42 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as `4G`, `4GB`, `4GiB`, `3.5g`, `512M` or `2147483648` (units are powers of 1024).
+
+    Raises ValueError with a one-line reason for anything else, zero included.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a memory size; write it like 4G, 512M or 3.5GiB")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"{text!r} is no memory at all; give a size above zero, like 4G")
+    return size
+
+
+def machine_memory() -> int:
+    """The memory this machine has available now (MemAvailable in /proc/meminfo), in bytes."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0

@@ -4,16 +4,25 @@ Where a model is served is decided here, late: a plan's `serving` section (from 
 `--serve MODEL=URL` override sends a model's calls to an OpenAI-compatible server without changing
 any hash. In-process weights are loaded once per root model; finetuned variants share them and only
 switch their LoRA adapter.
+
+Memory: the executor tells the pool each finished step (`step_finished`); a model no remaining step
+names is released then (a root's weights with every backend on them, a finetuned variant's adapter), so a
+study holds only what is still to be used. Weights load within the run's memory budget (`memory_budget`,
+`intro run --max-memory`, default what the machine has available): when a load would pass it, loaded
+roots that no step is using at that moment are released first (a later step loads them again, the
+same weights, so the same results), and a model that still cannot fit is refused in one line.
 """
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from intro.compiler.plan import ModelEntry, Plan
+from intro.compiler.plan import ModelEntry, Plan, Step
 from intro.runtime.backends.requests import Backend, BackendError
+from intro.runtime.engine import memory
 from intro.runtime.store.cache import Cache
 
 # Told (phase, model, source, seconds) as weights load: "loading", "converting" (a GGUF, once), "loaded".
@@ -27,13 +36,17 @@ class BackendPool:
         cache: Cache,
         serving: Mapping[str, str] | None = None,
         on_load: LoadListener | None = None,
+        *,
+        memory_budget: int | None = None,
     ):
         self.plan = plan
         self.cache = cache
         self.overrides = dict(serving or {})
         self.on_load: LoadListener = on_load or (lambda phase, model, source, seconds: None)
+        self.memory_budget = memory_budget or memory.machine_memory()
         self._backends: dict[str, Backend] = {}
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, Any] = {}  # root key -> LoadedModel, least recently used first
+        self._users = steps_using_models(plan)  # model key -> ids of the steps still to finish that need it
 
     def backend(self, model_key: str) -> Backend:
         """The backend that answers for `model_key` (a steered model answers through its base)."""
@@ -102,28 +115,141 @@ class BackendPool:
             return LocalBackend(loaded, batch_size=int(serving.get("batch_size", 16)), adapter=adapter)
 
     def loaded(self, model_key: str) -> Any:
-        """The in-process weights of a root model (embedded or local), loaded once."""
+        """The in-process weights of a root model (embedded or local), loaded once (again only if the
+        memory budget made the pool release them)."""
         entry = self.plan.models[model_key]
         if entry.kind not in ("embedded", "local"):
             raise BackendError(f"model '{model_key}' is not an in-process model")
-        if model_key not in self._loaded:
-            from intro.runtime.backends.local_model import load_local_model
-
-            serving = self.plan.serving.get(entry.key, {})
-            source = (
-                f"embedded:{entry.params['locator']}" if entry.kind == "embedded" else entry.params["locator"]
-            )
-            label = entry.params.get("label", model_key)
-            started = time.monotonic()
-            self.on_load("loading", label, source, 0.0)
-            self._loaded[model_key] = load_local_model(
-                source,
-                device=serving.get("device"),
-                on_convert=lambda: self.on_load("converting", label, source, time.monotonic() - started),
-            )
-            self.on_load("loaded", label, source, time.monotonic() - started)
+        if model_key in self._loaded:
+            self._loaded[model_key] = self._loaded.pop(model_key)  # most recently used last
+        else:
+            self._loaded[model_key] = self._load(entry)
         return self._loaded[model_key]
+
+    def _load(self, entry: ModelEntry) -> Any:
+        from intro.runtime.backends.local_model import load_local_model, needed_to_load
+
+        serving = self.plan.serving.get(entry.key, {})
+        source = (
+            f"embedded:{entry.params['locator']}" if entry.kind == "embedded" else entry.params["locator"]
+        )
+        label = entry.params.get("label", entry.key)
+        device = serving.get("device")
+        if device in (None, "cpu"):  # the budget is this machine's memory; a GPU has its own check
+            self._within_budget(label, needed_to_load(source))
+        started = time.monotonic()
+        self.on_load("loading", label, source, 0.0)
+        loaded = load_local_model(
+            source,
+            device=device,
+            on_convert=lambda: self.on_load("converting", label, source, time.monotonic() - started),
+        )
+        self.on_load("loaded", label, source, time.monotonic() - started)
+        return loaded
+
+    def _within_budget(self, label: str, needed: int) -> None:
+        self._make_room(needed)
+        left = self.memory_budget - memory.resident_bytes()
+        if needed > left:
+            raise BackendError(
+                f"loading '{label}' needs about {needed / 2**30:.1f} GiB but the memory budget of "
+                f"{self.memory_budget / 2**30:.1f} GiB leaves {max(left, 0) / 2**30:.1f} GiB; "
+                "raise --max-memory or use a smaller model"
+            )
+
+    def _make_room(self, needed: int) -> None:
+        """Release loaded roots, least recently used first, until `needed` more bytes fit the budget.
+
+        A root some backend is computing on at this moment is kept (releasing it would free nothing)."""
+        for key in list(self._loaded):
+            if memory.resident_bytes() + needed <= self.memory_budget:
+                return
+            if not self._loaded[key].lock.locked():
+                self._release(key)
+
+    # ------------------------------------------------------------ releasing what no step needs
+    def step_finished(self, step: Step) -> None:
+        """Forget `step` as a user of its models; release each model no remaining step needs."""
+        for key in models_named(self.plan, step):
+            users = self._users.get(key)
+            if users is None:
+                continue
+            users.discard(step.id)
+            if not users:
+                self._release(key)
+
+    def _release(self, model_key: str) -> None:
+        """Drop a root's weights (and every backend on them) or a finetuned variant's adapter."""
+        if model_key in self._loaded:
+            loaded = self._loaded.pop(model_key)
+            for key in [k for k in self._backends if root_of(self.plan, k) == model_key]:
+                del self._backends[key]
+            del loaded
+            gc.collect()  # the model's modules refer to each other: free the weights now, not later
+            memory.release_free_memory()
+        elif model_key in self._backends and self.plan.models[model_key].kind == "finetuned":
+            self._detach(model_key, self._backends.pop(model_key))
+
+    def _detach(self, model_key: str, backend: Any) -> None:
+        name = getattr(backend, "adapter_name", None)
+        loaded = self._loaded.get(root_of(self.plan, model_key))
+        shared = any(getattr(other, "adapter_name", None) == name for other in self._backends.values())
+        if name is None or loaded is None or shared:
+            return
+        from intro.runtime.backends.local_model import detach_adapter
+
+        with loaded.lock:
+            detach_adapter(loaded.model, name)
+
+    def loaded_models(self) -> list[str]:
+        """Keys of the roots whose weights are loaded now."""
+        return list(self._loaded)
 
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+
+
+def root_of(plan: Plan, model_key: str) -> str:
+    """The root model whose weights `model_key` computes with (through finetunes and steering)."""
+    return next(iter(reversed(list(lineage_of(plan, model_key)))))
+
+
+def lineage_of(plan: Plan, model_key: str) -> Iterator[str]:
+    """`model_key`, then the models it computes through, down to its root: a steered model runs on its
+    base; a finetuned model on its root alone (its adapter holds the whole delta, runtime/training)."""
+    key: str | None = model_key
+    while key is not None:
+        yield key
+        entry = plan.models[key]
+        key = {"steered": "base", "finetuned": "root"}.get(entry.kind)
+        key = entry.params[key] if key else None
+
+
+def models_named(plan: Plan, step: Step) -> set[str]:
+    """Every model a step's parameters name, with the models each derives from."""
+    named: set[str] = set()
+    _collect_models(step.params, plan.models, named)
+    return {ancestor for key in named for ancestor in lineage_of(plan, key)}
+
+
+def _collect_models(value: Any, models: Mapping[str, Any], into: set[str]) -> None:
+    # Walks every parameter: a step kind may name its models under any key, so naming counts as using.
+    if isinstance(value, str):
+        if value in models:
+            into.add(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_models(item, models, into)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_models(item, models, into)
+
+
+def steps_using_models(plan: Plan) -> dict[str, set[str]]:
+    """model key -> ids of the plan's steps that need it (directly or through a model derived from it)."""
+    users: dict[str, set[str]] = {key: set() for key in plan.models}
+    for step in plan.steps:
+        for key in models_named(plan, step):
+            users[key].add(step.id)
+    return users

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import sys
 import time
@@ -68,10 +69,14 @@ def run_plans(
     serving: Mapping[str, str] | None = None,
     mode: str = "text",
     pools: PoolFactory = BackendPool,
+    max_memory: int | None = None,
 ) -> int:
     """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see
-    runtime/engine/progress.py); `pools` opens where the models answer (`RayPool` for `--executor ray`)."""
+    runtime/engine/progress.py); `pools` opens where the models answer (`RayPool` for `--executor ray`);
+    `max_memory` is the in-process models' memory budget in bytes (default: what the machine has)."""
     memory.limit_arenas()
+    if max_memory is not None:
+        pools = functools.partial(pools, memory_budget=max_memory)
     cache = Cache(cache_dir or default_cache_dir())
     status = OK
     for plan in plans:
