@@ -28,8 +28,8 @@ from typing import Any
 from intro.compiler.plan import Plan
 from intro.runtime.backends.requests import BackendError, Generation, GenerationRequest, Score, ScoreRequest
 from intro.runtime.engine.pool import BackendPool, LoadListener
-from intro.runtime.engine.ray_placement import Cluster, Placement, place, root_model
-from intro.runtime.store.cache import Cache
+from intro.runtime.engine.ray_placement import Cluster, Placement, misfit, place, root_model
+from intro.runtime.store.cache import Cache, default_cache_dir
 
 INSTALL_HINT = "pip install 'intro[ray]'"
 RETRIES = 3  # times a batch is sent again after its worker died
@@ -81,11 +81,22 @@ def run_on_ray(plans: Sequence[Plan], *, address: str | None, workers: int | Non
     from intro.runtime.engine.run import run_plans
 
     with connected(address) as cluster:
+        _check_fits(plans, cluster, workers, options)
 
         def pools(plan: Plan, cache: Cache, serving: Mapping[str, str], on_load: LoadListener) -> BackendPool:
             return RayPool(plan, cache, serving, on_load, cluster=cluster, workers=workers)
 
         return run_plans(plans, pools=pools, **options)
+
+
+def _check_fits(
+    plans: Sequence[Plan], cluster: Cluster, workers: int | None, options: Mapping[str, Any]
+) -> None:
+    cache = Cache(options.get("cache_dir") or default_cache_dir())
+    for plan in plans:
+        problem = misfit(place(plan, BackendPool(plan, cache, options.get("serving")), cluster, workers))
+        if problem:
+            raise ClusterError(f"{plan.study}: {problem}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -87,6 +87,19 @@ def place(plan: Plan, pool: BackendPool, cluster: Cluster, workers: int | None =
     return Placement(placed, cluster, count, gpus)
 
 
+def misfit(placement: Placement) -> str | None:
+    """Why the actors cannot all start on the cluster (Ray would wait for them for ever), or None."""
+    for unit, have in (("CPUs", placement.cluster.cpus), ("GPUs", placement.cluster.gpus)):
+        need = sum(m.actors * (m.cpus if unit == "CPUs" else m.gpus) for m in placement.models)
+        if need > have:
+            models = len(placement.models)
+            return (
+                f"{models} model(s) x {placement.actors} actor(s) need {need} {unit} but the cluster "
+                f"has {have}; lower --workers"
+            )
+    return None
+
+
 def plan_placement(
     plan: Plan,
     summary: Mapping[str, Any],
@@ -109,6 +122,7 @@ def plan_placement(
         "waves": [w for w in waves if w["actor_steps"]],
         "driver": driver,
         "most_batches_at_once": most,
+        "problem": misfit(placement),
     }
 
 
@@ -182,4 +196,6 @@ def render_placement(placement: Mapping[str, Any]) -> str:
     driver = ", ".join(f"{n} {what}" for what, n in placement["driver"].items() if n) or "nothing else"
     lines.append(f"  on the driver: {driver}; the driver alone writes the cache, the journal and the cubes")
     lines.append(f"expected parallelism: up to {placement['most_batches_at_once']} batch(es) at once")
+    if placement["problem"]:
+        lines.append(f"warning: {placement['problem']}")
     return "\n".join(lines)

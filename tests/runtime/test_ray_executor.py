@@ -177,6 +177,27 @@ def test_plan_shows_actors_per_model_and_expected_parallelism(study, tmp_path):
     assert "the driver alone writes the cache, the journal and the cubes" in output
 
 
+def test_plan_warns_when_the_actors_asked_for_do_not_fit(study, tmp_path):
+    cpus = os.cpu_count() or 1
+    status, output = intro(
+        "plan", study, "--cache", tmp_path / "cache", "--executor", "ray", "--workers", cpus + 1
+    )
+    assert status == 0, output
+    assert (
+        f"warning: 1 model(s) x {cpus + 1} actor(s) need {cpus + 1} CPUs but the cluster has {cpus}" in output
+    )
+
+
+@pytest.mark.slow  # a cluster
+def test_a_run_whose_actors_do_not_fit_the_cluster_stops_before_it_starts(cluster, study, tmp_path):
+    status, output = intro("run", study, "--runs", tmp_path, "--executor", "ray", "--workers", 3)
+    assert status == 1
+    assert output.strip().splitlines() == [
+        "intro: error: onray: 1 model(s) x 3 actor(s) need 3 CPUs but the cluster has 2; lower --workers"
+    ]
+    assert not (tmp_path / "onray").exists()
+
+
 def test_ray_options_need_the_ray_executor(study, tmp_path):
     status, output = intro("run", study, "--runs", tmp_path / "runs", "--workers", "2")
     assert status == 2
