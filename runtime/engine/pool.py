@@ -43,7 +43,8 @@ class BackendPool:
         self.cache = cache
         self.overrides = dict(serving or {})
         self.on_load: LoadListener = on_load or (lambda phase, model, source, seconds: None)
-        self.memory_budget = memory_budget or memory.machine_memory()
+        # What the machine has for this process: what is still available plus what it already holds.
+        self.memory_budget = memory_budget or memory.machine_memory() + memory.resident_bytes()
         self._backends: dict[str, Backend] = {}
         self._loaded: dict[str, Any] = {}  # root key -> LoadedModel, least recently used first
         self._users = steps_using_models(plan)  # model key -> ids of the steps still to finish that need it
