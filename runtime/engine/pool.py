@@ -188,8 +188,12 @@ class BackendPool:
             del loaded
             gc.collect()  # the model's modules refer to each other: free the weights now, not later
             memory.release_free_memory()
-        elif model_key in self._backends and self.plan.models[model_key].kind == "finetuned":
+        elif model_key in self._backends and self._in_process_variant(model_key):
             self._detach(model_key, self._backends.pop(model_key))
+
+    def _in_process_variant(self, model_key: str) -> bool:
+        # A variant served elsewhere (an API model's fine-tune, --serve) keeps its client until aclose.
+        return self.plan.models[model_key].kind == "finetuned" and self.in_process(model_key)
 
     def _detach(self, model_key: str, backend: Any) -> None:
         name = getattr(backend, "adapter_name", None)
