@@ -83,8 +83,18 @@ def run_on_ray(plans: Sequence[Plan], *, address: str | None, workers: int | Non
     with connected(address) as cluster:
         _check_fits(plans, cluster, workers, options)
 
-        def pools(plan: Plan, cache: Cache, serving: Mapping[str, str], on_load: LoadListener) -> BackendPool:
-            return RayPool(plan, cache, serving, on_load, cluster=cluster, workers=workers)
+        def pools(
+            plan: Plan,
+            cache: Cache,
+            serving: Mapping[str, str],
+            on_load: LoadListener,
+            /,
+            *,
+            memory_budget: int | None = None,
+        ) -> BackendPool:
+            return RayPool(
+                plan, cache, serving, on_load, cluster=cluster, workers=workers, memory_budget=memory_budget
+            )
 
         return run_plans(plans, pools=pools, **options)
 
@@ -270,8 +280,9 @@ class RayPool(BackendPool):
         *,
         cluster: Cluster,
         workers: int | None = None,
+        memory_budget: int | None = None,  # for what the driver loads itself (training, vectors)
     ):
-        super().__init__(plan, cache, serving, on_load)
+        super().__init__(plan, cache, serving, on_load, memory_budget=memory_budget)
         self.ray = require_ray()
         self.placement: Placement = place(plan, self, cluster, workers)
         self._replicas: dict[str, Replicas] = {}
@@ -308,9 +319,14 @@ class RayPool(BackendPool):
         ]
         return Replicas(self.ray, actors, root, placed.label, self.on_load)
 
-    @property
-    def retried(self) -> int:
-        return sum(r.retried for r in self._replicas.values())
+    def _release(self, model_key: str) -> None:
+        """After the last step that needs a root model: its actors go too, freeing the cluster's slots."""
+        super()._release(model_key)
+        replicas = self._replicas.pop(model_key, None)
+        if replicas is not None:
+            for key in [k for k, backend in self._remote.items() if backend.replicas is replicas]:
+                del self._remote[key]
+            replicas.kill()
 
     async def aclose(self) -> None:
         await super().aclose()

@@ -13,10 +13,10 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
 from intro.runtime.analysis import injected_thought, measures, sentence_trials
@@ -36,8 +36,21 @@ from intro.runtime.training import training
 
 OK, FAILED, LOCKED = 0, 1, 4
 RESUME_HINT = "finished calls are cached; the same command resumes from them"
-# Opens a plan's backends: (plan, cache, serving, on_load) -> pool. BackendPool in this process, or RayPool.
-PoolFactory = Callable[[Plan, Cache, Mapping[str, str], LoadListener], BackendPool]
+
+
+class PoolFactory(Protocol):
+    """Opens a plan's backends: `BackendPool` in this process, or `RayPool` (runtime/engine/ray_executor.py)."""
+
+    def __call__(
+        self,
+        plan: Plan,
+        cache: Cache,
+        serving: Mapping[str, str],
+        on_load: LoadListener,
+        /,
+        *,
+        memory_budget: int | None = None,
+    ) -> BackendPool: ...
 
 
 class StudyLockedError(Exception):

@@ -190,7 +190,9 @@ def test_plan_warns_when_the_actors_asked_for_do_not_fit(study, tmp_path):
 
 @pytest.mark.slow  # a cluster
 def test_a_run_whose_actors_do_not_fit_the_cluster_stops_before_it_starts(cluster, study, tmp_path):
-    status, output = intro("run", study, "--runs", tmp_path, "--executor", "ray", "--workers", 3)
+    status, output = intro(
+        "run", study, "--runs", tmp_path, "--cache", tmp_path / "cache", "--executor", "ray", "--workers", 3
+    )
     assert status == 1
     assert output.strip().splitlines() == [
         "intro: error: onray: 1 model(s) x 3 actor(s) need 3 CPUs but the cluster has 2; lower --workers"
