@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from intro.runtime.engine import ray_cli  # standard library only: the --executor options
+from intro import executors as ray_cli  # standard library only: the --executor options
 
 OK, FAILED, BAD_INPUT, CHANGES, LOCKED = 0, 1, 2, 3, 4
 

@@ -46,7 +46,8 @@ def dataset(
 
 
 def _statistic(result: Mapping[str, Any]) -> str:
-    return str(next(iter(_groups(result).values()), {}).get("statistic", ""))
+    first = next(iter(_groups(result).values()), None)
+    return "" if first is None else str(first.get("statistic", ""))
 
 
 Data = tuple[dict[str, Any], dict[str, Any]]  # variables, and coordinates of the inner dims
