@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from intro import executors as ray_cli  # standard library only: the --executor options
+from intro import executors  # standard library only: the --executor options
 
 OK, FAILED, BAD_INPUT, CHANGES, LOCKED = 0, 1, 2, 3, 4
 
@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="request cache (default: the per-user cache)")
     p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 3 when any step would run")
-    ray_cli.add_executor_options(p)
+    executors.add_executor_options(p)
 
     p = command("fmt", _fmt, "rewrite specs in canonical form")
     p.add_argument("specs", type=Path, nargs="+", help="the .intro files to format")
@@ -113,7 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MODEL=URL",
         help="serve MODEL from an OpenAI-compatible URL",
     )
-    ray_cli.add_executor_options(p)
+    executors.add_executor_options(p)
     p.add_argument(
         "--max-memory",
         metavar="SIZE",
@@ -349,14 +349,14 @@ def _plan(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    if ray_cli.misused(args):
+    if executors.misused(args):
         return BAD_INPUT
     pending = 0
     for plan in plans:
         summary = plan_summary(plan, cache_dir=args.cache, runs_dir=args.runs)
-        if args.executor == "ray" and (failed := ray_cli.add_placement(args, plan, summary)):
+        if args.executor == "ray" and (failed := executors.add_placement(args, plan, summary)):
             return failed
-        text = render_summary(summary) + ray_cli.rendered(summary)
+        text = render_summary(summary) + executors.rendered(summary)
         print(json.dumps(summary, indent=1) if args.json else text)
         pending += summary["totals"]["steps_to_run"]
     return CHANGES if (args.detailed_exitcode and pending) else OK
@@ -395,7 +395,7 @@ def _run(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    if ray_cli.misused(args):
+    if executors.misused(args):
         return BAD_INPUT
     serving = {}
     for item in args.serve:
@@ -411,7 +411,7 @@ def _run(args: argparse.Namespace) -> int:
         if budget is None:
             return BAD_INPUT
         options["max_memory"] = budget
-    return ray_cli.run(
+    return executors.run(
         args, plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode, **options
     )
 
