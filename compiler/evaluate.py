@@ -38,9 +38,14 @@ class Context:
         self.directory = directory
         self.confinement = confinement or Confinement(None)
         self.sources: Mapping[str, str] = {}  # the program's texts: a template's lines are found in them
-        # The plain values (strings, numbers, booleans) bound in the block a builtin is called from: loop
-        # variables, lets, a function's parameters. Prompt templates see them (set by each call).
-        self.template_values: Mapping[str, Any] = {}
+        # The block a builtin is called from (set by each call): prompt templates see the plain values
+        # (strings, numbers, booleans) bound there, loop variables, lets, a function's parameters.
+        self.template_scope: Scope | None = None
+
+    @property
+    def template_values(self) -> Mapping[str, Any]:
+        # Read only by the few builtins that write templates: not gathered for every call.
+        return self.template_scope.template_values() if self.template_scope is not None else {}
 
     def confined(self, relative: str, span: Span) -> Path:
         """`relative` resolved against this file's folder; an error unless it lies inside the allowed ones."""

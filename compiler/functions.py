@@ -33,7 +33,7 @@ def call(func: Function | UserFunction, node: ast.Call, ev: Evaluator) -> Any:
     if isinstance(func, UserFunction):
         return _call_user(func, node, ev)
     values, spans = bind(func.name, func.params, node, ev)
-    ev.ctx.template_values = ev.scope.template_values()
+    ev.ctx.template_scope = ev.scope
     return func.build(ev.ctx, spans, node.span, **values)
 
 

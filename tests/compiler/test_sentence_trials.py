@@ -128,9 +128,13 @@ def test_bad_experiments_are_diagnosed(tmp_path: Path, changes: dict[str, str], 
     assert code in {d.code for d in error.value.diagnostics}
 
 
-@pytest.mark.parametrize("name", ["concept_experiments", "concept_experiments_mini"])
-def test_the_concept_experiments_specs_compile(name: str) -> None:
-    (plan,) = compile_spec(SPECS / f"{name}.intro")
+def test_the_paper_scale_spec_compiles() -> None:
+    (plan,) = compile_spec(SPECS / "concept_experiments.intro")
+    assert {m.kind for m in plan.measures} == {"thoughts_vs_text", "prefill_intention", "think_about"}
+
+
+def test_the_mini_spec_compiles_to_the_stdlib_functions() -> None:
+    (plan,) = compile_spec(SPECS / "concept_experiments_mini.intro")
     # The three experiments are stdlib functions on the primitives: groups of estimates and comparisons
     # (tests/runtime/test_concept_experiments_on_primitives.py).
     groups = {m.name.split(".")[0] for m in plan.measures}
