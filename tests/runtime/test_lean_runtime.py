@@ -179,7 +179,6 @@ def test_each_model_is_released_after_the_last_step_that_names_it(study, monkeyp
             if step.id in users[root]:
                 alive[root] = weakref.ref(pool.loaded(root))
         pool.step_finished(step)
-        gc.collect()
         for root in alive:
             still_needed = any(s not in done_ids(plan, step) for s in users[root])
             assert (root in pool.loaded_models()) == still_needed, (step.id, root)
