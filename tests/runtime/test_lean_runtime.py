@@ -5,7 +5,6 @@ them (the same adapter, bit for bit), and `intro run --max-memory`."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import json
 import re
