@@ -158,7 +158,7 @@ CONSTRUCTS: tuple[Construct, ...] = (
         "tuples (`pairs`, `product`, or arms written out). Each binding becomes a dimension of the cubes "
         "measured inside, with models named by their declared name. A tuple binding is one dimension, named "
         "after its first name and labelled by each tuple's first value (by all its values, joined with `/`, "
-        "where the first ones repeat): arms like `(\"concept\", v), (\"random\", r)` give one `arm` axis. A "
+        'where the first ones repeat): arms like `("concept", v), ("random", r)` give one `arm` axis. A '
         "loop over an empty list is an error.",
         "for (subject, other) in pairs([qwen, gemma]) {\n"
         "  let tuned = finetune(subject, hypotheticals(subject, mini.train, props))\n"
