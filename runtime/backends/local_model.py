@@ -51,6 +51,7 @@ from intro.runtime.backends.embedded import (
     verified_sha256,
 )
 from intro.runtime.backends.requests import BackendError, Message
+from intro.runtime.engine.memory import machine_memory
 
 EMBEDDED_PREFIX = "embedded:"
 PLAIN_REPLY_SEPARATOR = " "
@@ -280,14 +281,7 @@ def require_memory(needed: float, device: torch.device, *, what: str) -> None:
 def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return machine_memory()
 
 
 def directory_digest(directory: Path) -> str:
