@@ -16,7 +16,7 @@ from . import ir, sentence_trials, templates
 from .diagnostics import Span
 from .injected_thought import INJECTED_THOUGHT
 from .primitives import PRIMITIVES
-from .types import Function, Param
+from .types import Function, Param, entry
 
 if TYPE_CHECKING:
     from .evaluate import Context
@@ -275,8 +275,7 @@ def _judge(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Grader:
 
 
 # ---------------------------------------------------------------- the table
-def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: str) -> tuple[str, Function]:
-    return name, Function(name, params, build, doc, returns, example)
+_fn = entry
 
 
 _SELECTION = Param("tasks", "selection")

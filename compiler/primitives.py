@@ -15,7 +15,7 @@ from . import ir
 from .diagnostics import Span
 from .prompt_sets import PROMPT_SETS, check_template, named_values, sample_rows, with_values
 from .readings import READINGS
-from .types import Function, Param
+from .types import Function, Param, entry
 
 if TYPE_CHECKING:
     from .evaluate import Context
@@ -211,8 +211,7 @@ def _comparison(statistic: str) -> Any:
 
 
 # ---------------------------------------------------------------- the table
-def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: str) -> tuple[str, Function]:
-    return name, Function(name, params, build, doc, returns, example)
+_fn = entry
 
 
 _VALUES = Param("values", "values")

@@ -13,7 +13,7 @@ from . import dataflow as df
 from . import ir, templates
 from .diagnostics import Span
 from .plan import digest
-from .types import Function, Param
+from .types import Function, Param, entry
 
 if TYPE_CHECKING:
     from .evaluate import Context
@@ -264,8 +264,7 @@ def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSe
 
 
 # ---------------------------------------------------------------- the table
-def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: str) -> tuple[str, Function]:
-    return name, Function(name, params, build, doc, returns, example)
+_fn = entry
 
 
 PROMPT_SETS: dict[str, Function] = dict(

@@ -13,7 +13,7 @@ from . import dataflow as df
 from . import ir
 from .diagnostics import Span
 from .prompt_sets import check_template, named_values, sample_rows, with_values
-from .types import CHECKS, Function, Param
+from .types import CHECKS, Function, Param, entry
 
 if TYPE_CHECKING:
     from .evaluate import Context
@@ -61,8 +61,7 @@ def _concept_vectors(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[ir
     return tuple(_concept(ctx, {**spans, "word": spans["words"]}, at, word=w, **fixed) for w in a["words"])
 
 
-def _fn(name: str, build: Any, *params: Param, doc: str, returns: str, example: str) -> tuple[str, Function]:
-    return name, Function(name, params, build, doc, returns, example)
+_fn = entry
 
 
 READINGS: dict[str, Function] = dict(

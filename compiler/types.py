@@ -36,6 +36,13 @@ class Function:
     example: str = ""
 
 
+def entry(
+    name: str, build: Any, *params: Param, doc: str, returns: str, example: str
+) -> tuple[str, Function]:
+    """A builtin table's `(name, Function)` row, keyword-documented where the tables are written."""
+    return name, Function(name, params, build, doc, returns, example)
+
+
 REQUIRED = object()
 
 
