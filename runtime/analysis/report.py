@@ -388,16 +388,9 @@ def training_figure(dataset: xr.Dataset) -> Figure:
 # ---------------------------------------------------------------- the open language's statistics
 def statistic_figure(dataset: xr.Dataset, name: str) -> Figure:
     """An estimate or a comparison at every point of the study's axes, with its 95% CI."""
-    axes = [str(d) for d in dataset["estimate"].dims]
-    points = list(np.ndindex(*(dataset.sizes[a] for a in axes)))
-    labels = [", ".join(str(dataset[a].values[i]) for a, i in zip(axes, at, strict=True)) for at in points]
-    value = np.array([float(dataset["estimate"].values[at]) for at in points])
-    low = np.array([float(dataset["ci_low"].values[at]) for at in points])
-    high = np.array([float(dataset["ci_high"].values[at]) for at in points])
+    points, labels = _summary_points(dataset, name)
     figure, axis = plt.subplots(figsize=(max(3.0, 0.9 * len(points) + 1.5), 3.4))
-    errors = np.nan_to_num(np.vstack([value - low, high - value]))
-    axis.errorbar(range(len(points)), value, yerr=errors, fmt="o", capsize=4)
-    axis.set_xticks(range(len(points)), [label or name for label in labels], rotation=30, ha="right")
+    _intervals(axis, dataset, points, labels)
     if dataset.attrs.get("kind") == "comparison":  # a difference or r: zero is "no effect"
         axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_ylabel(str(dataset.attrs.get("kind", "estimate")))
@@ -410,11 +403,7 @@ def comparison_figure(dataset: xr.Dataset, name: str) -> Figure:
     95% CI (right), so "self 0.42 vs cross 0.31" and "+0.11 [0.02, 0.20]" read from one picture."""
     if dataset.attrs.get("statistic") == "correlation" or "a" not in dataset:
         return statistic_figure(dataset, name)
-    axes = [str(d) for d in dataset["estimate"].dims]
-    points = list(np.ndindex(*(dataset.sizes[a] for a in axes)))
-    labels = [
-        ", ".join(str(dataset[a].values[i]) for a, i in zip(axes, at, strict=True)) or name for at in points
-    ]
+    points, labels = _summary_points(dataset, name)
     xs = np.arange(len(points))
     figure, (sides, diff) = plt.subplots(1, 2, figsize=(max(6.0, 1.4 * len(points) + 3), 3.4))
     for offset, side, marker in ((-0.12, "a", "o"), (0.12, "b", "s")):
@@ -423,14 +412,28 @@ def comparison_figure(dataset: xr.Dataset, name: str) -> Figure:
     sides.set_ylabel("estimate")
     sides.legend(fontsize=8)
     sides.set_title(f"{name}: a and b")
-    value = np.array([float(dataset["estimate"].values[at]) for at in points])
-    low = np.array([float(dataset["ci_low"].values[at]) for at in points])
-    high = np.array([float(dataset["ci_high"].values[at]) for at in points])
-    diff.errorbar(xs, value, yerr=np.nan_to_num(np.vstack([value - low, high - value])), fmt="o", capsize=4)
+    _intervals(diff, dataset, points, labels)
     diff.axhline(0, color="grey", linewidth=0.8)
-    diff.set_xticks(xs, labels, rotation=30, ha="right")
     diff.set_title("a - b (95% bootstrap CI over items)")
     return figure
+
+
+def _summary_points(dataset: xr.Dataset, name: str) -> tuple[list[tuple[int, ...]], list[str]]:
+    """Every point of a summary cube's axes, and its label (the measure's name where it has no axes)."""
+    axes = [str(d) for d in dataset["estimate"].dims]
+    points = list(np.ndindex(*(dataset.sizes[a] for a in axes)))
+    labels = [", ".join(str(dataset[a].values[i]) for a, i in zip(axes, at, strict=True)) for at in points]
+    return points, [label or name for label in labels]
+
+
+def _intervals(axis: Any, dataset: xr.Dataset, points: list[tuple[int, ...]], labels: list[str]) -> None:
+    """The estimate at each point with its 95% CI as error bars."""
+    value, low, high = (
+        np.array([float(dataset[v].values[at]) for at in points]) for v in ("estimate", "ci_low", "ci_high")
+    )
+    errors = np.nan_to_num(np.vstack([value - low, high - value]))
+    axis.errorbar(range(len(points)), value, yerr=errors, fmt="o", capsize=4)
+    axis.set_xticks(range(len(points)), labels, rotation=30, ha="right")
 
 
 TABLE_ONLY = ("texts", "values")
