@@ -187,6 +187,12 @@ class StepChange:
         return {"kind": self.kind, "step": self.step, "reasons": list(self.reasons)}
 
 
+# The steps that call a model: _call_reasons names what changed in their model, sampling and prompts.
+MODEL_CALLS = frozenset({"sample", "generate", "choose", "score", "residuals"})
+SAMPLING_KEYS = ("temperature", "max_tokens", "seed", "samples", "stop")
+CALL_KEYS = ("model", "prompts", "rows", *SAMPLING_KEYS)
+
+
 def plan_changes(a: Plan, b: Plan) -> list[StepChange]:
     steps_a = {s.id: s for s in a.steps}
     steps_b = {s.id: s for s in b.steps}
@@ -208,14 +214,15 @@ def _reasons(
     a: Plan, old: Step, b: Plan, new: Step, steps_a: Mapping[str, Step], steps_b: Mapping[str, Step]
 ) -> list[str]:
     reasons = []
-    if old.kind == "sample":
-        reasons += _sample_reasons(a, old, b, new)
+    if old.kind in MODEL_CALLS:
+        reasons += _call_reasons(a, old, b, new)
     upstream = [d for d in new.deps if d in steps_a and steps_a[d].hash != steps_b[d].hash]
     upstream += [d for d in new.deps if d not in steps_a]
     reasons += [f"upstream step changed: {d}" for d in upstream]
     if set(old.deps) - set(new.deps):
         reasons.append("depends on different steps")
-    content_keys = [k for k in new.params if not k.endswith("_steps") and k not in ("prompts", "model")]
+    described = CALL_KEYS if old.kind in MODEL_CALLS else ("prompts", "model")
+    content_keys = [k for k in new.params if not k.endswith("_steps") and k not in described]
     for key in content_keys:
         if old.params.get(key) != new.params.get(key) and old.kind != "sample":
             reasons.append(f"parameter changed: {key}")
@@ -224,14 +231,21 @@ def _reasons(
     return reasons
 
 
-def _sample_reasons(a: Plan, old: Step, b: Plan, new: Step) -> list[str]:
+def _call_reasons(a: Plan, old: Step, b: Plan, new: Step) -> list[str]:
+    """What changed in a step that calls a model: its model's identity, its sampling, its prompts."""
     reasons = []
     if a.models[old.params["model"]].identity != b.models[new.params["model"]].identity:
         reasons.append("model identity changed")
-    for key in ("temperature", "max_tokens", "seed", "samples", "stop"):
-        if old.params[key] != new.params[key]:
-            reasons.append(f"sampling parameter {key}: {old.params[key]} -> {new.params[key]}")
-    before, after = set(old.params["prompts"]), set(new.params["prompts"])
+    for key in SAMPLING_KEYS:
+        if key in new.params and old.params.get(key) != new.params[key]:
+            reasons.append(f"sampling parameter {key}: {old.params.get(key)} -> {new.params[key]}")
+    prompts = "prompts" if old.kind == "sample" else "rows"
+    before, after = _entries(old.params.get(prompts)), _entries(new.params.get(prompts))
     if before != after:
         reasons.append(f"prompt text: {len(after - before)} of {len(after)} prompts changed")
     return reasons
+
+
+def _entries(prompts: list[Any] | None) -> set[Any]:
+    """A step's prompts (or rows of item and prompt) as a set to compare."""
+    return {tuple(p) if isinstance(p, list) else p for p in prompts or ()}
