@@ -37,11 +37,11 @@ split held_out {
 }
 
 study self {
-  measure accuracy = prediction(qwen, qwen, held_out.test, [first_character])
+  measure first = extract(generate(qwen, prompts(held_out.test)), first_character)
 }
 
 study cross {
-  measure accuracy = prediction(gemma, qwen, held_out.test, [first_character])
+  measure first = extract(generate(gemma, prompts(held_out.test)), first_character)
 }
 """
 
@@ -94,15 +94,15 @@ def test_check_json_gives_structured_diagnostics() -> None:
     assert diagnostic == {
         "severity": "error",
         "code": "E206",
-        "message": "prediction() has no parameter 'hypothetcal'",
+        "message": "predict_property() has no parameter 'hypothetcal'",
         "path": str(fixture),
-        "line": 26,
-        "column": 72,
-        "end_line": 26,
-        "end_column": 83,
+        "line": 27,
+        "column": 79,
+        "end_line": 27,
+        "end_column": 90,
         "notes": [
             "did you mean 'hypothetical'?",
-            "prediction() parameters: predictor, subject, tasks, properties, object, hypothetical, template",
+            "predict_property() parameters: predictor, subject, tasks, about, object, hypothetical, template",
         ],
     }
     clean = intro("check", "--json", str(MINI))

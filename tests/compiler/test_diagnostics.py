@@ -169,11 +169,12 @@ def test_a_failed_let_is_not_reported_again(tmp_path: Path) -> None:
     spec = tmp_path / "cascade.intro"
     spec.write_text(
         source.replace(
-            "  measure m = prediction(finetune(qwen, data, 8, 16, 0.0001, 1, 8, 0, 99), qwen,",
+            "  measure m = li.predict_property(finetune(qwen, data, 8, 16, 0.0001, 1, 8, 0, 99), qwen,",
             "  let trained = finetune(qwen, data, 8, 16, 0.0001, 1, 8, 0, 99)\n"
-            "  measure m = prediction(trained, qwen,",
+            "  measure m = li.predict_property(trained, qwen,",
         )
     )
+    assert "let trained" in spec.read_text(encoding="utf-8")
     code, stderr = run_check(spec)
     assert code == 2 and "E205" in stderr
     assert "unknown name 'trained'" not in stderr
