@@ -414,8 +414,28 @@ def comparison_figure(dataset: xr.Dataset, name: str) -> Figure:
     sides.set_title(f"{name}: a and b")
     _intervals(diff, dataset, points, labels)
     diff.axhline(0, color="grey", linewidth=0.8)
-    diff.set_title("a - b (95% bootstrap CI over items)")
+    diff.set_title("\n".join(["a - b (95% bootstrap CI over items)", *_pooled_captions(dataset)]))
     return figure
+
+
+def _pooled_captions(dataset: xr.Dataset) -> list[str]:
+    """The paired difference pooled over the innermost axis (self vs cross over all properties), one line
+    per point of the other axes: estimate, CI, sign-flip p over items and Holm's p over those lines."""
+    if "pooled_estimate" not in dataset:
+        return []
+    pooled = dataset[[str(v) for v in dataset.data_vars if str(v).startswith("pooled_")]]
+    dims = [str(d) for d in pooled["pooled_estimate"].dims]
+    lines = []
+    for at in np.ndindex(*(pooled.sizes[d] for d in dims)):
+        cell = pooled.isel(dict(zip(dims, at, strict=True)))
+        where = ", ".join(str(pooled[d].values[i]) for d, i in zip(dims, at, strict=True))
+        lines.append(
+            f"{where + ': ' if where else ''}all {dataset.attrs.get('pooled_over', '')} "
+            f"{float(cell['pooled_estimate']):+.3f} [{float(cell['pooled_ci_low']):.3f}, "
+            f"{float(cell['pooled_ci_high']):.3f}], p = {float(cell['pooled_p_value']):.3g} "
+            f"(Holm {float(cell['pooled_p_holm']):.3g}; {int(cell['pooled_items'])} items)"
+        )
+    return lines
 
 
 def _summary_points(dataset: xr.Dataset, name: str) -> tuple[list[tuple[int, ...]], list[str]]:
@@ -427,12 +447,21 @@ def _summary_points(dataset: xr.Dataset, name: str) -> tuple[list[tuple[int, ...
 
 
 def _intervals(axis: Any, dataset: xr.Dataset, points: list[tuple[int, ...]], labels: list[str]) -> None:
-    """The estimate at each point with its 95% CI as error bars."""
+    """The estimate at each point with its 95% CI as error bars; a proportion's Wilson interval next to it
+    in grey (the bootstrap collapses to a point at 0/n or n/n in a small cell; the Wilson interval does not)."""
     value, low, high = (
         np.array([float(dataset[v].values[at]) for at in points]) for v in ("estimate", "ci_low", "ci_high")
     )
     errors = np.nan_to_num(np.vstack([value - low, high - value]))
     axis.errorbar(range(len(points)), value, yerr=errors, fmt="o", capsize=4)
+    if "wilson_low" in dataset and np.isfinite(dataset["wilson_low"].values).any():
+        wilson_low, wilson_high = (
+            np.array([float(dataset[v].values[at]) for at in points]) for v in ("wilson_low", "wilson_high")
+        )
+        spread = np.nan_to_num(np.vstack([value - wilson_low, wilson_high - value]))
+        xs = np.arange(len(points)) + 0.15
+        axis.errorbar(xs, value, yerr=spread, fmt="none", ecolor="grey", capsize=3, label="Wilson 95%")
+        axis.legend(fontsize=7)
     axis.set_xticks(range(len(points)), labels, rotation=30, ha="right")
 
 
