@@ -124,14 +124,15 @@ def _check_about(ctx: Context, source: Any, about: ir.Property, spans: Spans) ->
         ctx.fail("E336", "prompts() `about` a property needs a task selection as its source", spans["about"])
     if not any(about.reads_task(task) for task in source.tasks):
         names = ", ".join(t.name for t in source.tasks)
+        kinds = ", ".join(sorted({t.answer for t in source.tasks}))
         ctx.fail(
             "E303",
             f"property '{about.name}' cannot read the answers of any selected task ({names})",
             spans["about"],
+            f"'{about.name}' reads {', '.join(sorted(about.reads))} answers; the tasks give {kinds}",
         )
-    check = about.question_span or spans["about"]
-    rows = [dict(row) for task in source.tasks if about.reads_task(task) for row in task.rows]
-    check_template(ctx, about.question, check, templates.Rows(rows, "the selected tasks", "the tasks' rows"))
+    # Against every row of each task it is asked about, so that a message names the property and the task.
+    templates.check_questions(ctx, source.tasks, (about,), spans["about"])
 
 
 def sample_rows(source: Any, prompt_set: df.PromptSet | None = None) -> templates.Rows:

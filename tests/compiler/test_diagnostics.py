@@ -169,12 +169,12 @@ def test_a_failed_let_is_not_reported_again(tmp_path: Path) -> None:
     spec = tmp_path / "cascade.intro"
     spec.write_text(
         source.replace(
-            "  measure m = li.predict_property(finetune(qwen, data, 8, 16, 0.0001, 1, 8, 0, 99), qwen,",
-            "  let trained = finetune(qwen, data, 8, 16, 0.0001, 1, 8, 0, 99)\n"
-            "  measure m = li.predict_property(trained, qwen,",
+            "  measure m = extract(generate(qwen, asked, li.object_level, 16), first_character)",
+            "  let answers = generate(qwen, asked, li.object_level, 16)\n"
+            "  measure m = extract(answers, first_character)",
         )
     )
-    assert "let trained" in spec.read_text(encoding="utf-8")
+    assert "let answers" in spec.read_text(encoding="utf-8")
     code, stderr = run_check(spec)
     assert code == 2 and "E205" in stderr
-    assert "unknown name 'trained'" not in stderr
+    assert "unknown name 'answers'" not in stderr
