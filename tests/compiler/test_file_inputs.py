@@ -21,7 +21,7 @@ POSITIONED = re.compile(r"^(\S+):(\d+):(\d+): error\[(E\d{3})\]: (.*)$", re.MULT
 TIMEOUT_S = 60
 
 SPEC = """\
-use stdlib.looking_inward: first_character
+use stdlib.looking_inward: first_character, predict_property
 
 model qwen = embedded "qwen2.5-coder-0.5b-instruct"
 
@@ -33,7 +33,7 @@ ID}
 split held_out { test: [animals]  items: 3 }
 
 study s {
-  measure m = prediction(qwen, qwen, held_out.test, [first_character])
+  measure m = predict_property(qwen, qwen, held_out.test, first_character)
 }
 """
 

@@ -64,7 +64,7 @@ let xs = [1,  # one
 let y = 1 + 2 *(3 - 4) - (5 - 6)   # arithmetic
 let z = -(1 + 2) / -x.y
 let w = { a: 1, b: "q\\"uote\\n" }
-let lg = prediction(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, xx, yy, zz, aaa)
+let lg = li.predict_property(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, xx, yy, zz, aaa)
 study s {   # study trailing
   # first statement comment
   let q = 1
@@ -114,7 +114,7 @@ let y = 1 + 2 * (3 - 4) - (5 - 6)  # arithmetic
 let z = -(1 + 2) / -x.y
 let w = { a: 1, b: "q\\"uote\\n" }
 
-let lg = prediction(
+let lg = li.predict_property(
   a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, xx, yy, zz, aaa
 )
 
@@ -254,8 +254,8 @@ FUNCTION = """\
 fn  rates( predictor : model ,subject,  # who is asked
   tasks: selection = mini.test,props: properties=[a, b],) {   # opens
   # first
-  let own = prediction(subject,subject,tasks,props)
-  let pair=( own , prediction(predictor, subject, tasks, props) )   # a tuple
+  let own = li.predict_property(subject,subject,tasks,props)
+  let pair=( own , li.predict_property(predictor, subject, tasks, props) )   # a tuple
   let one = ( own, )
   let same = ( own )
 
@@ -273,8 +273,8 @@ fn rates(
   props: properties = [a, b],
 ) {  # opens
   # first
-  let own = prediction(subject, subject, tasks, props)
-  let pair = (own, prediction(predictor, subject, tasks, props))  # a tuple
+  let own = li.predict_property(subject, subject, tasks, props)
+  let pair = (own, li.predict_property(predictor, subject, tasks, props))  # a tuple
   let one = (own,)
   let same = own
 

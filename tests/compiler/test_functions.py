@@ -31,10 +31,13 @@ property first_character {
   question: "What is the first character of the response you gave?"
 }
 
-let props = [first_character]
+let target = first_character
+let hypothetical = "Earlier you were asked: {{ object_prompt }} {{ question }}"
 
-fn cross(predictor: model, subject: model, tasks: selection, props: properties = props) {
-  return prediction(predictor, subject, tasks, props)
+fn cross(predictor: model, subject: model, tasks: selection, about: property = target) {
+  let behaviour = extract(generate(subject, prompts(tasks)), about)
+  let predictions = extract(generate(predictor, prompts(tasks, hypothetical, about: about)), predicted(about))
+  return accuracy(predictions, behaviour)
 }
 
 fn rates(predictor: model, subject: model, tasks: selection) {
@@ -48,6 +51,15 @@ INLINE_PROPERTY = """\
 property first_character {
   extract: "first_character"
   question: "What is the first character of the response you gave?"
+}
+"""
+
+# The calls mylib.cross(other, m, t.test) makes, written out in a study.
+INLINE_CROSS = """\
+study s {
+  let behaviour = extract(generate(m, prompts(t.test)), first_character)
+  let asked = prompts(t.test, "Earlier you were asked: {{ object_prompt }} {{ question }}", about: first_character)
+  measure p = accuracy(extract(generate(other, asked), predicted(first_character)), behaviour)
 }
 """
 
@@ -91,14 +103,8 @@ def axes(plan: dict[str, Any], measure: str) -> list[tuple[str, list[Any]]]:
 
 
 # ---------------------------------------------------------------- functions plan what they compute
-def test_a_module_function_plans_exactly_the_builtin_call_it_stands_for(tmp_path: Path) -> None:
-    inline = compiled(
-        tmp_path,
-        "inline",
-        HEADER
-        + INLINE_PROPERTY
-        + "study s {\n  measure p = prediction(other, m, t.test, [first_character])\n}\n",
-    )
+def test_a_module_function_plans_exactly_the_calls_it_stands_for(tmp_path: Path) -> None:
+    inline = compiled(tmp_path, "inline", HEADER + INLINE_PROPERTY + INLINE_CROSS)
     through_module = compiled(
         tmp_path,
         "module",
@@ -112,28 +118,22 @@ def test_a_module_function_plans_exactly_the_builtin_call_it_stands_for(tmp_path
         + "study s {\n  measure p = cross(subject: m, tasks: t.test, predictor: other)\n}\n",
     )
     assert steps(through_module) == steps(inline) == steps(imported_name)
-    assert {step["kind"] for step in inline["steps"]} == {"sample", "prediction"}
+    assert {step["kind"] for step in inline["steps"]} == {"generate", "extract", "estimate"}
 
 
 def test_defaults_and_body_names_come_from_the_defining_module_not_the_caller(tmp_path: Path) -> None:
-    # The spec has its own `props` and `first_character`, with another question: the function must not
+    # The spec has its own `target` and `first_character`, with another question: the function must not
     # see them. Passing the spec's property explicitly does change the plan.
     spec_property = INLINE_PROPERTY.replace("first character", "first letter")
-    body = "use mylib\n" + HEADER + spec_property + "let props = [first_character]\n"
+    body = "use mylib\n" + HEADER + spec_property + "let target = first_character\n"
     by_default = compiled(
         tmp_path, "default", body + "study s {\n  measure p = mylib.cross(other, m, t.test)\n}\n"
     )
-    inline = compiled(
-        tmp_path,
-        "inline",
-        HEADER
-        + INLINE_PROPERTY
-        + "study s {\n  measure p = prediction(other, m, t.test, [first_character])\n}\n",
-    )
+    inline = compiled(tmp_path, "inline", HEADER + INLINE_PROPERTY + INLINE_CROSS)
     explicit = compiled(
         tmp_path,
         "explicit",
-        body + "study s {\n  measure p = mylib.cross(other, m, t.test, props: props)\n}\n",
+        body + "study s {\n  measure p = mylib.cross(other, m, t.test, about: target)\n}\n",
     )
     assert steps(by_default) == steps(inline)
     assert steps(explicit) != steps(inline)
@@ -154,7 +154,8 @@ def test_a_record_of_measurements_becomes_one_measure_per_field(tmp_path: Path) 
     assert [coords for coords, _ in found["g.own"]] == [("m",), ("other",)]
     assert found["g.own"][0][1] != found["g.cross"][0][1]  # m predicting itself vs other predicting m
     code, out, _ = intro(tmp_path, "plan", "record.intro")
-    assert code == 0 and "prediction.s.g.own[m]" in out and "prediction.s.g.cross[m]" in out
+    first_steps = {m["name"]: m["points"][0][1] for m in plan["measures"]}
+    assert code == 0 and f" {first_steps['g.own']}\n" in out and f" {first_steps['g.cross']}\n" in out
 
 
 def test_functions_are_values_passed_to_functions(tmp_path: Path) -> None:
@@ -207,7 +208,7 @@ def test_an_error_in_a_module_function_points_into_the_module_and_names_the_call
     code, _, err = intro(tmp_path, "check", spec.name)
     assert code == 2
     assert (
-        err.splitlines()[0] == "mylib.intro:19:22: error[E201]: cross() argument 'tasks' must be a "
+        err.splitlines()[0] == "mylib.intro:22:22: error[E201]: cross() argument 'tasks' must be a "
         "task selection (e.g. mysplit.test), not a number"
     )
     assert "     = note: in broken(), called from spec.intro:7:15" in err.splitlines()

@@ -16,9 +16,10 @@ task ab { data: "ab.jsonl" prompt: "{{ q }}" answer: "choice" choices: ["A", "B"
 split s { train: [seq, ab] test: [] items: 4 }
 split t { test: [seq] items: 4 }
 study lower {
-  let first = finetune(m, hypotheticals(m, s.train, [li.first_character]))
-  let second = finetune(first, answers(other, s.train))
-  measure p = prediction(second, second, t.test, [li.first_character])
+  let first = finetune(m, li.hypothetical_examples(m, s.train, [li.first_character, li.among_a_or_c]))
+  let asked = prompts(s.train)
+  let second = finetune(first, examples(asked, generate(other, asked)))
+  measure p = li.predict_property(second, second, t.test, li.first_character).accuracy
 }
 """
 
@@ -46,10 +47,8 @@ def test_finetuning_a_finetuned_model_waits_for_its_base(tmp_path):
     assert [s.id for s in plan.steps].index(first.id) < [s.id for s in plan.steps].index(second.id)
 
 
-def test_answer_data_knows_its_tasks_answer_kinds(tmp_path):
+def test_reading_properties_off_answers_knows_the_tasks_answer_kinds(tmp_path):
     plan = compile_here(tmp_path)
-    (answers,) = [s for s in plan.steps if s.kind == "answers"]
-    assert answers.params["tasks"] == {
-        "seq": {"answer": "text", "choices": []},
-        "ab": {"answer": "choice", "choices": ["A", "B"]},
-    }
+    (reading,) = [s for s in plan.steps if s.kind == "extract" and "ab" in s.params.get("tasks", {})]
+    assert reading.params["tasks"] == {"seq": ["text", []], "ab": ["choice", ["A", "B"]]}
+    assert [name for name, _ in reading.params["each"]] == ["first_character", "among_a_or_c"]

@@ -77,7 +77,7 @@ def test_study_with_loops_lets_and_measures() -> None:
         "study s {\n"
         "  for (m1, m2) in pairs(models), layer in [1, 2] {\n"
         "    let x = m1\n"
-        "    measure acc = prediction(x, m2)\n"
+        "    measure acc = generate(x, m2)\n"
         "  }\n"
         "}\n"
     )
@@ -164,7 +164,7 @@ def test_keywords_are_names_where_no_keyword_fits() -> None:
 
 
 def test_spans_cover_what_they_name() -> None:
-    call = value_of("prediction(q,\n  r)")
+    call = value_of("generate(q,\n  r)")
     assert call.span == Span("t.intro", 1, 9, 2, 5)
     listed = value_of("[1, 2]")
     assert listed.span == Span("t.intro", 1, 9, 1, 15)

@@ -50,10 +50,12 @@ split held_out {{
 }}
 
 study s {{
-  measure m = prediction(qwen, qwen, held_out.test, [first_character]{extra})
+  let asked = prompts(held_out.test, {template}, about: first_character)
+  let behaviour = extract(generate(qwen, prompts(held_out.test)), first_character)
+  measure m = accuracy(extract(generate(qwen, asked), predicted(first_character)), behaviour)
 }}
 """
-PROMPT_LINE, QUESTION_LINE, MEASURE_LINE = 5, 10, 19
+PROMPT_LINE, QUESTION_LINE, TEMPLATE_LINE = 5, 10, 19
 HEAD = re.compile(r"^s\.intro:(\d+):(\d+): error\[(E\d{3})\]: (.*)$", re.MULTILINE)
 BUDGET_ENV = ("INTRO_TEMPLATE_STEPS", "INTRO_TEMPLATE_OUTPUT", "INTRO_TEMPLATE_SECONDS")
 
@@ -64,11 +66,15 @@ def literal(text: str) -> str:
 
 
 def write_spec(
-    folder: Path, prompt: str = "After {{ sequence }}?", question: str = "First character?", extra: str = ""
+    folder: Path,
+    prompt: str = "After {{ sequence }}?",
+    question: str = "First character?",
+    template: str = "Earlier you were asked: {{ object_prompt }} {{ question }}",
 ) -> Path:
     (folder / "animals.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     spec = folder / "s.intro"
-    spec.write_text(SPEC.format(prompt=literal(prompt), question=literal(question), extra=extra))
+    values = {"prompt": prompt, "question": question, "template": template}
+    spec.write_text(SPEC.format(**{name: literal(value) for name, value in values.items()}))
     return spec
 
 
@@ -142,28 +148,33 @@ def test_a_misspelt_question_variable_is_an_error_with_a_suggestion(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("template", "code", "message"),
-    [
-        ("{{ object_promt }} {{ question }}", "E146", "uses 'object_promt', which is not one of its values"),
-        (
-            "{{ object_promt | upper }} {{ question }}",
-            "E146",
-            "uses 'object_promt', which is not one of its values",
-        ),
-        (
-            "{{ object_prompt }} {{ 1 / (question | length - 16) }}",
-            "E181",
-            "fails on row 'a1' of task 'animals' with property 'first_character': ZeroDivisionError: division by zero",
-        ),
-    ],
+    "template", ["{{ object_promt }} {{ question }}", "{{ object_promt | upper }} {{ question }}"]
 )
-def test_the_hypothetical_template_is_rendered_as_lowering_will(
-    tmp_path: Path, template: str, code: str, message: str
-) -> None:
-    # The hypothetical template is given each object prompt and each property question ("First character?").
-    write_spec(tmp_path, extra=f", template: {literal(template)}")
-    line, _, found, text = one_error(intro(tmp_path, "check", "s.intro"))
-    assert (line, found, text) == (MEASURE_LINE, code, f"the hypothetical template {message}")
+def test_a_hypothetical_template_over_a_selection_knows_its_fields(tmp_path: Path, template: str) -> None:
+    # A template over a task selection `about` a property is given each row's fields, the task's name, its
+    # prompt for the row (`object_prompt`) and the property's question for it (`question`).
+    write_spec(tmp_path, template=template)
+    result = intro(tmp_path, "check", "s.intro")
+    line, _, code, message = one_error(result)
+    assert (line, code, message) == (
+        TEMPLATE_LINE,
+        "E146",
+        "template uses 'object_promt', which the tasks' rows do not have",
+    )
+    assert "did you mean 'object_prompt'?" in result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="check renders a template over a task selection with placeholder `object_prompt` and `question` "
+    "values, so one that fails only on the real ones passes check and compile raises a TemplateProblem",
+)
+def test_a_hypothetical_template_is_rendered_with_the_real_question_at_check(tmp_path: Path) -> None:
+    # "First character?" has 16 characters: the template divides by zero on every row, once lowered.
+    write_spec(tmp_path, template="{{ object_prompt }} {{ 1 / (question | length - 16) }}")
+    line, _, code, message = one_error(intro(tmp_path, "check", "s.intro"))
+    assert (line, code) == (TEMPLATE_LINE, "E181")
+    assert "ZeroDivisionError: division by zero" in message
 
 
 @pytest.mark.parametrize(
@@ -367,10 +378,10 @@ use stdlib.introspection as intro
 model qwen = embedded "qwen2.5-coder-0.5b-instruct"
 
 study s {{
-  measure detection = injected_thought(
+  measure detection = intro.injected_thought_trials(
     qwen,
     concept(qwen, "dog", 16, intro.baseline, template: {template}),
-    "dog", 16, 2, intro.trial, grader: logit_readout(),
+    "dog", 16, 2, trials: 2,
   )
 }}
 """
