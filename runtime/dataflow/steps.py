@@ -11,7 +11,6 @@ from intro.compiler.plan import Measure, Step
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes, readings
 from intro.runtime.dataflow.tables import NotReady, StepFailed, Tables
-from intro.runtime.store import cube
 from intro.runtime.training.training import TrainingExample, write_examples
 
 PURE: tuple[str, ...] = ("render", "extract", "filter", "labels", "differs", "all_of", "probability")
@@ -109,7 +108,7 @@ class DataflowSteps:
 
     def _write(self, measure: Measure) -> None:
         dataset = cubes.dataset(self.plan, measure, self.tables.table, self._user_turn)
-        cube.write(dataset, self.run.directory / "cube.zarr", measure.name)
+        self.run.cube_writer.write(dataset, self.run.directory / "cube.zarr", measure.name)
 
     def _user_turn(self, prompt_key: str) -> str:
         messages = self.tables.prompt(prompt_key).messages

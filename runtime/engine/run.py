@@ -117,8 +117,10 @@ def _finished(plan: Plan, directory: Path, counters: Counters, mode: str) -> Non
     """The final summary: a line (and in text mode the tables) on stdout, or the run_finished event."""
     elapsed = time.monotonic() - counters.started
     results = directory / "cube.zarr"
+    work = counters.model_work if counters.model_work and counters.model_work.kinds else None
     if mode == "json":
         counts = {"calls": counters.calls, "cached": counters.cached, "trained": counters.trained}
+        counts |= {"model_work": work.as_dict()} if work else {}
         seconds = round(elapsed, 3)
         emit_json("run_finished", seconds, study=plan.study, **counts, seconds=seconds, results=str(results))
         return
@@ -127,6 +129,8 @@ def _finished(plan: Plan, directory: Path, counters: Counters, mode: str) -> Non
         f"{counters.trained} trained, {elapsed:.1f} s  (results: {results})"
     )
     if mode == "text":
+        if work:
+            print(f"{plan.study}: {work.summary()}")
         show_run(directory)
 
 
@@ -175,6 +179,7 @@ class _StudyRun:
         self.journal = journal
         self.mode = mode
         self.cubes = {m.name: cube.PredictionCube(plan, m) for m in plan.measures if m.kind == "prediction"}
+        self.cube_writer = cube.CubeWriter()
         self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
         self._started = time.monotonic()
         self.progress: Progress
@@ -203,9 +208,14 @@ class _StudyRun:
             self.progress = progress
             progress.started(self.plan.study, self.plan.hash, totals["trainings"])
             try:
-                return await self.executor.run()
+                counters = await self.executor.run()
+                counters.model_work = self.pool.model_work()
+                return counters
             finally:
-                await self.pool.aclose()
+                try:
+                    await asyncio.to_thread(self.cube_writer.close)
+                finally:
+                    await self.pool.aclose()
 
     def say(self, line: str) -> None:
         self.progress.say(line)

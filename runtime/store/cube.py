@@ -16,9 +16,11 @@ repaired by the next run.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +130,10 @@ class PredictionCube:
         return f.dataset(data)
 
 
-def provenance(plan: Plan, measure: Measure) -> dict[str, Any]:
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    """The versions of the libraries a cube's values depend on (read once: a metadata scan is slow)."""
     from importlib.metadata import version
-
-    import intro
 
     versions = {}
     for package in ("torch", "transformers", "litellm", "xarray", "zarr", "numpy"):
@@ -139,6 +141,13 @@ def provenance(plan: Plan, measure: Measure) -> dict[str, Any]:
             versions[package] = version(package)
         except Exception:  # a package that is not installed is simply not recorded
             continue
+    return versions
+
+
+def provenance(plan: Plan, measure: Measure) -> dict[str, Any]:
+    import intro
+
+    versions = _library_versions()
     return {
         "study": plan.study,
         "measure": measure.name,
@@ -158,6 +167,31 @@ def write(dataset: xr.Dataset, store: Path, group: str) -> None:
     # Zarr format 2: its string encoding is specified and read by every zarr library (v3 has none yet).
     dataset.to_zarr(store, group=group, mode="w", zarr_format=2, consolidated=True)
     _record(store, group, manifest(store / group, files_of(store / group)))
+
+
+class CubeWriter:
+    """Writes cubes on one thread beside the model work, in the order they were handed over.
+
+    A cube write (zarr files and the store's manifest) takes a good part of a second, and a study of many
+    small measures writes dozens; on the event loop they would hold back the next model calls. One thread
+    keeps the manifest's read-modify-write serial. `close` waits for every write and raises the first
+    error, so a run never reports success over a missing cube (cubes are rebuilt from the cache).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-writer")
+        self._pending: list[Future[None]] = []
+
+    def write(self, dataset: xr.Dataset, store: Path, group: str) -> None:
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(self._pool.submit(write, dataset, store, group))
+
+    def close(self) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- integrity
