@@ -105,7 +105,7 @@ class LocalBackend:
         input_ids, attention_mask = self.loaded.encode(prompts)
         choice_ids = [self._choice_ids(r) for r in requests]
         steering = steering_windows(self.loaded, requests, prompts, attention_mask)
-        raw = score_choices(self.loaded.model, input_ids, attention_mask, choice_ids, steering)
+        raw = score_choices(self.loaded, input_ids, attention_mask, choice_ids, steering)
         prompt_tokens = attention_mask.sum(dim=1).tolist()
         return [
             _score_result(request, raw[row], int(prompt_tokens[row])) for row, request in enumerate(requests)
@@ -181,15 +181,17 @@ class _Decoder:
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         step_ids, cache, live = input_ids, None, list(range(len(self.rows)))
+        kind, needed = "prefill", int(attention_mask.sum())
         for _ in range(max(row.request.max_tokens for row in self.rows)):
-            output = self.loaded.model(
-                input_ids=step_ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            with self.loaded.work.timed(kind, self.loaded.device, step_ids.numel(), needed):
+                output = self.loaded.model(
+                    input_ids=step_ids,
+                    attention_mask=attention_mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             cache = output.past_key_values
             tokens = self._advance(live, output.logits[:, -1, :].float())
             still = [index for index, row in enumerate(live) if self.rows[row].finish_reason is None]
@@ -200,6 +202,7 @@ class _Decoder:
                 cache.batch_select_indices(keep)
                 attention_mask, positions, tokens = attention_mask[keep], positions[keep], tokens[keep]
                 live = [live[index] for index in still]
+            kind, needed = "decode", len(still)  # rows already finished are fed padding: not needed
             step_ids = tokens[:, None]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
             positions = positions[:, -1:] + 1
@@ -296,21 +299,15 @@ def choose_tokens(
 
 
 def score_choices(
-    model: Any,
+    loaded: LoadedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     choice_ids: Sequence[Sequence[Sequence[int]]],
     steering: SteeringWindows | None = None,
 ) -> list[list[float]]:
     """Total log-probability of each choice's tokens after each prompt (rows of a left-padded batch)."""
-    with steering.context(model) if steering else contextlib.nullcontext():
-        output = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    with loaded.work.timed("prefill", loaded.device, input_ids.numel(), int(attention_mask.sum())):
+        output = _score_prompts(loaded.model, input_ids, attention_mask, steering)
     first = torch.log_softmax(output.logits[:, -1, :].float(), dim=-1).cpu()
     totals = [[float(first[row, ids[0]]) for ids in choices] for row, choices in enumerate(choice_ids)]
     tails = [
@@ -322,14 +319,27 @@ def score_choices(
     if tails:
         cache = output.past_key_values
         for (row, c, _), value in zip(
-            tails, _score_tails(model, cache, attention_mask, tails, steering), strict=True
+            tails, _score_tails(loaded, cache, attention_mask, tails, steering), strict=True
         ):
             totals[row][c] += value
     return totals
 
 
+def _score_prompts(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, steering: SteeringWindows | None
+) -> Any:
+    with steering.context(model) if steering else contextlib.nullcontext():
+        return model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+
 def _score_tails(
-    model: Any,
+    loaded: LoadedModel,
     cache: Any,
     attention_mask: torch.Tensor,
     tails: list[tuple[int, int, Sequence[int]]],
@@ -348,8 +358,9 @@ def _score_tails(
     mask = torch.cat([attention_mask[rows], extension], dim=1)
     last_position = (attention_mask.long().sum(dim=1) - 1)[rows]
     positions = last_position[:, None] + 1 + torch.arange(width, device=device)[None, :]
-    with steering.context(model, rows.cpu()) if steering else contextlib.nullcontext():
-        logits = model(
+    steered = steering.context(loaded.model, rows.cpu()) if steering else contextlib.nullcontext()
+    with steered, loaded.work.timed("prefill", loaded.device, inputs.numel(), int(extension.sum())):
+        logits = loaded.model(
             input_ids=inputs,
             attention_mask=mask,
             position_ids=positions,

@@ -51,6 +51,7 @@ from intro.runtime.backends.embedded import (
     verified_sha256,
 )
 from intro.runtime.backends.requests import BackendError, Message
+from intro.runtime.backends.work import ModelWork
 from intro.runtime.engine.memory import machine_memory
 
 EMBEDDED_PREFIX = "embedded:"
@@ -79,6 +80,8 @@ class LoadedModel:
     source: str
     # Serialises batches on this model: adapters are switched per batch and CPU cores are shared anyway.
     lock: threading.Lock = field(factory=threading.Lock, repr=False)
+    # Seconds and tokens of every model call on these weights (backends/work.py); the pool sums them per run.
+    work: ModelWork = field(factory=ModelWork, repr=False)
 
     @property
     def num_layers(self) -> int:

@@ -19,6 +19,7 @@ from attrs import define, evolve, field
 
 from intro.compiler.plan import Plan, Step, requests
 from intro.runtime.backends.requests import Generation, GenerationRequest, Message, ScoreRequest, Steering
+from intro.runtime.backends.work import ModelWork
 from intro.runtime.dataflow.tables import Call, Tables
 from intro.runtime.engine.pool import BackendPool
 from intro.runtime.store.cache import Cache
@@ -35,6 +36,7 @@ class Counters:
     trained: int = 0
     steps_done: int = 0
     started: float = field(factory=time.monotonic)
+    model_work: ModelWork | None = None  # in-process seconds and tokens, filled in when the run ends
 
 
 StepHandler = Callable[[Step], Any]

@@ -22,6 +22,7 @@ from typing import Any
 
 from intro.compiler.plan import ModelEntry, Plan, Step
 from intro.runtime.backends.requests import Backend, BackendError
+from intro.runtime.backends.work import ModelWork
 from intro.runtime.engine import memory
 from intro.runtime.store.cache import Cache
 
@@ -48,6 +49,7 @@ class BackendPool:
         self._backends: dict[str, Backend] = {}
         self._loaded: dict[str, Any] = {}  # root key -> LoadedModel, least recently used first
         self._users = steps_using_models(plan)  # model key -> ids of the steps still to finish that need it
+        self._released_work = ModelWork()  # what the weights released so far computed
 
     def backend(self, model_key: str) -> Backend:
         """The backend that answers for `model_key` (a steered model answers through its base)."""
@@ -183,6 +185,7 @@ class BackendPool:
         """Drop a root's weights (and every backend on them) or a finetuned variant's adapter."""
         if model_key in self._loaded:
             loaded = self._loaded.pop(model_key)
+            self._released_work.merge(loaded.work)
             for key in [k for k in self._backends if root_of(self.plan, k) == model_key]:
                 del self._backends[key]
             del loaded
@@ -205,6 +208,14 @@ class BackendPool:
 
         with loaded.lock:
             detach_adapter(loaded.model, name)
+
+    def model_work(self) -> ModelWork:
+        """Seconds and tokens of every in-process model call of this run so far (backends/work.py)."""
+        work = ModelWork()
+        work.merge(self._released_work)
+        for loaded in self._loaded.values():
+            work.merge(loaded.work)
+        return work
 
     def loaded_models(self) -> list[str]:
         """Keys of the roots whose weights are loaded now."""

@@ -209,7 +209,9 @@ def train_adapter(
     ]
     with loaded.lock, _training_adapter(loaded.model, hyperparameters, parent):
         with recomputed_layers(loaded.model, recompute_every):
-            losses = train_lora(loaded.model, encoded, hyperparameters, pad_token_id(loaded.tokenizer))
+            losses = train_lora(
+                loaded.model, encoded, hyperparameters, pad_token_id(loaded.tokenizer), loaded.work
+            )
         trained = _adapter_of(loaded.model, TRAINING_ADAPTER)
     adapter = stack_adapters(read_adapter(parent), trained) if parent else trained
     write_adapter(adapter, output_dir)

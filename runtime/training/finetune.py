@@ -31,6 +31,7 @@ from attrs import field, frozen
 from torch import nn
 
 from intro.runtime.backends.requests import Message
+from intro.runtime.backends.work import ModelWork
 
 IGNORE_INDEX = -100
 
@@ -270,9 +271,13 @@ def train_lora(
     examples: Sequence[EncodedExample],
     hyperparameters: LoraHyperparameters,
     pad_id: int,
+    work: ModelWork | None = None,
 ) -> list[float]:
-    """Optimise the trainable (LoRA) parameters of `peft_model`; returns the loss of every step."""
+    """Optimise the trainable (LoRA) parameters of `peft_model`; returns the loss of every step.
+
+    `work`, when given, is told each step's seconds and token positions (runtime/backends/work.py)."""
     device = model_device(peft_model)
+    work = work if work is not None else ModelWork()
     trainable = [parameter for parameter in peft_model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hyperparameters.lr, weight_decay=hyperparameters.weight_decay)
     losses = []
@@ -280,11 +285,14 @@ def train_lora(
     try:
         with seeded(hyperparameters.seed, device):
             for examples_in_batch in batches_in_order(examples, hyperparameters):
-                loss = reply_loss(peft_model, collate(examples_in_batch, pad_id, device))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, hyperparameters.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                batch = collate(examples_in_batch, pad_id, device)
+                needed = sum(len(example.input_ids) for example in examples_in_batch)
+                with work.timed("train", device, batch.input_ids.numel(), needed):
+                    loss = reply_loss(peft_model, batch)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, hyperparameters.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
     finally:
         peft_model.eval()

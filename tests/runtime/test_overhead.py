@@ -1,0 +1,160 @@
+"""What a run's in-process models computed (runtime/backends/work.py): seconds of raw model work and token
+positions computed vs needed, counted at the backend on tiny models and reported by `intro run`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from intro.cli import main
+from intro.runtime.backends.local import LocalBackend
+from intro.runtime.backends.local_model import load_local_model
+from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest
+from intro.runtime.store.cache import Cache
+from intro.runtime.training.adapters import train_adapter
+from intro.runtime.training.finetune import LoraHyperparameters
+from tests.tinymodels import make_tiny_model
+
+DATA = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny" / "data"
+QUESTIONS = (
+    "What is the capital of Japan?",
+    "Is the sky blue? Answer with yes or no, and nothing else at all please.",
+    "Count to five.",
+    "The dog found the red ball. What did the dog find?",
+)
+SPEC = """
+use stdlib.looking_inward as li
+model a = local "tiny_a"
+task animals {
+  data: "data/animals.jsonl"
+  prompt: "What are the next 3 animals after {{ sequence }}? Respond only with the animals."
+}
+task colours {
+  data: "data/colours.jsonl"
+  prompt: "What are the next 3 colours after {{ sequence }}? Respond only with the colours."
+}
+split s { train: [animals] test: [colours] items: 3 seed: 3 }
+sampling short { temperature: 0 max_tokens: 5 }
+study work {
+  let trained = finetune(a, li.hypothetical_examples(a, s.train, [li.first_character], short),
+                         rank: 2, epochs: 2, batch: 2, seed: 1)
+  measure p = li.predict_property(trained, trained, s.test, li.first_character, short, short)
+}
+"""
+
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INTRO_CACHE_DIR", str(tmp_path_factory.mktemp("intro-cache")))
+        yield
+
+
+@pytest.fixture
+def qwen(tmp_path):
+    """A fresh load per test: its work tallies start at zero."""
+    return load_local_model(str(make_tiny_model(tmp_path / "qwen", "qwen2")), device="cpu")
+
+
+def ask(question: str, key: str = "k", **options) -> GenerationRequest:
+    return GenerationRequest(key=key, messages=(Message("user", question),), **options)
+
+
+def prompt_lengths(loaded, requests) -> list[int]:
+    return [len(loaded.encode([loaded.render(r.messages)])[0][0]) for r in requests]
+
+
+def test_a_prefill_counts_its_padding_as_computed_and_its_prompt_tokens_as_needed(qwen):
+    requests = [ask(q, key=str(i), max_tokens=1) for i, q in enumerate(QUESTIONS)]
+    LocalBackend(qwen, batch_size=4).generate_now(requests)
+    lengths = prompt_lengths(qwen, requests)
+    prefill = qwen.work.kinds["prefill"]
+    assert (prefill.calls, prefill.computed, prefill.needed) == (1, 4 * max(lengths), sum(lengths))
+    assert prefill.seconds > 0
+    assert "decode" not in qwen.work.kinds  # one token each comes from the prefill's logits
+
+
+def test_decode_needs_one_position_per_generated_token_that_another_follows(qwen):
+    lengths = (3, 12, 6, 9)
+    requests = [
+        ask(q, key=str(i), max_tokens=n) for i, (q, n) in enumerate(zip(QUESTIONS, lengths, strict=True))
+    ]
+    results = LocalBackend(qwen, batch_size=4).generate_now(requests)
+    decode = qwen.work.kinds["decode"]
+    assert decode.needed == sum(r.completion_tokens - 1 for r in results)
+    assert decode.calls == max(r.completion_tokens for r in results) - 1  # one pass per step for the batch
+    assert decode.needed <= decode.computed <= 4 * decode.calls
+
+
+def test_rows_run_alone_compute_only_what_they_need(qwen):
+    requests = [ask(q, key=str(i), max_tokens=6) for i, q in enumerate(QUESTIONS)]
+    LocalBackend(qwen, batch_size=1).generate_now(requests)
+    for tally in qwen.work.kinds.values():
+        assert tally.computed == tally.needed
+
+
+def test_scoring_counts_the_prompts_and_the_tails_of_longer_choices(qwen):
+    requests = [
+        ScoreRequest(str(i), (Message("user", q),), ("Yes", "No way at all"))
+        for i, q in enumerate(QUESTIONS[:2])
+    ]
+    LocalBackend(qwen, batch_size=2).score_now(requests)
+    lengths = prompt_lengths(qwen, requests)
+    tail = len(qwen.encode_reply("No way at all")) - 1
+    assert tail > 0 and len(qwen.encode_reply("Yes")) == 1
+    prefill = qwen.work.kinds["prefill"]
+    assert prefill.calls == 2  # the prompts, then one pass over the multi-token choices' tails
+    assert prefill.needed == sum(lengths) + 2 * tail
+    assert prefill.computed == 2 * max(lengths) + 2 * tail
+
+
+def test_training_counts_every_step_and_its_real_tokens(qwen, tmp_path):
+    examples = [
+        ((Message("user", q),), answer)
+        for q, answer in zip(QUESTIONS, ("Tokyo", "Yes", "1 2", "It"), strict=True)
+    ]
+    hyperparameters = LoraHyperparameters(rank=2, alpha=4, lr=1e-2, epochs=2, batch_size=3, seed=1)
+    result = train_adapter(qwen, examples, hyperparameters, tmp_path / "adapter")
+    train = qwen.work.kinds["train"]
+    assert train.calls == len(result.losses) == 4  # two epochs of a batch of 3 and a batch of 1
+    assert train.needed == result.tokens
+    assert result.tokens < train.computed  # a batch of 3 unequal examples is padded
+    assert set(qwen.work.kinds) == {"train"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run reports it
+
+
+def run_json(root: Path) -> dict:
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["run", str(root / "work.intro"), "--runs", str(root / "runs"), "--cache", str(root / "cache")]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main([*argv, "--json-progress"]) == 0, err.getvalue()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    return next(e for e in events if e["event"] == "run_finished")
+
+
+def test_a_run_reports_the_work_its_cached_calls_and_adapter_record(tmp_path):
+    shutil.copytree(DATA, tmp_path / "data")
+    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
+    (tmp_path / "work.intro").write_text(SPEC)
+    work = run_json(tmp_path)["model_work"]
+    cache = Cache(tmp_path / "cache")
+    records = [cache.get(path.stem) for path in (tmp_path / "cache" / "requests").glob("*/*.json")]
+    assert records and all("completion_tokens" in r for r in records)
+    assert work["prefill"]["needed"] == sum(r["prompt_tokens"] for r in records)
+    assert work["decode"]["needed"] == sum(r["completion_tokens"] - 1 for r in records)
+    (adapter,) = [p for p in (tmp_path / "cache" / "artifacts").iterdir() if (p / "adapter").is_dir()]
+    assert work["train"]["needed"] == cache.artifact_info(adapter.name)["tokens"]
+    total = work["total"]
+    assert total["needed"] == sum(work[kind]["needed"] for kind in ("prefill", "decode", "train"))
+    assert total["needed"] <= total["computed"] and total["seconds"] > 0
+    assert run_json(tmp_path).get("model_work") is None  # everything cached: no model work at all
