@@ -94,7 +94,32 @@ def _finetune(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.FinetunedMod
     if not 0 < a["lr"] < 1:
         ctx.fail("E307", "lr must be between 0 and 1", spans["lr"])
     hparams = tuple((k, a[k]) for k in ("rank", "alpha", "lr", "epochs", "batch", "seed"))
-    return ir.FinetunedModel(a["model"], a["data"], hparams, span=at)
+    return ir.FinetunedModel(a["model"], a["data"], hparams + _provider_hparams(ctx, spans, at, a), span=at)
+
+
+def _provider_hparams(ctx: Context, spans: Spans, at: Span, a: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """An API model's own fine-tuning settings, which in-process training has no use for.
+
+    `lr_multiplier` goes to the provider as its learning-rate multiplier: OpenAI scales a base rate of its
+    own choosing, so no `lr` names the paper's setting (issue 11, item 3). Uploads are shuffled (seeded by
+    `seed`, as in-process training shuffles every epoch); `shuffle` in the step's identity keeps a cached
+    job trained on rows in their data order from standing in for it. Only what is set joins the identity,
+    so in-process models' steps keep their hashes."""
+    api = ir.root_model(a["model"]).backend == "litellm"
+    multiplier = a["lr_multiplier"]
+    if multiplier is None:
+        return (("shuffle", True),) if api else ()
+    if not api:
+        ctx.fail(
+            "E307",
+            "lr_multiplier is an API provider's setting; an in-process model trains at lr",
+            spans["lr_multiplier"],
+        )
+    if spans["lr"] != at:  # both given: one of them would be silently ignored
+        ctx.fail("E307", "give lr or lr_multiplier, not both", spans["lr_multiplier"])
+    if not 0 < multiplier <= 100:
+        ctx.fail("E307", "lr_multiplier must be above 0 and at most 100", spans["lr_multiplier"])
+    return (("lr_multiplier", multiplier), ("shuffle", True))
 
 
 def _inject(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
@@ -303,7 +328,9 @@ FUNCTIONS: dict[str, Function] = dict(
             Param("epochs", "int", 1),
             Param("batch", "int", 8),
             Param("seed", "int", 0),
-            doc="a new model: `model` trained with LoRA (or the provider's finetuning) on `data`",
+            Param("lr_multiplier", "number", None),
+            doc="a new model: `model` trained with LoRA (or the provider's finetuning) on `data`; an API model "
+            "takes the provider's `lr_multiplier` (its learning-rate multiplier) instead of `lr`",
             returns="model",
             example="finetune(qwen, hypotheticals(qwen, mini.train, props), rank: 8, lr: 5e-4)",
         ),

@@ -13,6 +13,8 @@ model is, through litellm's `acreate_file` / `acreate_fine_tuning_job` / `aretri
   `.../jobs/{id}/events` a job's events, `.../jobs/{id}/checkpoints` its one checkpoint (the finished
   adapter), and `POST .../jobs/{id}/cancel` cancels it. A job cancelled while training trains to the end
   (training cannot be interrupted), and its adapter is then thrown away.
+- Azure OpenAI's paths for the same endpoints (`/openai/files`, `/openai/fine_tuning/jobs`, ...) are
+  answered alike, so litellm's `azure/` fine-tuning route works here too.
 - A chat completion addressed to a job's `fine_tuned_model` ("ft:<base>:<suffix>:<job id>") is answered by
   the served weights with that job's adapter switched on. A job whose `model` is itself a fine-tuned model
   trains on top of that model's adapter (`adapters.train_adapter(parent=...)`).
@@ -118,7 +120,7 @@ class FineTuningService:
         """Answer a files or fine-tuning request, or None when `path` is not one of these endpoints."""
         route, _, query = path.partition("?")
         parts = [p for p in route.strip("/").split("/") if p]
-        if parts[:1] == ["v1"]:
+        if parts[:1] in (["v1"], ["openai"]):  # OpenAI's prefix, or Azure OpenAI's (`?api-version=` ignored)
             parts = parts[1:]
         try:
             if method == "GET":

@@ -66,7 +66,11 @@ class ChatServer(ThreadingHTTPServer):
     `model_name` is the id `/v1/models` lists first, `aliases` more names for the same model. With
     `known_models_only` a request naming any other model (not a fine-tuned one of this server either)
     gets OpenAI's 404; without it any name reaches the served model. With `api_key` every endpoint but
-    `/health` wants it as a bearer token."""
+    `/health` wants it as a bearer token (or, as Azure OpenAI's clients send it, an `api-key` header).
+
+    Azure OpenAI's paths are answered too (`/openai/deployments/<model>/chat/completions`, `/openai/files`,
+    `/openai/fine_tuning/...`, with an `api-version` query), so that litellm's `azure/` route, fine-tuning
+    included, can be tested against this server."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -133,10 +137,12 @@ class ChatServer(ThreadingHTTPServer):
     def model(self, model: str) -> dict[str, Any] | None:
         return next((entry for entry in self.models() if entry["id"] == model), None)
 
-    def authorized(self, header: str | None) -> bool:
+    def authorized(self, header: str | None, azure_key: str | None = None) -> bool:
         if not self.api_key:
             return True
         scheme, _, token = (header or "").partition(" ")
+        if azure_key is not None and not header:  # Azure OpenAI's clients send the key bare, as `api-key`
+            scheme, token = "bearer", azure_key
         # A constant-time comparison: response times must not reveal how much of a guess was right.
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self.api_key.encode()
@@ -203,7 +209,7 @@ class ChatHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if not self._authorized():
             return
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        if not _is_chat_route(self.path):
             if not self._finetuning_route("POST"):
                 self._reject(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path}", "not_found_error"))
             return
@@ -265,7 +271,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             return True
 
     def _authorized(self) -> bool:
-        if self.server.authorized(self.headers.get("Authorization")):
+        if self.server.authorized(self.headers.get("Authorization"), self.headers.get("api-key")):
             return True
         body = error_body(
             "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
@@ -379,3 +385,14 @@ def make_server(
     except BaseException:
         runner.close()
         raise
+
+
+def _is_chat_route(path: str) -> bool:
+    """OpenAI's chat completions path, or Azure OpenAI's (`/openai/deployments/<model>/chat/completions`,
+    whose body names the model too); a query (Azure's `api-version`) is ignored."""
+    route = path.split("?", 1)[0].rstrip("/")
+    parts = route.strip("/").split("/")
+    azure = (
+        len(parts) == 5 and parts[:2] == ["openai", "deployments"] and parts[3:] == ["chat", "completions"]
+    )
+    return route in ("/v1/chat/completions", "/chat/completions") or azure

@@ -1,5 +1,7 @@
 """Finetuning API models: a `finetune` step whose root model is a litellm model runs as an OpenAI-style
-fine-tuning job, through litellm's `acreate_file`, `acreate_fine_tuning_job` and `aretrieve_fine_tuning_job`.
+fine-tuning job, through litellm's `acreate_file`, `acreate_fine_tuning_job` and `aretrieve_fine_tuning_job`,
+on OpenAI (`openai/...`, or any OpenAI-compatible `api_base`) or Azure OpenAI (`azure/...`; the fine-tuned
+model is then called by its name as a deployment, which Azure itself serves only once it is deployed).
 
 The step's training examples (the data step's `examples.jsonl`) are uploaded as OpenAI chat JSONL, a job is
 created, and its id is written to the step's artifact directory (`job.json`) *before* any polling: a run
@@ -9,11 +11,17 @@ A failed job's `job.json` is removed, so the next run starts afresh; so is one t
 (an `intro serve` restarted without its `--state`). On success the artifact is marked DONE with the model's
 litellm name, which is what `BackendPool` opens the finetuned model by.
 
-Hyperparameters: `epochs` -> `n_epochs`, `batch` -> `batch_size`, and `lr` -> `learning_rate_multiplier =
-lr / BASE_LEARNING_RATE` (1e-4, the language's default `lr`, so the default trains at multiplier 1). That is
-exactly the learning rate `intro serve` trains at (runtime/serve/finetune.py); OpenAI applies the multiplier
-to a base rate of its own choosing, so there `lr` sets the multiplier, not the rate. `rank`, `alpha` have no
-field in OpenAI's API: the provider chooses them. `seed` is the job's seed.
+Hyperparameters: `epochs` -> `n_epochs`, `batch` -> `batch_size`, and `lr_multiplier` -> the provider's
+own `learning_rate_multiplier`, as given. OpenAI applies the multiplier to a base rate of its own choosing,
+so a paper's multiplier (Looking Inward: 2, and 1 for the behaviour shift; issue 11, item 3) is written as
+`lr_multiplier: 2`, never as a rate. Without it, `lr` is converted: `learning_rate_multiplier = lr /
+BASE_LEARNING_RATE` (1e-4, the language's default `lr`, so the default trains at multiplier 1), which is
+exactly the rate `intro serve` trains at (runtime/serve/finetune.py) but on OpenAI only a multiplier.
+`rank`, `alpha` have no field in OpenAI's API: the provider chooses them. `seed` is the job's seed.
+
+The uploaded rows are shuffled with `seed` (where the step's identity says `shuffle`: every API finetune
+compiled since it was introduced), as in-process training shuffles every epoch: the examples come grouped
+by task and property, and a provider trains on the file in its order.
 
 The API key is read from the model's `api_key_env` (or the provider's own variable) at call time, by the same
 rules as `LiteLLMBackend`, handed to litellm and written nowhere; provider messages are redacted before they
@@ -24,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,8 +59,12 @@ BASE_LEARNING_RATE = 1e-4
 # OpenAI keeps suffixes short (18 characters in its older docs): "intro-" and 12 hex digits of the step hash.
 SUFFIX_PREFIX = "intro-"
 # Providers whose files, job creation and job retrieval litellm implements alike (any OpenAI-compatible
-# `api_base` included).
-FINETUNING_PROVIDERS = ("openai",)
+# `api_base` included): OpenAI's API and Azure OpenAI's (its paths under /openai, `api-version` from
+# AZURE_API_VERSION). litellm's third, vertex_ai, trains from Cloud Storage files through Vertex's own tuning
+# API, which nothing here uploads to, so it is not offered.
+FINETUNING_PROVIDERS = ("openai", "azure")
+# Azure OpenAI wants an API version on every call; litellm reads it from these variables.
+AZURE_VERSION_VARIABLES = ("AZURE_API_VERSION", "OPENAI_API_VERSION")
 
 # What a poll reads of OpenAI's fine-tuning job object.
 JOB_FIELDS = ("id", "status", "fine_tuned_model", "trained_tokens", "error", "created_at", "finished_at")
@@ -118,11 +132,23 @@ def openai_training_jsonl(examples: Sequence[TrainingExample]) -> str:
 
 def job_hyperparameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """A finetune step's hyperparameters in OpenAI's terms (see the module docstring for `lr`)."""
+    multiplier = hparams.get("lr_multiplier")
     return {
         "n_epochs": int(hparams["epochs"]),
         "batch_size": int(hparams["batch"]),
-        "learning_rate_multiplier": round(float(hparams["lr"]) / BASE_LEARNING_RATE, 9),
+        "learning_rate_multiplier": float(multiplier)
+        if multiplier is not None
+        else round(float(hparams["lr"]) / BASE_LEARNING_RATE, 9),
     }
+
+
+def upload_order(examples: Sequence[TrainingExample], hparams: Mapping[str, Any]) -> list[TrainingExample]:
+    """The examples in the order they are uploaded: shuffled with the step's seed where its identity says
+    so (the same order on every run and machine: `random.Random(seed)`), else as the data step wrote them."""
+    rows = list(examples)
+    if hparams.get("shuffle"):
+        random.Random(int(hparams["seed"])).shuffle(rows)
+    return rows
 
 
 def job_suffix(step: Step) -> str:
@@ -178,6 +204,10 @@ class FineTuningClient:
             raise BackendError(
                 f"{self.route.model}: finetuning through litellm is supported for OpenAI-style providers "
                 f"({', '.join(FINETUNING_PROVIDERS)}, or any OpenAI-compatible api_base), not {self.provider!r}"
+            )
+        if self.provider == "azure" and not any(os.environ.get(v) for v in AZURE_VERSION_VARIABLES):
+            raise BackendError(
+                f"{self.route.model}: Azure OpenAI needs an API version: set {AZURE_VERSION_VARIABLES[0]}"
             )
 
     async def upload(self, jsonl: str) -> str:
@@ -335,7 +365,7 @@ async def submit_job(
     """Upload the examples, create the job and record it in `job.json` before anything else happens."""
     base = run.base_model(client)
     run.say(f"  {run.step.id}: uploading {len(examples)} examples to finetune {base}")
-    file_id = await client.upload(openai_training_jsonl(examples))
+    file_id = await client.upload(openai_training_jsonl(upload_order(examples, run.step.params["hparams"])))
     hyperparameters = job_hyperparameters(run.step.params["hparams"])
     suffix = job_suffix(run.step)
     seed = int(run.step.params["hparams"]["seed"])
