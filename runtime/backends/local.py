@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from attrs import define, field
+from attrs import define, field, frozen
 
 from intro.runtime.backends.local_model import LoadedModel, activate_adapter, attach_adapter
 from intro.runtime.backends.local_steering import SteeringWindows, steering_windows
@@ -78,21 +78,22 @@ class LocalBackend:
         return self._in_batches(requests, self._score_batch)
 
     def _in_batches(self, requests: Sequence, run_batch) -> list:
+        """`run_batch(batch)` over `plan_batches`, each prompt rendered and tokenised once for all of them."""
+        prompts = [self.loaded.render(r.messages, r.prefill) for r in requests]
+        ids = self.loaded.tokenize(prompts) if prompts else []
         results: list = [None] * len(requests)
-        for batch in plan_batches(requests, self.batch_size, self._prompt_length):
+        for batch in plan_batches(requests, self.batch_size, [len(row) for row in ids]):
             with self.loaded.lock, torch.inference_mode():
                 activate_adapter(self.loaded.model, self.adapter_name)
-                outputs = run_batch([requests[i] for i in batch])
+                outputs = run_batch(_Batch([requests[i] for i in batch], [prompts[i] for i in batch],
+                                           [ids[i] for i in batch]))  # fmt: skip
             for index, output in zip(batch, outputs, strict=True):
                 results[index] = output
         return results
 
-    def _prompt_length(self, request: GenerationRequest | ScoreRequest) -> int:
-        return len(self.loaded.render(request.messages, request.prefill))
-
-    def _generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
-        prompts = [self.loaded.render(r.messages, r.prefill) for r in requests]
-        input_ids, attention_mask = self.loaded.encode(prompts)
+    def _generate_batch(self, batch: _Batch) -> list[Generation]:
+        requests, prompts = batch.requests, batch.prompts
+        input_ids, attention_mask = self.loaded.left_padded(batch.ids)
         steering = steering_windows(self.loaded, requests, prompts, attention_mask)
         decoder = _Decoder(self.loaded, requests, compact=steering is None)
         with steering.context(self.loaded.model) if steering else contextlib.nullcontext():
@@ -100,9 +101,9 @@ class LocalBackend:
         prompt_tokens = attention_mask.sum(dim=1).tolist()
         return [decoder.generation(row, int(prompt_tokens[row])) for row in range(len(requests))]
 
-    def _score_batch(self, requests: list[ScoreRequest]) -> list[Score]:
-        prompts = [self.loaded.render(r.messages, r.prefill) for r in requests]
-        input_ids, attention_mask = self.loaded.encode(prompts)
+    def _score_batch(self, batch: _Batch) -> list[Score]:
+        requests, prompts = batch.requests, batch.prompts
+        input_ids, attention_mask = self.loaded.left_padded(batch.ids)
         choice_ids = [self._choice_ids(r) for r in requests]
         steering = steering_windows(self.loaded, requests, prompts, attention_mask)
         raw = score_choices(self.loaded, input_ids, attention_mask, choice_ids, steering)
@@ -116,15 +117,25 @@ class LocalBackend:
         return [self.loaded.encode_reply(separator + choice) for choice in request.choices]
 
 
-def plan_batches(requests: Sequence, batch_size: int, length) -> list[list[int]]:
-    """Indices of `requests` in batches: one steering layer per batch, similar prompt lengths together."""
+@frozen
+class _Batch:
+    """Requests run together, with their rendered prompts and those prompts' token ids."""
+
+    requests: list
+    prompts: list[str]
+    ids: list[list[int]]
+
+
+def plan_batches(requests: Sequence, batch_size: int, lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of `requests` in batches: one steering layer per batch, similar prompt lengths (`lengths`,
+    in tokens) together, so a batch computes little padding."""
     groups: dict[int | None, list[int]] = {}
     for index, request in enumerate(requests):
         layer = request.steering.layer if request.steering else None
         groups.setdefault(layer, []).append(index)
     batches = []
     for indices in groups.values():
-        ordered = sorted(indices, key=lambda i: length(requests[i]))
+        ordered = sorted(indices, key=lambda i: lengths[i])
         batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     return batches
 

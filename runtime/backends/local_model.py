@@ -111,13 +111,22 @@ class LoadedModel:
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded `input_ids` and `attention_mask` for rendered prompts, on the model's device."""
-        batch = self.tokenizer(
-            list(texts),
-            add_special_tokens=self.prompt_format == "plain",
-            padding=True,
-            return_tensors="pt",
-        )
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        return self.left_padded(self.tokenize(texts))
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of rendered prompts, unpadded."""
+        return self.tokenizer(list(texts), add_special_tokens=self.prompt_format == "plain")["input_ids"]
+
+    def left_padded(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `attention_mask` of token id lists, padded on the left as the tokenizer pads."""
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for index, row in enumerate(ids):
+            if row:
+                input_ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                attention_mask[index, width - len(row) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
 
     def encode_reply(self, text: str) -> list[int]:
         """Token ids of reply text as it continues a rendered prompt."""

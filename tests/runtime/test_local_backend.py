@@ -490,7 +490,7 @@ def test_batches_are_grouped_by_steering_layer():
         return ask("q", steering=Steering(vector="v", layer=layer, strength=1.0))
 
     requests = [ask("a"), steered(2), ask("bb"), steered(3), steered(2)]
-    batches = plan_batches(requests, 2, lambda r: len(r.messages[0].content))
+    batches = plan_batches(requests, 2, [len(r.messages[0].content) for r in requests])
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 4], [3]]
 
 

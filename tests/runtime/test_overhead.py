@@ -130,6 +130,26 @@ def test_training_counts_every_step_and_its_real_tokens(qwen, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Less padding
+
+
+def test_batches_group_prompts_of_similar_token_length_and_answer_in_request_order(qwen):
+    # Byte-level tokens: the euro signs are the shortest text but the longest prompt in tokens.
+    texts = ("€€€€€€€", "Is the sky blue?", "zqxj vkwy", "The dog found the red ball. The dog found it.")
+    requests = [ask(text, key=str(i), max_tokens=4) for i, text in enumerate(texts)]
+    lengths = prompt_lengths(qwen, requests)
+    by_characters = sorted(range(4), key=lambda i: len(qwen.render(requests[i].messages)))
+    assert by_characters != sorted(range(4), key=lambda i: lengths[i])  # the two orders differ here
+    paired = LocalBackend(qwen, batch_size=2).generate_now(requests)
+    shortest, longest = sorted(lengths)[:2], sorted(lengths)[2:]
+    prefill = qwen.work.kinds["prefill"]
+    assert (prefill.computed, prefill.needed) == (2 * max(shortest) + 2 * max(longest), sum(lengths))
+    alone = LocalBackend(qwen, batch_size=1).generate_now(requests)
+    assert [g.key for g in paired] == [r.key for r in requests]
+    assert [(g.text, g.prompt_tokens) for g in paired] == [(g.text, g.prompt_tokens) for g in alone]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The run reports it
 
 
