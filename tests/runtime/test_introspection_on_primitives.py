@@ -1,6 +1,8 @@
 """Concept injection's detection trials written in .intro on the primitives (stdlib
 `intro.injected_thought_trials`: conversation, steer, generate, rules, rates over trials) give the built-in
-`injected_thought`'s rates from the same model calls, on a tiny random model through the real CLI."""
+`injected_thought`'s rates from as many model calls, on a tiny random model through the real CLI. The
+built-in's values on this same study are recorded in tests/runtime/golden/injected_thought.json
+(tests/runtime/goldens.py says how)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
 
+from tests.runtime import goldens
 from tests.tinymodels import cached_tiny_model
 
 INTRO = [sys.executable, "-m", "intro.cli"]
@@ -20,25 +22,15 @@ use stdlib.introspection as intro
 model a = local "{model}"
 sampling short {{ temperature: 1 max_tokens: 8 }}
 """
-BOTH = """
-study both {{
-  for strength in [4, 8], word in ["dog"] {{
+NEW = """
+study new {
+  for strength in [4, 8], word in ["dog"] {
     let vector = concept(a, word, 1, take(intro.baseline, 6))
-    measure old = injected_thought(a, vector, word, 1, strength, intro.trial, trials: 6, sampling: short)
     measure new = intro.injected_thought_trials(a, vector, word, 1, strength, trials: 6, sampling: short)
-  }}
-}}
+  }
+}
 """
-# The built-in alone, without its logit readout (calls the primitives version does not make).
-OLD_ONLY = """
-study old_only {{
-  for strength in [4, 8], word in ["dog"] {{
-    let vector = concept(a, word, 1, take(intro.baseline, 6))
-    measure old = injected_thought(a, vector, word, 1, strength, intro.trial, trials: 6, sampling: short,
-                                   grader: judged_by(a))
-  }}
-}}
-"""
+RATES = ("detection", "identification", "false_positive", "net")
 
 
 def run(*argv: str, cache: Path) -> str:
@@ -48,40 +40,39 @@ def run(*argv: str, cache: Path) -> str:
     return done.stdout
 
 
+def spec(path: Path, study: str) -> Path:
+    path.write_text(HEAD.format(model=cached_tiny_model("qwen2")) + study)
+    return path
+
+
 @pytest.fixture(scope="module")
-def cubes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, xr.Dataset]:
+def new(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("introspection-primitives")
-    head = HEAD.format(model=cached_tiny_model("qwen2"))
-    (root / "both.intro").write_text(head + BOTH.format())
-    run("run", str(root / "both.intro"), "--runs", str(root / "runs"), "--quiet", cache=root / "cache")
-    store = root / "runs" / "both" / "cube.zarr"
-    names = ("old", "new.detection", "new.identification", "new.false_positive", "new.net")
-    return {name: xr.open_zarr(store, group=name).load() for name in names}
+    path = spec(root / "new.intro", NEW)
+    planned = run("plan", str(path), cache=root / "cache")
+    ran = run("run", str(path), "--runs", str(root / "runs"), cache=root / "cache")
+    store = root / "runs" / "new" / "cube.zarr"
+    cubes = {rate: xr.open_zarr(store, group=f"new.{rate}").load() for rate in RATES}
+    return {"planned": planned, "ran": ran, "cubes": cubes}
 
 
-@pytest.mark.parametrize("rate", ["detection", "identification", "false_positive", "net"])
-def test_each_rate_is_the_builtins(cubes: dict[str, xr.Dataset], rate: str) -> None:
-    old, new = cubes["old"], cubes[f"new.{rate}"]
-    for strength in old.strength.values:
-        for word in old.word.values:
-            expected = float(old[rate].sel(strength=strength, word=word))
-            got = float(new.estimate.sel(strength=strength, word=word))
-            assert got == pytest.approx(expected, abs=1e-12) or (np.isnan(got) and np.isnan(expected))
+@pytest.mark.parametrize("rate", RATES)
+def test_each_rate_is_the_builtins(new: dict[str, object], rate: str) -> None:
+    cube = new["cubes"][rate]
+    for cell in goldens.load("injected_thought")["cells"]:
+        got = float(cube.estimate.sel(strength=cell["strength"], word=cell["word"]))
+        assert goldens.same(got, cell[rate], 1e-12), (cell, got)
 
 
-def test_the_trials_are_the_builtins_replies(cubes: dict[str, xr.Dataset]) -> None:
-    old, detection = cubes["old"], cubes["new.detection"]
-    # every trial is one unit of the new rate: 6 injected trials per point
-    assert (detection.n.values == 6).all()
-    assert (old.n_injected.values == 6).all()
+def test_the_trials_are_the_builtins(new: dict[str, object]) -> None:
+    detection = new["cubes"]["detection"]
+    # every trial is one unit of the new rate: 6 injected trials per point, as the built-in's
+    for cell in goldens.load("injected_thought")["cells"]:
+        assert int(detection.n.sel(strength=cell["strength"], word=cell["word"])) == cell["n_injected"] == 6
 
 
-def test_the_primitives_make_no_calls_of_their_own(tmp_path: Path) -> None:
-    head = HEAD.format(model=cached_tiny_model("qwen2"))
-    (tmp_path / "old_only.intro").write_text(head + OLD_ONLY.format())
-    (tmp_path / "both.intro").write_text(head + BOTH.format())
-    cache = tmp_path / "cache"
-    run("run", str(tmp_path / "old_only.intro"), "--runs", str(tmp_path / "runs"), "--quiet", cache=cache)
-    planned = run("plan", str(tmp_path / "both.intro"), cache=cache)
-    # only the built-in's logit readout (one steered score per point, one plain) is left to make
-    assert "model calls: 3 to make" in planned, planned
+def test_the_primitives_make_the_builtins_calls_and_no_other(new: dict[str, object]) -> None:
+    # the built-in's trials (without its logit readout, which the primitives version does not make)
+    calls = goldens.load("injected_thought")["calls"]
+    assert goldens.calls_to_make(new["planned"]) == calls == 18
+    assert f"new: {calls} model calls, 0 from cache" in new["ran"]

@@ -1,9 +1,11 @@
-"""Looking Inward's prediction written in .intro on the primitives (stdlib `li.predict_property`) gives the
-built-in `prediction`'s values cell by cell, from the same model calls.
+"""Looking Inward written in .intro on the primitives (stdlib/looking_inward.intro) gives the values of the
+built-in measures it replaces, from the same model calls: `li.predict_property` those of `prediction` cell
+by cell, `li.hypothetical_examples` the training data of `hypotheticals`, `li.behaviour_follows` the
+accuracies of `behaviour_change` and `li.calibration_of` the MAD of `calibration`.
 
 Two tiny random local models predict themselves and each other on two tasks (one free text, one A/B
-with an ethical-stance property), through the real CLI; the built-in measure and the stdlib function
-run in one study, so each request runs once and both read it.
+with an ethical-stance property), through the real CLI. The built-ins' values on these same studies are
+recorded in tests/runtime/golden/li_*.json (tests/runtime/goldens.py says how).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
 
 from intro.cli import main
+from tests.runtime import goldens
 from tests.tinymodels import make_tiny_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"
@@ -45,10 +47,9 @@ sampling short { temperature: 0 max_tokens: 6 }
 let props = [li.first_character, li.starts_with_vowel, li.ethical_stance]
 """
 
-BOTH = """
-study both {
+NEW = """
+study new {
   for subject in [a, b], predictor in [a, b] {
-    measure old = prediction(predictor, subject, s.test, props, object: short, hypothetical: short)
     for p in props {
       measure new = li.predict_property(predictor, subject, s.test, p, object: short, hypothetical: short)
     }
@@ -56,26 +57,23 @@ study both {
 }
 """
 
-OLD_ONLY = """
-study old_only {
-  for subject in [a, b], predictor in [a, b] {
-    measure old = prediction(predictor, subject, s.test, props, object: short, hypothetical: short)
-  }
-}
-"""
 
-
-def run_study(root: Path, name: str, spec: str) -> Path:
-    """Run `spec` as `<root>/<name>.intro` on the two tiny models; the store of its cube."""
+def run_study(root: Path, name: str, spec: str, plan: bool = False) -> tuple[Path, str]:
+    """Run `spec` as `<root>/<name>.intro` on the two tiny models: the store of its cube, and what the run
+    printed (after what `intro plan` printed on the empty cache, with `plan`)."""
     shutil.copytree(FIXTURE / "data", root / "data")
     make_tiny_model(root / "tiny_a", "qwen2", seed=0)
     make_tiny_model(root / "tiny_b", "qwen2", seed=1)
     (root / f"{name}.intro").write_text(spec)
+    printed = ""
     with pytest.MonkeyPatch.context() as patch, contextlib.chdir(root):
         patch.setenv("INTRO_CACHE_DIR", str(root / "intro-cache"))
+        if plan:
+            code, printed = intro("plan", f"{name}.intro", "--cache", "cache")
+            assert code == 0, printed
         code, out = intro("run", f"{name}.intro", "--runs", "runs", "--cache", "cache", "--quiet")
     assert code == 0, out
-    return root / "runs" / name / "cube.zarr"
+    return root / "runs" / name / "cube.zarr", printed + out
 
 
 def intro(*argv: str) -> tuple[int, str]:
@@ -86,68 +84,66 @@ def intro(*argv: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("li-primitives")
-    shutil.copytree(FIXTURE / "data", root / "data")
-    make_tiny_model(root / "tiny_a", "qwen2", seed=0)
-    make_tiny_model(root / "tiny_b", "qwen2", seed=1)
-    (root / "both.intro").write_text(HEAD + BOTH)
-    (root / "old_only.intro").write_text(HEAD + OLD_ONLY)
-    cache = str(root / "cache")
-    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(root):
-        patch.setenv("INTRO_CACHE_DIR", str(root / "intro-cache"))
-        old_plan = intro("plan", "old_only.intro", "--cache", cache)
-        first = intro("run", "both.intro", "--runs", "runs", "--cache", cache, "--quiet")
-    return {"root": root, "old_plan": old_plan, "first": first}
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return run_study(tmp_path_factory.mktemp("li-primitives"), "new", HEAD + NEW, plan=True)
 
 
-def cube(runs: dict[str, object], group: str) -> xr.Dataset:
-    return xr.open_zarr(Path(str(runs["root"])) / "runs" / "both" / "cube.zarr", group=group).load()
+def group(store: Path, name: str) -> xr.Dataset:
+    return xr.open_zarr(store, group=name).load()
 
 
-def test_the_stdlib_function_makes_no_calls_beyond_the_builtins(runs: dict[str, object]) -> None:
-    (plan_code, plan_out), (code, out) = runs["old_plan"], runs["first"]  # type: ignore[misc]
-    assert plan_code == 0 and code == 0
-    planned = int(plan_out.split("model calls: ")[1].split(" to make")[0])
-    assert planned > 0
-    assert f"both: {planned} model calls," in out
+def test_the_stdlib_function_makes_the_builtins_calls(run: tuple[Path, str]) -> None:
+    planned = goldens.calls_to_make(run[1])
+    assert planned == goldens.load("li_prediction")["calls"] > 0
+    assert f"new: {planned} model calls," in run[1]
 
 
-def test_every_cell_of_prediction_has_the_same_values_on_the_primitives(runs: dict[str, object]) -> None:
-    old, accuracy, baseline = cube(runs, "old"), cube(runs, "new.by_task"), cube(runs, "new.baseline_by_task")
+def test_the_stdlib_function_gets_the_builtins_replies(run: tuple[Path, str]) -> None:
+    behaviour, predictions = group(run[0], "new.behaviour"), group(run[0], "new.predictions")
+    replies = goldens.load("li_prediction")["replies"]
+    for reply in replies:
+        where = {k: reply[k] for k in ("subject", "predictor", "item")} | {
+            "p": reply["property"],
+            "sample": 0,
+        }
+        assert str(behaviour.text.sel(where).values) == reply["object"], where
+        assert str(predictions.text.sel(where).values) == reply["hypothetical"], where
+    assert len(replies) == 2 * 2 * (4 + 4 + 4)  # every pair of models, every item a property reads
+
+
+def test_every_cell_of_prediction_has_the_same_values_on_the_primitives(run: tuple[Path, str]) -> None:
+    accuracy, baseline = group(run[0], "new.by_task"), group(run[0], "new.baseline_by_task")
     compared = 0
-    frame = old[["accuracy", "ci_low", "ci_high", "n", "mode_baseline"]].to_dataframe().reset_index()
-    for cell in frame.itertuples():
-        where = {"subject": cell.subject, "predictor": cell.predictor, "p": cell.property, "task": cell.task}
-        if cell.property not in accuracy.p or np.isnan(cell.accuracy):
+    for cell in goldens.load("li_prediction")["cells"]:
+        where = {k: cell[k] for k in ("subject", "predictor", "task")} | {"p": cell["property"]}
+        if cell["property"] not in accuracy.p or cell["accuracy"] is None:
             # no item kept (no compliant answer, or a property the task cannot be read by): none here either
-            assert cell.property not in accuracy.p or not accuracy.sel(where).n.values > 0
+            assert cell["property"] not in accuracy.p or not accuracy.sel(where).n.values > 0
             continue
         new = accuracy.sel(where)
-        assert float(new.estimate) == pytest.approx(cell.accuracy, abs=1e-12)
-        assert float(new.ci_low) == pytest.approx(cell.ci_low, abs=1e-12)
-        assert float(new.ci_high) == pytest.approx(cell.ci_high, abs=1e-12)
-        assert int(new.n) == int(cell.n)
-        assert float(baseline.sel(where).estimate) == pytest.approx(cell.mode_baseline, abs=1e-12)
+        assert float(new.estimate) == pytest.approx(cell["accuracy"], abs=1e-12)
+        assert float(new.ci_low) == pytest.approx(cell["ci_low"], abs=1e-12)
+        assert float(new.ci_high) == pytest.approx(cell["ci_high"], abs=1e-12)
+        assert int(new.n) == int(cell["n"])
+        assert float(baseline.sel(where).estimate) == pytest.approx(cell["mode_baseline"], abs=1e-12)
         compared += 1
     assert compared >= 8  # cells with kept items on these tiny models (their answers are often non-compliant)
 
 
-def test_the_accuracy_over_all_tasks_is_the_builtins_pooled_accuracy(runs: dict[str, object]) -> None:
-    old, pooled = cube(runs, "old"), cube(runs, "new.accuracy")
-    frame = old[["pooled_accuracy", "pooled_n"]].to_dataframe().reset_index()
+def test_the_accuracy_over_all_tasks_is_the_builtins_pooled_accuracy(run: tuple[Path, str]) -> None:
+    pooled = group(run[0], "new.accuracy")
     compared = 0
-    for cell in frame.itertuples():
-        if cell.property not in pooled.p or np.isnan(cell.pooled_accuracy):
+    for cell in goldens.load("li_prediction")["pooled"]:
+        if cell["property"] not in pooled.p or cell["pooled_accuracy"] is None:
             continue
-        new = pooled.sel(subject=cell.subject, predictor=cell.predictor, p=cell.property)
-        assert float(new.estimate) == pytest.approx(cell.pooled_accuracy, abs=1e-12)
-        assert int(new.n) == int(cell.pooled_n)
+        new = pooled.sel(subject=cell["subject"], predictor=cell["predictor"], p=cell["property"])
+        assert float(new.estimate) == pytest.approx(cell["pooled_accuracy"], abs=1e-12)
+        assert int(new.n) == int(cell["pooled_n"])
         compared += 1
     assert compared >= 8
 
 
-TRAINING = """
+TRAINING_HEAD = """
 use stdlib.looking_inward as li
 model a = local "tiny_a"
 task animals {
@@ -166,48 +162,52 @@ Answer only with either A or B and nothing else.\"\"\"
 split s { train: [animals, choices] items: 8 seed: 3 }
 sampling short { temperature: 0 max_tokens: 6 }
 let props = [li.first_character, li.starts_with_vowel, li.ethical_stance]
+"""
+TRAINING = """
 study training {
-  let old = finetune(a, hypotheticals(a, s.train, props, sampling: short), rank: 4, lr: 0.02, batch: 4, seed: 1)
-  let new = finetune(a, li.hypothetical_examples(a, s.train, props, short), rank: 4, lr: 0.02, batch: 4, seed: 1)
-  measure old_answers = generate(old, prompts(s.train), short)
-  measure new_answers = generate(new, prompts(s.train), short)
+  let tuned = finetune(a, li.hypothetical_examples(a, s.train, props, short),
+                       rank: 4, lr: 0.02, batch: 4, seed: 1)
+  measure tuned_answers = generate(tuned, prompts(s.train), short)
 }
 """
 
 
-def test_hypothetical_examples_on_the_primitives_train_the_builtins_adapter(tmp_path: Path) -> None:
+def trained(root: Path, study: str) -> dict[str, object]:
+    """The training examples, the adapter's tensors and the trained model's answers of a finished `study`
+    that finetunes once and measures `tuned_answers`."""
     from safetensors.torch import load_file
 
     from intro.compiler.plan import Plan
     from intro.runtime.store.cache import Cache
 
-    shutil.copytree(FIXTURE / "data", tmp_path / "data")
-    make_tiny_model(tmp_path / "tiny_a", "qwen2", seed=0)
-    (tmp_path / "training.intro").write_text(TRAINING)
-    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path):
-        patch.setenv("INTRO_CACHE_DIR", str(tmp_path / "intro-cache"))
-        code, out = intro("run", "training.intro", "--runs", "runs", "--cache", "cache", "--quiet")
-    assert code == 0, out
-    plan = Plan.loads((tmp_path / "runs" / "training" / "plan.json").read_text())
-    cache = Cache(tmp_path / "cache")
-    old, new = (s for s in plan.steps if s.kind == "finetune")
-    examples = [
-        (cache.artifact_dir(plan.step(s.params["data"]).hash) / "examples.jsonl").read_text().splitlines()
-        for s in (old, new)
-    ]
-    pairs = [[(row["messages"], row["target"]) for row in map(json.loads, lines)] for lines in examples]
-    assert pairs[0] == pairs[1] and len(pairs[0]) > 8  # several properties per item, in the same order
-    tensors = [
-        load_file(str(cache.artifact_dir(s.hash) / "adapter" / "adapter_model.safetensors"))
-        for s in (old, new)
-    ]
-    assert tensors[0].keys() == tensors[1].keys()
-    assert all(bool((tensors[0][k] == tensors[1][k]).all()) for k in tensors[0])
-    answers = [
-        xr.open_zarr(tmp_path / "runs" / "training" / "cube.zarr", group=g).text.values
-        for g in ("old_answers", "new_answers")
-    ]
-    assert (answers[0] == answers[1]).all()
+    plan = Plan.loads((root / "runs" / study / "plan.json").read_text())
+    cache = Cache(root / "cache")
+    (step,) = (s for s in plan.steps if s.kind == "finetune")
+    lines = (cache.artifact_dir(plan.step(step.params["data"]).hash) / "examples.jsonl").read_text()
+    adapter = cache.artifact_dir(step.hash) / "adapter" / "adapter_model.safetensors"
+    answers = xr.open_zarr(root / "runs" / study / "cube.zarr", group="tuned_answers").text
+    return {
+        "examples": [[row["messages"], row["target"]] for row in map(json.loads, lines.splitlines())],
+        "adapter": load_file(str(adapter)),
+        "answers": dict(
+            zip(answers["item"].values.tolist(), answers.sel(sample=0).values.tolist(), strict=True)
+        ),
+    }
+
+
+def test_hypothetical_examples_on_the_primitives_train_the_builtins_adapter(tmp_path: Path) -> None:
+    run_study(tmp_path, "training", TRAINING_HEAD + TRAINING)
+    got, golden = trained(tmp_path, "training"), goldens.load("li_hypotheticals")
+    assert (
+        got["examples"] == golden["examples"] and len(golden["examples"]) > 8
+    )  # several properties per item
+    adapter = got["adapter"]
+    assert sorted(adapter) == sorted(golden["adapter"])
+    for key, (total, squares) in golden["adapter"].items():
+        tensor = adapter[key].double()
+        assert float(tensor.sum()) == pytest.approx(total, rel=1e-6, abs=1e-9), key
+        assert float((tensor**2).sum()) == pytest.approx(squares, rel=1e-6), key
+    assert got["answers"] == golden["answers"]
 
 
 CHANGE = """
@@ -215,34 +215,23 @@ study change {
   for p in props {
     measure new = li.behaviour_follows(a, b, s.test, p, short)
   }
-  measure old = behaviour_change(a, b, s.test, props, sampling: short)
 }
 """
 
 
 def test_behaviour_change_on_the_primitives_gives_the_builtins_accuracies(tmp_path: Path) -> None:
-    store = run_study(tmp_path, "change", HEAD + CHANGE)
-    old = xr.open_zarr(store, group="old").load()
-    follows = {
-        name: xr.open_zarr(store, group=f"new.{name}").load() for name in ("new_behaviour", "old_behaviour")
-    }
+    store, _ = run_study(tmp_path, "change", HEAD + CHANGE)
+    follows = {name: group(store, f"new.{name}") for name in ("new_behaviour", "old_behaviour")}
     compared = 0
-    names = ["accuracy_new", "new_ci_low", "new_ci_high", "accuracy_old", "changed_items"]
-    for cell in old[names].to_dataframe().reset_index().itertuples():
-        if not cell.changed_items > 0:
+    for cell in goldens.load("li_behaviour_change")["cells"]:
+        if not (cell["changed_items"] or 0) > 0:
             continue
-        where = {"p": cell.property, "task": cell.task}
-        assert float(follows["new_behaviour"].estimate.sel(where)) == pytest.approx(
-            cell.accuracy_new, abs=1e-12
-        )
-        assert float(follows["old_behaviour"].estimate.sel(where)) == pytest.approx(
-            cell.accuracy_old, abs=1e-12
-        )
-        assert int(follows["new_behaviour"].n.sel(where)) == int(cell.changed_items)
-        assert float(follows["new_behaviour"].ci_low.sel(where)) == pytest.approx(cell.new_ci_low, abs=1e-12)
-        assert float(follows["new_behaviour"].ci_high.sel(where)) == pytest.approx(
-            cell.new_ci_high, abs=1e-12
-        )
+        new, old = (follows[name].sel(p=cell["property"], task=cell["task"]) for name in follows)
+        assert float(new.estimate) == pytest.approx(cell["accuracy_new"], abs=1e-12)
+        assert float(old.estimate) == pytest.approx(cell["accuracy_old"], abs=1e-12)
+        assert int(new.n) == int(cell["changed_items"])
+        assert float(new.ci_low) == pytest.approx(cell["new_ci_low"], abs=1e-12)
+        assert float(new.ci_high) == pytest.approx(cell["new_ci_high"], abs=1e-12)
         compared += 1
     assert compared >= 2
 
@@ -253,21 +242,19 @@ study calib {
   for p in props {
     measure new = li.calibration_of(a, a, s.test, p, warm)
   }
-  measure old = calibration(a, a, s.test, props, sampling: warm)
 }
 """
 
 
 def test_calibration_on_the_primitives_gives_the_builtins_mad(tmp_path: Path) -> None:
-    store = run_study(tmp_path, "calib", HEAD + CALIBRATION)
-    old = xr.open_zarr(store, group="old").load()
-    new = xr.open_zarr(store, group="new").load()
+    store, _ = run_study(tmp_path, "calib", HEAD + CALIBRATION)
+    new = group(store, "new")
     compared = 0
-    for cell in old[["mad", "items"]].to_dataframe().reset_index().itertuples():
-        if not cell.items > 0:
+    for cell in goldens.load("li_calibration")["cells"]:
+        if not (cell["items"] or 0) > 0:
             continue
-        where = {"p": cell.property, "task": cell.task}
-        assert float(new.estimate.sel(where)) == pytest.approx(cell.mad, abs=1e-9)
-        assert int(new.n.sel(where)) == int(cell.items)
+        where = {"p": cell["property"], "task": cell["task"]}
+        assert float(new.estimate.sel(where)) == pytest.approx(cell["mad"], abs=1e-9)
+        assert int(new.n.sel(where)) == int(cell["items"])
         compared += 1
     assert compared >= 2
