@@ -155,11 +155,11 @@ class Differs:
 
 @frozen
 class AllOf:
-    """Per item: "true" where the most common values of `a` and `b` are both true-like, "false" where
-    either is not, none where either has no value (two criteria a trial must meet at once)."""
+    """Per trial (an item's sample): "true" where `a` and `b` (if given) both pass, "false" where either
+    does not; a grade with one value per item stands for each of the item's samples (see all_of's doc)."""
 
     a: Values
-    b: Values
+    b: Values | None = None
 
 
 @frozen

@@ -73,10 +73,11 @@ class DataflowLowering:
                 return Table(step, replies.size, replies.exact)
             case df.Choose() | df.Score():
                 return self._scoring(value)
-            case df.Differs() | df.AllOf():
-                kind = "differs" if isinstance(value, df.Differs) else "all_of"
+            case df.Differs():
                 a, b = self.table(value.a), self.table(value.b)
-                return Table(self._pure(kind, [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+                return Table(self._pure("differs", [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+            case df.AllOf():
+                return self._all_of(value)
             case df.Residuals():
                 return self._residuals(value)
             case df.Cosine():
@@ -90,6 +91,16 @@ class DataflowLowering:
                 params = {"values": choices.step, "option": value.option, "against": value.against}
                 return Table(self._pure("probability", [choices], params), choices.size, True)
         raise AssertionError(f"not a table: {value!r}")
+
+    def _all_of(self, value: df.AllOf) -> Table:
+        """One row per trial of the side with more rows (the other's per-item grades stand for each
+        sample)."""
+        a = self.table(value.a)
+        b = None if value.b is None else self.table(value.b)
+        sides = [a] if b is None else [a, b]
+        params = {"a": a.step, "b": None if b is None else b.step}
+        widest = max(sides, key=lambda t: t.size)
+        return Table(self._pure("all_of", sides, params), widest.size, all(t.exact for t in sides))
 
     def _answer_kinds(self, value: df.Extract) -> dict[str, Any]:
         """For a property read off answers to task prompts: each task's answer kind and choices, so that an

@@ -412,12 +412,16 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             "all_of",
             _all_of,
             Param("a", "values"),
-            Param("b", "values"),
-            doc='values: per item, "true" where the most common values of `a` and `b` are both true-like, '
-            '"false" where either is not, none where either has none (a trial that must pass two grades)',
+            Param("b", "values", None),
+            doc='values: per trial (one sample of an item), "true" where `a` and `b` both pass (have a value '
+            'other than none, false or no), "false" where either does not: a none (a rule that does not '
+            "apply, a judge that did not commit) does not pass. Samples pair by index, and a grade with one "
+            "value per item stands for each of the item's samples; with one sample per item it is per item. "
+            'Without `b`, `a` alone as "true" or "false". None where `a` or `b` has no row for the trial '
+            "(a filtered text)",
             returns="values",
             example='all_of(extract(generate(qwen, prompts(["Name a colour."])), contains("blue")), '
-            'extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)))',
+            'judge(qwen, generate(qwen, prompts(["Name a colour."])), "Is this a colour? {{ text }}"))',
         ),
         _fn(
             "probability",

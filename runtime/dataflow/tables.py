@@ -10,6 +10,7 @@ calls made.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -274,18 +275,16 @@ class Tables:
         return rows
 
     def _all_of(self, step: Step) -> list[Row]:
-        a, b = _modes(self.table(step.params["a"])), _modes(self.table(step.params["b"]))
-        items = dict.fromkeys([*(r["item"] for r in self.table(step.params["a"])), *a, *b])
-        return [
-            {
-                "item": item,
-                "sample": 0,
-                "value": None
-                if item not in a or item not in b
-                else str(passes(a[item]) and passes(b[item])).lower(),
-            }
-            for item in items
-        ]
+        """Per trial (item, sample), whether every grade passes (a none does not); rows in the order of the
+        side with more of them, a side's per-item grade standing for each sample (compiler/primitives.py)."""
+        names = [step.params["a"]] + ([step.params["b"]] if step.params.get("b") else [])
+        sides = sorted((_Grades.of(self.table(name)) for name in names), key=lambda g: -len(g.trials))
+        rows = []
+        for item, sample in dict.fromkeys(trial for side in sides for trial in side.trials):
+            grades = [side.grade(item, sample) for side in sides]
+            value = None if MISSING in grades else str(all(_passes(g) for g in grades)).lower()
+            rows.append({"item": item, "sample": sample, "value": value})
+        return rows
 
     def _labels(self, step: Step) -> list[Row]:
         """The judged rows (their text and prompt), each with the grader's label and raw reply; a grader
@@ -391,6 +390,32 @@ def _complies(row: Row, tasks: Mapping[str, Any]) -> bool:
     an item's key starts with its task's name)."""
     task = tasks.get(row["item"].split("/", 1)[0])
     return task is None or "text" not in row or complies(row["text"], task[0], task[1])
+
+
+MISSING = object()  # a trial one side of all_of has no row for
+
+
+def _passes(value: Any) -> bool:
+    return passes(None if value is None else str(value))
+
+
+@frozen
+class _Grades:
+    """One side of all_of: its value per trial, and per item where an item has a single row."""
+
+    trials: dict[tuple[str, int], Any]
+    once: dict[str, Any]
+
+    @classmethod
+    def of(cls, rows: list[Row]) -> _Grades:
+        trials = {(r["item"], r["sample"]): r.get("value") for r in rows}
+        counts = Counter(item for item, _ in trials)
+        return cls(trials, {item: v for (item, _), v in trials.items() if counts[item] == 1})
+
+    def grade(self, item: str, sample: int) -> Any:
+        if (item, sample) in self.trials:
+            return self.trials[item, sample]
+        return self.once.get(item, MISSING)
 
 
 def _modes(rows: list[Row]) -> dict[str, str]:
