@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,6 +88,8 @@ class EchoServer(ThreadingHTTPServer):
     `faults` maps the text of a request's last user message to the faults its first calls receive.
     `api_key`, when set, is required as the bearer token; a wrong one gets a 401 that quotes it back,
     as careless providers do, so tests can check that clients keep keys out of their errors.
+    `answer`, when set, gives the reply to a request's last user message instead of the echo (a scripted
+    judge, say).
     `logprobs=False` plays a provider that ignores logprob requests. `peak_in_flight` is the most
     requests it was handling at once.
     """
@@ -106,6 +108,7 @@ class EchoServer(ThreadingHTTPServer):
         api_key: str | None = None,
         model: str = "echo",
         logprobs: bool = True,
+        answer: Callable[[str], str] | None = None,
     ):
         super().__init__(("127.0.0.1", 0), EchoHandler)
         self.faults = {text: [_as_fault(f) for f in script] for text, script in (faults or {}).items()}
@@ -115,6 +118,7 @@ class EchoServer(ThreadingHTTPServer):
         self.api_key = api_key
         self.model = model
         self.gives_logprobs = logprobs
+        self.answer = answer
         self.in_flight = 0
         self.peak_in_flight = 0
         self.stopping = threading.Event()
@@ -228,10 +232,8 @@ class EchoHandler(BaseHTTPRequestHandler):
         if fault is not None:
             self._misbehave(fault, bearer)
             return
-        self._send_json(
-            HTTPStatus.OK,
-            chat_completion_body(chat, _echo(chat, self.server.gives_logprobs), self.server.model),
-        )
+        generation = _echo(chat, self.server.gives_logprobs, self.server.answer)
+        self._send_json(HTTPStatus.OK, chat_completion_body(chat, generation, self.server.model))
         self.server.record_answer(content)
 
     def _misbehave(self, fault: Fault, bearer: str) -> None:
@@ -280,9 +282,11 @@ def _last_user_text(chat: ChatRequest) -> str:
     return users[-1] if users else ""
 
 
-def _echo(chat: ChatRequest, gives_logprobs: bool) -> Generation:
+def _echo(chat: ChatRequest, gives_logprobs: bool, answer: Callable[[str], str] | None = None) -> Generation:
     request = chat.generation
     text, finish = echo_text(_last_user_text(chat), request.max_tokens, request.stop, request.prefill)
+    if answer is not None:
+        text, finish = answer(_last_user_text(chat)), "stop"
     wanted = chat.want_logprobs and gives_logprobs
     logprobs = echo_logprobs(text, max(chat.top_logprobs, 1)) if wanted else None
     prompt_words = sum(len(m.content.split()) for m in request.messages)
