@@ -551,7 +551,7 @@ class _StudyRunner:
 def _arm_labels(values: tuple[Any, ...]) -> list[ir.Scalar]:
     """The labels of a tuple loop's arms: each tuple's first value, or all its values joined with "/"
     where the first values alone do not tell the arms apart."""
-    if not values or not isinstance(values[0], tuple):
+    if not all(isinstance(v, tuple) and v for v in values):  # not a tuple loop's arms (`[[1], 12]`)
         return [_coordinate(v) for v in values]
     first = [_coordinate(v[0]) for v in values]
     if len(set(first)) == len(first):

@@ -40,7 +40,7 @@ CPU_LIMIT_S = 2.0
 POSITIONED = re.compile(r"^\S+:\d+:\d+: error\[E\d{3}\]: ", re.MULTILINE)
 
 RICH_STUDY = """\
-# Every kind of declaration and most built-ins, so mutations reach deep into checking.
+# Every kind of declaration and most primitives, so mutations reach deep into checking.
 use stdlib.looking_inward: countries, colors, wealth_seeking, animals, english_words, myopic_reward
 use stdlib.looking_inward: first_character, first_word, starts_with_vowel, ethical_stance, object_level
 use stdlib.looking_inward as li
@@ -62,17 +62,21 @@ let props = [first_character, starts_with_vowel, ethical_stance]
 
 study fuzz {
   for subject in [qwen, gemma], predictor in [qwen, gpt] {
-    let trained = finetune(predictor, hypotheticals(predictor, paper.train, props), rank: 4)
-    measure before = prediction(predictor, subject, paper.test, props)
-    measure after = prediction(trained, subject, paper.test, [first_character], object: object_level)
-    measure spread = calibration(trained, subject, paper.test, [first_word], sampling: hot)
+    let trained = finetune(predictor, li.hypothetical_examples(predictor, paper.train, props), rank: 4)
+    measure before = li.predict_property(predictor, subject, paper.test, first_character)
+    measure after = li.predict_property(trained, subject, paper.test, ethical_stance, object: object_level).accuracy
+    measure spread = li.calibration_of(trained, subject, paper.test, first_word, sampling: hot)
   }
   for (a, b) in pairs([qwen, gemma]), layer in [0.5, 12], strength in [1, 2 * 2, -4 / 2] {
     let dog = concept(a, "dog", layer, take(["cat", "tree", "car"], 2))
-    let steered = inject(a, -(strength * dog) / 2, layer, 1.0, start: "Trial")
-    let control = inject(a, random_like(dog, seed: 1), layer, strength)
-    measure steered_prediction = prediction(steered, b, paper.test, [first_character])
-    measure control_prediction = prediction(control, b, paper.test, [first_character])
+    let steered = steer(a, -(strength * dog) / 2, layer, 1.0, start: "Trial")
+    let control = steer(a, random_like(dog, seed: 1), layer, strength)
+    let asked = prompts(paper.test, "{{ object_prompt }} Answer in one word.", system: "Be brief.")
+    let words = extract(generate(steered, asked, hot), nth_word(1))
+    measure steered_words = rate(extract(generate(steered, asked, hot), contains("dog")), over: "samples")
+    measure agreement = accuracy(words, extract(generate(b, asked), nth_word(1)), by: "task")
+    measure shift = difference(mean(score(steered, asked, "Yes")), mean(score(control, asked, "Yes")))
+    measure picked = probability(choose(b, asked, ["Yes", "No"]), "Yes")
   }
 }
 """
@@ -121,6 +125,15 @@ def test_rich_seed_checks_clean(workdir: Path) -> None:
     assert (code, stderr) == (0, "")
 
 
+def test_a_loop_over_a_list_that_starts_with_a_list_checks(workdir: Path) -> None:
+    # found by the fuzz (`layer in [0.5, 12]` nested as `[[0.5], 12]`): labelling the values as a tuple
+    # loop's arms read the first value of 12
+    source = RICH_STUDY.replace("layer in [0.5, 12]", "layer in [[0.5], 12]")
+    assert source != RICH_STUDY
+    code, stderr, cpu = check_case(workdir / "nested_loop.intro", source.encode())
+    assert_well_behaved(code, stderr, cpu)
+
+
 # ---------------------------------------------------------------- mutations
 _TOKEN = re.compile(
     r'"""[\s\S]*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*'
@@ -153,10 +166,10 @@ _VOCABULARY = [
             "embedded",
             "litellm",
             "local",
-            "prediction",
-            "calibration",
+            "generate",
+            "choose",
             "finetune",
-            "inject",
+            "steer",
             "concept",
             "pairs",
             "take",
@@ -346,7 +359,7 @@ def test_extreme_inputs(workdir: Path, source: str) -> None:
 # 2 s without using the CPU.
 
 DATA_SPEC = """\
-use stdlib.looking_inward: first_character
+use stdlib.looking_inward: first_character, predict_property
 
 model qwen = embedded "qwen2.5-coder-0.5b-instruct"
 
@@ -359,7 +372,7 @@ task rows {
 split part { test: [rows]  items: 3 }
 
 study d {
-  measure m = prediction(qwen, qwen, part.test, [first_character])
+  measure m = predict_property(qwen, qwen, part.test, first_character)
 }
 """
 
