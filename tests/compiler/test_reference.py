@@ -152,31 +152,29 @@ def test_each_function_example_gives_what_its_entry_says(tmp_path: Path) -> None
 
 
 def test_an_example_that_stops_checking_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wrong = FUNCTIONS["calibration"].example.replace("sampling:", "samples:")
-    monkeypatch.setitem(FUNCTIONS, "calibration", evolve(FUNCTIONS["calibration"], example=wrong))
+    wrong = FUNCTIONS["random_like"].example.replace("seed:", "sed:")
+    assert wrong != FUNCTIONS["random_like"].example
+    monkeypatch.setitem(FUNCTIONS, "random_like", evolve(FUNCTIONS["random_like"], example=wrong))
     problems = check_problems(write_example_spec(tmp_path))
     assert problems is not None
-    assert "error[E206]: calibration() has no parameter 'samples'" in problems
-    assert "let example_calibration = calibration(" in problems  # the report shows whose example it is
+    assert "error[E206]: random_like() has no parameter 'sed'" in problems
+    assert "let example_random_like = random_like(" in problems  # the report shows whose example it is
 
 
 def test_the_sampling_default_is_shown_as_a_spec_writes_it() -> None:
-    assert reference.show_value(FUNCTIONS["calibration"].params[4].default) == (
-        "{ temperature: 1, samples: 20, max_tokens: 16 }"
-    )
-    assert CHECKS["sampling"](FUNCTIONS["calibration"].params[4].default)
+    (sampling,) = [p for p in FUNCTIONS["generate"].params if p.name == "sampling"]
+    assert reference.show_value(sampling.default) == "{ temperature: 0, samples: 1, max_tokens: 16 }"
+    assert CHECKS["sampling"](sampling.default)
 
 
 # ---------------------------------------------------------------- intro doc
 def test_intro_doc_prints_a_functions_entry() -> None:
-    code, out, err = intro("doc", "prediction")
+    code, out, err = intro("doc", "generate")
     assert (code, err) == (0, "")
-    assert out.startswith(
-        "prediction(predictor, subject, tasks, properties, object, hypothetical, template) -> measurement\n"
-    )
-    assert "  object        sampling = { temperature: 0, samples: 1, max_tokens: 16 }\n" in out
-    assert "  predictor     model (required)\n" in out
-    assert f"  {FUNCTIONS['prediction'].example}\n" in out
+    assert out.startswith("generate(model, prompts, sampling) -> texts\n")
+    assert "  sampling  sampling = { temperature: 0, samples: 1, max_tokens: 16 }\n" in out
+    assert "  model     model (required)\n" in out
+    assert f"  {FUNCTIONS['generate'].example}\n" in out
 
 
 def test_intro_doc_prints_a_declaration_kind_with_its_fields() -> None:
