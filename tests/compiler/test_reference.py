@@ -199,10 +199,10 @@ def test_intro_doc_without_a_name_lists_every_entry() -> None:
 
 
 def test_intro_doc_of_an_unknown_name_is_one_line_with_a_suggestion() -> None:
-    code, out, err = intro("doc", "predicton")
+    code, out, err = intro("doc", "genrate")
     assert (code, out) == (2, "")
     assert (
         err
-        == "intro: error: no reference entry 'predicton'; did you mean 'prediction'? (`intro doc` lists them)\n"
+        == "intro: error: no reference entry 'genrate'; did you mean 'generate'? (`intro doc` lists them)\n"
     )
     assert intro("doc", "nothing_like_it")[2].count("\n") == 1
