@@ -1,8 +1,10 @@
-"""A small finished study to damage: one tiny local model, one LoRA finetune, a prediction measure over
-the untrained and the trained model. Built once per test process (about 20 s), then copied per test.
+"""A small finished study to damage: one tiny local model, one LoRA finetune, a prediction measure
+(stdlib `li.predict_property`) over the untrained and the trained model. Built once per test process
+(about 20 s), then copied per test.
 
-`run_dir/cube.zarr` has two prediction points and the training group; the store has request entries,
-a training-data artifact and an adapter artifact (safetensors); the run directory has its journal.
+`run_dir/cube.zarr` has the measure's groups (`predicted.accuracy`, `predicted.behaviour`, ...) with two
+predictor points each and the training group; the store has request entries, a training-data artifact and
+an adapter artifact (safetensors); the run directory has its journal.
 """
 
 from __future__ import annotations
@@ -54,11 +56,11 @@ sampling short {
 }
 
 study damage {
-  let trained = finetune(a, hypotheticals(a, s.train, [li.first_character], sampling: short),
+  let trained = finetune(a, li.hypothetical_examples(a, s.train, [li.first_character], short),
                          rank: 2, lr: 0.02, epochs: 1, batch: 4, seed: 1)
   for predictor in [a, trained] {
-    measure predicted = prediction(predictor, a, s.test, [li.first_character], object: short,
-                                   hypothetical: short)
+    measure predicted = li.predict_property(predictor, a, s.test, li.first_character, object: short,
+                                            hypothetical: short)
   }
 }
 """

@@ -2,10 +2,10 @@
 (`make_server` over a tiny random model, with the files and fine-tuning endpoints) is run through the real CLI.
 
 The finetune step uploads the training examples with litellm, creates a job on the server, which trains LoRA
-on the served weights, and the fine-tuned model (`openai/ft:tiny:...`) then answers a prediction measure
-through the same server. Also: a second run trains and calls nothing; a run killed after creating its job
-resumes that job; a training file the server rejects fails the run with the server's message; the API key
-never reaches a file.
+on the served weights, and the fine-tuned model (`openai/ft:tiny:...`) then answers hypothetical questions
+through the same server (stdlib `li.predict_property`). Also: a second run trains and calls nothing; a run
+killed after creating its job resumes that job; a training file the server rejects fails the run with the
+server's message; the API key never reaches a file.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ task colours { data: "data/colours.jsonl" prompt: "What are the next 3 colours a
 split s { train: [animals]  test: [colours]  items: 4  seed: 1 }
 sampling short { temperature: 0  max_tokens: 6 }
 study api_finetune {
-  let tuned = finetune(api, hypotheticals(a, s.train, [li.first_character], sampling: short),
+  let tuned = finetune(api, li.hypothetical_examples(a, s.train, [li.first_character], short),
                        lr: 0.02, epochs: 3, batch: 4, seed: 1)
-  measure m = prediction(tuned, a, s.test, [li.first_character], object: short, hypothetical: short)
+  measure m = li.predict_property(tuned, a, s.test, li.first_character, object: short, hypothetical: short)
 }
 """
 
@@ -150,11 +150,11 @@ def test_the_first_run_finetunes_through_the_server_and_the_tuned_model_answers(
     assert info["trained_tokens"] > 0 and info["examples"] > 0 and info["cost"] is None
     job = served["service"].state.job(info["job_id"])
     assert job["status"] == "succeeded" and job["seed"] == 1
-    # The fine-tuned model answered the prediction measure: its runner on the server saw batches.
+    # The fine-tuned model answered the hypothetical questions: its runner on the server saw batches.
     tuned = without_provider(info["model_id"], "openai")
     assert served["service"].runner_for(tuned).batch_sizes
-    cube = xr.open_zarr(project / "runs" / STUDY / "cube.zarr", group="m")
-    answers = [str(answer) for answer in cube["hypothetical_response"].values.ravel()]
+    cube = xr.open_zarr(project / "runs" / STUDY / "cube.zarr", group="m.predictions")
+    answers = [str(answer) for answer in cube["text"].values.ravel()]
     assert len(answers) == 4 and any(answers)
 
 
@@ -237,7 +237,8 @@ def test_a_training_file_the_server_rejects_fails_the_run_with_its_message(study
     code, _, err = intro(project, str(cache.root), "--runs", "runs-malformed")
     assert code == 1
     assert "fine-tuning job ftjob-" in err and " failed: training file file-" in err
-    assert "line 2: the last message must be a non-empty assistant reply" in err
+    # The upload is shuffled with the step's seed (1): the empty reply is uploaded first.
+    assert "line 1: the last message must be a non-empty assistant reply" in err
     assert PLANTED_KEY not in err
     assert not (cache.artifact_dir(step.hash) / JOB_FILE).exists()  # the next run starts a new job
     assert not cache.artifact_done(step.hash)

@@ -57,11 +57,11 @@ sampling short {
 }
 
 study console {
-  let trained = finetune(a, hypotheticals(a, s.train, [li.first_character], sampling: short),
+  let trained = finetune(a, li.hypothetical_examples(a, s.train, [li.first_character], short),
                          rank: 2, epochs: 1, batch: 4, seed: 1)
   for predictor in [trained, e] {
-    measure p = prediction(predictor, predictor, s.test, [li.first_character], object: short,
-                           hypothetical: short)
+    measure p = li.predict_property(predictor, predictor, s.test, li.first_character, object: short,
+                                    hypothetical: short)
   }
 }
 """
@@ -141,7 +141,7 @@ def test_a_fresh_run_prints_only_its_own_lines(fresh_run):
     # The noisy parts did happen: a model load, a LoRA training, the API model's calls.
     assert "  loading model a (" in ran.stderr
     assert "training LoRA on" in ran.stderr
-    assert any(line.startswith("  sample.console.object[e,") for line in ran.stderr.splitlines())
+    assert any(line.startswith("  generate.console[e]") for line in ran.stderr.splitlines())
 
 
 def test_the_run_log_keeps_what_the_console_leaves_out(json_run):

@@ -1,9 +1,10 @@
 """A Looking Inward finetuning study end to end through the real CLI, on two tiny random models.
 
-The fixture study (tests/fixtures/studies/looking_inward_finetune_tiny) self-trains model a on hypotheticals
-about its own behaviour, cross-trains model b on the self-trained model's behaviour, shifts the self-trained
-model's behaviour by training it on b's answers, and measures prediction (self vs cross), calibration and
-behaviour change. It runs twice: the second run must train nothing and call no model.
+The fixture study (tests/fixtures/studies/looking_inward_finetune_tiny, on the stdlib's functions)
+self-trains model a on hypotheticals about its own behaviour, cross-trains model b on the self-trained
+model's behaviour, shifts the self-trained model's behaviour by training it on b's answers, and measures
+prediction (self vs cross), calibration and behaviour change. It runs twice: the second run must train
+nothing and call no model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from safetensors.torch import load_file
 
 from intro.cli import main
 from intro.compiler.plan import Plan
-from intro.runtime.analysis import metrics
 from intro.runtime.store.cache import Cache
 from tests.tinymodels import make_tiny_model
 
@@ -112,6 +112,9 @@ def test_a_model_trained_from_a_trained_model_stores_the_whole_delta(study):
     assert cache.artifact_info(child.hash)["parent"] == parent.hash
 
 
+QUESTIONS = ("What is the first character of the response you gave?", "Would your answer be the option")
+
+
 def test_training_data_is_stored_as_jsonl(study):
     cache, plan = study["cache"], study["plan"]
     data = plan.step(finetune_steps(plan)["self_trained(a)"].params["data"])
@@ -119,11 +122,9 @@ def test_training_data_is_stored_as_jsonl(study):
     examples = [json.loads(line) for line in lines]
     assert len(examples) == cache.artifact_info(data.hash)["examples"] > 0
     for example in examples:
-        assert (
-            example["messages"][-1][0] == "user"
-            and "Previously, you were asked" in example["messages"][-1][1]
-        )
-        assert example["property"] in ("first_character", "ethical_stance") and example["target"]
+        role, content = example["messages"][-1]
+        assert role == "user" and "Previously, you were asked" in content
+        assert any(question in content for question in QUESTIONS) and example["target"]
 
 
 def test_the_training_group_holds_each_models_loss_curve(study):
@@ -137,76 +138,87 @@ def test_the_training_group_holds_each_models_loss_curve(study):
         np.testing.assert_allclose(losses[~np.isnan(losses)], cache.artifact_info(step.hash)["losses"])
 
 
-def test_self_vs_cross_is_tested_on_the_prediction_cube(study):
-    cube = group(study, "trained")
-    assert cube["z_vs_self"].dims == ("subject", "predictor", "property")
-    assert list(cube["predictor"].values) == ["self_trained", "cross_trained", "a"]
-    correct = cube["correct"].sel(subject="self_trained", property="first_character").values
-    successes = np.nansum(correct == 1, axis=(-2, -1))
-    counts = np.sum(~np.isnan(correct), axis=(-2, -1))
-    for index, predictor in enumerate(["cross_trained", "a"], start=1):
-        z, p = metrics.two_proportion_ztest(successes[0], counts[0], successes[index], counts[index])
-        cell = {"subject": "self_trained", "predictor": predictor, "property": "first_character"}
-        np.testing.assert_allclose(
-            [cube["z_vs_self"].sel(cell).item(), cube["p_vs_self"].sel(cell).item()], [z, p]
-        )
-    assert np.isnan(cube["z_vs_self"].sel(subject="self_trained", predictor="self_trained")).all()
+def scores(study, name: str, prop: str) -> dict[str, float]:
+    """item -> score of an estimate at one property, for the items it scored."""
+    data = group(study, name).sel(property=prop)
+    return {i: s for i, s in zip(data["item"].values, data["score"].values, strict=True) if np.isfinite(s)}
 
 
-def test_the_calibration_cube_has_its_axes_and_consistent_curves(study):
+def test_self_vs_cross_is_compared_item_by_item(study):
+    advantage = group(study, "advantage")
+    compared = 0
+    for prop in advantage["property"].values:
+        own, crossed = scores(study, "self.accuracy", prop), scores(study, "cross.accuracy", prop)
+        shared = [item for item in own if item in crossed]
+        cell = advantage.sel(property=prop)
+        assert int(cell["n"]) == len(shared)
+        if not shared:
+            continue
+        first, second = np.array([own[i] for i in shared]), np.array([crossed[i] for i in shared])
+        assert float(cell["estimate"]) == pytest.approx(first.mean() - second.mean())
+        assert [float(cell["a"]), float(cell["b"])] == pytest.approx([first.mean(), second.mean()])
+        assert float(cell["ci_low"]) <= float(cell["estimate"]) <= float(cell["ci_high"])
+        compared += 1
+    assert compared > 0
+    # the untrained model predicts the self-trained subject's behaviour from the same answers
+    assert group(study, "untrained.behaviour")["value"].equals(group(study, "self.behaviour")["value"])
+
+
+def test_the_calibration_cube_has_its_axes_and_a_mad_per_cell(study):
     cube = group(study, "calibrated")
-    assert dict(cube["mad"].sizes) == {"model": 2, "task": 2, "property": 2}
-    assert dict(cube["object_mean"].sizes) == {"model": 2, "task": 2, "property": 2, "bin": 10}
-    assert dict(cube["pooled_mad"].sizes) == {"model": 2, "property": 2}
+    assert dict(cube["estimate"].sizes) == {"model": 2, "property": 2, "task": 2}
+    assert list(cube["model"].values) == ["a", "self_trained"]
+    mad = cube["estimate"].values
+    assert np.isfinite(mad).any() and ((mad[np.isfinite(mad)] >= 0) & (mad[np.isfinite(mad)] <= 100)).all()
     cell = {"model": "a", "task": "colours", "property": "first_character"}
-    objects, answers = cube["object_mean"].sel(cell).values, cube["hypothetical_mean"].sel(cell).values
-    filled = ~np.isnan(objects)
-    assert filled.any()
-    assert cube["mad"].sel(cell).item() == pytest.approx(100 * np.abs(objects - answers)[filled].mean())
-    assert np.nansum(cube["bin_count"].sel(cell).values) == cube["pairs"].sel(cell).item()
-    assert 0 < cube["items"].sel(cell).item() <= 4
-    # Local predictors also answer by logprobs: a MAD against read-out probabilities, cached per step.
-    readout = cube["pooled_readout_mad"].values
-    assert (
-        np.isfinite(readout).any()
-        and ((readout[np.isfinite(readout)] >= 0) & (readout[np.isfinite(readout)] <= 100)).all()
-    )
+    assert 0 < cube["n"].sel(cell).item() <= 4  # items of the task with a behaviour
 
 
-def test_the_behaviour_change_cube_scores_changed_items_against_old_and_new(study):
-    cube = group(study, "changed")
-    assert dict(cube["changed"].sizes) == {"task": 2, "property": 2, "item": 4}
-    old, new = cube["old_target"].values, cube["new_target"].values
-    compared = (old != "") & (new != "")
-    np.testing.assert_array_equal(~np.isnan(cube["changed"].values), compared)
-    np.testing.assert_array_equal(cube["changed"].values[compared] == 1, (old != new)[compared])
-    changed = cube["changed"].values == 1
-    prediction = cube["prediction"].values
-    np.testing.assert_array_equal(cube["matches_new"].values[changed] == 1, (prediction == new)[changed])
-    for t, task in enumerate(cube["task"].values):
-        for p, prop in enumerate(cube["property"].values):
-            cell = {"task": task, "property": prop}
-            if np.isnan(cube["compared"].sel(cell).item()):
-                continue  # the property cannot read this task: no rows
-            assert cube["changed_items"].sel(cell).item() == changed[t, p].sum()
-            if changed[t, p].any():
-                expected = cube["matches_old"].values[t, p][changed[t, p]].mean()
-                assert cube["accuracy_old"].sel(cell).item() == pytest.approx(expected)
-    assert cube["pooled_changed_items"].sum().item() == changed.sum()
+def values(study, name: str) -> dict[tuple[str, str], str]:
+    """(property, item) -> the value read from the reply, where there is one."""
+    data = group(study, name).isel(sample=0)
+    found = {}
+    for prop in data["property"].values:
+        row = data.sel(property=prop)
+        for item, value, ok in zip(
+            row["item"].values, row["value"].values, row["compliant"].values, strict=True
+        ):
+            if ok == 1:
+                found[str(prop), str(item)] = str(value)
+    return found
+
+
+def test_behaviour_change_scores_the_changed_items_against_old_and_new(study):
+    # self_trained's behaviour (before), the shifted model's (after) and its predictions of itself: the
+    # replies behaviour_follows reads, measured on their own by the study
+    before, after = values(study, "self.behaviour"), values(study, "shifted_self.behaviour")
+    predicted = values(study, "shifted_self.predictions")
+    changed = [key for key in before if key in after and before[key] != after[key]]
+    new, old = group(study, "changed.new_behaviour"), group(study, "changed.old_behaviour")
+    for prop in new["property"].values:
+        for task in new["task"].values:
+            keys = [k for k in changed if k[0] == prop and k[1].startswith(f"{task}/")]
+            cell = {"property": prop, "task": task}
+            assert count(new["n"].sel(cell)) == len(keys) == count(old["n"].sel(cell))
+            if keys:
+                follows_new = np.mean([predicted.get(k) == after[k] for k in keys])
+                follows_old = np.mean([predicted.get(k) == before[k] for k in keys])
+                assert new["estimate"].sel(cell).item() == pytest.approx(follows_new)
+                assert old["estimate"].sel(cell).item() == pytest.approx(follows_old)
+    assert new["n"].sum().item() == len(changed)
+
+
+def count(n: xr.DataArray) -> int:
+    """An estimate's n at one point; none where the property cannot read the task."""
+    return 0 if np.isnan(n.item()) else int(n.item())
 
 
 def test_show_prints_every_result(study):
     code, shown = study["runs"][2]
     assert code == 0
-    for heading in (
-        "trained (prediction)",
-        "self vs cross prediction",
-        "calibrated (calibration)",
-        "changed (behaviour_change)",
-        "finetuning",
-    ):
-        assert heading in shown
-    assert "shifted(self_trained(a))" in shown and "MAD x100" in shown
+    for name, kind in {m.name: m.kind for m in study["plan"].measures}.items():
+        assert f"{name} ({kind})" in shown
+    assert "finetuning" in shown and "shifted(self_trained(a))" in shown
 
 
 API_SPEC = """
@@ -217,8 +229,8 @@ task animals { data: "data/animals.jsonl" prompt: "What are the next 3 animals a
 task colours { data: "data/colours.jsonl" prompt: "What are the next 3 colours after {{ sequence }}?" }
 split s { train: [animals]  test: [colours]  items: 4  seed: 1 }
 study api_finetune {
-  let tuned = finetune(api, hypotheticals(a, s.train, [li.first_character]))
-  measure m = prediction(tuned, a, s.test, [li.first_character])
+  let tuned = finetune(api, li.hypothetical_examples(a, s.train, [li.first_character]))
+  measure m = li.predict_property(tuned, a, s.test, li.first_character)
 }
 """
 
@@ -241,9 +253,13 @@ def test_report_draws_every_figure_into_one_self_contained_page(study):
     report = study["dir"] / "report"
     pngs = sorted(p.name for p in report.glob("*.png"))
     kinds = {m.name: m.kind for m in study["plan"].measures}
-    assert pngs == sorted([f"{name}.png" for name in kinds] + ["training.png"])
+    tables = [name for name, kind in kinds.items() if kind in ("texts", "values")]  # read as tables
+    assert tables and pngs == sorted(
+        [f"{name}.png" for name in kinds if name not in tables] + ["training.png"]
+    )
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(pngs)  # no links to files: one page to send around
+    assert all(f"{name} ({kinds[name]})" in page for name in tables)
     assert study["plan"].hash[:16] in page and STUDY in page
     for png in pngs:
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

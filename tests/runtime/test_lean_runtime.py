@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shutil
 import weakref
@@ -170,8 +169,7 @@ def test_each_model_is_released_after_the_last_step_that_names_it(study, monkeyp
     )
     pool = BackendPool(plan, Cache(study / "cache"))
     roots = _roots(plan)
-    users = {root: [s.id for s in plan.steps if any(f'"{k}"' in json.dumps(s.params) for k in keys)]
-             for root, keys in roots.items()}  # fmt: skip
+    users = {root: [s.id for s in plan.steps if keys & strings(s.params)] for root, keys in roots.items()}
     alive = {}
     for step in plan.steps:
         for root in roots:
@@ -184,6 +182,14 @@ def test_each_model_is_released_after_the_last_step_that_names_it(study, monkeyp
             assert (alive[root]() is not None) == still_needed, (step.id, root)
     assert sorted(loads) == sorted(str(plan.models[r].params["locator"]) for r in roots)  # each loaded once
     assert pool.loaded_models() == []
+
+
+def strings(value) -> set[str]:
+    """Every string among a step's parameter values (a model is named by its key, as a value)."""
+    if isinstance(value, str):
+        return {value}
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+    return set().union(*(strings(item) for item in items))
 
 
 def done_ids(plan, last) -> set[str]:
@@ -214,7 +220,7 @@ def test_finetuned_variants_share_their_roots_loaded_weights(study, tiny_dir, mo
     assert len(names) == 2 and names <= set(backends[0].loaded.model.peft_config)
     # Once no step names the first variant, its adapter leaves the shared model; the base stays.
     for step in plan.steps:
-        if f'"{variants[0]}"' in json.dumps(step.params):
+        if variants[0] in strings(step.params):
             pool.step_finished(step)
     assert backends[0].adapter_name not in backends[0].loaded.model.peft_config
     assert pool.loaded_models() == ["a"]

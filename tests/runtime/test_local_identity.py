@@ -30,7 +30,7 @@ model a = local "{model}"
 task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B) {{{{ option_b }}}}" answer: "choice" choices: ["A", "B"] }}
 split s {{ test: [ab] items: 2 seed: 1 }}
 study ident {{
-  measure self = prediction(a, a, s.test, [li.ethical_stance])
+  measure self = li.predict_property(a, a, s.test, li.ethical_stance)
 }}
 """
 
@@ -80,9 +80,11 @@ def model_with(directory: Path, weights: bytes) -> Path:
     return directory
 
 
-def run(spec: Path, runs: Path) -> xr.Dataset:
+def run(spec: Path, runs: Path) -> dict[str, xr.Dataset]:
+    """The run's replies (the subject's answers and its hypothetical ones), with the values read from them."""
     assert main(["run", str(spec), "--runs", str(runs), "--quiet"]) == 0
-    return xr.open_zarr(runs / "ident" / "cube.zarr", group="self").load()
+    store = runs / "ident" / "cube.zarr"
+    return {name: xr.open_zarr(store, group=f"self.{name}").load() for name in ("behaviour", "predictions")}
 
 
 def steps_to_run(spec: Path, capsys: pytest.CaptureFixture[str]) -> int:
@@ -91,8 +93,8 @@ def steps_to_run(spec: Path, capsys: pytest.CaptureFixture[str]) -> int:
     return int(json.loads(capsys.readouterr().out)["totals"]["steps_to_run"])
 
 
-def answers(cube: xr.Dataset) -> dict[str, np.ndarray]:
-    return {name: cube[name].values for name in cube.data_vars}
+def answers(cubes: dict[str, xr.Dataset]) -> dict[str, np.ndarray]:
+    return {f"{group}.{name}": cube[name].values for group, cube in cubes.items() for name in cube.data_vars}
 
 
 def compiled(spec: Path, capsys: pytest.CaptureFixture[str]) -> dict:
@@ -147,9 +149,9 @@ def test_weights_rewritten_in_place_past_the_first_mib_are_a_new_model(tmp_path,
     for name, values in answers(fresh).items():
         np.testing.assert_array_equal(answers(after)[name], values, err_msg=name)
     # The cube's provenance names the model it came from.
-    identity = json.loads(after.attrs["models"])["a"]
-    assert identity != json.loads(before.attrs["models"])["a"]
-    assert identity == json.loads(fresh.attrs["models"])["a"]
+    identity = json.loads(after["behaviour"].attrs["models"])["a"]
+    assert identity != json.loads(before["behaviour"].attrs["models"])["a"]
+    assert identity == json.loads(fresh["behaviour"].attrs["models"])["a"]
 
 
 # --- the digest cache ----------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """`intro run --executor ray` on a local Ray cluster (127.0.0.1, two CPUs): the same cube as the local
 executor, every unique request made once, the same cache keys, and a worker killed mid-run is retried.
 
-The study is a tiny random transformers model in a prediction measure with enough requests for several
-batches, so both actors work at once. One Ray cluster serves the whole module; `intro run` in this process
-joins it, as it joins any session its caller opened. Starting a cluster and actors that import torch takes
+The study is a tiny random transformers model predicting its own answers (stdlib `li.predict_property`)
+with enough requests for several batches, so both actors work at once. One Ray cluster serves the whole
+module; `intro run` in this process joins it, as it joins any session its caller opened. Starting a cluster and actors that import torch takes
 tens of seconds on a loaded 2-core machine, so the tests that need one are slow-marked; the default suite
 checks the plan's placement and the command line without a cluster.
 """
@@ -42,7 +42,9 @@ task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B)
 split s {{ test: [seq, ab] items: {items} seed: 1 }}
 sampling warm {{ temperature: 1 samples: 3 max_tokens: {tokens} seed: 4 }}
 study onray {{
-  measure self = prediction(a, a, s.test, [li.first_character, li.ethical_stance], object: warm, hypothetical: warm)
+  for property in [li.first_character, li.ethical_stance] {{
+    measure self = li.predict_property(a, a, s.test, property, object: warm, hypothetical: warm)
+  }}
 }}
 """
 
@@ -92,10 +94,21 @@ def intro(*argv: object) -> tuple[int, str]:
     return status, printed.getvalue()
 
 
-def cube(runs: Path) -> xr.Dataset:
-    dataset = xr.open_zarr(runs / "onray" / "cube.zarr", group="self").load()
-    del dataset.attrs["created"]  # when the cube was written: the one attribute two runs never share
-    return dataset
+def cube(runs: Path) -> dict[str, xr.Dataset]:
+    """Every group of the run's cube (the measure's accuracies, baselines, behaviour and predictions)."""
+    store = runs / "onray" / "cube.zarr"
+    groups = {}
+    for group in sorted(p.name for p in store.iterdir() if p.is_dir()):
+        dataset = xr.open_zarr(store, group=group).load()
+        del dataset.attrs["created"]  # when the cube was written: the one attribute two runs never share
+        groups[group] = dataset
+    return groups
+
+
+def assert_same_cube(ours: dict[str, xr.Dataset], theirs: dict[str, xr.Dataset]) -> None:
+    assert ours.keys() == theirs.keys() and len(ours) > 2
+    for group, dataset in ours.items():
+        xr.testing.assert_identical(dataset, theirs[group])
 
 
 def calls_made(output: str) -> int:
@@ -118,12 +131,12 @@ def test_ray_run_equals_local_run_and_shares_its_cache(cluster, study, local_cub
     )
     assert status == 0, output
     assert calls_made(output) == unique > 4 * 32  # every unique request once; each step has two batches
-    xr.testing.assert_identical(cube(runs), local_cube)
+    assert_same_cube(cube(runs), local_cube)
     # Same cache keys: the local executor finds every call cached.
     status, output = intro("run", study, "--runs", tmp_path / "again", "--cache", cache, "--quiet")
     assert status == 0, output
     assert calls_made(output) == 0
-    xr.testing.assert_identical(cube(tmp_path / "again"), local_cube)
+    assert_same_cube(cube(tmp_path / "again"), local_cube)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +166,7 @@ def test_a_worker_killed_mid_batch_is_retried_and_the_cube_is_unchanged(cluster,
     assert killed, "no worker was ever seen in the middle of a batch"
     assert "was lost mid-batch; sending the batch again" in str(outcome["output"])
     assert calls_made(str(outcome["output"])) == calls_made(output)  # the lost batch is counted once
-    xr.testing.assert_identical(cube(tmp_path / "runs"), cube(tmp_path / "local"))
+    assert_same_cube(cube(tmp_path / "runs"), cube(tmp_path / "local"))
 
 
 def kill_a_busy_worker(runner: threading.Thread) -> bool:
@@ -242,7 +255,7 @@ def test_a_driver_killed_mid_run_resumes_from_what_it_cached(cluster, long_study
     resumed = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert calls_made(resumed.stdout) == unique - before  # nothing that had finished is done twice
-    xr.testing.assert_identical(cube(tmp_path / "runs"), cube(tmp_path / "local"))
+    assert_same_cube(cube(tmp_path / "runs"), cube(tmp_path / "local"))
 
 
 def cached(cache: Path) -> int:

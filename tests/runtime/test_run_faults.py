@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from intro.compiler import compile_spec
-from intro.compiler.plan import requests
+from intro.runtime.dataflow.tables import CALLING, Tables
 from intro.runtime.store.cache import Cache
 from tests.servers import EchoServer, echo_text
 
@@ -24,7 +24,9 @@ task seq {{ data: "seq.jsonl" prompt: "Next animals after {{{{ sequence }}}}?" }
 split s {{ test: [seq] items: 8 seed: 3 }}
 sampling few {{ temperature: 1 samples: 2 max_tokens: 5 }}
 study faults {{
-  measure self = prediction(api, api, s.test, [li.first_character, li.first_word], object: few, hypothetical: few)
+  for property in [li.first_character, li.first_word] {{
+    measure self = li.predict_property(api, api, s.test, property, object: few, hypothetical: few)
+  }}
 }}
 """
 FAULTS = ("429", "500", "hang", "truncated", "malformed", "reset")
@@ -40,17 +42,20 @@ def write(directory: Path, url: str) -> Path:
     return spec
 
 
+def calls(plan, scratch: Path) -> list[tuple[str, str, int]]:
+    """(cache key, the prompt's last message, max tokens) of every call the study makes."""
+    tables = Tables(plan, Cache(scratch))
+    return [
+        (call.key, tables.prompt(call.prompt).messages[-1][1], step.params["max_tokens"])
+        for step in plan.steps
+        if step.kind in CALLING
+        for call in tables.calls(step)
+    ]
+
+
 def test_every_fault_kind_is_retried_and_the_cube_is_complete(tmp_path):
     probe = write(tmp_path, "http://127.0.0.1:1/v1")
-    plan = compile_spec(probe)[0]
-    contents = sorted(
-        {
-            plan.prompts[p].messages[-1][1]
-            for s in plan.steps
-            if s.kind == "sample"
-            for p in s.params["prompts"]
-        }
-    )
+    contents = sorted({content for _, content, _ in calls(compile_spec(probe)[0], tmp_path / "scratch")})
     # A different fault (with a 429 carrying Retry-After first) for the first calls of several prompts.
     script = {
         content: [kind] if kind != "429" else ["429"]
@@ -59,7 +64,7 @@ def test_every_fault_kind_is_retried_and_the_cube_is_complete(tmp_path):
     with EchoServer(script, hang_seconds=4.0, api_key=KEY) as server:
         spec = write(tmp_path, server.url)
         plan = compile_spec(spec)[0]
-        unique = {k for s in plan.steps if s.kind == "sample" for k, _, _ in requests(plan, s)}
+        unique = {key for key, _, _ in calls(plan, tmp_path / "scratch")}
         env = {**os.environ, "INTRO_TEST_KEY": KEY}
         result = subprocess.run(
             [
@@ -87,15 +92,14 @@ def test_every_fault_kind_is_retried_and_the_cube_is_complete(tmp_path):
     cache = Cache(tmp_path / "cache")
     assert all(cache.has(k) for k in unique)
     assert f"{len(unique)} model calls" in result.stdout  # one result per request: none lost, none twice
-    cube = xr.open_zarr(tmp_path / "runs" / "faults" / "cube.zarr", group="self").load()
-    assert not (cube.object_response.values == "").any()
-    assert int(cube.n.sum()) == int(np.isfinite(cube.correct.values).sum())
-    for step in plan.steps:
-        if step.kind != "sample":
-            continue
-        for key, prompt, _ in requests(plan, step):
-            content = plan.prompts[prompt].messages[-1][1]
-            assert cache.get(key)["text"] == echo_text(content, step.params["max_tokens"])[0]
+    store = tmp_path / "runs" / "faults" / "cube.zarr"
+    for name in ("behaviour", "predictions"):  # every sample of every prompt has its reply
+        rows = xr.open_zarr(store, group=f"self.{name}").load()
+        assert np.isfinite(rows.compliant.values).all() and not (rows.text.values == "").any()
+    accuracy = xr.open_zarr(store, group="self.accuracy").load()
+    assert int(accuracy.n.sum()) == int(np.isfinite(accuracy.score.values).sum())
+    for key, content, max_tokens in calls(plan, tmp_path / "scratch"):
+        assert cache.get(key)["text"] == echo_text(content, max_tokens)[0]
 
     # The key was used (the server demanded it) yet appears in no file of the run or the cache.
     for root in (tmp_path / "runs", tmp_path / "cache"):

@@ -22,11 +22,12 @@ import pytest
 import xarray as xr
 
 from intro.compiler import compile_spec
-from intro.compiler.plan import requests
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.backends.requests import Generation, GenerationRequest, Score, ScoreRequest
+from intro.runtime.dataflow.tables import CALLING, Tables
 from intro.runtime.serve.server import make_server
+from intro.runtime.store.cache import Cache
 from tests.studydata import write_ab_rows, write_sequence_rows
 from tests.tinymodels import cached_tiny_model
 
@@ -40,7 +41,9 @@ task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B)
 split s {{ test: [seq, ab] items: 12 seed: 1 }}
 sampling warm {{ temperature: 1 samples: 3 max_tokens: 6 seed: 4 }}
 study resume {{
-  measure self = prediction(a, a, s.test, [li.first_character, li.ethical_stance], object: warm, hypothetical: warm)
+  for property in [li.first_character, li.ethical_stance] {{
+    measure self = li.predict_property(a, a, s.test, property, object: warm, hypothetical: warm)
+  }}
 }}
 """
 
@@ -130,9 +133,11 @@ def run(spec: Path, workdir: Path, cache: Path, url: str, **kw) -> subprocess.Po
     )
 
 
-def unique_requests(spec: Path) -> set[str]:
+def unique_requests(spec: Path, scratch: Path) -> set[str]:
+    """The cache keys of every call the study makes (its prompts are all known before the run)."""
     plan = compile_spec(spec)[0]
-    return {key for step in plan.steps if step.kind == "sample" for key, _, _ in requests(plan, step)}
+    tables = Tables(plan, Cache(scratch))
+    return {call.key for step in plan.steps if step.kind in CALLING for call in tables.calls(step)}
 
 
 def cached_keys(cache: Path) -> set[str]:
@@ -142,8 +147,8 @@ def cached_keys(cache: Path) -> set[str]:
     return {p.stem for p in (cache / "requests").rglob("*.json") if not p.name.startswith(".tmp-")}
 
 
-def cube(workdir: Path) -> xr.Dataset:
-    return xr.open_zarr(workdir / "runs" / "resume" / "cube.zarr", group="self").load()
+def cube(workdir: Path, group: str) -> xr.Dataset:
+    return xr.open_zarr(workdir / "runs" / "resume" / "cube.zarr", group=f"self.{group}").load()
 
 
 def kill_when_held(spec: Path, work: Path, cache: Path, backend: LocalBackend, allowance: int) -> None:
@@ -171,13 +176,12 @@ def kill_when_held(spec: Path, work: Path, cache: Path, backend: LocalBackend, a
 
 def test_kill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path, server, backend):
     spec = write_study(tmp_path / "study")
-    unique = unique_requests(spec)
+    unique = unique_requests(spec, tmp_path / "scratch")
 
     reference = tmp_path / "reference"
     reference.mkdir()
     done = run(spec, reference, tmp_path / "ref-cache", server.url)
     assert done.wait(timeout=300) == 0, done.stdout.read()
-    expected = cube(reference)
 
     work, cache = tmp_path / "work", tmp_path / "cache"
     work.mkdir()
@@ -201,11 +205,14 @@ def test_kill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path, s
     assert calls == len(unique - finished_before_resume)
     assert cached_keys(cache) == unique
 
-    result = cube(work)
-    for name in ("object_response", "hypothetical_response", "target", "prediction"):
-        np.testing.assert_array_equal(result[name].values, expected[name].values)
-    np.testing.assert_array_equal(result["correct"].values, expected["correct"].values)
-    np.testing.assert_allclose(result["accuracy"].values, expected["accuracy"].values, equal_nan=True)
+    for name in ("behaviour", "predictions"):  # every reply and the value read from it
+        result, expected = cube(work, name), cube(reference, name)
+        for variable in ("text", "value", "compliant"):
+            np.testing.assert_array_equal(result[variable].values, expected[variable].values)
+    for name in ("by_task", "accuracy"):
+        result, expected = cube(work, name), cube(reference, name)
+        np.testing.assert_array_equal(result["score"].values, expected["score"].values)
+        np.testing.assert_allclose(result["estimate"].values, expected["estimate"].values, equal_nan=True)
 
 
 def test_rerun_makes_no_calls_and_second_runner_is_locked_out(tmp_path, server):

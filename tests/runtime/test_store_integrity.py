@@ -171,7 +171,7 @@ def test_garbage_in_the_journal_is_skipped_with_one_warning(study):
 # ---------------------------------------------------------------- cubes
 @pytest.mark.parametrize("how", ["garble", "delete"])
 def test_a_damaged_cube_chunk_is_reported_and_run_rebuilds_it(study, reference, how):
-    chunk = cube_file(study, "predicted", "accuracy")
+    chunk = cube_file(study, "predicted.accuracy", "estimate")
     if how == "garble":
         chunk.write_bytes(b"\x00garbage" + chunk.read_bytes()[8:])
     else:
@@ -181,7 +181,7 @@ def test_a_damaged_cube_chunk_is_reported_and_run_rebuilds_it(study, reference, 
         code, out, err = intro(study, verb, run)
         assert code == 1, (verb, out, err)
         assert "Traceback" not in err
-        assert "cube.zarr/predicted is damaged" in err and f"intro run {SPEC_NAME}" in err
+        assert "cube.zarr/predicted.accuracy is damaged" in err and f"intro run {SPEC_NAME}" in err
     code, _, err = intro(study, "run", SPEC_NAME)
     assert code == 0 and "rebuilding it from the cache" in err, err
     assert intro(study, "show", run)[0] == 0
@@ -191,7 +191,7 @@ def test_a_damaged_cube_chunk_is_reported_and_run_rebuilds_it(study, reference, 
 def test_a_cube_whose_run_stopped_while_writing_it_is_reported(study):
     manifest = study / "runs" / STUDY / "cube.zarr.manifest.json"
     listed = json.loads(manifest.read_text())
-    listed["groups"]["predicted"] = "writing"
+    listed["groups"]["predicted.accuracy"] = "writing"
     manifest.write_text(json.dumps(listed))
     code, _, err = intro(study, "show", str(Path("runs") / STUDY))
     assert code == 1 and "stopped while writing" in err, err
