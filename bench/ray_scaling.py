@@ -1,7 +1,8 @@
 """Scaling of `intro run --executor ray` with worker processes: the same CPU-bound study on 1 and 2 actors.
 
-A tiny random model (tests/tinymodels.py) answers a prediction study of several sample steps; every
-actor is one process limited to one torch thread (one CPU each), on a local Ray cluster of `--cpus` CPUs.
+A tiny random model (tests/tinymodels.py) answers a prediction study (stdlib `li.predict_property`) of
+several generate steps; every actor is one process limited to one torch thread (one CPU each), on a local
+Ray cluster of `--cpus` CPUs.
 Each round runs the study with a fresh cache once per worker count (alternating, so drift in the machine's
 load hits both alike) and times the calls: from the moment every actor has its weights loaded (the
 `model_loaded` progress event) to the end of the run. Starting actors and loading weights is reported
@@ -41,7 +42,9 @@ task ab {{ data: "ab.jsonl" prompt: "{{{{ question }}}} A) {{{{ option_a }}}} B)
 split s {{ test: [seq, ab] items: {items} seed: 1 }}
 sampling warm {{ temperature: 1 samples: {samples} max_tokens: {tokens} seed: 4 }}
 study scaling {{
-  measure self = prediction(a, a, s.test, [li.first_character, li.ethical_stance], object: warm, hypothetical: warm)
+  for property in [li.first_character, li.ethical_stance] {{
+    measure self = li.predict_property(a, a, s.test, property, object: warm, hypothetical: warm)
+  }}
 }}
 """
 
