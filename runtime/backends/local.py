@@ -2,7 +2,17 @@
 
 Loading the model, its prompt formats and its adapters are `local_model.py`; where a batch is steered is
 `local_steering.py`. Requests are grouped into batches of one steering layer and similar prompt lengths
-(`plan_batches`), each run under the model's lock with the backend's adapter switched on.
+(`plan_batches`), each run under the model's lock with the backend's adapter switched on. Each prompt is
+rendered and tokenised once per call.
+
+Shared prefixes: the tokens every prompt of a batch starts with (the chat template's head, a task's
+instruction: about half of Looking Inward's hypothetical prompts) are computed once, as a batch of one, and
+their KV cache is repeated for every row; each row's own tokens follow, left-padded after the prefix, at
+the positions they have in the whole prompt. The values are those of the full prompts up to float rounding
+(a batch of one and a batch of sixteen may round a matmul differently), so a greedy answer can, rarely,
+differ; `share_prefix=False` (`INTRO_SHARE_PREFIX=0` for `intro run`) computes every prompt whole, for exact
+reproduction of results made that way. Steered batches always compute whole prompts (their windows are
+token positions in the left-padded batch).
 
 Generation (`LocalBackend.generate`) runs its own decode loop over a left-padded batch with a KV cache:
 T=0 is greedy; T>0 samples by inverse CDF with one uniform draw per step from a `torch.Generator` seeded
@@ -37,6 +47,9 @@ from intro.runtime.backends.requests import (
     TokenLogprob,
 )
 
+# Tokens a batch's rows must share before their common prefix is computed once (`shared_prefix_length`).
+MIN_SHARED_PREFIX = 8
+
 # ---------------------------------------------------------------------------------------------------------
 # The backend
 
@@ -49,11 +62,19 @@ class LocalBackend:
     (with and without adapters) can share one copy of the base weights.
     """
 
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, adapter: str | None = None):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        batch_size: int = 16,
+        adapter: str | None = None,
+        share_prefix: bool = True,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.loaded = loaded
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
         self.adapter_name = attach_adapter(loaded.model, Path(adapter)) if adapter else None
         suffix = f"+{self.adapter_name}" if self.adapter_name else ""
         self.name = f"local:{loaded.identity[:12]}{suffix}"
@@ -93,24 +114,32 @@ class LocalBackend:
 
     def _generate_batch(self, batch: _Batch) -> list[Generation]:
         requests, prompts = batch.requests, batch.prompts
-        input_ids, attention_mask = self.loaded.left_padded(batch.ids)
+        input_ids, attention_mask, cache = self._encoded(batch)
         steering = steering_windows(self.loaded, requests, prompts, attention_mask)
         decoder = _Decoder(self.loaded, requests, compact=steering is None)
         with steering.context(self.loaded.model) if steering else contextlib.nullcontext():
-            decoder.run(input_ids, attention_mask)
-        prompt_tokens = attention_mask.sum(dim=1).tolist()
-        return [decoder.generation(row, int(prompt_tokens[row])) for row in range(len(requests))]
+            decoder.run(input_ids, attention_mask, cache)
+        return [decoder.generation(row, len(ids)) for row, ids in enumerate(batch.ids)]
 
     def _score_batch(self, batch: _Batch) -> list[Score]:
         requests, prompts = batch.requests, batch.prompts
-        input_ids, attention_mask = self.loaded.left_padded(batch.ids)
+        input_ids, attention_mask, cache = self._encoded(batch)
         choice_ids = [self._choice_ids(r) for r in requests]
         steering = steering_windows(self.loaded, requests, prompts, attention_mask)
-        raw = score_choices(self.loaded, input_ids, attention_mask, choice_ids, steering)
-        prompt_tokens = attention_mask.sum(dim=1).tolist()
-        return [
-            _score_result(request, raw[row], int(prompt_tokens[row])) for row, request in enumerate(requests)
-        ]
+        raw = score_choices(self.loaded, input_ids, attention_mask, choice_ids, steering, cache)
+        return [_score_result(r, raw[row], len(batch.ids[row])) for row, r in enumerate(requests)]
+
+    def _encoded(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The batch's input ids (after a shared prefix, if one is computed once), its attention mask over
+        prefix and inputs, and the prefix's KV cache (None without one); see the module docstring."""
+        steered = any(request.steering is not None for request in batch.requests)
+        shared = shared_prefix_length(batch.ids) if self.share_prefix and not steered else 0
+        input_ids, attention_mask = self.loaded.left_padded([row[shared:] for row in batch.ids])
+        if not shared:
+            return input_ids, attention_mask, None
+        cache = prefix_cache(self.loaded, batch.ids[0][:shared], len(batch.ids))
+        prefix_mask = attention_mask.new_ones((len(batch.ids), shared))
+        return input_ids, torch.cat([prefix_mask, attention_mask], dim=1), cache
 
     def _choice_ids(self, request: ScoreRequest) -> list[list[int]]:
         separator = "" if request.prefill else self.loaded.reply_separator
@@ -138,6 +167,29 @@ def plan_batches(requests: Sequence, batch_size: int, lengths: Sequence[int]) ->
         ordered = sorted(indices, key=lambda i: lengths[i])
         batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     return batches
+
+
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens every row of a batch starts with, leaving each row one token of its own; 0 when fewer than
+    `MIN_SHARED_PREFIX` (a separate pass for them would cost more than it saves) or only one row."""
+    if len(ids) < 2:
+        return 0
+    length = 0
+    for column in zip(*ids, strict=False):
+        if any(token != column[0] for token in column):
+            break
+        length += 1
+    length = min(length, min(len(row) for row in ids) - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def prefix_cache(loaded: LoadedModel, prefix: Sequence[int], rows: int) -> Any:
+    """The KV cache of `prefix`, computed once and repeated for `rows` rows."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=loaded.device)
+    with loaded.work.timed("prefill", loaded.device, len(prefix), len(prefix) * rows):
+        cache = loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def _check_choices(request: ScoreRequest) -> None:
@@ -189,10 +241,12 @@ class _Decoder:
         temperatures = [request.temperature for request in requests]
         self.temperatures = torch.tensor(temperatures, dtype=torch.float32, device=loaded.device)
 
-    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        step_ids, cache, live = input_ids, None, list(range(len(self.rows)))
-        kind, needed = "prefill", int(attention_mask.sum())
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None) -> None:
+        """Decode from the prompts' `input_ids`; `attention_mask` covers `cache` (a shared prefix's) and them."""
+        width = input_ids.shape[1]
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        step_ids, live = input_ids, list(range(len(self.rows)))
+        kind, needed = "prefill", int(attention_mask[:, -width:].sum())
         for _ in range(max(row.request.max_tokens for row in self.rows)):
             with self.loaded.work.timed(kind, self.loaded.device, step_ids.numel(), needed):
                 output = self.loaded.model(
@@ -315,10 +369,13 @@ def score_choices(
     attention_mask: torch.Tensor,
     choice_ids: Sequence[Sequence[Sequence[int]]],
     steering: SteeringWindows | None = None,
+    cache: Any = None,
 ) -> list[list[float]]:
-    """Total log-probability of each choice's tokens after each prompt (rows of a left-padded batch)."""
-    with loaded.work.timed("prefill", loaded.device, input_ids.numel(), int(attention_mask.sum())):
-        output = _score_prompts(loaded.model, input_ids, attention_mask, steering)
+    """Total log-probability of each choice's tokens after each prompt (rows of a left-padded batch, after
+    the shared prefix in `cache` when there is one: `attention_mask` covers both)."""
+    needed = int(attention_mask[:, -input_ids.shape[1] :].sum())
+    with loaded.work.timed("prefill", loaded.device, input_ids.numel(), needed):
+        output = _score_prompts(loaded.model, input_ids, attention_mask, steering, cache)
     first = torch.log_softmax(output.logits[:, -1, :].float(), dim=-1).cpu()
     totals = [[float(first[row, ids[0]]) for ids in choices] for row, choices in enumerate(choice_ids)]
     tails = [
@@ -337,13 +394,19 @@ def score_choices(
 
 
 def _score_prompts(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, steering: SteeringWindows | None
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    steering: SteeringWindows | None,
+    cache: Any,
 ) -> Any:
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
     with steering.context(model) if steering else contextlib.nullcontext():
         return model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+            position_ids=positions,
+            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )

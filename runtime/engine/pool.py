@@ -16,6 +16,7 @@ same weights, so the same results), and a model that still cannot fit is refused
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -114,8 +115,9 @@ class BackendPool:
         # Attaching an adapter rewrites the shared model's layers: never in the middle of another backend's
         # batch or of a LoRA training run on the same weights (runtime/training/adapters.py holds the same
         # lock).
+        batch_size = int(serving.get("batch_size", 16))
         with loaded.lock:
-            return LocalBackend(loaded, batch_size=int(serving.get("batch_size", 16)), adapter=adapter)
+            return LocalBackend(loaded, batch_size=batch_size, adapter=adapter, share_prefix=share_prefix())
 
     def loaded(self, model_key: str) -> Any:
         """The in-process weights of a root model (embedded or local), loaded once (again only if the
@@ -224,6 +226,12 @@ class BackendPool:
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+
+
+def share_prefix() -> bool:
+    """Whether in-process batches compute their prompts' shared prefix once (runtime/backends/local.py);
+    `INTRO_SHARE_PREFIX=0` computes every prompt whole, to reproduce results made that way bit for bit."""
+    return os.environ.get("INTRO_SHARE_PREFIX", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def root_of(plan: Plan, model_key: str) -> str:

@@ -150,6 +150,69 @@ def test_batches_group_prompts_of_similar_token_length_and_answer_in_request_ord
 
 
 # ---------------------------------------------------------------------------------------------------------
+# A shared prefix computed once
+
+PREFIX = 'Previously, you were asked the following question: "The dog found the red ball. What did it find?" '
+ENDINGS = (
+    "What is its first character?",
+    "Is it long?",
+    "Does it start with a vowel? Answer yes or no.",
+    "Why?",
+)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama", "gemma3"])
+def each_arch(request, tmp_path_factory):
+    return load_local_model(str(make_tiny_model(tmp_path_factory.mktemp(request.param), request.param)))
+
+
+def test_a_shared_prefix_computed_once_gives_the_answers_of_whole_prompts(each_arch):
+    requests = [ask(PREFIX + ending, key=str(i), max_tokens=8) for i, ending in enumerate(ENDINGS)]
+    whole = LocalBackend(each_arch, share_prefix=False).generate_now(requests)
+    before = each_arch.work.kinds["prefill"].computed
+    assert before == 4 * max(prompt_lengths(each_arch, requests))
+    shared = LocalBackend(each_arch).generate_now(requests)
+    assert [(g.key, g.text, g.completion_tokens, g.prompt_tokens) for g in shared] == [
+        (g.key, g.text, g.completion_tokens, g.prompt_tokens) for g in whole
+    ]
+    whole_computed = 4 * max(prompt_lengths(each_arch, requests))
+    assert (
+        each_arch.work.kinds["prefill"].computed - before < 0.7 * whole_computed
+    )  # the prefix is most of it
+
+
+def test_prefill_counts_a_shared_prefix_once_and_needs_it_for_every_row(qwen):
+    requests = [ask(PREFIX + ending, key=str(i), max_tokens=1) for i, ending in enumerate(ENDINGS)]
+    LocalBackend(qwen).generate_now(requests)
+    ids = [qwen.tokenize([qwen.render(r.messages)])[0] for r in requests]
+    shared = next(i for i, column in enumerate(zip(*ids, strict=False)) if len(set(column)) > 1)
+    prefill = qwen.work.kinds["prefill"]
+    assert prefill.calls == 2  # the prefix, then the rows' own tokens
+    assert prefill.needed == sum(len(row) for row in ids)
+    assert prefill.computed == shared + 4 * max(len(row) - shared for row in ids)
+
+
+def test_scores_after_a_shared_prefix_are_those_of_whole_prompts(qwen):
+    choices = ("Yes", "No way at all", "d")
+    requests = [ScoreRequest(str(i), (Message("user", PREFIX + e),), choices) for i, e in enumerate(ENDINGS)]
+    whole = LocalBackend(qwen, share_prefix=False).score_now(requests)
+    shared = LocalBackend(qwen).score_now(requests)
+    assert qwen.work.kinds["prefill"].calls == 2 + 3  # whole: prompts, tails; shared: prefix, prompts, tails
+    for one, other in zip(shared, whole, strict=True):
+        assert one.prompt_tokens == other.prompt_tokens
+        for choice in choices:
+            assert one.raw_logprobs[choice] == pytest.approx(other.raw_logprobs[choice], abs=1e-4)
+
+
+def test_the_switch_turns_prefix_sharing_off_for_intro_run(monkeypatch):
+    from intro.runtime.engine.pool import share_prefix
+
+    assert share_prefix()
+    monkeypatch.setenv("INTRO_SHARE_PREFIX", "0")
+    assert not share_prefix()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The run reports it
 
 
@@ -176,5 +239,9 @@ def test_a_run_reports_the_work_its_cached_calls_and_adapter_record(tmp_path):
     assert work["train"]["needed"] == cache.artifact_info(adapter.name)["tokens"]
     total = work["total"]
     assert total["needed"] == sum(work[kind]["needed"] for kind in ("prefill", "decode", "train"))
-    assert total["needed"] <= total["computed"] and total["seconds"] > 0
+    assert (
+        work["decode"]["needed"] <= work["decode"]["computed"]
+        and work["train"]["needed"] <= work["train"]["computed"]
+    )
+    assert total["computed"] > 0 and total["seconds"] > 0
     assert run_json(tmp_path).get("model_work") is None  # everything cached: no model work at all
