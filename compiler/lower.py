@@ -23,6 +23,7 @@ class Lowering:
         self.source = source
         self.steps: dict[str, Step] = {}  # by id, in creation (topological) order
         self._by_hash: dict[str, str] = {}
+        self._numbers: dict[str, int] = {}  # the next number of each step id given more than once
         self.models: dict[str, ModelEntry] = {}
         self.serving: dict[str, dict[str, Any]] = {}
         self.prompts: dict[str, Prompt] = {}
@@ -38,9 +39,11 @@ class Lowering:
         existing = self._by_hash.get(step_hash)
         if existing is not None:
             return existing
-        unique, n = id_, 2
+        # Numbered on from the last number this id got, not from 2: a sweep adds thousands of steps of one id.
+        unique, n = id_, self._numbers.get(id_, 2)
         while unique in self.steps:
             unique, n = f"{id_}#{n}", n + 1
+        self._numbers[id_] = n
         self.steps[unique] = Step(unique, kind, step_hash, deps, params)
         self._by_hash[step_hash] = unique
         return unique
