@@ -12,7 +12,7 @@ use stdlib.looking_inward as li
 model m = litellm "openai/gpt-4o-mini" { finetune: true }
 model other = litellm "openai/gpt-4o" { finetune: true }
 task seq { data: "seq.jsonl" prompt: "After {{ sequence }}?" }
-task ab { data: "ab.jsonl" prompt: "{{ q }}" answer: "choice" choices: ["A", "B"] }
+task ab { data: "ab.jsonl" prompt: "{{ q }}" answer: "choice" choices: ["A", "B", "C", "D"] }
 split s { train: [seq, ab] test: [] items: 4 }
 split t { test: [seq] items: 4 }
 study lower {
@@ -50,5 +50,5 @@ def test_finetuning_a_finetuned_model_waits_for_its_base(tmp_path):
 def test_reading_properties_off_answers_knows_the_tasks_answer_kinds(tmp_path):
     plan = compile_here(tmp_path)
     (reading,) = [s for s in plan.steps if s.kind == "extract" and "ab" in s.params.get("tasks", {})]
-    assert reading.params["tasks"] == {"seq": ["text", []], "ab": ["choice", ["A", "B"]]}
+    assert reading.params["tasks"] == {"seq": ["text", []], "ab": ["choice", ["A", "B", "C", "D"]]}
     assert [name for name, _ in reading.params["each"]] == ["first_character", "among_a_or_c"]
