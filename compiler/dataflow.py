@@ -1,7 +1,8 @@
 """The values of the open language: rows, prompts, model outputs, grades and statistics over them.
 
 A study written on these primitives is a dataflow graph: `generate` turns a prompt set into texts,
-`extract` and `judge` turn texts into values, `filter` keeps some texts, `examples` turns prompts and texts
+`extract` and `judge` turn texts into values, `filter` keeps some texts, `consensus` the answer a prompt's
+samples agree on, `examples` turns prompts and texts
 into training data, and `rate`, `mean`, `accuracy`, `difference`, `correlation` summarise values with
 confidence intervals. A prompt set built from *results* (a model's own earlier answers, a teacher's outputs)
 is rendered at run time; everything else is rendered while lowering. Like the rest of the IR, every value is
@@ -96,7 +97,17 @@ class Filter:
     rule: Rule
 
 
-Texts = Generate | Filter
+@frozen
+class Consensus:
+    """Per prompt, the answer its samples agree on: the most common of its texts, compared normalised (case,
+    punctuation and spacing aside), as the first sample to give it wrote it; no text where no answer is more
+    common than every other (the samples all differ, or two answers tie). A prompt sampled once keeps its
+    answer. Binder et al. 2024 take the mode of 5 samples at temperature 0 this way for API models."""
+
+    texts: Texts
+
+
+Texts = Generate | Filter | Consensus
 
 
 # ---------------------------------------------------------------- values
@@ -242,7 +253,7 @@ class Examples:
     digest: str = ""
 
 
-TEXTS = (Generate, Filter)
+TEXTS = (Generate, Filter, Consensus)
 VALUES = (Extract, Judge, Choose, Score, Differs, AllOf, Probability, Cosine)
 MEASURABLE = (*TEXTS, *VALUES, Estimate, Comparison)
 

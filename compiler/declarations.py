@@ -263,6 +263,7 @@ def _property(decl: ast.Decl, fields: dict[str, Any], ctx: Context) -> ir.Proper
         tuple(extractor.values or ()),
         span=decl.span,
         question_span=fields["_spans"].get("question"),
+        options=extractor.options,
     )
 
 

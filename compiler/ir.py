@@ -122,9 +122,13 @@ class Property:
     choices: tuple[str, ...] = ()  # closed answer set, when scoring by logprobs is possible
     span: Span | None = _meta()
     question_span: Span | None = _meta()  # where the question template is written, for its diagnostics
+    options: tuple[str, ...] = ()  # options a choice task must offer (A or C: A to D, not an A/B task)
 
     def reads_task(self, task: Task) -> bool:
-        return task.answer in self.reads and self.needs <= set(task.rows[0])
+        """Whether the property applies to the task: its answer kind, the fields its rows carry and, for a
+        choice task, the options it offers (stdlib/extractors.py)."""
+        offered = set(self.options) <= set(task.choices)
+        return task.answer in self.reads and self.needs <= set(task.rows[0]) and offered
 
 
 @frozen

@@ -10,7 +10,7 @@ Step kinds (executed by runtime/dataflow/):
   generate   model calls: params `rows` [[item, source sample, prompt key]] or `from` a render step
   choose     one scoring pass per prompt over `options`;  score: log-probability of a continuation
   render     prompts from a source table and a template (pure)
-  extract, filter, labels   values from texts (pure)
+  extract, filter, labels   values from texts (pure); consensus: one text per prompt from its samples
   estimate, comparison      statistics with bootstrap intervals (pure)
   examples   training examples for `finetune` (an artifact, like `hypotheticals`)
 """
@@ -53,6 +53,9 @@ class DataflowLowering:
                 source = self.table(value.texts)
                 step = self._pure("filter", [source], {"texts": source.step, "rule": value.rule.to_json()})
                 return Table(step, source.size, exact=False)
+            case df.Consensus():  # one text per prompt at most: the table's size is a bound
+                source = self.table(value.texts)
+                return Table(self._pure("consensus", [source], {"texts": source.step}), source.size, False)
             case df.Extract():
                 source = self.table(value.texts)
                 params = {"texts": source.step, "rule": value.rule.to_json(), **self._answer_kinds(value)}

@@ -39,6 +39,7 @@ STEP_VERSIONS: dict[str, int] = {
     "render": 1,
     "extract": 1,
     "filter": 1,
+    "consensus": 1,
     "labels": 1,
     "estimate": 1,
     "comparison": 1,

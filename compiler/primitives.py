@@ -136,6 +136,10 @@ def _filter(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Filter:
     return df.Filter(a["texts"], _rule_of(ctx, a["rule"], spans["rule"]))
 
 
+def _consensus(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Consensus:
+    return df.Consensus(a["texts"])
+
+
 def _activations(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ActivationVector:
     from .builtins import _layer
 
@@ -305,6 +309,16 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             doc="texts: only those for which `rule` gives a value other than none, false or no",
             returns="texts",
             example='filter(generate(qwen, prompts(["Count to 5."])), number_list())',
+        ),
+        _fn(
+            "consensus",
+            _consensus,
+            Param("texts", "texts"),
+            doc="texts: one per prompt, the answer its samples agree on (the most common, compared "
+            "normalised: case, punctuation and spacing aside); left out where the samples all differ or two "
+            "answers tie; a prompt sampled once keeps its answer",
+            returns="texts",
+            example='consensus(generate(qwen, prompts(["Name a colour."]), repeat(li.object_level, 5)))',
         ),
         _fn(
             "contains",
@@ -491,7 +505,8 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             _BY,
             doc="an estimate: how far the sampled distribution of `values` (predictions) is from that of `other` "
             "(behaviour) per item: the mean absolute deviation x 100 over 10 equal-frequency bins of each "
-            "item's `top_k` behaviours (Looking Inward's calibration; 0 is perfect)",
+            "item's `top_k` behaviours, cut as pandas.qcut cuts them (tied probabilities share a bin), with a "
+            "bootstrap interval over items (Looking Inward's calibration; 0 is perfect)",
             returns="estimate",
             example='calibration_curve(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)), '
             'extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)))',

@@ -82,7 +82,9 @@ CONSTRUCTS: tuple[Construct, ...] = (
         ("property NAME { extract: EXTRACTOR, question: TEMPLATE }",),
         "A property of a response, and the hypothetical question that asks a model to predict it. "
         "`extract` names one of the extractors below; a property applies to the tasks whose answer kind it "
-        "reads.",
+        "reads, whose rows carry the fields it needs (`ethical_stance`: `matching`) and, for a choice task, "
+        "that offer the options it is about (`among_a_or_c`: A to D). The question is a template over the "
+        "task's row.",
         'property first_word {\n  extract: "first_word"\n'
         '  question: "What is the first word of the response you gave? Respond only with that word."\n}',
     ),

@@ -118,6 +118,7 @@ _DATAFLOW_TYPES: dict[type, str] = {
     df.PromptSet: "prompts",
     df.Generate: "texts",
     df.Filter: "texts",
+    df.Consensus: "texts",
     df.Extract: "values",
     df.Judge: "values",
     df.Choose: "values",

@@ -6,8 +6,11 @@ computed here from the actual response, then compared with the model's predictio
 normalised the same way (lowercase, punctuation and surrounding whitespace stripped).
 
 Each property is an `Extractor`: a pure function `fn(response, item) -> str | None` (None means the
-response has no such property, e.g. a one-word answer has no second word) plus the answer kinds it can
-read, so the compiler can reject a property applied to a task it cannot read. Answer kinds:
+response has no such property, e.g. a one-word answer has no second word) plus what it applies to, so
+that each task is asked exactly the properties that mean something for it (and the compiler rejects a
+property applied to a task it cannot read): the answer kinds it reads, the item fields it needs (the
+ethical stance: the `matching` option) and, for a choice task, the options the task must offer (A or C:
+options A to D). Answer kinds:
 
 - "text": free text, including comma-separated word sequences (animals, countries, a story continuation)
 - "number_sequence": numbers separated by commas or spaces ("3, 8, 1, 5")
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from attrs import field, frozen
@@ -39,9 +43,10 @@ class Extractor:
     """A named property of a response.
 
     `reads`: the answer kinds it can be computed from. `needs`: item fields it reads besides the
-    response (ethical_stance needs the item's `matching` option). `values`: the closed set of values it
-    can take, when there is one; a prediction outside it is non-compliant, and the set is what a
-    logprob readout scores.
+    response (ethical_stance needs the item's `matching` option). `options`: the options a choice task
+    must offer for the property to mean anything (among_a_or_c: A, B, C and D, so not an A/B task).
+    `values`: the closed set of values it can take, when there is one; a prediction outside it is
+    non-compliant, and the set is what a logprob readout scores.
     """
 
     name: str
@@ -50,6 +55,7 @@ class Extractor:
     needs: frozenset[str] = frozenset()
     values: tuple[str, ...] | None = None
     description: str = ""
+    options: tuple[str, ...] = ()
 
     def __call__(self, response: str, item: Mapping[str, Any] | None = None) -> str | None:
         return self.fn(response, item or {})
@@ -63,6 +69,7 @@ def extractor(
     reads: Iterable[str],
     needs: Iterable[str] = (),
     values: tuple[str, ...] | None = None,
+    options: Iterable[str] = (),
 ) -> Callable[[ExtractorFn], ExtractorFn]:
     """Register `fn` as the property `name` (a decorator; the function itself is returned unchanged)."""
     kinds = frozenset(reads)
@@ -74,7 +81,7 @@ def extractor(
         if name in EXTRACTORS:
             raise ValueError(f"a property named {name!r} is already registered")
         doc = (fn.__doc__ or "").strip()
-        EXTRACTORS[name] = Extractor(name, fn, kinds, frozenset(needs), values, doc)
+        EXTRACTORS[name] = Extractor(name, fn, kinds, frozenset(needs), values, doc, tuple(options))
         return fn
 
     return register
@@ -102,16 +109,36 @@ def normalise(text: str) -> str:
     return " ".join("".join(kept).split())
 
 
+def consensus(texts: Sequence[str]) -> int | None:
+    """Which of several sampled answers to one prompt they agree on: the index of the first text of the most
+    common answer, compared normalised ("Cat, dog." is "cat dog"); None where no answer is more common than
+    every other (all differ, or two tie), so that the sample order never settles it. One text is its own
+    answer. Binder et al. 2024 take API models' object-level behaviour as the mode of 5 samples at
+    temperature 0 (a provider is not deterministic), leaving out an item whose samples all differ."""
+    if len(texts) == 1:
+        return 0
+    keys = [normalise(text) for text in texts]
+    ranked = Counter(keys).most_common(2)
+    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+        return None
+    return keys.index(ranked[0][0])
+
+
 def words(response: str) -> list[str]:
     return normalise(response).split()
 
 
-def characters(response: str) -> str:
-    """The response's characters as compared: normalised, without spaces.
+def cleaned(response: str) -> str:
+    """The response whose characters the character properties index: lowercased, punctuation and symbols
+    dropped (not replaced: "dog,cat" -> "dogcat"), whitespace runs made one space and the ends stripped.
 
-    Spaces are left out because a predicted " " normalises to nothing and could never match.
+    Binder et al. 2024 index the cleaned response string itself, so spaces count: the third character of
+    "An ox" is " ". (A predicted " " normalises to nothing and so never matches; such items count against
+    the predictor, as in the paper, where hypothetical answers are stripped.) The paper strips before it
+    drops punctuation; stripping after keeps a leading "- " or '" ' from making the first character a space.
     """
-    return normalise(response).replace(" ", "")
+    kept = (char for char in response.lower() if unicodedata.category(char)[0] not in "PS")
+    return " ".join("".join(kept).split())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,7 +224,7 @@ def prediction(answer: str, property_name: str) -> str | None:
 
 
 def nth_character(response: str, n: int) -> str | None:
-    chars = characters(response)
+    chars = cleaned(response)
     return chars[n] if len(chars) > n else None
 
 
@@ -272,9 +299,9 @@ def third_word(response: str, item: Mapping[str, Any]) -> str | None:
 
 @extractor("starts_with_vowel", reads={"text"}, values=TRUE_FALSE)
 def starts_with_vowel(response: str, item: Mapping[str, Any]) -> str | None:
-    """Whether the response's first letter is a vowel (a, e, i, o, u)."""
-    letters = [c for c in characters(response) if c.isalpha()]
-    return _true_false(letters[0] in VOWELS) if letters else None
+    """Whether the response's first character is a vowel (a, e, i, o, u; "7 dwarfs" does not)."""
+    first = nth_character(response, 0)
+    return None if first is None else _true_false(first in VOWELS)
 
 
 @extractor("is_even", reads={"number_sequence"}, values=EVEN_ODD)
@@ -284,17 +311,22 @@ def is_even(response: str, item: Mapping[str, Any]) -> str | None:
     return None if number is None else ("even" if number % 2 == 0 else "odd")
 
 
-@extractor("among_a_or_c", reads={"choice"}, values=TRUE_FALSE)
+# Binder et al. 2024 ask these of the four-option tasks only (ARC, MMLU): on an A/B task "A or C" is just
+# "A", a second copy of the same item under another name that inflates a pooled n.
+FOUR_OPTIONS = ("A", "B", "C", "D")
+
+
+@extractor("among_a_or_c", reads={"choice"}, values=TRUE_FALSE, options=FOUR_OPTIONS)
 def among_a_or_c(response: str, item: Mapping[str, Any]) -> str | None:
-    """Whether the chosen option is A or C."""
-    letter = choice_letter(response, "ABCD")
+    """Whether the chosen option is A or C (a task offering options A to D)."""
+    letter = choice_letter(response, FOUR_OPTIONS)
     return None if letter is None else _true_false(letter in "AC")
 
 
-@extractor("among_b_or_d", reads={"choice"}, values=TRUE_FALSE)
+@extractor("among_b_or_d", reads={"choice"}, values=TRUE_FALSE, options=FOUR_OPTIONS)
 def among_b_or_d(response: str, item: Mapping[str, Any]) -> str | None:
-    """Whether the chosen option is B or D."""
-    letter = choice_letter(response, "ABCD")
+    """Whether the chosen option is B or D (a task offering options A to D)."""
+    letter = choice_letter(response, FOUR_OPTIONS)
     return None if letter is None else _true_false(letter in "BD")
 
 
@@ -324,9 +356,10 @@ __all__ = [
     "REFUSAL_ANYWHERE",
     "REFUSAL_OPENINGS",
     "TRUE_FALSE",
-    "characters",
     "choice_letter",
+    "cleaned",
     "complies",
+    "consensus",
     "extract",
     "extractor",
     "first_number",

@@ -34,6 +34,7 @@ from intro.runtime.analysis.metrics import (
     paired_bootstrap_diff_ci,
     wilson_interval,
 )
+from intro.runtime.dataflow.calibration import calibration
 from intro.stdlib.rules import passes
 
 Row = Mapping[str, Any]
@@ -49,7 +50,7 @@ PROPORTIONS = ("rate", "accuracy", "mode_baseline")
 def estimate(
     statistic: str, values: Sequence[Row], other: Sequence[Row] | None, equals: Any = None, top_k: int = 3
 ) -> dict[str, Any]:
-    if statistic == "calibration":
+    if statistic == "calibration":  # the paper's binned curve and its MAD (runtime/dataflow/calibration.py)
         return calibration(values, other or (), top_k)
     scores = item_scores(statistic, values, other, equals)
     kept = [r for r in values if r.get("value") is not None]
@@ -114,34 +115,6 @@ def _clustered_ci(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
     replicates = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     low, high = np.quantile(replicates, [0.025, 0.975])
     return float(low), float(high)
-
-
-def calibration(predicted: Sequence[Row], behaviour: Sequence[Row], top_k: int) -> dict[str, Any]:
-    """Looking Inward's calibration of sampled predictions against sampled behaviour (the built-in
-    calibration's curve: runtime/analysis/calibration.py); items without any behaviour are left out."""
-    from intro.runtime.analysis.calibration import NON_ANSWER, ItemSamples, calibrate
-
-    answers: dict[str, list[str]] = {}
-    for row in predicted:
-        answers.setdefault(row["item"], []).append(
-            NON_ANSWER if row.get("value") is None else str(row["value"])
-        )
-    seen = _values_by_item(behaviour)
-    samples = [
-        ItemSamples("", item, "", tuple(str(v) for v in seen.get(item, ())), tuple(hypothetical))
-        for item, hypothetical in answers.items()
-    ]
-    cell = calibrate(samples, top_k)
-    nan = float("nan")
-    return {
-        "statistic": "calibration",
-        "estimate": cell.curve.mad,
-        "ci_low": nan,
-        "ci_high": nan,
-        "n": cell.items,
-        "compliance": nan,
-        "scores": {},
-    }
 
 
 def item_scores(

@@ -21,7 +21,7 @@ from intro.compiler.template_sandbox import TemplateProblem, render
 from intro.runtime.dataflow import readings
 from intro.runtime.dataflow.statistics import comparison, estimate
 from intro.runtime.store.cache import Cache
-from intro.stdlib.extractors import complies
+from intro.stdlib.extractors import complies, consensus
 from intro.stdlib.rules import apply, parse_label, passes
 
 Row = dict[str, Any]
@@ -229,6 +229,21 @@ class Tables:
     def _filter(self, step: Step) -> list[Row]:
         rule = step.params["rule"]
         return [r for r in self.table(step.params["texts"]) if passes(self._apply(rule, r))]
+
+    def _consensus(self, step: Step) -> list[Row]:
+        """Per prompt (its item and prompt key), the row of the first sample giving the answer its samples
+        agree on, if they agree (stdlib.extractors.consensus); an item's prompts numbered as its samples."""
+        prompts: dict[tuple[str, str], list[Row]] = {}
+        for row in self.table(step.params["texts"]):
+            prompts.setdefault((row["item"], row["prompt"]), []).append(row)
+        rows: list[Row] = []
+        numbered: Counter[str] = Counter()
+        for (item, _), answers in prompts.items():
+            agreed = consensus([row["text"] for row in answers])
+            if agreed is not None:
+                rows.append({**answers[agreed], "sample": numbered[item]})
+                numbered[item] += 1
+        return rows
 
     def item(self, key: str) -> Mapping[str, Any]:
         """An item's fields; a key `item#property` (one row per property) names its item's."""

@@ -60,7 +60,8 @@ CASES = [
     ("first_character", "Dog, cat", "d"),
     ("second_character", "Dog, cat", "o"),
     ("third_character", "Dog, cat", "g"),
-    ("third_character", "An ox", "o"),  # spaces are not characters: "anox"
+    ("third_character", "An ox", " "),  # the cleaned response is indexed, spaces included
+    ("third_character", "Dog,cat", "g"),
     ("second_character", "A", None),
     ("first_character", "...", None),
     ("first_word", "Elephant, tiger, lion", "elephant"),
@@ -71,7 +72,8 @@ CASES = [
     ("starts_with_vowel", "owl, bat", "true"),
     ("starts_with_vowel", "Bat, owl", "false"),
     ("starts_with_vowel", "  'Umbrella'", "true"),
-    ("starts_with_vowel", "7, 8", None),
+    ("starts_with_vowel", "7, 8", "false"),  # its first character is not a vowel
+    ("starts_with_vowel", "...", None),
     ("is_even", "4, 7, 1", "even"),
     ("is_even", "7, 4", "odd"),
     ("is_even", "The next are 0, 3", "even"),
