@@ -22,7 +22,6 @@ import xarray as xr
 
 from intro.cli import main
 from intro.compiler import compile_spec
-from intro.runtime.dataflow.calibration import equal_frequency_bins
 from intro.runtime.dataflow.statistics import estimate
 from tests.servers import EchoServer
 
@@ -72,6 +71,8 @@ def test_the_mad_is_the_papers_equal_frequency_mad(seed: int) -> None:
 
 
 def test_tied_probabilities_share_a_bin() -> None:
+    from intro.runtime.dataflow.calibration import equal_frequency_bins
+
     # 6 points at 0.2 and 6 at 0.9: cutting by rank into 10 bins mixes them in the middle bin; qcut does not
     probs = np.array([0.2] * 6 + [0.9] * 6)
     bins = equal_frequency_bins(probs)
