@@ -124,15 +124,26 @@ def _check_about(ctx: Context, source: Any, about: ir.Property, spans: Spans) ->
         ctx.fail("E336", "prompts() `about` a property needs a task selection as its source", spans["about"])
     if not any(about.reads_task(task) for task in source.tasks):
         names = ", ".join(t.name for t in source.tasks)
-        kinds = ", ".join(sorted({t.answer for t in source.tasks}))
         ctx.fail(
             "E303",
             f"property '{about.name}' cannot read the answers of any selected task ({names})",
             spans["about"],
-            f"'{about.name}' reads {', '.join(sorted(about.reads))} answers; the tasks give {kinds}",
+            _unread(about, source.tasks),
         )
     # Against every row of each task it is asked about, so that a message names the property and the task.
     templates.check_questions(ctx, source.tasks, (about,), spans["about"])
+
+
+def _unread(about: ir.Property, tasks: tuple[ir.Task, ...]) -> str:
+    """Why a property applies to none of the tasks: their answer kinds, the row fields it needs, or the
+    options it is about (compiler/ir.py Property.reads_task)."""
+    kinds = ", ".join(sorted({t.answer for t in tasks}))
+    readable = [t for t in tasks if t.answer in about.reads]
+    if not readable:
+        return f"'{about.name}' reads {', '.join(sorted(about.reads))} answers; the tasks give {kinds}"
+    if not any(about.needs <= set(t.rows[0]) for t in readable):
+        return f"'{about.name}' needs the rows' fields {', '.join(sorted(about.needs))}, which no task's rows have"
+    return f"'{about.name}' is about options {', '.join(about.options)}, which no task offers all of"
 
 
 def sample_rows(source: Any, prompt_set: df.PromptSet | None = None) -> templates.Rows:

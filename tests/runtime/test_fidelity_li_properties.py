@@ -9,10 +9,13 @@ cleaned response, spaces included. The specs measure is_even on the held-out num
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
 
+from intro.cli import main
 from intro.compiler import compile_spec
 from intro.compiler.plan import Plan
 from intro.stdlib.extractors import extract
@@ -100,6 +103,28 @@ study asked { measure hypothetical = generate(m, prompts(s.test, li.hypothetical
 """
     ((_, _, turn),) = asked_rows(compiled(tmp_path, spec))
     assert turn.endswith(f"Did you choose the option that shows this behaviour?{TRUE_OR_FALSE}")
+
+
+def test_a_four_option_property_on_an_a_b_task_says_which_options_are_missing(tmp_path: Path) -> None:
+    (tmp_path / "stances.jsonl").write_text(
+        '{"id": "s0", "split": "val", "question": "Go?", "matching": "A"}\n'
+    )
+    spec = """
+use stdlib.looking_inward as li
+model m = litellm "openai/gpt-4o-2024-08-06"
+task stances { data: "stances.jsonl" prompt: "{{ question }}" answer: "choice" choices: ["A", "B"] }
+split s { test: [stances] items: 1 }
+study asked { measure p = li.predict_property(m, m, s.test, li.among_a_or_c) }
+"""
+    (tmp_path / "asked.intro").write_text(spec)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["check", str(tmp_path / "asked.intro")])
+    assert code != 0
+    assert (
+        "error[E303]: property 'among_a_or_c' cannot read the answers of any selected task" in out.getvalue()
+    )
+    assert "'among_a_or_c' is about options A, B, C, D, which no task offers all of" in out.getvalue()
 
 
 @pytest.mark.parametrize(
