@@ -19,11 +19,12 @@ from attrs import evolve
 
 from . import ast, ir
 from .builtins import FUNCTIONS
+from .call_memo import CallMemo, Unknown, named_values
 from .declarations import build_decl, build_model
 from .diagnostics import CompileError, Diagnostic, Sink, Span, did_you_mean
 from .files import OUTSIDE_NOTE, SPEC_LIMIT_ENV, Confinement, FileProblem, read_bytes, utf8_error_position
 from .parser import parse
-from .types import Function, Module, UserFunction, describe_type, is_measurement, type_name
+from .types import CHECKS, Function, Module, UserFunction, describe_type, is_measurement, type_name
 
 
 class _Abort(Exception):
@@ -41,11 +42,18 @@ class Context:
         # The block a builtin is called from (set by each call): prompt templates see the plain values
         # (strings, numbers, booleans) bound there, loop variables, lets, a function's parameters.
         self.template_scope: Scope | None = None
+        # While a call's value is computed for the memo (call_memo.py): the template values it read.
+        self.template_reads: list[tuple[str, tuple[tuple[str, Any], ...]]] | None = None
 
-    @property
-    def template_values(self) -> Mapping[str, Any]:
+    def named_template_values(self, *templates: str | None) -> tuple[tuple[str, Any], ...]:
+        """The plain values in scope (loop variables, lets, parameters) that any of the templates names."""
         # Read only by the few builtins that write templates: not gathered for every call.
-        return self.template_scope.template_values() if self.template_scope is not None else {}
+        values = self.template_scope.template_values() if self.template_scope is not None else {}
+        text = " ".join(t for t in templates if t)
+        named = named_values(values, text)
+        if self.template_reads is not None:
+            self.template_reads.append((text, named))
+        return named
 
     def confined(self, relative: str, span: Span) -> Path:
         """`relative` resolved against this file's folder; an error unless it lies inside the allowed ones."""
@@ -73,6 +81,7 @@ class Program:
         self._namespaces: dict[str, _Namespace] = {}
         self._loading: list[str] = []
         self.calls: list[tuple[Span, str]] = []  # the user functions being evaluated: declaration, name
+        self.memo = CallMemo()
 
     def load_spec(self, path: Path, source: str | None = None) -> tuple[_Namespace, ast.Module]:
         """Load the spec at `path`; `source` stands in for the file's text (an editor's unsaved buffer)."""
@@ -247,6 +256,9 @@ _POISON = object()
 
 
 # ---------------------------------------------------------------- expressions
+_PLAIN = (str, int, float, bool)  # the values a template may read from the block around a call
+
+
 class Scope:
     def __init__(self, namespace: _Namespace, local: dict[str, Any], parent: Scope | None = None):
         self.namespace = namespace
@@ -267,16 +279,50 @@ class Scope:
             return FUNCTIONS[name]
         return value
 
+    def peek(self, name: str) -> Any:
+        """What `lookup` gives, where that evaluates nothing and reports nothing; else raises Unknown."""
+        value = self.local.get(name, _MISSING)
+        scope = self.parent
+        while value is _MISSING and scope is not None:
+            value = scope.local.get(name, _MISSING)
+            scope = scope.parent
+        if value is _MISSING:
+            value = self.namespace.values.get(name, _MISSING)
+            if value is _MISSING and name not in self.namespace.decls:
+                value = FUNCTIONS.get(name, _MISSING)
+        if value is _MISSING or value is _POISON:
+            raise Unknown(name)
+        return value
+
     def template_values(self) -> dict[str, Any]:
-        """The plain values bound in this block and the blocks around it (the innermost binding wins)."""
+        """The plain values bound in this block and the blocks around it (the innermost plain one wins)."""
         values: dict[str, Any] = {}
         scope: Scope | None = self
         while scope is not None:
             for name, value in scope.local.items():
-                if isinstance(value, str | int | float | bool) and name not in values:
+                if isinstance(value, _PLAIN) and name not in values:
                     values[name] = value
             scope = scope.parent
         return values
+
+    def template_value(self, name: str) -> Any:
+        """`template_values().get(name)`, without gathering the others; None where there is none."""
+        scope: Scope | None = self
+        while scope is not None:
+            value = scope.local.get(name)
+            if isinstance(value, _PLAIN):
+                return value
+            scope = scope.parent
+        return None
+
+    def bound_names(self) -> set[str]:
+        """The names bound in this block and the blocks around it (the same each time a block is run)."""
+        names: set[str] = set()
+        scope: Scope | None = self
+        while scope is not None:
+            names.update(scope.local)
+            scope = scope.parent
+        return names
 
     def visible_names(self) -> set[str]:
         names = set(self.namespace.names()) | set(FUNCTIONS)
@@ -291,15 +337,17 @@ class Evaluator:
     def __init__(self, ctx: Context, scope: Scope):
         self.ctx = ctx
         self.scope = scope
+        # While the memo computes a call (call_memo.py): the names it reads as arguments.
+        self.computing: frozenset[str] | None = None
 
     def expr(self, node: ast.Expr) -> Any:
-        method: Callable[[Any], Any] = getattr(self, "_" + type(node).__name__)
-        return method(node)
+        method = _METHODS.get(type(node))
+        if method is None:  # the first node of its kind: its method, found by name
+            method = _METHODS[type(node)] = getattr(Evaluator, "_" + type(node).__name__)
+        return method(self, node)
 
     def expect(self, node: ast.Expr, type_: str, what: str) -> Any:
         """Evaluate `node` and check it has type `type_`, else report `what` had the wrong type."""
-        from .types import CHECKS
-
         value = self.expr(node)
         if not CHECKS[type_](value):
             self.ctx.fail(
@@ -369,8 +417,6 @@ class Evaluator:
         return self._arith(node.op, self.expr(node.left), self.expr(node.right), node)
 
     def _arith(self, op: str, left: Any, right: Any, node: ast.Expr) -> Any:
-        from .types import CHECKS
-
         number, vector = CHECKS["number"], CHECKS["vector"]
         if op == "+" and isinstance(left, str) and isinstance(right, str):
             return left + right
@@ -394,15 +440,21 @@ class Evaluator:
         )
 
     def _Call(self, node: ast.Call) -> Any:
-        from .functions import call
+        return self.scope.namespace.program.memo.evaluate(node, self)
 
+    def evaluate_call(self, node: ast.Call) -> Any:
+        """The value of a call, evaluated (`_Call` reuses it where the memo has it)."""
         func = self.expr(node.func)
         if not isinstance(func, Function | UserFunction):
             self.ctx.fail("E204", f"a {type_name(func)} cannot be called", node.func.span)
-        return call(func, node, self)
+        return functions.call(func, node, self)
 
     def _NamedArg(self, node: ast.NamedArg) -> Any:  # pragma: no cover - handled by call()
         return self.expr(node.value)
+
+
+# Each expression node's type -> the Evaluator method that evaluates it (`_Name` for ast.Name, ...).
+_METHODS: dict[type, Callable[[Evaluator, Any], Any]] = {}
 
 
 # The fields of declared values a spec may read (`mysplit.train`, `li.first_character.question`), by the
@@ -569,3 +621,7 @@ def _coordinate(value: Any) -> ir.Scalar:
 
 def studies(namespace: _Namespace) -> list[ast.Study]:
     return namespace.studies
+
+
+# Calls are bound and run by functions.py, which imports this module: imported last, read at call time.
+from . import functions  # noqa: E402

@@ -54,9 +54,11 @@ def bind(
     values: dict[str, Any] = {}
     spans: dict[str, Span] = {}
     for param in params:
-        if param.name in bound:
-            values[param.name], spans[param.name] = bound[param.name]
-            check_argument(ev.ctx, name, param, *bound[param.name])
+        given = bound.get(param.name)
+        if given is not None:
+            values[param.name], spans[param.name] = given
+            if not CHECKS[param.type](given[0]):
+                check_argument(ev.ctx, name, param, *given)
         elif param.default is REQUIRED:
             ev.ctx.fail("E208", f"{name}() is missing argument '{param.name}'", node.span)
         elif default is not None:
@@ -76,7 +78,7 @@ def _given_arguments(
     bound: dict[str, tuple[Any, Span]] = {}
     for param, arg in zip(params, node.args, strict=False):
         bound[param.name] = (ev.expr(arg), arg.span)
-    names = [p.name for p in params]
+    names = [p.name for p in params] if node.kwargs else []
     for named in node.kwargs:
         if named.name not in names:
             notes = (*did_you_mean(named.name, names), _parameters_note(name, names))

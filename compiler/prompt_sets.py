@@ -108,8 +108,7 @@ def _prompts(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
 
 def named_values(ctx: Context, *templates_: str | None) -> tuple[tuple[str, Any], ...]:
     """The plain values in scope (loop variables, lets, parameters) that any of the templates names."""
-    text = " ".join(t for t in templates_ if t)
-    return tuple(sorted((k, v) for k, v in ctx.template_values.items() if k in text))
+    return ctx.named_template_values(*templates_)
 
 
 def with_values(rows: templates.Rows, values: tuple[tuple[str, Any], ...]) -> templates.Rows:

@@ -72,9 +72,28 @@ def check_syntax(ctx: Context, text: str, span: Span) -> Parsed:
 def check_rows(ctx: Context, text: str, span: Span, rows: Rows) -> None:
     """Render a template against every row (or, for plain substitution, check every row has its names)."""
     parsed = check_syntax(ctx, text, span)
-    problem = _rows_problem(parsed, rows, _budget(ctx, text, span))
+    budget = _budget(ctx, text, span)
+    passed = (text, id(rows.rows), budget)
+    if isinstance(rows.rows, tuple) and _PASSED.get(passed) is rows.rows:
+        return
+    problem = _rows_problem(parsed, rows, budget)
     if problem is not None:
         fail(ctx, problem, text, span)
+    if isinstance(rows.rows, tuple):
+        _remember(passed, rows.rows)
+
+
+# The templates that rendered against a tuple of rows (a data file's or a list's, met again by each call
+# that prompts with them), by text, the rows' identity and the budget: each held with its rows, so that
+# the identity stays theirs. Bounded: a long-lived process (the language server) checks many versions.
+_PASSED: dict[tuple[str, int, Budget], Sequence[Mapping[str, Any]]] = {}
+_PASSED_LIMIT = 4096
+
+
+def _remember(passed: tuple[str, int, Budget], rows: Sequence[Mapping[str, Any]]) -> None:
+    if len(_PASSED) >= _PASSED_LIMIT:
+        _PASSED.clear()
+    _PASSED[passed] = rows
 
 
 def _budget(ctx: Context, text: str, span: Span) -> Budget:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -137,15 +138,18 @@ _DATAFLOW_TYPES: dict[type, str] = {
 
 def is_measurement(value: Any) -> bool:
     """Whether `measure NAME = value` can store it: an experiment, texts, values, an estimate or a comparison."""
-    return type_name(value) in ("measurement", "texts", "values", "estimate", "comparison")
+    kind = _DATAFLOW_TYPES.get(type(value))  # the common case, without type_name's walk through the rest
+    return (kind or type_name(value)) in ("measurement", "texts", "values", "estimate", "comparison")
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, tuple) and all(check(v) for v in value)
+def _list_of_instances(kind: type) -> Callable[[Any], bool]:
+    # A list whose items are all `kind`s, checked without a Python call per item: a list of 50 strings is
+    # checked at each call that takes one.
+    return lambda value: isinstance(value, tuple) and all(map(isinstance, value, itertools.repeat(kind)))
 
 
 _MODEL = (ir.BaseModel, ir.FinetunedModel, ir.SteeredModel)
@@ -161,10 +165,10 @@ _VECTOR = (
 CHECKS: dict[str, Callable[[Any], bool]] = {
     "model": lambda v: isinstance(v, _MODEL),
     "task": lambda v: isinstance(v, ir.Task),
-    "tasks": _list_of(lambda v: isinstance(v, ir.Task)),
+    "tasks": _list_of_instances(ir.Task),
     "selection": lambda v: isinstance(v, ir.Selection),
     "property": lambda v: isinstance(v, ir.Property),
-    "properties": _list_of(lambda v: isinstance(v, ir.Property)),
+    "properties": _list_of_instances(ir.Property),
     "sampling": lambda v: isinstance(v, ir.Sampling),
     "vector": lambda v: isinstance(v, _VECTOR),
     "data": lambda v: isinstance(v, ir.Hypotheticals | ir.ObjectAnswers | df.Examples),
@@ -178,7 +182,7 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "number": _is_number,
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "string": lambda v: isinstance(v, str),
-    "strings": _list_of(lambda v: isinstance(v, str)),
+    "strings": _list_of_instances(str),
     "bool": lambda v: isinstance(v, bool),
     "list": lambda v: isinstance(v, tuple),
     "record": lambda v: isinstance(v, Mapping),

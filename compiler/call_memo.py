@@ -1,0 +1,238 @@
+"""Calls evaluated once per compilation for each distinct set of inputs.
+
+The language has no side effects and no hidden inputs: a call's value is determined by its expression
+and the values of the names it reads (a function body sees only its arguments and its defining module).
+So a call met again with the same inputs, typically one inside a function body that does not depend on
+the argument that changes from one call to the next (`prompts(sentences, identify)` in a function
+called 1600 times from a sweep), takes the value computed the first time instead of evaluating again.
+
+The one input a call can read besides its names is the plain values of its block that a template names
+(`{{ word }}`, see `Context.named_template_values`): what a call read is recorded with its value and
+must be the same for the value to be reused. Inputs are compared by value for plain data (strings,
+numbers, booleans, lists, records), by identity for everything else (IR values, frozen): the same value
+reused keeps its identity, so the calls downstream of a reused one are reused too.
+
+Only calls that succeeded without a diagnostic are kept, so errors are found and reported exactly as
+without the memo. A name not evaluated yet (a module's declaration is evaluated on first use) turns the
+memo off for that call, so declarations are still evaluated, and their errors reported, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import ast
+
+if TYPE_CHECKING:
+    from .evaluate import Evaluator, Scope
+
+# A template read: the templates' text, and the plain values of the block it named.
+Read = tuple[str, tuple[tuple[str, Any], ...]]
+# One call's value, the template reads it made, and its inputs (held, so that the identities in its key
+# remain those of live objects).
+Entry = tuple[Any, tuple[Read, ...], tuple[Any, ...]]
+
+
+class _Variants:
+    """The values of one call with the same inputs that read template values, by the values they read.
+
+    For the same inputs a call reads the same templates; which values it finds depends on the block. The
+    names a template could name are those bound around the call that appear in its text (the same names
+    each time a block is run): they are read again to find the variant that matches.
+    """
+
+    __slots__ = ("texts", "candidates", "entries")
+
+    def __init__(self, reads: tuple[Read, ...], scope: Scope):
+        self.texts = tuple(text for text, _ in reads)
+        bound = scope.bound_names()
+        self.candidates = tuple(tuple(sorted(name for name in bound if name in text)) for text in self.texts)
+        self.entries: dict[Any, Entry] = {}
+
+    def find(self, scope: Scope) -> Entry | None:
+        return self.entries.get(_key(self._named(scope)))
+
+    def add(self, entry: Entry) -> None:
+        if tuple(text for text, _ in entry[1]) == self.texts:
+            self.entries[_key(tuple(named for _, named in entry[1]))] = entry
+
+    def _named(self, scope: Scope) -> tuple[tuple[tuple[str, Any], ...], ...]:
+        read = scope.template_value
+        return tuple(
+            tuple((name, value) for name in names if (value := read(name)) is not None)
+            for names in self.candidates
+        )
+
+
+_PLAIN = frozenset({str, int, bool, float, tuple, dict})  # what `_key` keys by value
+
+
+class _Site:
+    """A call expression, and the names whose values are its inputs.
+
+    Once all its names have values, only those bound in the blocks around it (parameters, lets, loop
+    variables: the same names each time its block is run) remain inputs: the others are a module's
+    declarations or builtins, the same values for the whole compilation.
+    """
+
+    __slots__ = ("node", "names", "arguments", "settled")
+
+    def __init__(self, node: ast.Call):
+        self.node = node  # held: its id, the memo's key for it, stays its own
+        self.names = tuple(dict.fromkeys(name.id for name in names_in(node)))
+        self.arguments = frozenset(_argument_names(node))  # the names it reads as values
+        self.settled = False
+
+    def settle(self, inputs: tuple[Any, ...], scope: Scope) -> tuple[Any, ...]:
+        """Keep as inputs the names bound around the call, given the values of all its names."""
+        bound = scope.bound_names()
+        kept = [(name, value) for name, value in zip(self.names, inputs, strict=True) if name in bound]
+        self.names = tuple(name for name, _ in kept)
+        self.settled = True
+        return tuple(value for _, value in kept)
+
+
+class Unknown(Exception):
+    """A name `Scope.peek` cannot read without evaluating something (a module's declaration not evaluated
+    yet, a failed one, an unknown name): the call is evaluated without the memo."""
+
+
+class CallMemo:
+    """One compilation's evaluated calls, by call expression and input values."""
+
+    def __init__(self) -> None:
+        self._sites: dict[int, _Site] = {}
+        self._entries: dict[tuple[Any, ...], Entry] = {}  # calls that read no template values
+        self._variants: dict[tuple[Any, ...], _Variants] = {}  # calls that did
+        # A list's key is one object per distinct list (hashed at once, where a tuple of its items' keys
+        # would be hashed item by item at each lookup): by the items' keys, and by the list's identity.
+        self._lists: dict[Any, object] = {}
+        self._list_keys: dict[int, tuple[tuple[Any, ...], object]] = {}  # each held with its list
+
+    def clear(self) -> None:
+        """Forget every call (at the end of a compilation)."""
+        for table in (self._sites, self._entries, self._variants, self._lists, self._list_keys):
+            table.clear()
+
+    def evaluate(self, node: ast.Call, ev: Evaluator) -> Any:
+        """The value of `node` in `ev`: reused when its inputs match an earlier evaluation, else computed."""
+        site = self._sites.get(id(node))
+        if site is None:
+            site = self._sites[id(node)] = _Site(node)
+        if ev.computing is not None and not site.arguments < ev.computing:
+            # A call within one being computed, reading the same values: computed last time with them.
+            return ev.evaluate_call(node)
+        try:
+            inputs = tuple(map(ev.scope.peek, site.names))
+        except Unknown:
+            return ev.evaluate_call(node)
+        if not site.settled:
+            inputs = site.settle(inputs, ev.scope)
+        key = (id(node), *map(self._key, inputs))
+        entry = self._entries.get(key)
+        if entry is None and self._variants:
+            variants = self._variants.get(key)
+            entry = None if variants is None else variants.find(ev.scope)
+        if entry is None:
+            return self._compute(site, key, inputs, ev)
+        log = ev.ctx.template_reads
+        if log is not None and entry[1]:
+            log.extend(entry[1])
+        return entry[0]
+
+    def _compute(self, site: _Site, key: tuple[Any, ...], inputs: tuple[Any, ...], ev: Evaluator) -> Any:
+        ctx = ev.ctx
+        outermost = ctx.template_reads is None
+        log: list[Read] = [] if ctx.template_reads is None else ctx.template_reads
+        ctx.template_reads = log
+        start, diagnostics = len(log), len(ctx.sink.items)
+        computing, ev.computing = ev.computing, site.arguments
+        try:
+            value = ev.evaluate_call(site.node)
+        finally:
+            ev.computing = computing
+            if outermost:
+                ctx.template_reads = None
+        if len(ctx.sink.items) == diagnostics:
+            reads = tuple(log[start:]) if len(log) > start else ()
+            self._store(key, (value, reads, inputs), ev.scope)
+        return value
+
+    def _store(self, key: tuple[Any, ...], entry: Entry, scope: Scope) -> None:
+        if not entry[1]:
+            self._entries[key] = entry
+            return
+        variants = self._variants.get(key)
+        if variants is None:
+            variants = self._variants[key] = _Variants(entry[1], scope)
+        variants.add(entry)
+
+    def _key(self, value: Any) -> Any:
+        """`_key(value)`, but a list's key is one object for all equal lists, found once per list."""
+        kind = type(value)
+        if kind is str:
+            return value
+        if kind is not tuple:
+            return id(value) if kind not in _PLAIN else _key(value)
+        known = self._list_keys.get(id(value))
+        if known is None:
+            known = self._list_keys[id(value)] = (value, self._lists.setdefault(_key(value), object()))
+        return known[1]
+
+
+def named_values(values: Mapping[str, Any], text: str) -> tuple[tuple[str, Any], ...]:
+    """The plain values among `values` whose name appears in `text` (a template, or several joined)."""
+    return tuple(sorted((name, value) for name, value in values.items() if name in text))
+
+
+def _key(value: Any) -> Any:
+    """A hashable stand-in for `value`, equal only for values that evaluate alike.
+
+    Types are part of it (1, 1.0 and True are equal in Python, but print apart), a float keys by its
+    exact form (0.0 and -0.0 differ), and any other value by its identity: an int, where plain values
+    key as strings and tuples, so the two never meet.
+    """
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int or kind is bool:
+        return (kind, value)
+    if kind is float:
+        return (float, value.hex())
+    if kind is tuple:
+        return (tuple, *map(_key, value))
+    if kind is dict:
+        return (dict, *((name, _key(item)) for name, item in value.items()))
+    return id(value)
+
+
+def _argument_names(node: ast.Call) -> Iterator[str]:
+    """The names a call reads as values: in its arguments and theirs, not where they name a function."""
+    for part in (*node.args, *(named.value for named in node.kwargs)):
+        yield from (name.id for name in names_in(part, functions=False))
+
+
+def names_in(node: ast.Expr, functions: bool = True) -> Iterator[ast.Name]:
+    """The names an expression looks up (not attribute, argument or field names); with `functions`
+    False, not those that name the function a call calls."""
+    match node:
+        case ast.Name():
+            yield node
+        case ast.Attr():
+            yield from names_in(node.value, functions)
+        case ast.Call():
+            parts = (node.func, *node.args) if functions else node.args
+            for part in (*parts, *(named.value for named in node.kwargs)):
+                yield from names_in(part, functions)
+        case ast.ListExpr() | ast.TupleExpr():
+            for item in node.items:
+                yield from names_in(item, functions)
+        case ast.Record():
+            for field in node.fields:
+                yield from names_in(field.value, functions)
+        case ast.Unary():
+            yield from names_in(node.operand, functions)
+        case ast.Binary():
+            yield from names_in(node.left, functions)
+            yield from names_in(node.right, functions)
