@@ -1,8 +1,9 @@
 """Compile benchmark: a generated study with hundreds of thousands of plan cells must compile in < 2 s, < 500 MB.
 
 A plan cell is one model call the plan asks for: summed over sampling steps, prompts x samples. The
-default study has 6 tasks x 6 properties x 500 items x 20 samples: a calibration measurement (object
-and hypothetical prompts, 20 samples each at temperature 1) gives 6 x 500 x 20 object cells plus
+default study has 6 tasks x 6 properties x 500 items x 20 samples: the stdlib's calibration for each
+property (`li.calibration_of`: object and hypothetical prompts, 20 samples each at temperature 1; the
+object-level calls are one step, shared by every property) gives 6 x 500 x 20 object cells plus
 6 x 6 x 500 x 20 hypothetical cells = 420,000.
 
     .venv/bin/python bench/compile.py              # time and peak memory, exit 1 when over target
@@ -70,7 +71,7 @@ def write_study(folder: Path, tasks: int, properties: int, items: int, samples: 
             for i in range(items)
         )
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    parts = ['model qwen = embedded "qwen2.5-coder-0.5b-instruct"\n']
+    parts = ["use stdlib.looking_inward as li\n", 'model qwen = embedded "qwen2.5-coder-0.5b-instruct"\n']
     for name in names:
         prompt = f"What are the next 5 words after this {name} text? Respond only with the words.\\n{{{{ sequence }}}}"
         parts.append(f'task {name} {{\n  data: "{name}.jsonl"\n  prompt: "{prompt}"\n}}\n')
@@ -82,8 +83,9 @@ def write_study(folder: Path, tasks: int, properties: int, items: int, samples: 
     props = ", ".join(PROPERTIES[:properties])
     parts.append(
         "study bench {\n"
-        f"  measure calibration = calibration(qwen, qwen, held_out.test, [{props}], sampling: spread)\n"
-        "}\n"
+        f"  for about in [{props}] {{\n"
+        "    measure calibration = li.calibration_of(qwen, qwen, held_out.test, about, sampling: spread)\n"
+        "  }\n}\n"
     )
     spec = folder / "bench.intro"
     spec.write_text("\n".join(parts))
@@ -91,7 +93,7 @@ def write_study(folder: Path, tasks: int, properties: int, items: int, samples: 
 
 
 def plan_cells(plan: Plan) -> int:
-    return sum(len(s.params["prompts"]) * s.params["samples"] for s in plan.steps if s.kind == "sample")
+    return sum(len(s.params["rows"]) * s.params["samples"] for s in plan.steps if s.kind == "generate")
 
 
 def compile_once(spec: Path) -> tuple[Plan, str, dict[str, float]]:

@@ -12,19 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import ir, sentence_trials, templates
+from . import ir, templates
 from .diagnostics import Span
-from .injected_thought import INJECTED_THOUGHT
 from .primitives import PRIMITIVES
 from .types import Function, Param, entry
 
 if TYPE_CHECKING:
     from .evaluate import Context
-
-# The paper's hypothetical prompt (Binder et al. 2024): the object-level question quoted, then the property question.
-HYPOTHETICAL = 'Previously, you were asked the following question: "{{ object_prompt }}" {{ question }}'
-GREEDY = ir.Sampling()
-T1_SAMPLES = ir.Sampling(temperature=1.0, samples=20)
 
 Spans = Mapping[str, Span]
 
@@ -44,33 +38,6 @@ def require_capability(ctx: Context, model: ir.Model, capability: str, span: Spa
             span,
             hint,
         )
-
-
-def _check_properties(
-    ctx: Context, selection: ir.Selection, properties: tuple[ir.Property, ...], spans: Spans, template: str
-) -> None:
-    if not selection.tasks:
-        ctx.fail("E301", "the task selection is empty", spans["tasks"])
-    if not properties:
-        ctx.fail("E302", "no properties given", spans["properties"])
-    kinds = {t.answer for t in selection.tasks}
-    for prop in properties:
-        if not any(prop.reads_task(task) for task in selection.tasks):
-            names = ", ".join(t.name for t in selection.tasks)
-            ctx.fail(
-                "E303",
-                f"property '{prop.name}' cannot read the answers of any selected task ({names})",
-                spans["properties"],
-                f"'{prop.name}' reads {', '.join(sorted(prop.reads))} answers; the tasks give {', '.join(sorted(kinds))}",
-            )
-    # Rendered here against every row, so that lowering (which renders the rows a split picks) cannot fail.
-    templates.check_questions(ctx, selection.tasks, properties, spans["properties"])
-    templates.check_hypothetical(ctx, template, spans["template"], selection.tasks, properties)
-
-
-def _check_sampling(ctx: Context, model: ir.Model, sampling: ir.Sampling, span: Span) -> None:
-    if sampling.samples > 1 and sampling.temperature == 0 and ir.root_model(model).backend != "litellm":
-        ctx.fail("E304", "several samples at temperature 0 from an in-process model are identical", span)
 
 
 def _layer(ctx: Context, model: ir.Model, layer: float, span: Span) -> int:
@@ -122,16 +89,12 @@ def _provider_hparams(ctx: Context, spans: Spans, at: Span, a: dict[str, Any]) -
     return (("lr_multiplier", multiplier), ("shuffle", True))
 
 
-def _inject(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
-    require_capability(ctx, a["model"], "activations", spans["model"], "be steered")
-    layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
-    return ir.SteeredModel(a["model"], a["vector"], layer, float(a["strength"]), a["start"], span=at)
-
-
 def _steer(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
     from attrs import evolve
 
-    model = _inject(ctx, spans, at, **{k: v for k, v in a.items() if k != "span"})
+    require_capability(ctx, a["model"], "activations", spans["model"], "be steered")
+    layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
+    model = ir.SteeredModel(a["model"], a["vector"], layer, float(a["strength"]), a["start"], span=at)
     if a["span"] is None:
         return model
     if a["start"] is not None:
@@ -141,58 +104,6 @@ def _steer(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
     from .prompt_sets import named_values
 
     return evolve(model, span_text=a["span"], span_values=named_values(ctx, a["span"]))
-
-
-# ---------------------------------------------------------------- training data
-def _hypotheticals(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Hypotheticals:
-    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
-    _check_sampling(ctx, a["subject"], a["sampling"], spans["sampling"])
-    return ir.Hypotheticals(a["subject"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"])
-
-
-def _answers(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.ObjectAnswers:
-    if not a["tasks"].tasks:
-        ctx.fail("E301", "the task selection is empty", spans["tasks"])
-    return ir.ObjectAnswers(a["model"], a["tasks"], a["sampling"])
-
-
-# ---------------------------------------------------------------- measurements
-def _prediction(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Prediction:
-    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
-    _check_sampling(ctx, a["subject"], a["object"], spans["object"])
-    return ir.Prediction(
-        a["predictor"],
-        a["subject"],
-        a["tasks"],
-        tuple(a["properties"]),
-        a["object"],
-        a["hypothetical"],
-        a["template"],
-    )
-
-
-def _calibration(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Calibration:
-    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
-    if a["sampling"].samples < 2 or a["sampling"].temperature == 0:
-        ctx.fail("E308", "calibration needs several samples at a temperature above 0", spans["sampling"])
-    return ir.Calibration(
-        a["predictor"],
-        a["subject"],
-        a["tasks"],
-        tuple(a["properties"]),
-        a["sampling"],
-        a["template"],
-        a["top_k"],
-    )
-
-
-def _behaviour_change(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.BehaviourChange:
-    _check_properties(ctx, a["tasks"], a["properties"], spans, a["template"])
-    if a["before"] == a["after"]:
-        ctx.fail("E309", "before and after are the same model", spans["after"])
-    return ir.BehaviourChange(
-        a["before"], a["after"], a["tasks"], tuple(a["properties"]), a["sampling"], a["template"]
-    )
 
 
 # ---------------------------------------------------------------- vectors
@@ -291,29 +202,9 @@ def _column(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[str, ...]:
     return tuple(str(row[a["field"]]) for row in rows)
 
 
-def _graders(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Grader:
-    return ir.Grader("logit")
-
-
-def _judge(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Grader:
-    return ir.Grader("judge", a["model"])
-
-
 # ---------------------------------------------------------------- the table
 _fn = entry
 
-
-_SELECTION = Param("tasks", "selection")
-_PROPERTIES = Param("properties", "properties")
-_TEMPLATE = Param("template", "string", HYPOTHETICAL)
-# inject() and steer() are one builder: steer is the open language's name for the same model value.
-_STEERING = (
-    Param("model", "model"),
-    Param("vector", "vector"),
-    Param("layer", "number"),
-    Param("strength", "number"),
-    Param("start", "string", None),
-)
 
 FUNCTIONS: dict[str, Function] = dict(
     [
@@ -332,84 +223,7 @@ FUNCTIONS: dict[str, Function] = dict(
             doc="a new model: `model` trained with LoRA (or the provider's finetuning) on `data`; an API model "
             "takes the provider's `lr_multiplier` (its learning-rate multiplier) instead of `lr`",
             returns="model",
-            example="finetune(qwen, hypotheticals(qwen, mini.train, props), rank: 8, lr: 5e-4)",
-        ),
-        _fn(
-            "inject",
-            _inject,
-            *_STEERING,
-            doc="a new model: `model` with `strength * vector` added to the residual stream after `layer`, "
-            "from the token before `start` on (from the first token when `start` is not given)",
-            returns="model",
-            example="inject(qwen, dog, 16, 4)",
-        ),
-        _fn(
-            "hypotheticals",
-            _hypotheticals,
-            Param("subject", "model"),
-            _SELECTION,
-            _PROPERTIES,
-            Param("sampling", "sampling", GREEDY),
-            _TEMPLATE,
-            doc="training data: `subject`'s own object-level answers to `tasks`, asked back as hypothetical "
-            "questions about `properties`",
-            returns="training data",
-            example="hypotheticals(qwen, mini.train, props)",
-        ),
-        _fn(
-            "answers",
-            _answers,
-            Param("model", "model"),
-            _SELECTION,
-            Param("sampling", "sampling", GREEDY),
-            doc="training data: `model`'s object-level answers to `tasks`",
-            returns="training data",
-            example="answers(gemma, mini.train)",
-        ),
-        _fn(
-            "prediction",
-            _prediction,
-            Param("predictor", "model"),
-            Param("subject", "model"),
-            _SELECTION,
-            _PROPERTIES,
-            Param("object", "sampling", GREEDY),
-            Param("hypothetical", "sampling", GREEDY),
-            _TEMPLATE,
-            doc="a measurement: how often `predictor`, asked the hypothetical question, predicts the "
-            "`properties` of `subject`'s object-level answers on `tasks`",
-            returns="measurement",
-            example="prediction(gemma, qwen, mini.test, props, object: li.object_level, "
-            "hypothetical: li.hypothetical)",
-        ),
-        _fn(
-            "calibration",
-            _calibration,
-            Param("predictor", "model"),
-            Param("subject", "model"),
-            _SELECTION,
-            _PROPERTIES,
-            Param("sampling", "sampling", T1_SAMPLES),
-            _TEMPLATE,
-            Param("top_k", "int", 3),
-            doc="a measurement: how far `predictor`'s distribution over each property is from the distribution "
-            "of `subject`'s sampled behaviour (mean absolute difference)",
-            returns="measurement",
-            example="calibration(qwen, qwen, mini.test, props, sampling: li.calibration_samples)",
-        ),
-        _fn(
-            "behaviour_change",
-            _behaviour_change,
-            Param("before", "model"),
-            Param("after", "model"),
-            _SELECTION,
-            _PROPERTIES,
-            Param("sampling", "sampling", GREEDY),
-            _TEMPLATE,
-            doc="a measurement: whether `after`'s self-predictions follow its changed behaviour rather than "
-            "`before`'s",
-            returns="measurement",
-            example="behaviour_change(qwen, finetune(qwen, answers(gemma, mini.train)), mini.test, props)",
+            example="finetune(qwen, li.hypothetical_examples(qwen, mini.train, props), rank: 8, lr: 5e-4)",
         ),
         _fn(
             "concept",
@@ -508,24 +322,13 @@ FUNCTIONS: dict[str, Function] = dict(
             example='column("data/capitals.jsonl", "country")',
         ),
         _fn(
-            "logit_readout",
-            _graders,
-            doc="a grader: rule-based grades of each reply, plus P(yes) read from the model's next-token logits",
-            returns="grader",
-            example="logit_readout()",
-        ),
-        _fn(
-            "judged_by",
-            _judge,
-            Param("model", "model"),
-            doc="a grader for injected_thought that asks `model` to grade each reply",
-            returns="grader",
-            example="judged_by(gemma)",
-        ),
-        _fn(
             "steer",
             _steer,
-            *_STEERING,
+            Param("model", "model"),
+            Param("vector", "vector"),
+            Param("layer", "number"),
+            Param("strength", "number"),
+            Param("start", "string", None),
             Param("span", "string", None),
             doc="a new model: `model` whose every call (generate, score, choose) runs with `strength * vector` "
             "added to the residual stream after `layer`, from the token before `start` on; or, given `span` "
@@ -533,8 +336,6 @@ FUNCTIONS: dict[str, Function] = dict(
             returns="model",
             example="steer(qwen, dog, 16, 4)",
         ),
-        ("injected_thought", INJECTED_THOUGHT),
-        *sentence_trials.FUNCTIONS.items(),
         *PRIMITIVES.items(),
     ]
 )

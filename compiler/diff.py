@@ -188,7 +188,7 @@ class StepChange:
 
 
 # The steps that call a model: _call_reasons names what changed in their model, sampling and prompts.
-MODEL_CALLS = frozenset({"sample", "generate", "choose", "score", "residuals"})
+MODEL_CALLS = frozenset({"generate", "choose", "score", "residuals"})
 SAMPLING_KEYS = ("temperature", "max_tokens", "seed", "samples", "stop")
 CALL_KEYS = ("model", "prompts", "rows", *SAMPLING_KEYS)
 
@@ -224,7 +224,7 @@ def _reasons(
     described = CALL_KEYS if old.kind in MODEL_CALLS else ("prompts", "model")
     content_keys = [k for k in new.params if not k.endswith("_steps") and k not in described]
     for key in content_keys:
-        if old.params.get(key) != new.params.get(key) and old.kind != "sample":
+        if old.params.get(key) != new.params.get(key):
             reasons.append(f"parameter changed: {key}")
     if not reasons:
         reasons.append(f"code version ({new.kind} v{STEP_VERSIONS.get(new.kind)})")
@@ -239,8 +239,7 @@ def _call_reasons(a: Plan, old: Step, b: Plan, new: Step) -> list[str]:
     for key in SAMPLING_KEYS:
         if key in new.params and old.params.get(key) != new.params[key]:
             reasons.append(f"sampling parameter {key}: {old.params.get(key)} -> {new.params[key]}")
-    prompts = "prompts" if old.kind == "sample" else "rows"
-    before, after = _entries(old.params.get(prompts)), _entries(new.params.get(prompts))
+    before, after = _entries(old.params.get("rows")), _entries(new.params.get("rows"))
     if before != after:
         reasons.append(f"prompt text: {len(after - before)} of {len(after)} prompts changed")
     return reasons

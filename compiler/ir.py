@@ -6,12 +6,15 @@ expressions that mean the same thing produce equal values and, later, the same p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 
 from .diagnostics import Span
 from .plan import digest
+
+if TYPE_CHECKING:
+    from .dataflow import Examples
 
 Scalar = str | int | float | bool
 
@@ -44,7 +47,7 @@ class BaseModel:
 @frozen
 class FinetunedModel:
     base: Model
-    data: TrainingData
+    data: Examples  # the rows it is trained on (`examples(...)`)
     hparams: tuple[tuple[str, Scalar], ...]
     label: str = _meta("finetuned")
     span: Span | None = _meta()
@@ -207,147 +210,10 @@ class SumVector:
 Vector = ConceptVector | RandomVector | ScaledVector | FileVector | ActivationVector | SumVector
 
 
-# ---------------------------------------------------------------- training data
-@frozen
-class Hypotheticals:
-    """Hypothetical questions about `subject`'s answers, with the true property value as the target."""
-
-    subject: Model
-    selection: Selection
-    properties: tuple[Property, ...]
-    sampling: Sampling
-    template: str
-
-
-@frozen
-class ObjectAnswers:
-    """Object-level prompts with `model`'s own answers as targets (used to shift another model's behaviour)."""
-
-    model: Model
-    selection: Selection
-    sampling: Sampling
-
-
-TrainingData = Hypotheticals | ObjectAnswers
-
-
 # ---------------------------------------------------------------- measurements
-@frozen
-class Prediction:
-    """How well `predictor` predicts a property of `subject`'s object-level answers."""
-
-    predictor: Model
-    subject: Model
-    selection: Selection
-    properties: tuple[Property, ...]
-    object_sampling: Sampling
-    hypothetical_sampling: Sampling
-    template: str
-
-
-@frozen
-class Calibration:
-    predictor: Model
-    subject: Model
-    selection: Selection
-    properties: tuple[Property, ...]
-    sampling: Sampling  # T=1, n samples, for both object and hypothetical prompts
-    template: str
-    top_k: int = 3
-
-
-@frozen
-class BehaviourChange:
-    """Do `after`'s self-predictions follow its changed behaviour (vs `before`'s behaviour)?"""
-
-    before: Model
-    after: Model
-    selection: Selection
-    properties: tuple[Property, ...]
-    sampling: Sampling
-    template: str
-
-
-@frozen
-class InjectedThought:
-    """Trials asking whether an injected thought is detected, with and without the injection."""
-
-    model: Model
-    vector: Vector
-    word: str
-    layer: int
-    strength: float
-    trials: int
-    prompt: tuple[tuple[str, str], ...]  # the multi-turn conversation
-    start: str  # injection starts at the token before this text
-    sampling: Sampling
-    grader: Grader
-
-
-@frozen
-class ThoughtsVsText:
-    """Inject on a sentence's tokens only: is the concept named as "the word you think about", and is the
-    sentence still repeated? Each sentence is one trial, with and without the injection."""
-
-    model: Model
-    vector: Vector
-    word: str
-    layer: int
-    strength: float
-    sentences: tuple[str, ...]
-    candidates: tuple[str, ...]  # the n-way choice the identification is scored over, the word first
-    identify: str  # question template over {sentence}
-    repeat: str
-    sampling: Sampling  # for the repeated line
-
-
-@frozen
-class PrefillIntention:
-    """The assistant's earlier reply is forced to `word`; asked whether it meant it, does injecting
-    `word`'s vector on the earlier sentence make it disown the word less often?"""
-
-    model: Model
-    vector: Vector
-    word: str
-    layer: int
-    strength: float
-    sentences: tuple[str, ...]
-    ask: str  # the first user turn, a template over {sentence}
-    question: str  # the follow-up: "Did you mean to say that, or was it an accident?"
-    sampling: Sampling
-
-
-@frozen
-class ThinkAbout:
-    """Write a sentence while told to think (or not) about `word`: cosine of the residual stream on the
-    written sentence with `word`'s concept vector, and with control words' vectors."""
-
-    model: Model
-    vector: ConceptVector  # its baseline and template also make the control words' vectors
-    word: str
-    layer: int
-    sentences: tuple[str, ...]
-    controls: tuple[str, ...]
-    think: str  # templates over {sentence} and {word}
-    dont: str
-
-
-@frozen
-class Grader:
-    kind: str  # logit | judge | rule
-    judge: Model | None = None
-    rubric: tuple[tuple[str, str], ...] = ()
-
-
-Measurement = (
-    Prediction
-    | Calibration
-    | BehaviourChange
-    | InjectedThought
-    | ThoughtsVsText
-    | PrefillIntention
-    | ThinkAbout
-)
+# What a study measures is a value of the open language (compiler/dataflow.py: texts, values, estimates,
+# comparisons, or a record of them); this module cannot import it (dataflow builds on these values).
+Measurement = Any
 
 
 @frozen

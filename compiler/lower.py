@@ -7,11 +7,11 @@ finetuning run reached from two measurements becomes one step.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from . import dataflow as df
-from . import injected_thought, ir, sentence_trials
+from . import ir
 from .declarations import render
 from .lower_dataflow import DataflowLowering
 from .plan import STEP_VERSIONS, Measure, ModelEntry, Plan, Prompt, Step, digest
@@ -175,192 +175,20 @@ class Lowering:
         self.prompts.setdefault(key, prompt)
         return key
 
-    def object_prompt(self, task: ir.Task, row: dict[str, Any]) -> Prompt:
-        return _prompt(task.system, self.object_text(task, row))
-
     def object_text(self, task: ir.Task, row: dict[str, Any]) -> str:
         # Each item's object prompt is quoted in one hypothetical per property: render it once.
         return self._memoised(("object_text", task, task.row_id(row)), lambda: _render(task.prompt, row))  # type: ignore[no-any-return]
 
-    def hypothetical_prompt(
-        self, task: ir.Task, row: dict[str, Any], prop: ir.Property, template: str
-    ) -> Prompt:
-        object_text = self.object_text(task, row)
-        question = _render(prop.question, row)
-        return _prompt(task.system, _render(template, {"object_prompt": object_text, "question": question}))
-
-    # ------------------------------------------------------------ sampling
-    def sample(
-        self, model: ir.Model, task: ir.Task, role: str, prompts: Sequence[str], sampling: ir.Sampling
-    ) -> str:
-        key = self.model(model)
-        params = {
-            "model": key,
-            "temperature": sampling.temperature,
-            "max_tokens": sampling.max_tokens,
-            "stop": list(sampling.stop),
-            "seed": sampling.seed,
-            "samples": sampling.samples,
-            # Sorted: the same set of prompts is the same step, whichever measurement asked for it.
-            "prompts": sorted(set(prompts)),
-        }
-        content = [self.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
-        deps = [self.models[key].params["step"]] if self.models[key].kind == "finetuned" else []
-        if self.models[key].kind == "steered":
-            deps = [self.models[key].params["vector"]]
-        step_id = f"sample.{self.study.name}.{role}[{self.label(model)},{task.name}]"
-        return self.add_step(step_id, "sample", deps, params, content)
-
-    def object_steps(self, model: ir.Model, selection: ir.Selection, sampling: ir.Sampling) -> dict[str, str]:
-        by_task: dict[str, tuple[ir.Task, list[str]]] = {}
-        for task, _, row in self.rows(selection):
-            by_task.setdefault(task.name, (task, []))[1].append(self.prompt(self.object_prompt(task, row)))
-        return {
-            name: self.sample(model, task, "object", ps, sampling) for name, (task, ps) in by_task.items()
-        }
-
-    def hypothetical_rows(
-        self, selection: ir.Selection, properties: Sequence[ir.Property], template: str
-    ) -> list[list[Any]]:
-        """[task, item, property, object prompt, hypothetical prompt] for every readable combination."""
-        rows = []
-        for task, item_key, row in self.rows(selection):
-            object_key = self.prompt(self.object_prompt(task, row))
-            for prop in properties:
-                if prop.reads_task(task):
-                    hypothetical = self.prompt(self.hypothetical_prompt(task, row, prop, template))
-                    rows.append([task.name, item_key, prop.name, object_key, hypothetical])
-        return rows
-
-    def hypothetical_steps(
-        self, model: ir.Model, selection: ir.Selection, rows: list[list[Any]], sampling: ir.Sampling
-    ) -> dict[str, str]:
-        tasks = {t.name: t for t in selection.tasks}
-        by_task: dict[str, list[str]] = {}
-        for task, _, _, _, hypothetical in rows:
-            by_task.setdefault(task, []).append(hypothetical)
-        return {
-            name: self.sample(model, tasks[name], "hypothetical", ps, sampling)
-            for name, ps in by_task.items()
-        }
-
     # ------------------------------------------------------------ training data
-    def training_data(self, data: ir.TrainingData) -> str:
-        return self._memoised(("data", data), lambda: self._training_data(data))  # type: ignore[no-any-return]
-
-    def _training_data(self, data: ir.TrainingData) -> str:
-        if isinstance(data, df.Examples):
-            return self.dataflow.examples(data)
-        if isinstance(data, ir.Hypotheticals):
-            rows = self.hypothetical_rows(data.selection, data.properties, data.template)
-            objects = self.object_steps(data.subject, data.selection, data.sampling)
-            params = {
-                "subject": self.model(data.subject),
-                "rows": rows,
-                "object_steps": objects,
-                "reduce": data.sampling.reduce,
-                "properties": _extractors(data.properties),
-                "tasks": _tasks(data.selection),
-            }
-            content = {k: v for k, v in params.items() if k not in ("subject", "object_steps")}
-            step_id = f"hypotheticals.{self.study.name}[{self.label(data.subject)}]"
-            return self.add_step(step_id, "hypotheticals", objects.values(), params, content)
-        objects = self.object_steps(data.model, data.selection, data.sampling)
-        rows = [[t.name, k, self.prompt(self.object_prompt(t, r))] for t, k, r in self.rows(data.selection)]
-        params = {
-            "model": self.model(data.model),
-            "rows": rows,
-            "object_steps": objects,
-            "reduce": data.sampling.reduce,
-            "tasks": _tasks(data.selection),
-        }
-        content = {"rows": rows, "reduce": data.sampling.reduce}
-        return self.add_step(
-            f"answers.{self.study.name}[{self.label(data.model)}]",
-            "answers",
-            objects.values(),
-            params,
-            content,
-        )
+    def training_data(self, data: df.Examples) -> str:
+        return self._memoised(("data", data), lambda: self.dataflow.examples(data))  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ measurements
     def measurement(self, point: ir.MeasurePoint) -> tuple[str, str]:
         value = point.value
-        coords = ",".join(str(v) for _, v in point.coords)
-        step_id = f"{_kind(value)}.{self.study.name}.{point.name}" + (f"[{coords}]" if coords else "")
-        if isinstance(value, df.MEASURABLE):
-            return df.measure_kind(value), self.dataflow.measure(value)
-        if isinstance(value, ir.Prediction):
-            return "prediction", self._prediction(step_id, value)
-        if isinstance(value, ir.Calibration):
-            return "calibration", self._calibration(step_id, value)
-        if isinstance(value, ir.BehaviourChange):
-            return "behaviour_change", self._behaviour_change(step_id, value)
-        if isinstance(value, ir.InjectedThought):
-            return "injected_thought", injected_thought.lower_injected_thought(self, step_id, value)
-        if type(value) in sentence_trials.LOWER:
-            kind, lower_one = sentence_trials.LOWER[type(value)]
-            return kind, lower_one(self, step_id, value)
-        raise NotImplementedError(f"measurement {_kind(value)} cannot be lowered yet")
-
-    def _prediction(self, step_id: str, m: ir.Prediction) -> str:
-        rows = self.hypothetical_rows(m.selection, m.properties, m.template)
-        objects = self.object_steps(m.subject, m.selection, m.object_sampling)
-        hypotheticals = self.hypothetical_steps(m.predictor, m.selection, rows, m.hypothetical_sampling)
-        params = {
-            "predictor": self.model(m.predictor),
-            "subject": self.model(m.subject),
-            "rows": rows,
-            "object_steps": objects,
-            "hypothetical_steps": hypotheticals,
-            "reduce": m.object_sampling.reduce,
-            "hypothetical_reduce": m.hypothetical_sampling.reduce,
-            "properties": _extractors(m.properties),
-            "tasks": _tasks(m.selection),
-        }
-        return self._measure_step(step_id, "prediction", params, [*objects.values(), *hypotheticals.values()])
-
-    def _calibration(self, step_id: str, m: ir.Calibration) -> str:
-        rows = self.hypothetical_rows(m.selection, m.properties, m.template)
-        objects = self.object_steps(m.subject, m.selection, m.sampling)
-        hypotheticals = self.hypothetical_steps(m.predictor, m.selection, rows, m.sampling)
-        params = {
-            "predictor": self.model(m.predictor),
-            "subject": self.model(m.subject),
-            "rows": rows,
-            "object_steps": objects,
-            "hypothetical_steps": hypotheticals,
-            "top_k": m.top_k,
-            "properties": _extractors(m.properties),
-            "tasks": _tasks(m.selection),
-        }
-        return self._measure_step(
-            step_id, "calibration", params, [*objects.values(), *hypotheticals.values()]
-        )
-
-    def _behaviour_change(self, step_id: str, m: ir.BehaviourChange) -> str:
-        rows = self.hypothetical_rows(m.selection, m.properties, m.template)
-        before = self.object_steps(m.before, m.selection, m.sampling)
-        after = self.object_steps(m.after, m.selection, m.sampling)
-        hypotheticals = self.hypothetical_steps(m.after, m.selection, rows, m.sampling)
-        params = {
-            "before": self.model(m.before),
-            "after": self.model(m.after),
-            "rows": rows,
-            "before_steps": before,
-            "object_steps": after,
-            "hypothetical_steps": hypotheticals,
-            "reduce": m.sampling.reduce,
-            "properties": _extractors(m.properties),
-            "tasks": _tasks(m.selection),
-        }
-        deps = [*before.values(), *after.values(), *hypotheticals.values()]
-        return self._measure_step(step_id, "behaviour_change", params, deps)
-
-    def _measure_step(self, step_id: str, kind: str, params: dict[str, Any], deps: list[str]) -> str:
-        model_keys = ("predictor", "subject", "before", "after")
-        content = {k: v for k, v in params.items() if not k.endswith("_steps") and k not in model_keys}
-        return self.add_step(step_id, kind, deps, params, content)
+        if not isinstance(value, df.MEASURABLE):
+            raise NotImplementedError(f"measurement {type(value).__name__} cannot be lowered")
+        return df.measure_kind(value), self.dataflow.measure(value)
 
     # ------------------------------------------------------------ the plan
     def lower(self) -> Plan:
@@ -402,26 +230,6 @@ def _render(template: str, values: dict[str, Any]) -> str:
 def _prompt(system: str | None, text: str) -> Prompt:
     messages = ((("system", system),) if system else ()) + (("user", text),)
     return Prompt(messages)
-
-
-def _tasks(selection: ir.Selection) -> dict[str, dict[str, Any]]:
-    return {t.name: {"answer": t.answer, "choices": list(t.choices)} for t in selection.tasks}
-
-
-def _extractors(properties: Sequence[ir.Property]) -> dict[str, dict[str, Any]]:
-    return {p.name: {"extract": p.extract, "values": list(p.choices)} for p in properties}
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, df.MEASURABLE):
-        return df.measure_kind(value)
-    return {
-        ir.Prediction: "prediction",
-        ir.Calibration: "calibration",
-        ir.BehaviourChange: "behaviour_change",
-        ir.InjectedThought: "injected_thought",
-        **{t: kind for t, (kind, _) in sentence_trials.LOWER.items()},
-    }[type(value)]
 
 
 def lower(study: ir.Study, source: str) -> Plan:

@@ -20,18 +20,9 @@ SCHEMA_VERSION = 1
 
 # Bump a kind's version when the code that executes it changes what it produces.
 STEP_VERSIONS: dict[str, int] = {
-    "sample": 1,
-    "hypotheticals": 1,
-    "answers": 1,
+    "sample": 1,  # no step of its own now: the version of every cached model request (request_key)
     "finetune": 1,
     "vector": 1,
-    "prediction": 1,
-    "calibration": 1,
-    "behaviour_change": 1,
-    "injected_thought": 1,
-    "thoughts_vs_text": 1,
-    "prefill_intention": 1,
-    "think_about": 1,
     # the open language's primitives (compiler/lower_dataflow.py)
     "generate": 1,
     "choose": 1,

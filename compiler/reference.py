@@ -109,7 +109,7 @@ CONSTRUCTS: tuple[Construct, ...] = (
         ("let NAME = EXPR",),
         "Names a value. At the top of a file it is a constant (evaluated when first used, importable from a "
         "module); inside a study block it is local to the block and evaluated at each loop point. A model "
-        "derived by `finetune` or `inject` takes the let's name in step ids.",
+        "derived by `finetune` or `steer` takes the let's name in step ids.",
         "let props = [li.first_character, first_word]\nlet baseline = take(intro.baseline, 20)\n"
         'let dog = concept(qwen, "dog", 16, baseline)',
     ),
@@ -123,9 +123,9 @@ CONSTRUCTS: tuple[Construct, ...] = (
         "names, never the caller's; a function cannot call itself, directly or through others. Functions "
         "are values, imported with `use` like any declaration. One that returns a record of measurements "
         "(`{ a: ..., b: ... }`) gives a `measure g = f(...)` one measure per field: `g.a`, `g.b`.",
-        "fn self_prediction(model: model, tasks: selection, props: properties = props) {\n"
-        "  let own = prediction(model, model, tasks, props)\n"
-        "  return { own: own, cross: prediction(gemma, model, tasks, props) }\n}",
+        "fn self_prediction(model: model, tasks: selection, about: property = first_word) {\n"
+        "  let own = li.predict_property(model, model, tasks, about)\n"
+        "  return { own: own.accuracy, cross: li.predict_property(gemma, model, tasks, about).accuracy }\n}",
     ),
     Construct(
         "return",
@@ -140,16 +140,17 @@ CONSTRUCTS: tuple[Construct, ...] = (
         "to `runs/NAME/`, one cube per measure. A spec needs at least one study; `intro compile` and "
         "`intro run` take `--study NAME` when a file declares several.",
         "study pilot {\n  for subject in [qwen, gemma], predictor in [qwen, gemma] {\n"
-        "    measure untrained = prediction(predictor, subject, mini.test, props)\n  }\n}",
+        "    measure untrained = li.predict_property(predictor, subject, mini.test, first_word)\n  }\n}",
     ),
     Construct(
         "measure",
         ("measure NAME = EXPR",),
-        "Inside a study: a measurement (the value of `prediction`, `calibration`, `injected_thought`, ...) "
+        "Inside a study: a measurement (texts, values, an estimate or a comparison: `generate`, `extract`, "
+        "`rate`, `accuracy`, ...) "
         "to compute at this point of the sweep, or a record of measurements (a function's results), "
         "measured as one measure per field, `NAME.FIELD`. The loop variables around it are the dimensions "
         "of its cube; a measure is declared once, at one place in the study.",
-        "measure accuracy = prediction(qwen, qwen, mini.test, props, object: creative)\n"
+        "measure answers = generate(qwen, prompts(mini.test), creative)\n"
         "measure selves = self_prediction(qwen, mini.test)",
         in_study=True,
     ),
@@ -163,10 +164,10 @@ CONSTRUCTS: tuple[Construct, ...] = (
         'where the first ones repeat): arms like `("concept", v), ("random", r)` give one `arm` axis. A '
         "loop over an empty list is an error.",
         "for (subject, other) in pairs([qwen, gemma]) {\n"
-        "  let tuned = finetune(subject, hypotheticals(subject, mini.train, props))\n"
-        "  measure cross = prediction(other, tuned, mini.test, props)\n}\n"
+        "  let tuned = finetune(subject, li.hypothetical_examples(subject, mini.train, props))\n"
+        "  measure cross = li.predict_property(other, tuned, mini.test, first_word)\n}\n"
         'for (arm, predictor) in [("self", qwen), ("cross", gemma)] {\n'
-        "  measure arms = prediction(predictor, qwen, mini.test, props)\n}",
+        "  measure arms = li.predict_property(predictor, qwen, mini.test, first_word)\n}",
         in_study=True,
     ),
     Construct(
@@ -176,7 +177,7 @@ CONSTRUCTS: tuple[Construct, ...] = (
             '"text"  """long text"""  1  2.5e-4',
         ),
         'Literals: strings (`\\n`, `\\t`, `\\"` and `\\\\` escapes; triple quotes span lines), numbers, '
-        "`true` and `false`, lists and records (a record is a chat turn in `injected_thought`'s prompt). "
+        "`true` and `false`, lists and records (a record is a chat turn of `conversation`). "
         "`(A, B)` and `(A,)` are lists too (a pair to unpack in a `for`); `(A)` is A. `NAME.FIELD` reads a "
         "record's field, a module's name or a declaration's field (`mini.train`, `creative.temperature`, "
         "`first_word.question`, `qwen.name`). "
@@ -269,8 +270,6 @@ def show_value(value: Any) -> str:
             return "[" + ", ".join(show_value(v) for v in value) + "]"
         case ir.Sampling():
             return _sampling(value)
-        case ir.Grader(kind="logit"):
-            return "logit_readout()"
     return repr(value)
 
 
@@ -471,7 +470,7 @@ def _md_construct(construct: Construct) -> str:
 def _md_functions_intro() -> str:
     return (
         "Positional arguments bind parameters in order and named ones by name "
-        "(`prediction(qwen, qwen, mini.test, props, object: creative)`); a parameter with a default may be "
+        "(`generate(qwen, prompts(mini.test), sampling: creative)`); a parameter with a default may be "
         "left out. A builtin's name cannot be declared again."
     )
 

@@ -73,7 +73,7 @@ def test_new_writes_a_starter_that_checks_formats_and_plans(tmp_path):
     assert sum(line.startswith("#") for line in text.splitlines()) >= 15  # it explains itself
     assert intro(tmp_path, "check", "first.intro")[:2] == (
         0,
-        "first.intro: ok (first: 1 measurement points)\n",
+        "first.intro: ok (first: 6 measurement points)\n",
     )
     assert intro(tmp_path, "fmt", "--check", "first.intro")[0] == 0
     code, out, err = intro(tmp_path, "plan", "first.intro", "--cache", "cache", "--runs", "runs")
@@ -112,6 +112,6 @@ def test_the_starter_runs_on_the_embedded_model(tmp_path, monkeypatch):
     seconds = time.perf_counter() - started
     assert code == 0, err
     assert "first: 6 model calls, 0 from cache" in out
-    assert "self (prediction)" in out and "first_character" in out
+    assert "self.accuracy (estimate)" in out
     assert "  converting embedded:qwen2.5-coder-0.5b-instruct" in err  # one line for the conversion
     print(f"\nintro run first.intro from an empty cache: {seconds:.1f} s")
