@@ -251,9 +251,29 @@ def _text_file(ctx: Context, spans: Spans, at: Span, **a: Any) -> str:
         ctx.fail("E140", f"cannot read '{a['path']}': {reason}", spans["path"])
 
 
-def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
-    from .injected_thought import _conversation as turns_of
+ROLES = ("system", "user", "assistant")
 
+
+def turns_of(ctx: Context, turns: tuple[Any, ...], span: Span) -> tuple[tuple[str, str], ...]:
+    """A list of one-field records, `{ user: "..." }`, as (role, content) pairs."""
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, Mapping) or len(turn) != 1:
+            ctx.fail(
+                "E320",
+                "each turn of a conversation is a record with one field: user, assistant or system",
+                span,
+            )
+        (role, content), *_ = turn.items()
+        if role not in ROLES or not isinstance(content, str):
+            ctx.fail("E320", f"a turn must be {{ user | assistant | system: \"text\" }}, not '{role}'", span)
+        messages.append((role, content))
+    if not messages or messages[-1][0] != "user":
+        ctx.fail("E321", "the conversation must end with a user turn (the trial question)", span)
+    return tuple(messages)
+
+
+def _conversation(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.PromptSet:
     turns = turns_of(ctx, a["turns"], spans["turns"])
     source = a["source"]
     if source is None:

@@ -103,10 +103,6 @@ def type_name(value: Any) -> str:
             return "vector"
         case ir.SumVector():
             return "vector"
-        case ir.Hypotheticals() | ir.ObjectAnswers():
-            return "training data"
-        case ir.Grader():
-            return "grader"
         case Module():
             return "module"
         case Function() | UserFunction():
@@ -171,14 +167,13 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "properties": _list_of_instances(ir.Property),
     "sampling": lambda v: isinstance(v, ir.Sampling),
     "vector": lambda v: isinstance(v, _VECTOR),
-    "data": lambda v: isinstance(v, ir.Hypotheticals | ir.ObjectAnswers | df.Examples),
+    "data": lambda v: isinstance(v, df.Examples),
     "prompts": lambda v: isinstance(v, df.PromptSet),
     "texts": lambda v: isinstance(v, df.TEXTS),
     "values": lambda v: isinstance(v, df.VALUES),
     "activations": lambda v: isinstance(v, df.Residuals),
     "estimate": lambda v: isinstance(v, df.Estimate),
     "rule": lambda v: isinstance(v, df.Rule),
-    "grader": lambda v: isinstance(v, ir.Grader),
     "number": _is_number,
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "string": lambda v: isinstance(v, str),
