@@ -246,127 +246,7 @@ def behaviour_figure(dataset: xr.Dataset, name: str) -> Figure:
     return figure
 
 
-# ---------------------------------------------------------------- injected thought
-INJECTION_RATES = ("detection", "identification", "false_positive", "net", "p_yes_shift")
-SIGNED = ("net", "p_yes_shift")  # differences: -1..1 on a diverging scale
-
-
-def injection_figure(dataset: xr.Dataset, name: str) -> Figure:
-    """Layer x strength heatmaps (mean over concepts), then per-concept bars (mean over layers and strengths)."""
-    variables = [v for v in INJECTION_RATES if v in dataset]
-    by_concept = "word" in dataset[variables[0]].dims
-    figure = plt.figure(figsize=(3.4 * len(variables), 6.6 if by_concept else 3.2))
-    rows = 2 if by_concept else 1
-    for index, variable in enumerate(variables):
-        axis = figure.add_subplot(rows, len(variables), index + 1)
-        _injection_heatmap(figure, axis, dataset[variable], variable)
-    if by_concept:
-        _concept_bars(figure.add_subplot(rows, 1, 2), dataset, variables)
-    figure.suptitle(name)
-    figure.tight_layout()
-    return figure
-
-
-def _injection_heatmap(figure: Figure, axis: Any, data: xr.DataArray, variable: str) -> None:
-    others = [d for d in data.dims if d not in ("layer", "strength")]
-    grid = data.mean(dim=others) if others else data
-    if set(grid.dims) == {"layer", "strength"}:
-        grid = grid.transpose("layer", "strength")
-        signed = variable in SIGNED
-        image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="RdBu_r" if signed else "viridis",
-                            vmin=-1 if signed else 0, vmax=1)  # fmt: skip
-        axis.set_xticks(range(grid.sizes["strength"]), [str(v) for v in grid["strength"].values])
-        axis.set_yticks(range(grid.sizes["layer"]), [str(v) for v in grid["layer"].values])
-        axis.set_xlabel("strength")
-        axis.set_ylabel("layer")
-        figure.colorbar(image, ax=axis, fraction=0.046)
-    else:
-        values = np.atleast_1d(grid.values)
-        axis.bar(np.arange(values.size), values)
-    axis.set_title(variable)
-
-
-def _concept_bars(axis: Any, dataset: xr.Dataset, variables: list[str]) -> None:
-    words = [str(w) for w in dataset["word"].values]
-    width = 0.8 / len(variables)
-    x = np.arange(len(words))
-    for index, variable in enumerate(variables):
-        data = dataset[variable]
-        values = data.mean(dim=[d for d in data.dims if d != "word"]).values
-        axis.bar(x + (index - (len(variables) - 1) / 2) * width, values, width=width, label=variable)
-    axis.axhline(0, color="black", linewidth=0.8)
-    axis.set_xticks(x, words)
-    axis.set_ylim(-1, 1)
-    axis.set_ylabel("mean over layers and strengths")
-    axis.set_title("per concept")
-    axis.legend(fontsize=8, ncol=len(variables))
-
-
-# ---------------------------------------------------------------- the other concept experiments
-Panel = tuple[str, list[tuple[str, str]]]  # (title, [(variable, label), ...])
-# Panels whose values are rates or probabilities span 0..1, so a rate of 0 reads as a bar of nothing.
-UNBOUNDED = ("log P(accident) - log P(intentional)", "cosine with the concept vector")
-COLOURS = ("#2b6cb0", "#a0aec0", "#dd6b20", "#2f855a")
-
-
-def _x_axis(dataset: xr.Dataset, variable: str, prefer: tuple[str, ...]) -> str | None:
-    dims = [str(d) for d in dataset[variable].dims]
-    return next((d for d in (*prefer, *dims) if d in dims), None)
-
-
-def grouped_bars(dataset: xr.Dataset, name: str, panels: list[Panel], prefer: tuple[str, ...]) -> Figure:
-    """One panel per quantity: its conditions side by side at each value of one axis, averaged over the others."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for axis, (title, bars) in zip(np.atleast_1d(axes), panels, strict=True):
-        x_name = _x_axis(dataset, bars[0][0], prefer)
-        labels = [str(v) for v in dataset[x_name].values] if x_name else [name]
-        x, width = np.arange(len(labels)), 0.8 / len(bars)
-        for index, (variable, label) in enumerate(bars):
-            data = dataset[variable]
-            others = [d for d in data.dims if d != x_name]
-            values = np.atleast_1d(data.mean(dim=others).values if others else data.values)
-            offset = (index - (len(bars) - 1) / 2) * width
-            axis.bar(x + offset, values, width=width, color=COLOURS[index % len(COLOURS)], label=label)
-        axis.set_xticks(x, labels)
-        axis.set_xlabel(x_name or "")
-        axis.set_title(title)
-        if title in UNBOUNDED:
-            axis.axhline(0, color="grey", linewidth=0.8)
-        else:
-            axis.set_ylim(0, 1.2)  # headroom for the legend
-        axis.legend(fontsize=7, loc="upper right")
-    figure.suptitle(name)
-    figure.tight_layout()
-    return figure
-
-
-def thoughts_vs_text_figure(dataset: xr.Dataset, name: str) -> Figure:
-    def pair(stem: str) -> list[tuple[str, str]]:
-        return [(f"{stem}_injected", "injected on the line"), (f"{stem}_control", "control")]
-
-    panels = [
-        ("identified the word", pair("identification")),
-        ("repeated the line", pair("repeat")),
-        ("P(word) among candidates", pair("p_word")),
-    ]
-    return grouped_bars(dataset, name, panels, ("strength", "layer"))
-
-
-def prefill_intention_figure(dataset: xr.Dataset, name: str) -> Figure:
-    injected, control = "word injected earlier", "control"
-    rates = [
-        ("disowned the forced word", [("disown_injected", injected), ("disown_control", control)]),
-        ('P(accident) after "It was"', [("p_accident_injected", injected), ("p_accident_control", control)]),
-    ]
-    odds = [("accident_log_odds_injected", injected), ("accident_log_odds_control", control)]
-    return grouped_bars(dataset, name, [*rates, (UNBOUNDED[0], odds)], ("strength", "layer"))
-
-
-def think_about_figure(dataset: xr.Dataset, name: str) -> Figure:
-    bars = [("think", "think about it"), ("dont", "don't think about it"), ("controls", "control words")]
-    return grouped_bars(dataset, name, [(UNBOUNDED[1], bars)], ("word", "layer"))
-
-
+# ---------------------------------------------------------------- training
 def training_figure(dataset: xr.Dataset) -> Figure:
     figure, axis = plt.subplots(figsize=(5, 3.4))
     labels = (
@@ -473,10 +353,6 @@ FIGURES: dict[str, Callable[[xr.Dataset, str], Figure]] = {
     "prediction": prediction_figure,
     "calibration": calibration_figure,
     "behaviour_change": behaviour_figure,
-    "injected_thought": injection_figure,
-    "thoughts_vs_text": thoughts_vs_text_figure,
-    "prefill_intention": prefill_intention_figure,
-    "think_about": think_about_figure,
 }
 
 

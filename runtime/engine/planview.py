@@ -16,7 +16,6 @@ from intro.compiler.plan import Plan, Step, requests
 from intro.runtime.dataflow.tables import CALLING as CALLS
 from intro.runtime.dataflow.tables import NotReady, Tables
 from intro.runtime.engine import journal
-from intro.runtime.engine.experiment_calls import CALLING_KINDS, planned_calls
 from intro.runtime.store.cache import Cache, default_cache_dir
 
 CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not yet tokenised
@@ -82,9 +81,6 @@ def _step_summary(
             model=step.params["model"],
         )
         done = not missing
-    elif step.kind in CALLING_KINDS and (calls := planned_calls(plan, step)):
-        done = _experiment_summary(plan, calls, cache, summary, seen)
-        summary["model"] = step.params.get("model") or step.params.get("predictor")
     elif step.kind in ("finetune", "vector"):
         done = cache.artifact_done(step.hash)
     else:
@@ -121,22 +117,6 @@ def _calls_summary(plan: Plan, step: Step, tables: Tables, summary: dict[str, An
 
 def _chars(messages: Any) -> int:
     return sum(len(content) for _, content in messages)
-
-
-def _experiment_summary(
-    plan: Plan, calls: list[tuple[str, str, int]], cache: Cache, summary: dict[str, Any], seen: set[str]
-) -> bool:
-    """The calls a measure step makes itself (per-sentence injection, readouts, activations)."""
-    own = [c for c in calls if c[0] not in seen]  # within a step keys may repeat (one think record)
-    seen.update(c[0] for c in own)
-    missing = [c for c in own if not cache.has(c[0])]
-    summary.update(
-        calls=len(own),
-        to_run=len(missing),
-        prompt_tokens=sum(_prompt_chars(plan, p) for _, p, _ in missing) // CHARS_PER_TOKEN,
-        completion_tokens=sum(tokens for _, _, tokens in missing),
-    )
-    return not missing
 
 
 def _prompt_chars(plan: Plan, prompt_key: str) -> int:

@@ -21,7 +21,6 @@ from attrs import frozen
 from intro.compiler.plan import Plan
 from intro.runtime.dataflow.tables import CALLING
 from intro.runtime.engine.executor import CHUNK
-from intro.runtime.engine.experiment_calls import CALLING_KINDS
 from intro.runtime.engine.pool import BackendPool
 from intro.runtime.store.cache import Cache, default_cache_dir
 
@@ -169,7 +168,7 @@ def _driver_steps(plan: Plan, placement: Placement, steps: Sequence[Mapping[str,
             counts["training and vectors"] += 1
         elif model and root_model(plan, model) not in names:
             counts["API-model calls"] += 1
-        elif not model or s["kind"] not in (*PARALLEL_KINDS, *CALLING_KINDS):
+        elif not model or s["kind"] not in PARALLEL_KINDS:
             counts["measurements and data"] += 1
     return counts
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
-from intro.runtime.analysis import injected_thought, measures, sentence_trials
+from intro.runtime.analysis import measures
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes as dataflow_cubes
 from intro.runtime.dataflow import steps as dataflow_steps
@@ -190,8 +190,6 @@ class _StudyRun:
             handlers={
                 "prediction": self.prediction,
                 **training.handlers(self),
-                **injected_thought.handlers(self),
-                **sentence_trials.handlers(self),
                 **dataflow_steps.handlers(self),
                 **dataflow_vectors.handlers(self),
             },
@@ -300,10 +298,6 @@ def measure_table(dataset: Any, measure: Measure) -> str:
         return _table(title, *cubes_extra.calibration_rows(dataset))
     if measure.kind == "behaviour_change":
         return _table(title, *cubes_extra.behaviour_change_rows(dataset))
-    if measure.kind == "injected_thought":
-        return _table(title, *injected_thought.injection_rows(dataset))
-    if measure.kind in sentence_trials.KINDS:
-        return _table(title, *sentence_trials.table_rows(dataset, measure.kind))
     text = summary_table(dataset, measure.name)
     if "z_vs_self" in dataset:
         title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"

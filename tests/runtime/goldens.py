@@ -3,9 +3,8 @@
 The stdlib's functions on the primitives (`li.predict_property`, `li.calibration_of`,
 `intro.injected_thought_trials`, ...) were written to give the values of the built-in measures they
 replace (`prediction`, `calibration`, `injected_thought`, ...) from the same model calls. The built-ins'
-values on the parity tests' tiny-model studies are kept in tests/runtime/golden/*.json, so that guarantee
-outlives the built-ins. tests/runtime/record_builtin_goldens.py wrote them while the built-ins existed
-(`.venv/bin/python -m tests.runtime.record_builtin_goldens`); goes with the built-ins when they go.
+values on the parity tests' tiny-model studies were recorded in tests/runtime/golden/*.json while the
+built-ins existed, so that guarantee outlives them.
 
 A golden holds plain JSON: a cell is a record of its coordinates and values, with NaN written as null.
 """

@@ -1,16 +1,13 @@
 """Concept injection's trials graded by an LLM judge, written in .intro on the primitives (stdlib
 `intro.injected_thought_judged`: generate, judge with the paper's rubrics, all_of per trial, rates over
-trials), against the built-in `injected_thought(..., grader: judged_by(judge))`.
+trials), against the rates the former built-in `injected_thought(..., grader: judged_by(judge))` gave.
 
 The subject is a tiny random model (tests/tinymodels.py); the judge is a real OpenAI-compatible server on
 127.0.0.1 (tests/servers.py) whose verdict is a fixed function of the request text: "YES", "NO", "Yes.",
-"no" or an answer that commits to neither (the built-in counts that as no, and so must the function). The
-built-in and the function run as two studies on one cache, each with its own judge server, so each
-server's requests are one side's.
+"no" or an answer that commits to neither (the built-in counted that as no, and so must the function).
 
-The built-in's rates and the function's judge requests are kept in a golden file next to this test
-(`INTRO_UPDATE_GOLDEN=1` rewrites it from a run), so the comparison still holds once the built-in is gone:
-then drop OLD and the tests marked "against the live built-in".
+The built-in's rates and the function's judge requests (their number and a digest of them), recorded while
+it existed from a study run beside the function's on one cache, are kept in a golden file next to this test.
 """
 
 from __future__ import annotations
@@ -19,20 +16,16 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
 import xarray as xr
 
 from intro.cli import main
-from intro.compiler import compile_spec
-from intro.stdlib.graders import render_rubric
 from tests.servers import EchoServer
 from tests.tinymodels import cached_tiny_model
 
 GOLDEN = Path(__file__).with_suffix(".json")
-UPDATE = os.environ.get("INTRO_UPDATE_GOLDEN") == "1"
 RATES = ("detection", "identification", "false_positive", "net")
 STRENGTHS = (4, 8)
 HEAD = """
@@ -48,13 +41,6 @@ NEW = f"""
 study new {{
 {POINTS}    measure trials = intro.injected_thought_judged(a, vector, word, 1, strength, grader, trials: 6,
                                                    sampling: short)
-  }}
-}}
-"""
-OLD = f"""
-study old {{
-{POINTS}    measure old = injected_thought(a, vector, word, 1, strength, intro.trial, trials: 6, sampling: short,
-                                   grader: judged_by(grader))
   }}
 }}
 """
@@ -75,7 +61,7 @@ def intro(*argv: str | Path) -> str:
 
 
 def run_study(root: Path, study: str) -> tuple[Path, list[str]]:
-    """Run one study of the spec with a judge server of its own: its run folder and the judge's requests."""
+    """Run one study of the spec with a judge server: its run folder and the judge's requests."""
     with EchoServer(answer=verdict) as judge:
         intro("run", root / "judged.intro", "--study", study, "--runs", root / "runs", "--cache", root / "cache",
               "--serve", f"grader={judge.url}", "--quiet")  # fmt: skip
@@ -85,8 +71,8 @@ def run_study(root: Path, study: str) -> tuple[Path, list[str]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[str]]]:
     root = tmp_path_factory.mktemp("judged-injection")
-    (root / "judged.intro").write_text(HEAD.format(model=cached_tiny_model("qwen2")) + NEW + OLD)
-    return {study: run_study(root, study) for study in ("old", "new")}
+    (root / "judged.intro").write_text(HEAD.format(model=cached_tiny_model("qwen2")) + NEW)
+    return {"new": run_study(root, "new")}
 
 
 def new_rates(run: Path) -> dict[str, dict[str, float]]:
@@ -97,31 +83,12 @@ def new_rates(run: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def old_rates(run: Path) -> dict[str, dict[str, float]]:
-    cube = xr.open_zarr(run / "cube.zarr", group="old").load()
-    return {
-        str(s): {rate: float(cube[rate].sel(strength=str(s), word="dog")) for rate in RATES}
-        for s in STRENGTHS
-    }
-
-
-def trial_question(spec: Path) -> str:
-    """The last user turn of the trial conversation the subject is asked (from the compiled plan)."""
-    (plan,) = compile_spec(spec, "new")
-    (step, *_) = (s for s in plan.steps if s.kind == "generate" and s.params.get("rows"))
-    return plan.prompts[step.params["rows"][0][2]].messages[-1][1]
-
-
 def digest(texts: list[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(texts)).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")
-def golden(runs: dict[str, tuple[Path, list[str]]]) -> dict:
-    if UPDATE:
-        asked = runs["new"][1]
-        values = {"rates": old_rates(runs["old"][0]), "judge_requests": len(asked), "digest": digest(asked)}
-        GOLDEN.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+def golden() -> dict:
     return json.loads(GOLDEN.read_text())
 
 
@@ -129,8 +96,8 @@ def golden(runs: dict[str, tuple[Path, list[str]]]) -> dict:
 @pytest.mark.parametrize("rate", RATES)
 def test_each_rate_is_the_builtins_recorded_one(runs, golden, rate: str) -> None:
     asked = runs["new"][1]
-    # If this fails, the tiny model's replies changed (another torch?), not the function: rerun with
-    # INTRO_UPDATE_GOLDEN=1 while the built-in exists, or check the rates by hand.
+    # If this fails, the tiny model's replies changed (another torch?), not the function: check the rates
+    # by hand.
     assert (len(asked), digest(asked)) == (golden["judge_requests"], golden["digest"]), (
         "the judge was asked other texts"
     )
@@ -144,32 +111,6 @@ def test_the_recorded_rates_are_not_trivial(golden) -> None:
     none counted as left out) from a per-trial one."""
     values = [golden["rates"][str(s)][rate] for s in STRENGTHS for rate in RATES[:3]]
     assert any(0 < v < 1 for v in values), values
-
-
-# ---------------------------------------------------------------- against the live built-in
-@pytest.mark.parametrize("rate", RATES)
-def test_each_rate_is_the_builtins(runs, rate: str) -> None:
-    got, expected = new_rates(runs["new"][0]), old_rates(runs["old"][0])
-    for strength in map(str, STRENGTHS):
-        assert got[strength][rate] == pytest.approx(expected[strength][rate], abs=1e-12), strength
-
-
-def test_the_judge_is_asked_the_builtins_requests(runs) -> None:
-    """The function's judge requests are the built-in's rubrics rendered word for word (stdlib/graders.py),
-    for every injected reply, and for every control reply the detection rubric only."""
-    old_run, old_asked = runs["old"]
-    cube = xr.open_zarr(old_run / "cube.zarr", group="old").load()
-    question = trial_question(old_run.parents[1] / "judged.intro")
-    expected = set()
-    for strength in map(str, STRENGTHS):
-        point = cube.sel(strength=strength, word="dog")
-        for reply in point.injected_response.values:
-            for rubric in ("coherent", "affirmative_detection", "affirmative_correct_identification"):
-                expected.add(render_rubric(rubric, question=question, response=str(reply), word="dog"))
-        for reply in point.control_response.values:
-            expected.add(render_rubric("affirmative_detection", question=question, response=str(reply)))
-    assert set(runs["new"][1]) == expected
-    assert expected < set(old_asked)  # the built-in also asked the control replies the other two rubrics
 
 
 # ---------------------------------------------------------------- all_of, per trial
