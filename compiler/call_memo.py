@@ -66,6 +66,9 @@ class _Variants:
 
 
 _PLAIN = frozenset({str, int, bool, float, tuple, dict})  # what `_key` keys by value
+# After this many evaluations without reusing a value, a call is evaluated without the memo: looking up and
+# keeping values that are never reused costs about a fifth of the check of a sweep over a function.
+HOPELESS = 256
 
 
 class _Site:
@@ -76,13 +79,22 @@ class _Site:
     declarations or builtins, the same values for the whole compilation.
     """
 
-    __slots__ = ("node", "names", "arguments", "settled")
+    __slots__ = ("node", "names", "arguments", "settled", "misses", "reused", "hopeless")
 
     def __init__(self, node: ast.Call):
         self.node = node  # held: its id, the memo's key for it, stays its own
         self.names = tuple(dict.fromkeys(name.id for name in names_in(node)))
         self.arguments = frozenset(_argument_names(node))  # the names it reads as values
         self.settled = False
+        self.misses = 0
+        self.reused = False
+        # Whether each of its first evaluations had inputs of its own (a call that depends on the value
+        # that changes from one call of its function to the next): from then on it is just evaluated.
+        self.hopeless = False
+
+    def missed(self) -> None:
+        self.misses += 1
+        self.hopeless = self.misses >= HOPELESS and not self.reused
 
     def settle(self, inputs: tuple[Any, ...], scope: Scope) -> tuple[Any, ...]:
         """Keep as inputs the names bound around the call, given the values of all its names."""
@@ -120,8 +132,8 @@ class CallMemo:
         site = self._sites.get(id(node))
         if site is None:
             site = self._sites[id(node)] = _Site(node)
-        if ev.computing is not None and not site.arguments < ev.computing:
-            # A call within one being computed, reading the same values: computed last time with them.
+        if site.hopeless or ev.computing is not None and not site.arguments < ev.computing:
+            # (or a call within one being computed that reads the same values: computed last time too)
             return ev.evaluate_call(node)
         try:
             inputs = tuple(map(ev.scope.peek, site.names))
@@ -135,7 +147,9 @@ class CallMemo:
             variants = self._variants.get(key)
             entry = None if variants is None else variants.find(ev.scope)
         if entry is None:
+            site.missed()
             return self._compute(site, key, inputs, ev)
+        site.reused = True
         log = ev.ctx.template_reads
         if log is not None and entry[1]:
             log.extend(entry[1])

@@ -42,6 +42,8 @@ class Context:
         # The block a builtin is called from (set by each call): prompt templates see the plain values
         # (strings, numbers, booleans) bound there, loop variables, lets, a function's parameters.
         self.template_scope: Scope | None = None
+        # What is read once per compilation and shared by its contexts (the budget templates get).
+        self.compilation: dict[str, Any] = {}
         # While a call's value is computed for the memo (call_memo.py): the template values it read.
         self.template_reads: list[tuple[str, tuple[tuple[str, Any], ...]]] | None = None
 
@@ -82,6 +84,7 @@ class Program:
         self._loading: list[str] = []
         self.calls: list[tuple[Span, str]] = []  # the user functions being evaluated: declaration, name
         self.memo = CallMemo()
+        self.compilation: dict[str, Any] = {}  # see Context.compilation
 
     def load_spec(self, path: Path, source: str | None = None) -> tuple[_Namespace, ast.Module]:
         """Load the spec at `path`; `source` stands in for the file's text (an editor's unsaved buffer)."""
@@ -163,6 +166,7 @@ class _Namespace:
         self.program = program
         self.ctx = Context(program.sink, directory, program.confinement)
         self.ctx.sources = program.sources
+        self.ctx.compilation = program.compilation
         self.name = name
         self.decls: dict[str, ast.Item] = {}
         self.values: dict[str, Any] = {}
@@ -365,7 +369,7 @@ class Evaluator:
         return node.value
 
     def _ListExpr(self, node: ast.ListExpr | ast.TupleExpr) -> tuple[Any, ...]:
-        return tuple(self.expr(item) for item in node.items)
+        return tuple(map(self.expr, node.items))
 
     _TupleExpr = _ListExpr  # `(a, b)` is a list written in parentheses
 

@@ -50,15 +50,27 @@ def bind(
     A left-out parameter takes `default(param)` when given (a user function's default expression), else a
     builtin's `param.default` as it is.
     """
-    bound = _given_arguments(name, params, node, ev)
-    values: dict[str, Any] = {}
-    spans: dict[str, Span] = {}
-    for param in params:
-        given = bound.get(param.name)
-        if given is not None:
-            values[param.name], spans[param.name] = given
-            if not CHECKS[param.type](given[0]):
-                check_argument(ev.ctx, name, param, *given)
+    args = node.args
+    if len(args) > len(params):
+        message = f"{name}() takes at most {len(params)} arguments, got {len(args)}"
+        ev.ctx.fail("E205", message, args[len(params)].span)
+    # The positional arguments are the first parameters, in order: bound as they are evaluated.
+    given = params[: len(args)]
+    values: dict[str, Any] = {param.name: ev.expr(arg) for param, arg in zip(given, args, strict=True)}
+    spans: dict[str, Span] = {param.name: arg.span for param, arg in zip(given, args, strict=True)}
+    named = _named_arguments(name, params, node, ev, values) if node.kwargs else {}
+    for param, arg in zip(given, args, strict=True):
+        if param.type != "any" and not CHECKS[param.type](values[param.name]):
+            check_argument(ev.ctx, name, param, values[param.name], arg.span)
+    defaults = None if named or default is not None else _builtin_defaults(params, len(args))
+    if defaults is not None:  # a builtin given its first arguments: the others are its defaults
+        values.update(defaults)
+        spans.update(dict.fromkeys(defaults, node.span))
+        return values, spans
+    for param in params[len(args) :]:
+        if param.name in named:
+            values[param.name], spans[param.name] = named[param.name]
+            check_argument(ev.ctx, name, param, *named[param.name])
         elif param.default is REQUIRED:
             ev.ctx.fail("E208", f"{name}() is missing argument '{param.name}'", node.span)
         elif default is not None:
@@ -68,22 +80,31 @@ def bind(
     return values, spans
 
 
-def _given_arguments(
-    name: str, params: tuple[Param, ...], node: ast.Call, ev: Evaluator
+# A builtin's defaults after its first n parameters, in order (None where one of them has none), by the
+# identity of its parameters and n: each held with its parameters. Builtins live as long as the process.
+_DEFAULTS: dict[tuple[int, int], tuple[tuple[Param, ...], dict[str, Any] | None]] = {}
+
+
+def _builtin_defaults(params: tuple[Param, ...], given: int) -> dict[str, Any] | None:
+    known = _DEFAULTS.get((id(params), given))
+    if known is None:
+        rest = params[given:]
+        defaults = None if any(p.default is REQUIRED for p in rest) else {p.name: p.default for p in rest}
+        known = _DEFAULTS[(id(params), given)] = (params, defaults)
+    return known[1]
+
+
+def _named_arguments(
+    name: str, params: tuple[Param, ...], node: ast.Call, ev: Evaluator, positional: dict[str, Any]
 ) -> dict[str, tuple[Any, Span]]:
-    """Each argument the call gives, by parameter name, with the span of its expression."""
-    if len(node.args) > len(params):
-        message = f"{name}() takes at most {len(params)} arguments, got {len(node.args)}"
-        ev.ctx.fail("E205", message, node.args[len(params)].span)
+    """Each argument the call names, by parameter name, with the span of its expression."""
+    names = [p.name for p in params]
     bound: dict[str, tuple[Any, Span]] = {}
-    for param, arg in zip(params, node.args, strict=False):
-        bound[param.name] = (ev.expr(arg), arg.span)
-    names = [p.name for p in params] if node.kwargs else []
     for named in node.kwargs:
         if named.name not in names:
             notes = (*did_you_mean(named.name, names), _parameters_note(name, names))
             ev.ctx.fail("E206", f"{name}() has no parameter '{named.name}'", named.span, *notes)
-        if named.name in bound:
+        if named.name in bound or named.name in positional:
             ev.ctx.fail("E207", f"{name}() got '{named.name}' twice", named.span)
         bound[named.name] = (ev.expr(named.value), named.value.span)
     return bound
@@ -251,6 +272,7 @@ def _body_context(func: UserFunction, node: ast.Call, caller: Context) -> Contex
     sink = _CallSite(caller.sink.items, caller=caller.sink, note=f"in {func.name}(), called from {where}")
     ctx = Context(sink, home.ctx.directory, home.ctx.confinement)
     ctx.sources = home.ctx.sources
+    ctx.compilation = home.ctx.compilation
     return ctx
 
 

@@ -97,10 +97,14 @@ def _remember(passed: tuple[str, int, Budget], rows: Sequence[Mapping[str, Any]]
 
 
 def _budget(ctx: Context, text: str, span: Span) -> Budget:
-    try:
-        return Budget.from_environment()
-    except TemplateProblem as problem:
-        fail(ctx, problem, text, span)
+    """The environment's budget, read once per compilation (a bad setting is an error at each template)."""
+    budget: Budget | None = ctx.compilation.get("template budget")
+    if budget is None:
+        try:
+            budget = ctx.compilation["template budget"] = Budget.from_environment()
+        except TemplateProblem as problem:
+            fail(ctx, problem, text, span)
+    return budget
 
 
 def _rows_problem(parsed: Parsed, rows: Rows, budget: Budget) -> TemplateProblem | None:
