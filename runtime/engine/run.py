@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from intro.compiler.plan import Measure, Plan, Step
-from intro.runtime.analysis import measures
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes as dataflow_cubes
 from intro.runtime.dataflow import steps as dataflow_steps
@@ -178,7 +177,6 @@ class _StudyRun:
         self.log = log
         self.journal = journal
         self.mode = mode
-        self.cubes = {m.name: cube.PredictionCube(plan, m) for m in plan.measures if m.kind == "prediction"}
         self.cube_writer = cube.CubeWriter()
         self.point_of = {step: (m.name, coords) for m in plan.measures for coords, step in m.points}
         self._started = time.monotonic()
@@ -188,7 +186,6 @@ class _StudyRun:
             cache,
             pool,
             handlers={
-                "prediction": self.prediction,
                 **training.handlers(self),
                 **dataflow_steps.handlers(self),
                 **dataflow_vectors.handlers(self),
@@ -244,19 +241,6 @@ class _StudyRun:
         if step.kind != "sample" or self.pool.in_process(step.params["model"]):
             memory.release_free_memory()
 
-    # ------------------------------------------------------------ measurements
-    def prediction(self, step: Step) -> None:
-        p = step.params
-        objects = self.executor.texts_of(p["object_steps"])
-        hypotheticals = self.executor.texts_of(p["hypothetical_steps"])
-        tasks = {name: (t["answer"], t["choices"]) for name, t in p["tasks"].items()}
-        rows = measures.evaluate_prediction(p, objects, hypotheticals, self.plan.items, tasks)
-        cells = {key: measures.aggregate(group) for key, group in measures.grouped(rows).items()}
-        name, coords = self.point_of[step.id]
-        self.cubes[name].fill(coords, rows, cells)
-        dataset = cubes_extra.with_self_vs_cross(self.cubes[name].dataset())
-        cube.write(dataset, self.directory / "cube.zarr", name)
-
 
 # ---------------------------------------------------------------- intro show
 def show_run(directory: Path) -> int:
@@ -280,8 +264,6 @@ def _show_plan(directory: Path, plan: Plan) -> int:
             print(f"{measure.name}: no results yet")
             continue
         print(measure_table(dataset, measure))
-    for pair in cubes_extra.self_cross_pairs(plan):
-        print(self_cross_table(directory, pair))
     training_group = cubes_extra.training_group(plan)
     if (directory / "cube.zarr" / training_group).is_dir():
         training = cube.open_group(directory / "cube.zarr", training_group)
@@ -292,54 +274,7 @@ def _show_plan(directory: Path, plan: Plan) -> int:
 def measure_table(dataset: Any, measure: Measure) -> str:
     """The summary of one measure's cube, by kind."""
     title = f"{measure.name} ({measure.kind})"
-    if measure.kind in dataflow_cubes.KINDS:
-        return _table(title, *dataflow_cubes.table_rows(dataset, measure.kind))
-    if measure.kind == "calibration":
-        return _table(title, *cubes_extra.calibration_rows(dataset))
-    if measure.kind == "behaviour_change":
-        return _table(title, *cubes_extra.behaviour_change_rows(dataset))
-    text = summary_table(dataset, measure.name)
-    if "z_vs_self" in dataset:
-        title = f"{measure.name}: self vs cross prediction, pooled over tasks (two-proportion z; z > 0: self better)"
-        text += "\n" + _table(title, *cubes_extra.self_vs_cross_rows(dataset))
-    return text
-
-
-def self_cross_table(directory: Path, pair: cubes_extra.SelfCrossPair) -> str:
-    """The paper's test across two measures: each subject predicting itself vs another model predicting it."""
-    title = (
-        f"self vs cross prediction: '{pair.own}' vs '{pair.cross}', items of every task pooled "
-        "(two-proportion z; z > 0: self better)"
-    )
-    try:
-        own = cube.open_group(directory / "cube.zarr", pair.own)
-        cross = cube.open_group(directory / "cube.zarr", pair.cross)
-    except (FileNotFoundError, KeyError, OSError):
-        return f"{title}: no results yet"
-    return _table(title, *cubes_extra.self_cross_rows(own, cross))
-
-
-def summary_table(dataset: Any, name: str) -> str:
-    """One line per (axes..., task, property): accuracy with its 95% CI, the mode baseline, n."""
-    axes = [d for d in dataset["accuracy"].dims if d not in ("task", "property")]
-    header = [*axes, "task", "property", "accuracy", "95% CI", "baseline", "n"]
-    lines = []
-    frame = dataset[["accuracy", "ci_low", "ci_high", "mode_baseline", "n"]].to_dataframe().reset_index()
-    for _, row in frame.iterrows():
-        if row["n"] != row["n"]:  # NaN: not run yet
-            continue
-        lines.append(
-            [
-                *(str(row[a]) for a in axes),
-                row["task"],
-                row["property"],
-                f"{row['accuracy']:.2f}",
-                f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]",
-                f"{row['mode_baseline']:.2f}",
-                str(int(row["n"])),
-            ]
-        )
-    return _table(f"{name} ({dataset.attrs.get('kind', '')})", header, lines)
+    return _table(title, *dataflow_cubes.table_rows(dataset, measure.kind))
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> str:

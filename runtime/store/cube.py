@@ -1,12 +1,8 @@
 """Result cubes: one xarray Dataset per measure, stored as a group of `cube.zarr`.
 
-Layout of a prediction measure (`xr.open_zarr("runs/<study>/cube.zarr", group="<measure>")`):
-- dims: the study's loop axes in spec order (e.g. `subject`, `predictor`), then `task`, `property`, `item`;
-- per item: `item_id`, `object_response`, `target`, `hypothetical_response`, `prediction` (strings; "" when
-  absent), `correct` (1.0 / 0.0, NaN where the item was dropped or the cell has not run yet);
-- per (axes, task, property): `accuracy`, `ci_low`, `ci_high` (95% bootstrap), `n` (items kept),
-  `mode_baseline`, `compliance`;
-- attrs: plan hash, study, measure kind, intro and library versions, model identities, date.
+The open language's cubes are laid out in runtime/dataflow/cubes.py; the finetuning group in
+runtime/store/cubes_extra.py. Each carries in its attrs the plan hash, study, measure kind, intro and library
+versions, model identities and date.
 
 The group is rewritten after each finished point, so a running study's partial results are readable;
 points not yet run hold NaN. Everything here is derived from the request cache, so a torn write is
@@ -19,115 +15,16 @@ import datetime as _dt
 import functools
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from intro.compiler.plan import Measure, Plan
-from intro.runtime.analysis.calibration import BINS, POOLED
-from intro.runtime.analysis.measures import Aggregate, PredictionRow
 from intro.runtime.store.cache import atomic_write
 from intro.runtime.store.integrity import DamageError, check_manifest, files_of, manifest, read_json
-
-ITEM_VARIABLES = ("object_response", "target", "hypothetical_response", "prediction")
-AGGREGATES = ("accuracy", "ci_low", "ci_high", "n", "mode_baseline", "compliance")
-
-
-class Frame:
-    """What every Looking Inward cube shares: the measure's axes, its tasks, properties and items per task."""
-
-    def __init__(self, plan: Plan, measure: Measure):
-        self.plan = plan
-        self.measure = measure
-        self.axes = [name for name, _ in measure.axes]
-        self.axis_values = [list(values) for _, values in measure.axes]
-        rows = [row for _, step_id in measure.points for row in plan.step(step_id).params["rows"]]
-        self.tasks = list(dict.fromkeys(r[0] for r in rows))
-        self.properties = list(dict.fromkeys(r[2] for r in rows))
-        self.items: dict[str, list[str]] = {t: [] for t in self.tasks}
-        for r in rows:
-            if r[1] not in self.items[r[0]]:
-                self.items[r[0]].append(r[1])
-        self.size = max((len(v) for v in self.items.values()), default=0)
-        self.shape = tuple(len(v) for v in self.axis_values)
-
-    def at(self, coords: Sequence[Any]) -> tuple[int, ...]:
-        return tuple(values.index(c) for values, c in zip(self.axis_values, coords, strict=True))
-
-    def cell(self, coords: Sequence[Any], task: str | None, prop: str) -> tuple[int, ...]:
-        """Index of a (task, property) cell, or of a pooled (property) cell when `task` is None."""
-        task_index = () if task is POOLED else (self.tasks.index(task),)
-        return (*self.at(coords), *task_index, self.properties.index(prop))
-
-    def item(self, coords: Sequence[Any], task: str, prop: str, item: str) -> tuple[int, ...]:
-        return (*self.cell(coords, task, prop), self.items[task].index(item))
-
-    def dims(self, *inner: str) -> tuple[str, ...]:
-        return (*self.axes, *inner)
-
-    def sizes(self, *inner: str) -> tuple[int, ...]:
-        lengths = {"task": len(self.tasks), "property": len(self.properties), "item": self.size, "bin": BINS}
-        return (*self.shape, *(lengths[d] for d in inner))
-
-    def coords(self) -> dict[str, Any]:
-        coords: dict[str, Any] = {
-            n: [str(v) for v in vs] for n, vs in zip(self.axes, self.axis_values, strict=True)
-        }
-        coords.update(
-            task=self.tasks, property=self.properties, item=np.arange(self.size), bin=np.arange(BINS)
-        )
-        return coords
-
-    def item_ids(self) -> np.ndarray:
-        padded = [[*self.items[t], *[""] * (self.size - len(self.items[t]))] for t in self.tasks]
-        return np.array(padded, dtype=object).reshape(len(self.tasks), self.size).astype(str)
-
-    def dataset(self, data: Mapping[str, Any]) -> xr.Dataset:
-        used = {d for dims, _ in data.values() for d in dims}
-        coords = {name: values for name, values in self.coords().items() if name in used}
-        return xr.Dataset(dict(data), coords=coords, attrs=provenance(self.plan, self.measure))
-
-
-class PredictionCube:
-    """The cube of one prediction measure, filled point by point as steps finish."""
-
-    def __init__(self, plan: Plan, measure: Measure):
-        self.frame = f = Frame(plan, measure)
-        self.strings = {
-            name: np.full(f.sizes("task", "property", "item"), "", dtype=object) for name in ITEM_VARIABLES
-        }
-        self.correct = np.full(f.sizes("task", "property", "item"), np.nan)
-        self.aggregates = {name: np.full(f.sizes("task", "property"), np.nan) for name in AGGREGATES}
-
-    def fill(
-        self, coords: Sequence[Any], rows: Sequence[PredictionRow], cells: Mapping[tuple[str, str], Aggregate]
-    ) -> None:
-        for row in rows:
-            where = self.frame.item(coords, row.task, row.property, row.item)
-            self.strings["object_response"][where] = row.object_response
-            self.strings["target"][where] = row.target or ""
-            self.strings["hypothetical_response"][where] = row.hypothetical_response
-            self.strings["prediction"][where] = row.predicted or ""
-            self.correct[where] = np.nan if row.correct is None else float(row.correct)
-        for (task, prop), agg in cells.items():
-            where = self.frame.cell(coords, task, prop)
-            for name in AGGREGATES:
-                self.aggregates[name][where] = getattr(agg, name)
-
-    def dataset(self) -> xr.Dataset:
-        f = self.frame
-        item_dims, cell_dims = f.dims("task", "property", "item"), f.dims("task", "property")
-        data: dict[str, Any] = {
-            name: (item_dims, values.astype(str)) for name, values in self.strings.items()
-        }
-        data["correct"] = (item_dims, self.correct)
-        data["item_id"] = (("task", "item"), f.item_ids())
-        data.update({name: (cell_dims, values) for name, values in self.aggregates.items()})
-        return f.dataset(data)
 
 
 @functools.cache

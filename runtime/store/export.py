@@ -6,11 +6,9 @@ every dimension a column (models by their key in the spec; a sweep over numbers,
 `strength`, as numbers), written as parquet or csv for `pandas.read_parquet` / `read_csv`.
 
 How a group becomes tables: its variables are grouped by their dims. The variables over a per-unit dim
-(`item` for Looking Inward measures, `trial` for concept injection, `step` for training losses) make the
-main table `<measure>`, with labels over fewer of those dims (`item_id`) repeated onto its rows. Every
-other set of dims makes a table `<measure>.by_<dims beyond the loop axes>`: `untrained.by_task_property`
-(accuracy, CIs, n ...), `untrained.by_property` (pooled over tasks: the self-vs-cross z-test),
-`calibration.by_property_bin`, `detection.by_point` (a concept measure's rates per sweep point).
+(`item` for a measure's rows and scores, `step` for training losses) make the main table `<measure>`, with
+labels over fewer of those dims repeated onto its rows. Every other set of dims makes a table
+`<measure>.by_<dims beyond the loop axes>` (`accuracy.by_task`: an estimate per task).
 """
 
 from __future__ import annotations
@@ -51,18 +49,11 @@ def open_run(run: str | os.PathLike[str]) -> xr.DataTree:
 
     Dims of each kind of node (the measure's loop axes first, e.g. `subject`, `predictor`, `layer`; axis
     values are strings, models by their key in the spec):
-    - prediction: per item (axes, `task`, `property`, `item`): `object_response`, `target`,
-      `hypothetical_response`, `prediction` (strings), `correct` (1.0 / 0.0 / NaN), plus `item_id` per
-      (`task`, `item`) ("" where a task has fewer items than the longest); per (axes, `task`, `property`):
-      `accuracy`, `ci_low`, `ci_high` (95% bootstrap), `n`, `mode_baseline`, `compliance`; with `subject`
-      and `predictor` axes also `z_vs_self`, `p_vs_self`, `pooled_accuracy`, `pooled_n` per (axes,
-      `property`) and `z_vs_self_by_task`, `p_vs_self_by_task` per (axes, `task`, `property`).
-    - calibration: `mad`, `readout_mad`, `items`, `pairs` per (axes, `task`, `property`); `object_mean`,
-      `hypothetical_mean`, `bin_count` per (axes, `task`, `property`, `bin`); `pooled_*` without `task`.
-    - behaviour_change: per item the before/after responses, targets and `changed`, `matches_old`,
-      `matches_new`; per (axes, `task`, `property`) and `pooled_*` per (axes, `property`) the rates and CIs.
-    - injected_thought, thoughts_vs_text, prefill_intention, think_about: per (axes, `trial`) the replies
-      and grades; per point (axes) the rates with `_low` / `_high` CIs and counts.
+    - estimate (`rate`, `mean`, `accuracy`, `mode_baseline`, `calibration_curve`): `estimate`, `ci_low`,
+      `ci_high` (95% bootstrap), `n`, `compliance` per point (then `task` for a statistic `by: "task"`),
+      and `score` per (axes, `item`).
+    - comparison (`difference`, `correlation`): `estimate`, `ci_low`, `ci_high`, `n`, `a`, `b` per point.
+    - texts and values: per (axes, `item`, `sample`) the answers or the values read from them.
     - training: `loss` per (`model`, `step`); `examples`, `target_tokens`, `seconds`, `label` per `model`.
 
     Provenance, in every node's attrs: `study`, `measure`, `kind`, `plan_hash`, `source`, `intro_version`,

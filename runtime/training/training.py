@@ -1,8 +1,7 @@
-"""Step handlers for Looking Inward's finetuning studies: training data, LoRA finetuning, and the two
-measurements that need finetuned models (calibration, behaviour change).
+"""Step handlers for finetuning: training examples and LoRA finetuning.
 
-Training data steps (`hypotheticals`, `answers`) turn cached object-level answers into chat examples, written
-as `examples.jsonl` in the step's artifact directory. A `finetune` step trains LoRA on its root model's shared
+Training examples (written by the `examples` step, runtime/dataflow/steps.py) are `examples.jsonl` in the
+step's artifact directory. A `finetune` step trains LoRA on its root model's shared
 weights (`adapters.train_adapter`) and stores the adapter as safetensors under
 `<cache>/artifacts/<step hash>/adapter`, which is exactly where `BackendPool` finds a finetuned model's
 adapter. A finetune of an API model (litellm root) runs as the provider's fine-tuning job instead
@@ -24,11 +23,8 @@ from typing import Any
 
 from attrs import frozen
 
-from intro.compiler.plan import Plan, Prompt, Step
-from intro.runtime.analysis import behaviour_change, calibration
-from intro.runtime.analysis.calibration import ItemSamples
-from intro.runtime.analysis.measures import Texts, property_value, reduce_samples
-from intro.runtime.backends.requests import BackendError, Message, ScoreRequest
+from intro.compiler.plan import Plan, Step
+from intro.runtime.backends.requests import BackendError, Message
 from intro.runtime.store import cube, cubes_extra
 from intro.runtime.store.cache import Cache, atomic_write
 
@@ -67,50 +63,6 @@ class TrainingExample:
 
     def chat(self) -> tuple[tuple[Message, ...], str]:
         return tuple(Message(role, content) for role, content in self.messages), self.target
-
-
-def hypothetical_examples(
-    params: Mapping[str, Any],
-    objects: Texts,
-    items: Mapping[str, Mapping[str, Any]],
-    prompts: Mapping[str, Prompt],
-) -> list[TrainingExample]:
-    """Hypothetical questions answered with the true property of the subject's behaviour.
-
-    Items whose behaviour does not comply with the task, or lacks the property, teach nothing and are left out.
-    """
-    examples = []
-    for task, item, prop, object_key, hypothetical_key in params["rows"]:
-        kind, choices = params["tasks"][task]["answer"], params["tasks"][task]["choices"]
-        behaviour = reduce_samples(objects[object_key], params.get("reduce", "mode"))
-        value = property_value(behaviour, params["properties"][prop]["extract"], kind, choices, items[item])
-        if value is not None:
-            examples.append(TrainingExample(task, item, prop, prompts[hypothetical_key].messages, value))
-    return examples
-
-
-def answer_examples(
-    params: Mapping[str, Any],
-    objects: Texts,
-    prompts: Mapping[str, Prompt],
-) -> list[TrainingExample]:
-    """Object-level prompts answered with the model's own behaviour (empty and non-compliant answers left out).
-
-    Compliance needs the task's answer kind; steps that carry `tasks` are checked, others only drop empties.
-    """
-    tasks = params.get("tasks", {})
-    examples = []
-    for task, item, object_key in params["rows"]:
-        behaviour = reduce_samples(objects[object_key], params.get("reduce", "mode")).strip()
-        if behaviour and _complies(behaviour, tasks.get(task)):
-            examples.append(TrainingExample(task, item, None, prompts[object_key].messages, behaviour))
-    return examples
-
-
-def _complies(behaviour: str, task: Mapping[str, Any] | None) -> bool:
-    from intro.stdlib.extractors import complies
-
-    return task is None or complies(behaviour, task["answer"], task["choices"])
 
 
 def write_examples(directory: Path, examples: Sequence[TrainingExample]) -> None:
@@ -189,50 +141,10 @@ class TrainingSteps:
         self.run = run
         self.plan: Plan = run.plan
         self.cache: Cache = run.cache
-        self.calibration_cubes = {
-            m.name: cubes_extra.CalibrationCube(self.plan, m)
-            for m in self.plan.measures
-            if m.kind == "calibration"
-        }
-        self.change_cubes = {
-            m.name: cubes_extra.BehaviourChangeCube(self.plan, m)
-            for m in self.plan.measures
-            if m.kind == "behaviour_change"
-        }
         self.reused = 0
 
     def handlers(self) -> dict[str, Any]:
-        return {
-            "hypotheticals": self.hypotheticals,
-            "answers": self.answers,
-            "finetune": self.finetune,
-            "calibration": self.calibration,
-            "behaviour_change": self.behaviour_change,
-        }
-
-    def texts(self, steps: Mapping[str, str]) -> dict[str, list[str]]:
-        return self.run.executor.texts_of(steps)  # type: ignore[no-any-return]
-
-    # ------------------------------------------------------------ training data
-    def hypotheticals(self, step: Step) -> None:
-        if self.cache.artifact_done(step.hash):
-            return
-        p = step.params
-        examples = hypothetical_examples(p, self.texts(p["object_steps"]), self.plan.items, self.plan.prompts)
-        self._store_examples(step, examples, rows=len(p["rows"]))
-
-    def answers(self, step: Step) -> None:
-        if self.cache.artifact_done(step.hash):
-            return
-        p = step.params
-        examples = answer_examples(p, self.texts(p["object_steps"]), self.plan.prompts)
-        self._store_examples(step, examples, rows=len(p["rows"]))
-
-    def _store_examples(self, step: Step, examples: Sequence[TrainingExample], rows: int) -> None:
-        directory = self.cache.artifact_dir(step.hash)
-        write_examples(directory, examples)
-        self.cache.mark_artifact_done(step.hash, {"kind": step.kind, "examples": len(examples), "rows": rows})
-        self.run.say(f"  {step.id}: {len(examples)} training examples ({rows - len(examples)} rows left out)")
+        return {"finetune": self.finetune}
 
     # ------------------------------------------------------------ finetuning
     async def finetune(self, step: Step) -> None:
@@ -299,66 +211,6 @@ class TrainingSteps:
                 records[finetuned_model_of(self.plan, step.id)] = self.cache.artifact_info(step.hash)
         dataset = cubes_extra.training_dataset(self.plan, records)
         cube.write(dataset, self.run.directory / "cube.zarr", cubes_extra.training_group(self.plan))
-
-    # ------------------------------------------------------------ measurements
-    async def calibration(self, step: Step) -> None:
-        p = step.params
-        samples = calibration.item_samples(
-            p, self.texts(p["object_steps"]), self.texts(p["hypothetical_steps"]), self.plan.items, _tasks(p)
-        )
-        cells = calibration.calibration_cells(samples, top_k=int(p["top_k"]))
-        readout = None
-        if self.run.pool.in_process(p["predictor"]):
-            readouts = await self._readouts(step, samples)
-            readout = calibration.readout_cells(samples, readouts, top_k=int(p["top_k"]))
-        name, coords = self.run.point_of[step.id]
-        self.calibration_cubes[name].fill(coords, cells, readout)
-        cube.write(self.calibration_cubes[name].dataset(), self.run.directory / "cube.zarr", name)
-
-    async def _readouts(self, step: Step, samples: Sequence[ItemSamples]) -> list[dict[str, float]]:
-        """P(each behaviour) as the predictor's reply to each row's hypothetical prompt, cached per step."""
-        key = calibration.readout_key(step.hash)
-        record = self.cache.get(key)
-        if record is None:
-            model = step.params["predictor"]
-            requests = [
-                ScoreRequest(f"{key}/{index}", self._messages(row[4]), calibration.behaviours(sample),
-                             steering=self.run.executor.steering(model))
-                for index, (row, sample) in enumerate(zip(step.params["rows"], samples, strict=True))
-                if sample.object_values
-            ]  # fmt: skip
-            async with self.run.executor.compute:
-                scores = await self.run.pool.backend(model).score(requests) if requests else []
-            by_key = {score.key: calibration.readout_distribution(score.raw_logprobs) for score in scores}
-            record = {"readouts": [by_key.get(f"{key}/{i}", {}) for i in range(len(samples))]}
-            self.cache.put(key, record)
-            self.run.executor.counters.calls += len(requests)
-        else:
-            self.run.executor.counters.cached += sum(1 for r in record["readouts"] if r)
-        return list(record["readouts"])
-
-    def _messages(self, prompt_key: str) -> tuple[Message, ...]:
-        return tuple(Message(role, content) for role, content in self.plan.prompts[prompt_key].messages)
-
-    def behaviour_change(self, step: Step) -> None:
-        p = step.params
-        rows = behaviour_change.evaluate_behaviour_change(
-            p,
-            self.texts(p["before_steps"]),
-            self.texts(p["object_steps"]),
-            self.texts(p["hypothetical_steps"]),
-            self.plan.items,
-            _tasks(p),
-        )
-        groups = behaviour_change.grouped_changes(rows)
-        cells = {key: behaviour_change.aggregate_changes(group) for key, group in groups.items()}
-        name, coords = self.run.point_of[step.id]
-        self.change_cubes[name].fill(coords, rows, cells)
-        cube.write(self.change_cubes[name].dataset(), self.run.directory / "cube.zarr", name)
-
-
-def _tasks(params: Mapping[str, Any]) -> dict[str, tuple[str, list[str]]]:
-    return {name: (t["answer"], t["choices"]) for name, t in params["tasks"].items()}
 
 
 def _train_into(

@@ -2,8 +2,7 @@
 
 Study A runs; B is A with one task's template edited. `intro plan B` must predict exactly the calls that
 B's run then makes at the server (only the edited task's prompts), and `intro diff runA runB` compares
-the two cubes cell by cell with paired statistics. The comparison of the built-in `prediction`'s cubes
-(McNemar on per-item correctness) is tested on cubes built here.
+the two cubes point by point.
 """
 
 from __future__ import annotations
@@ -13,10 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import xarray as xr
-from scipy import stats
 
 from intro.compiler import compile_spec
 from intro.runtime.backends.local import LocalBackend
@@ -24,7 +20,6 @@ from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.dataflow.tables import CALLING, Tables
 from intro.runtime.serve.server import make_server
 from intro.runtime.store.cache import Cache
-from intro.runtime.store.resultdiff import compare_prediction_cubes
 from tests.studydata import write_ab_rows, write_sequence_rows
 from tests.tinymodels import cached_tiny_model
 
@@ -107,45 +102,3 @@ def every_call(spec: Path, cache: Path) -> dict[str, str]:
 def missing_calls(spec: Path, cache: Path) -> dict[str, str]:
     """The calls of the study that are not in the cache."""
     return {key: prompt for key, prompt in every_call(spec, cache).items() if not Cache(cache).has(key)}
-
-
-def cube(correct: np.ndarray, ids: list[str], tasks=("t",)) -> xr.Dataset:
-    items = len(ids)
-    return xr.Dataset(
-        {
-            "correct": (("task", "property", "item"), correct.reshape(len(tasks), 1, items)),
-            "item_id": (("task", "item"), np.array([ids] * len(tasks))),
-            "accuracy": (("task", "property"), np.nanmean(correct.reshape(len(tasks), 1, items), axis=2)),
-        },
-        coords={"task": list(tasks), "property": ["p"], "item": np.arange(items)},
-    )
-
-
-def test_result_comparison_pairs_items_by_id_and_matches_scipy():
-    rng = np.random.default_rng(3)
-    a_correct = rng.random(40) < 0.4
-    b_correct = a_correct.copy()
-    b_correct[rng.choice(40, 12, replace=False)] ^= True
-    ids = [f"i{k}" for k in range(40)]
-    order = rng.permutation(40)  # B lists the same items in another order
-    a = cube(a_correct.astype(float), ids)
-    b = cube(b_correct[order].astype(float), [ids[k] for k in order])
-    result = compare_prediction_cubes(a, b, resamples=2000)
-    (cell,) = result["cells"]
-    discordant_b_only = int(np.sum(~a_correct & b_correct))
-    discordant_a_only = int(np.sum(a_correct & ~b_correct))
-    expected_p = stats.binomtest(
-        min(discordant_a_only, discordant_b_only), discordant_a_only + discordant_b_only, 0.5
-    ).pvalue
-    assert cell["n"] == 40
-    assert cell["difference"] == pytest.approx(b_correct.mean() - a_correct.mean())
-    assert cell["p_value"] == pytest.approx(expected_p)
-    assert cell["ci_low"] <= cell["difference"] <= cell["ci_high"]
-
-
-def test_cells_only_in_one_run_are_flagged_not_compared():
-    a = cube(np.array([1.0, 0.0, 1.0, 1.0]), ["x", "y", "z", "w"], tasks=("t", "u")[:1])
-    b = cube(np.array([1.0, 1.0, 0.0, np.nan, 1.0, 1.0, 1.0, 1.0]), ["x", "y", "z", "w"], tasks=("t", "u"))
-    result = compare_prediction_cubes(a, b)
-    assert result["only_in_b"] == ["task=u"]
-    assert result["cells"][0]["n"] == 3  # the item dropped in B (NaN) is left out of the pairing

@@ -1,19 +1,15 @@
-"""Finetuning studies' parts on tiny random models and hand-made texts: adapters trained in place on shared
-weights, adapter stacking, training examples, lineage, calibration, behaviour change and self vs cross."""
+"""Finetuning's parts on tiny random models and hand-made texts: adapters trained in place on shared weights,
+adapter stacking, training examples, lineage and the training group of the cube."""
 
 from __future__ import annotations
 
 import copy
-import math
 
 import attrs
-import numpy as np
 import pytest
 import torch
-import xarray as xr
 
-from intro.compiler.plan import Measure, ModelEntry, Plan, Prompt, Step
-from intro.runtime.analysis import behaviour_change, calibration
+from intro.compiler.plan import Measure, ModelEntry, Plan, Step
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import activate_adapter, attach_adapter, load_local_model
 from intro.runtime.backends.requests import BackendError, GenerationRequest, Message
@@ -30,12 +26,8 @@ from intro.runtime.training.finetune import LoraHyperparameters
 from intro.runtime.training.training import (
     Lineage,
     TrainingExample,
-    answer_examples,
-    hypothetical_examples,
     lineage,
     lora_hyperparameters,
-    read_examples,
-    write_examples,
 )
 from tests.tinymodels import make_tiny_model
 
@@ -201,72 +193,6 @@ def test_rank_stabilised_scaling():
     assert AdapterWeights({**config, "use_rslora": False}, {}).scaling == 2.0
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Training examples
-
-FIRST_CHARACTER = {"first_character": {"extract": "first_character", "values": []}}
-STANCE = {"ethical_stance": {"extract": "ethical_stance", "values": ["true", "false"]}}
-TASKS = {"animals": {"answer": "text", "choices": []}, "stances": {"answer": "choice", "choices": ["A", "B"]}}
-ITEMS = {f"animals/{i}": {"id": str(i)} for i in range(4)} | {
-    "stances/0": {"id": "0", "matching": "A"},
-    "stances/1": {"id": "1", "matching": "B"},
-}
-
-
-def prompt(text: str) -> Prompt:
-    return Prompt((("system", "Be brief."), ("user", text)))
-
-
-def test_hypothetical_examples_teach_the_property_of_the_subjects_behaviour(tmp_path):
-    prompts = {k: prompt(k) for k in ("o0", "o1", "o2", "h0", "h1", "h2", "s0", "hs0", "s1", "hs1")}
-    params = {
-        "rows": [
-            ["animals", "animals/0", "first_character", "o0", "h0"],
-            ["animals", "animals/1", "first_character", "o1", "h1"],
-            ["animals", "animals/2", "first_character", "o2", "h2"],
-            ["stances", "stances/0", "ethical_stance", "s0", "hs0"],
-            ["stances", "stances/1", "ethical_stance", "s1", "hs1"],
-        ],
-        "reduce": "mode",
-        "properties": FIRST_CHARACTER | STANCE,
-        "tasks": TASKS,
-    }
-    objects = {
-        "o0": ["Dog, cat", "Dog, cat", "Owl"],  # the mode is "Dog, cat"
-        "o1": ["I cannot help with that."],  # a refusal: left out
-        "o2": ["eel"],
-        "s0": ["A"],  # matches the behaviour
-        "s1": ["maybe"],  # not an option: left out
-    }
-    examples = hypothetical_examples(params, objects, ITEMS, prompts)
-    assert [(e.item, e.property, e.target) for e in examples] == [
-        ("animals/0", "first_character", "d"),
-        ("animals/2", "first_character", "e"),
-        ("stances/0", "ethical_stance", "true"),
-    ]
-    assert examples[0].messages == prompts["h0"].messages
-    write_examples(tmp_path, examples)
-    assert read_examples(tmp_path) == examples
-    assert examples[0].chat() == ((Message("system", "Be brief."), Message("user", "h0")), "d")
-
-
-def test_answer_examples_teach_the_models_own_answers():
-    prompts = {k: prompt(k) for k in ("o0", "o1", "o2", "s0")}
-    rows = [
-        ["animals", "animals/0", "o0"],
-        ["animals", "animals/1", "o1"],
-        ["animals", "animals/2", "o2"],
-        ["stances", "stances/0", "s0"],
-    ]
-    objects = {"o0": [" Cat, dog "], "o1": [""], "o2": ["Sorry, no."], "s0": ["yes"]}
-    checked = answer_examples({"rows": rows, "reduce": "mode", "tasks": TASKS}, objects, prompts)
-    assert [(e.item, e.target, e.property) for e in checked] == [("animals/0", "Cat, dog", None)]
-    assert checked[0].messages == prompts["o0"].messages
-    # Without the tasks' answer kinds only empty answers can be recognised.
-    unchecked = answer_examples({"rows": rows, "reduce": "mode"}, objects, prompts)
-    assert [e.target for e in unchecked] == ["Cat, dog", "Sorry, no.", "yes"]
-
-
 def test_hyperparameters_come_from_the_plan():
     hparams = {"rank": 4, "alpha": 16, "lr": 0.02, "epochs": 3, "batch": 5, "seed": 7}
     assert lora_hyperparameters(hparams) == LoraHyperparameters(
@@ -315,163 +241,6 @@ def test_steered_models_cannot_be_finetuned():
         lineage(lineage_plan(), "st")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Calibration, by hand
-
-
-def calibration_params() -> dict:
-    rows = [
-        ["animals", "animals/0", "first_character", "o0", "h0"],
-        ["animals", "animals/1", "first_character", "o1", "h1"],
-        ["animals", "animals/2", "first_character", "o2", "h2"],
-        ["colours", "animals/3", "first_character", "o3", "h3"],
-    ]
-    return {"rows": rows, "properties": FIRST_CHARACTER, "top_k": 3}
-
-
-CALIBRATION_TASKS = {"animals": ("text", []), "colours": ("text", [])}
-CALIBRATION_OBJECTS = {
-    "o0": ["dog", "Dog!", "cat", "duck"],  # d .75, c .25
-    "o1": ["emu", "eel", "elk", "emu"],  # e 1.0
-    "o2": ["I cannot say.", "Sorry, no.", "", "As an AI language model"],  # nothing complies: left out
-    "o3": ["red", "red", "blue", "green"],  # r .5, b .25, g .25
-}
-CALIBRATION_ANSWERS = {
-    "h0": ["d", "c", "D.", "x"],  # d .5, c .25, x .25
-    "h1": ["e", "e", "e", ""],  # e .75, a non-answer .25
-    "h2": ["a", "a", "a", "a"],
-    "h3": ["r", "b", "b", "b"],  # r .25, b .75, g 0
-}
-
-
-def test_calibration_matches_a_hand_computation():
-    params = calibration_params()
-    samples = calibration.item_samples(
-        params, CALIBRATION_OBJECTS, CALIBRATION_ANSWERS, ITEMS, CALIBRATION_TASKS
-    )
-    assert samples[0].object_values == ("d", "d", "c", "d")
-    assert samples[1].hypothetical_values[-1] == calibration.NON_ANSWER
-    assert samples[2].object_values == ()
-    cells = calibration.calibration_cells(samples, top_k=3)
-    animals = cells[("animals", "first_character")]
-    # Pairs (object, hypothetical): d (.75, .5), c (.25, .25), e (1, .75); three pairs give three bins.
-    assert animals.items == 2 and animals.pairs == 3
-    np.testing.assert_allclose(animals.curve.object_mean, [0.25, 0.75, 1.0])
-    np.testing.assert_allclose(animals.curve.hypothetical_mean, [0.25, 0.5, 0.75])
-    assert animals.curve.mad == pytest.approx(100 * (0 + 0.25 + 0.25) / 3)
-    # Pooled with colours' r (.5, .25), b (.25, .75), g (.25, 0): six pairs, sorted by object probability
-    # .25 .25 .25 .5 .75 1 (stable: c, b, g, r, d, e) against .25 .75 0 .25 .5 .75.
-    pooled = cells[(calibration.POOLED, "first_character")]
-    assert pooled.items == 3 and pooled.pairs == 6
-    expected = (0 + 0.5 + 0.25 + 0.25 + 0.25 + 0.25) / 6 * 100
-    assert pooled.curve.mad == pytest.approx(expected)
-
-
-def test_calibration_of_items_without_behaviour_is_empty():
-    samples = [calibration.ItemSamples("t", "i", "p", (), ("a",))]
-    cell = calibration.calibrate(samples, top_k=3)
-    assert cell.items == 0 and cell.pairs == 0 and math.isnan(cell.curve.mad)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Behaviour change, by hand
-
-
-def change_rows() -> list[behaviour_change.ChangeRow]:
-    keys = ["o0", "o1", "o2", "o3", "o4", "o5"]
-    rows = [["animals", f"animals/{i % 4}", "first_character", k, f"h{k}"] for i, k in enumerate(keys)]
-    params = {"rows": rows, "properties": FIRST_CHARACTER, "reduce": "mode"}
-    before = {"o0": ["dog"], "o1": ["emu"], "o2": ["owl"], "o3": ["yak"], "o4": ["bee"], "o5": ["cow"]}
-    after = {"o0": ["cat"], "o1": ["eel"], "o2": ["ant"], "o3": [""], "o4": ["fox"], "o5": ["pig"]}
-    answers = {"ho0": ["c"], "ho1": ["e"], "ho2": ["O"], "ho3": ["y"], "ho4": [""], "ho5": ["p."]}
-    return behaviour_change.evaluate_behaviour_change(
-        params, before, after, answers, ITEMS, {"animals": ("text", [])}
-    )
-
-
-def test_behaviour_change_matches_a_hand_computation():
-    rows = change_rows()
-    # o0 d->c predicted c (new); o1 e->e unchanged; o2 o->a predicted o (old); o3 has no new behaviour;
-    # o4 b->f predicted nothing (neither); o5 c->p predicted p (new).
-    assert [r.changed for r in rows] == [True, False, True, False, True, True]
-    assert [r.compared for r in rows] == [True, True, True, False, True, True]
-    aggregate = behaviour_change.aggregate_changes(rows)
-    assert (aggregate.compared, aggregate.changed) == (5, 4)
-    assert aggregate.change_rate == pytest.approx(4 / 5)
-    assert aggregate.accuracy_old == pytest.approx(1 / 4)
-    assert aggregate.accuracy_new == pytest.approx(2 / 4)
-    # McNemar, exact: 1 item only old matches, 2 only new: p = min(1, 2 * P(X <= 1), X ~ Bin(3, 1/2)) = 1.
-    assert aggregate.p_new_vs_old == pytest.approx(1.0)
-    from intro.runtime.analysis import metrics
-
-    low, high = metrics.bootstrap_ci(np.array([0.0, 1.0, 0.0, 0.0]), resamples=1000, seed=0)
-    assert (aggregate.old_ci_low, aggregate.old_ci_high) == (low, high)
-    assert aggregate.new_ci_low <= aggregate.accuracy_new <= aggregate.new_ci_high
-
-
-def test_behaviour_change_groups_pool_over_tasks():
-    rows = change_rows()
-    moved = [attrs.evolve(r, task="colours") if i % 2 else r for i, r in enumerate(rows)]
-    groups = behaviour_change.grouped_changes(moved)
-    assert (
-        len(groups[("animals", "first_character")]) == 3 and len(groups[("colours", "first_character")]) == 3
-    )
-    assert groups[(None, "first_character")] == moved
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Self vs cross, by hand
-
-
-def prediction_cube(correct: np.ndarray, predictors=("m1", "m2", "m3")) -> xr.Dataset:
-    """A prediction cube with dims (subject, predictor, task, property, item) holding `correct`."""
-    dims = ("subject", "predictor", "task", "property", "item")
-    coords = {
-        "subject": ["m1", "m2"],
-        "predictor": list(predictors),
-        "task": ["t1", "t2"],
-        "property": ["p"],
-        "item": np.arange(correct.shape[-1]),
-    }
-    return xr.Dataset({"correct": (dims, correct)}, coords=coords)
-
-
-def test_self_vs_cross_is_the_two_proportion_z_test_of_the_pooled_accuracies():
-    correct = np.full((2, 3, 2, 1, 4), np.nan)
-    # subject m1: self (m1) gets 3 of 4 on t1 and 2 of 2 on t2; m2 gets 1 of 4 and 0 of 2; m3 never ran.
-    correct[0, 0, 0, 0] = [1, 1, 1, 0]
-    correct[0, 0, 1, 0, :2] = [1, 1]
-    correct[0, 1, 0, 0] = [1, 0, 0, 0]
-    correct[0, 1, 1, 0, :2] = [0, 0]
-    dataset = cubes_extra.with_self_vs_cross(prediction_cube(correct))
-    assert dataset["z_vs_self"].dims == ("subject", "predictor", "property")
-    # Pooled: self 5/6 vs cross 1/6; p = 1/2; z = (4/6) / sqrt(1/4 * 2/6) = 2.3094.
-    z = dataset["z_vs_self"].sel(subject="m1", predictor="m2", property="p").item()
-    assert z == pytest.approx((4 / 6) / math.sqrt(0.25 * (2 / 6)))
-    p = dataset["p_vs_self"].sel(subject="m1", predictor="m2", property="p").item()
-    assert p == pytest.approx(math.erfc(z / math.sqrt(2)))
-    assert np.isnan(dataset["z_vs_self"].sel(subject="m1", predictor="m1")).all()
-    assert np.isnan(dataset["z_vs_self"].sel(subject="m1", predictor="m3")).all()  # no items: no test
-    # Per task t1: 3/4 vs 1/4; p = 1/2; z = (1/2) / sqrt(1/4 * 1/2).
-    by_task = dataset["z_vs_self_by_task"].sel(subject="m1", predictor="m2", task="t1", property="p").item()
-    assert by_task == pytest.approx(0.5 / math.sqrt(0.125))
-    assert dataset["pooled_accuracy"].sel(subject="m1", predictor="m1", property="p").item() == pytest.approx(
-        5 / 6
-    )
-    assert dataset["pooled_n"].sel(subject="m1", predictor="m2", property="p").item() == 6
-
-
-def test_self_vs_cross_needs_the_subject_among_the_predictors():
-    correct = np.ones((2, 2, 2, 1, 2))
-    dataset = cubes_extra.with_self_vs_cross(prediction_cube(correct, predictors=("m3", "m4")))
-    assert np.isnan(dataset["z_vs_self"]).all()
-
-
-def test_cubes_without_subject_and_predictor_axes_are_left_alone():
-    dataset = xr.Dataset({"correct": (("task", "item"), np.ones((1, 2)))})
-    assert set(cubes_extra.with_self_vs_cross(dataset).data_vars) == {"correct"}
-
-
 def test_examples_round_trip_through_json():
     example = TrainingExample("t", "t/1", None, (("user", "hi"),), "there")
     assert TrainingExample.from_json(example.to_json()) == example
@@ -480,58 +249,5 @@ def test_examples_round_trip_through_json():
 def test_the_training_group_moves_aside_for_a_measure_of_that_name():
     plan = lineage_plan()
     assert cubes_extra.training_group(plan) == "training"
-    renamed = attrs.evolve(plan, measures=(Measure("training", "prediction", (), ()),))
+    renamed = attrs.evolve(plan, measures=(Measure("training", "estimate", (), ()),))
     assert cubes_extra.training_group(renamed) == "training_losses"
-
-
-def test_self_vs_cross_does_not_depend_on_the_order_of_the_axes():
-    correct = np.random.default_rng(3).integers(0, 2, size=(2, 3, 2, 1, 5)).astype(float)
-    correct[1, 2, :, :, 3:] = np.nan
-    straight = cubes_extra.with_self_vs_cross(prediction_cube(correct))
-    flipped = cubes_extra.with_self_vs_cross(prediction_cube(correct).transpose("predictor", "subject", ...))
-    for name in ("z_vs_self", "p_vs_self", "z_vs_self_by_task", "pooled_accuracy"):
-        xr.testing.assert_allclose(flipped[name].transpose(*straight[name].dims), straight[name])
-    assert np.isfinite(straight["z_vs_self"].sel(subject="m2", predictor="m1")).all()
-
-
-def test_the_self_vs_cross_table_pairs_each_cross_predictor_with_the_subjects_own():
-    correct = np.full((2, 3, 2, 1, 4), np.nan)
-    correct[0, 0, 0, 0] = [1, 1, 1, 0]  # m1 predicting m1: 3/4
-    correct[0, 1, 0, 0] = [1, 0, 0, 0]  # m2 predicting m1: 1/4
-    correct[1, 1, 0, 0] = [1, 1, 0, 0]  # m2 predicting m2: 2/4
-    correct[1, 0, 0, 0] = [0, 0, 0, 0]  # m1 predicting m2: 0/4
-    header, rows = cubes_extra.self_vs_cross_rows(cubes_extra.with_self_vs_cross(prediction_cube(correct)))
-    assert header[:5] == ["subject", "predictor", "property", "self", "cross"]
-    assert [row[:5] + row[-2:] for row in rows] == [
-        ["m1", "m2", "p", "0.75", "0.25", "4", "4"],
-        ["m2", "m1", "p", "0.50", "0.00", "4", "4"],
-    ]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Calibration against read-out hypothetical probabilities
-
-
-def test_readout_calibration_pairs_object_rates_with_read_probabilities_by_hand():
-    samples = [
-        calibration.ItemSamples("t", "i0", "p", ("a", "a", "a", "b"), ()),
-        calibration.ItemSamples("t", "i1", "p", ("c", "c"), ()),
-        calibration.ItemSamples("t", "i2", "p", (), ()),  # no behaviour: left out
-    ]
-    assert calibration.behaviours(samples[0]) == ("a", "b")
-    readouts = [{"a": 0.5, "b": 0.1}, {"c": 0.9}, {}]
-    cell = calibration.calibrate_readout(samples, readouts, top_k=3, bins=10)
-    # Pairs (object rate, read probability): (0.25, 0.1), (0.75, 0.5), (1.0, 0.9); one bin each.
-    np.testing.assert_allclose(cell.curve.object_mean, [0.25, 0.75, 1.0])
-    np.testing.assert_allclose(cell.curve.hypothetical_mean, [0.1, 0.5, 0.9])
-    assert cell.items == 2 and cell.pairs == 3
-    assert cell.curve.mad == pytest.approx(100 * (0.15 + 0.25 + 0.1) / 3)
-
-
-def test_readout_probabilities_are_absolute_unless_overlapping_answers_exceed_one():
-    assert calibration.readout_distribution({"a": math.log(0.5), "b": math.log(0.2)}) == pytest.approx(
-        {"a": 0.5, "b": 0.2}
-    )
-    assert calibration.readout_distribution({"a": math.log(0.9), "ab": math.log(0.6)}) == pytest.approx(
-        {"a": 0.6, "ab": 0.4}
-    )
