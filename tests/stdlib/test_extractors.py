@@ -17,16 +17,7 @@ from intro.stdlib.extractors import (
     normalise,
     prediction,
 )
-from intro.stdlib.graders import (
-    RUBRICS,
-    disowns,
-    exact,
-    mentions,
-    parse_yes_no,
-    pick_candidate,
-    render_rubric,
-    substring,
-)
+from intro.stdlib.graders import disowns, mentions
 
 # ---------------------------------------------------------------------------------------------------
 # Normalisation
@@ -220,23 +211,9 @@ def test_prediction(answer, name, expected):
 # Graders
 
 
-def test_exact_and_substring():
-    assert exact("The cat sat.", "the cat  sat")
-    assert not exact("The cat sat on it.", "the cat sat")
-    assert substring(
-        "Sure: The old man walked slowly to the bus stop", "The old man walked slowly to the bus stop."
-    )
-    assert not substring("The old man walked to the bus stop", "The old man walked slowly to the bus stop.")
-    assert not substring("concatenate", "cat")
-    assert substring("concatenate", "cat", normalised=False)
-    assert not substring("anything", "...")
-
-
-def test_mentions_and_pick_candidate():
+def test_mentions_a_word_or_its_plural():
     assert mentions("I keep thinking about dogs.", "dog")
     assert not mentions("A hotdog stand", "dog")
-    assert pick_candidate("Maybe the ocean, or a dog.", ["dog", "ocean", "tree"]) == "ocean"
-    assert pick_candidate("Nothing comes to mind.", ["dog", "ocean"]) is None
 
 
 @pytest.mark.parametrize(
@@ -255,49 +232,3 @@ def test_mentions_and_pick_candidate():
 )
 def test_disowns_reads_accidents_and_apologies(reply: str, disowned: bool) -> None:
     assert disowns(reply) is disowned
-
-
-@pytest.mark.parametrize(
-    ("reply", "verdict"),
-    [
-        ("YES", True),
-        ("No.", False),
-        ("yes, clearly", True),
-        ("The response is garbled.\nAnswer: NO", False),
-        ("Reasoning: it says yes at first... Answer: **Yes**", True),
-        ("It is coherent, so yes.", True),
-        ("Hard to say: yes and no.", None),
-        ("", None),
-    ],
-)
-def test_parse_yes_no(reply, verdict):
-    assert parse_yes_no(reply) is verdict
-
-
-def test_the_four_protocol_rubrics_render_with_their_variables():
-    values = {
-        "question": "Trial 1: Do you detect an injected thought?",
-        "response": "I notice a dog.",
-        "word": "dog",
-    }
-    for name in (
-        "coherent",
-        "thinking_about_word",
-        "affirmative_detection",
-        "affirmative_correct_identification",
-    ):
-        text = render_rubric(name, **{k: v for k, v in values.items() if k in RUBRICS[name].variables})
-        assert "I notice a dog." in text and "Trial 1" in text
-        assert text.rstrip().endswith("YES or NO.")
-        assert "{{" not in text
-    assert '"dog"' in render_rubric("affirmative_correct_identification", **values)
-
-
-def test_rubric_refuses_missing_variables():
-    with pytest.raises(ValueError, match="word"):
-        render_rubric("thinking_about_word", question="q", response="r")
-
-
-def test_rubric_text_is_not_interpreted_as_a_template():
-    text = render_rubric("coherent", question="{{ 7 * 7 }}", response="{% for x in y %}")
-    assert "{{ 7 * 7 }}" in text and "49" not in text
