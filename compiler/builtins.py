@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import ir, templates
 from .diagnostics import Span
 from .primitives import PRIMITIVES
+from .prompt_sets import named_values
 from .types import Function, Param, entry
 
 if TYPE_CHECKING:
@@ -90,20 +91,17 @@ def _provider_hparams(ctx: Context, spans: Spans, at: Span, a: dict[str, Any]) -
 
 
 def _steer(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.SteeredModel:
-    from attrs import evolve
-
     require_capability(ctx, a["model"], "activations", spans["model"], "be steered")
     layer = _layer(ctx, a["model"], a["layer"], spans["layer"])
-    model = ir.SteeredModel(a["model"], a["vector"], layer, float(a["strength"]), a["start"], span=at)
+    steered = (a["model"], a["vector"], layer, float(a["strength"]), a["start"])
     if a["span"] is None:
-        return model
+        return ir.SteeredModel(*steered, span=at)
     if a["start"] is not None:
         ctx.fail("E339", "steer() takes `start` or `span`, not both", spans["span"])
     if not a["span"].strip():
         ctx.fail("E339", "the steering span is empty", spans["span"])
-    from .prompt_sets import named_values
-
-    return evolve(model, span_text=a["span"], span_values=named_values(ctx, a["span"]))
+    values = named_values(ctx, a["span"])
+    return ir.SteeredModel(*steered, span_text=a["span"], span_values=values, span=at)
 
 
 # ---------------------------------------------------------------- vectors

@@ -129,8 +129,9 @@ class CallMemo:
 
     def evaluate(self, node: ast.Call, ev: Evaluator) -> Any:
         """The value of `node` in `ev`: reused when its inputs match an earlier evaluation, else computed."""
-        site = self._sites.get(id(node))
-        if site is None:
+        try:
+            site = self._sites[id(node)]
+        except KeyError:
             site = self._sites[id(node)] = _Site(node)
         if site.hopeless or ev.computing is not None and not site.arguments < ev.computing:
             # (or a call within one being computed that reads the same values: computed last time too)

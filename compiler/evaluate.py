@@ -278,7 +278,10 @@ class Scope:
             if name in scope.local:
                 return scope.local[name]
             scope = scope.parent
-        value = self.namespace.lookup(name)
+        namespace = self.namespace
+        if name in FUNCTIONS and name not in namespace.values and name not in namespace.decls:
+            return FUNCTIONS[name]  # what the module's lookup would come to, without it
+        value = namespace.lookup(name)
         if value is _MISSING and name in FUNCTIONS:
             return FUNCTIONS[name]
         return value
@@ -345,8 +348,9 @@ class Evaluator:
         self.computing: frozenset[str] | None = None
 
     def expr(self, node: ast.Expr) -> Any:
-        method = _METHODS.get(type(node))
-        if method is None:  # the first node of its kind: its method, found by name
+        try:
+            method = _METHODS[type(node)]
+        except KeyError:  # the first node of its kind: its method, found by name
             method = _METHODS[type(node)] = getattr(Evaluator, "_" + type(node).__name__)
         return method(self, node)
 

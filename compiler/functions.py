@@ -55,11 +55,14 @@ def bind(
         message = f"{name}() takes at most {len(params)} arguments, got {len(args)}"
         ev.ctx.fail("E205", message, args[len(params)].span)
     # The positional arguments are the first parameters, in order: bound as they are evaluated.
-    given = params[: len(args)]
-    values: dict[str, Any] = {param.name: ev.expr(arg) for param, arg in zip(given, args, strict=True)}
-    spans: dict[str, Span] = {param.name: arg.span for param, arg in zip(given, args, strict=True)}
+    given = tuple(zip(params, args, strict=False))
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for param, arg in given:
+        values[param.name] = ev.expr(arg)
+        spans[param.name] = arg.span
     named = _named_arguments(name, params, node, ev, values) if node.kwargs else {}
-    for param, arg in zip(given, args, strict=True):
+    for param, arg in given:  # checked once all are evaluated: an error in any is reported first
         if param.type != "any" and not CHECKS[param.type](values[param.name]):
             check_argument(ev.ctx, name, param, values[param.name], arg.span)
     defaults = None if named or default is not None else _builtin_defaults(params, len(args))

@@ -46,6 +46,9 @@ def _lark() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
+# The syntax tree is frozen: a module's text met again (the stdlib modules, at each check of a spec that
+# uses them) is parsed once.
+@functools.lru_cache(maxsize=64)
 def parse(source: str, path: str) -> ast.Module:
     """Parse one file. Raises CompileError (never a lark exception) for malformed input."""
     if "\x00" in source:
