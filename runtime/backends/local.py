@@ -104,10 +104,12 @@ class LocalBackend:
         ids = self.loaded.tokenize(prompts) if prompts else []
         results: list = [None] * len(requests)
         for batch in plan_batches(requests, self.batch_size, [len(row) for row in ids]):
+            chosen = _Batch(
+                [requests[i] for i in batch], [prompts[i] for i in batch], [ids[i] for i in batch]
+            )
             with self.loaded.lock, torch.inference_mode():
                 activate_adapter(self.loaded.model, self.adapter_name)
-                outputs = run_batch(_Batch([requests[i] for i in batch], [prompts[i] for i in batch],
-                                           [ids[i] for i in batch]))  # fmt: skip
+                outputs = run_batch(chosen)
             for index, output in zip(batch, outputs, strict=True):
                 results[index] = output
         return results
