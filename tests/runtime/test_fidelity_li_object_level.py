@@ -4,7 +4,9 @@ Binder et al. 2024 sample an API model's object-level answer 5 times at temperat
 deterministic even there), take the answer the samples agree on, and leave out an item whose samples all
 differ. `li.api_object_level` samples so and `consensus()` reduces the samples: compared normalised (case
 and punctuation aside), the first sample's text of the most common answer; none where the samples all
-differ or two answers tie. A scripted OpenAI-compatible server on 127.0.0.1 gives each prompt's 5 answers.
+differ or two answers tie (`agree: li.every_sample` keeps the former reading: every sample's property value,
+the most common one counting). A scripted OpenAI-compatible server on 127.0.0.1 gives each prompt's 5
+answers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ task animals {{ data: "animals.jsonl" prompt: "Name animals after {{{{ sequence 
 split s {{ test: [animals] items: 4 seed: 0 }}
 study api_level {{
   measure p = li.predict_property(api, api, s.test, li.first_character, object: li.api_object_level)
+  measure every = li.predict_property(
+    api, api, s.test, li.first_character, object: li.api_object_level, agree: li.every_sample
+  )
 }}
 """
 
@@ -98,3 +103,11 @@ def test_items_without_an_agreed_answer_are_left_out_of_the_accuracy(run: Path) 
     accuracy = xr.open_zarr(run / "runs" / "api_level" / "cube.zarr", group="p.accuracy").load()
     assert int(accuracy.n) == 2
     assert float(accuracy.estimate) == 0.5  # "c" predicted: right for a0, wrong for a2 ("owl")
+
+
+def test_every_sample_keeps_the_former_reading_of_the_samples(run: Path) -> None:
+    store = run / "runs" / "api_level" / "cube.zarr"
+    behaviour = xr.open_zarr(store, group="every.behaviour").load()
+    assert behaviour.sizes["item"] == 4 and behaviour.sizes["sample"] == 5  # every sample, none dropped
+    accuracy = xr.open_zarr(store, group="every.accuracy").load()
+    assert int(accuracy.n) == 4
