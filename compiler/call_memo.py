@@ -79,13 +79,14 @@ class _Site:
     declarations or builtins, the same values for the whole compilation.
     """
 
-    __slots__ = ("node", "names", "arguments", "settled", "misses", "reused", "hopeless")
+    __slots__ = ("node", "names", "arguments", "settled", "function", "misses", "reused", "hopeless")
 
     def __init__(self, node: ast.Call):
         self.node = node  # held: its id, the memo's key for it, stays its own
         self.names = tuple(dict.fromkeys(name.id for name in names_in(node)))
         self.arguments = frozenset(_argument_names(node))  # the names it reads as values
         self.settled = False
+        self.function: Any = None  # once settled, the function it calls where its name is not bound around it
         self.misses = 0
         self.reused = False
         # Whether each of its first evaluations had inputs of its own (a call that depends on the value
@@ -99,10 +100,12 @@ class _Site:
     def settle(self, inputs: tuple[Any, ...], scope: Scope) -> tuple[Any, ...]:
         """Keep as inputs the names bound around the call, given the values of all its names."""
         bound = scope.bound_names()
-        kept = [(name, value) for name, value in zip(self.names, inputs, strict=True) if name in bound]
-        self.names = tuple(name for name, _ in kept)
+        values = dict(zip(self.names, inputs, strict=True))
+        if isinstance(self.node.func, ast.Name) and self.node.func.id not in bound:
+            self.function = values[self.node.func.id]
+        self.names = tuple(name for name in self.names if name in bound)
         self.settled = True
-        return tuple(value for _, value in kept)
+        return tuple(values[name] for name in self.names)
 
 
 class Unknown(Exception):
@@ -121,10 +124,19 @@ class CallMemo:
         # would be hashed item by item at each lookup): by the items' keys, and by the list's identity.
         self._lists: dict[Any, object] = {}
         self._list_keys: dict[int, tuple[tuple[Any, ...], object]] = {}  # each held with its list
+        # The values of user functions' default arguments, by their expression's identity (functions.py).
+        self.defaults: dict[int, tuple[ast.Expr, Any]] = {}
 
     def clear(self) -> None:
         """Forget every call (at the end of a compilation)."""
-        for table in (self._sites, self._entries, self._variants, self._lists, self._list_keys):
+        for table in (
+            self._sites,
+            self._entries,
+            self._variants,
+            self._lists,
+            self._list_keys,
+            self.defaults,
+        ):
             table.clear()
 
     def evaluate(self, node: ast.Call, ev: Evaluator) -> Any:
@@ -135,11 +147,11 @@ class CallMemo:
             site = self._sites[id(node)] = _Site(node)
         if site.hopeless or ev.computing is not None and not site.arguments < ev.computing:
             # (or a call within one being computed that reads the same values: computed last time too)
-            return ev.evaluate_call(node)
+            return ev.evaluate_call(node, site.function)
         try:
             inputs = tuple(map(ev.scope.peek, site.names))
         except Unknown:
-            return ev.evaluate_call(node)
+            return ev.evaluate_call(node, site.function)
         if not site.settled:
             inputs = site.settle(inputs, ev.scope)
         key = (id(node), *map(self._key, inputs))
@@ -164,7 +176,7 @@ class CallMemo:
         start, diagnostics = len(log), len(ctx.sink.items)
         computing, ev.computing = ev.computing, site.arguments
         try:
-            value = ev.evaluate_call(site.node)
+            value = ev.evaluate_call(site.node, site.function)
         finally:
             ev.computing = computing
             if outermost:

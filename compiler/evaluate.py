@@ -450,9 +450,11 @@ class Evaluator:
     def _Call(self, node: ast.Call) -> Any:
         return self.scope.namespace.program.memo.evaluate(node, self)
 
-    def evaluate_call(self, node: ast.Call) -> Any:
-        """The value of a call, evaluated (`_Call` reuses it where the memo has it)."""
-        func = self.expr(node.func)
+    def evaluate_call(self, node: ast.Call, func: Any = None) -> Any:
+        """The value of a call, evaluated (`_Call` reuses it where the memo has it); `func`, where given,
+        is the function its name stands for (a module's or a builtin: the same at each call)."""
+        if func is None:
+            func = self.expr(node.func)
         if not isinstance(func, Function | UserFunction):
             self.ctx.fail("E204", f"a {type_name(func)} cannot be called", node.func.span)
         return functions.call(func, node, self)

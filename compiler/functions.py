@@ -280,10 +280,17 @@ def _body_context(func: UserFunction, node: ast.Call, caller: Context) -> Contex
 
 
 def _default(func: UserFunction, param: Param, ctx: Context) -> tuple[Any, Span]:
-    """A left-out parameter's default, evaluated in the defining module and checked like an argument."""
+    """A left-out parameter's default, evaluated in the defining module and checked like an argument.
+
+    It reads nothing but the module: once it has a value, that is its value at every call.
+    """
     expression: ast.Expr = param.default
+    defaults = func.home.program.memo.defaults
+    if id(expression) in defaults:
+        return defaults[id(expression)][1], expression.span
     value = Evaluator(ctx, Scope(func.home, {})).expr(expression)
     check_argument(ctx, func.name, param, value, expression.span)
+    defaults[id(expression)] = (expression, value)  # the expression held: its id stays its own
     return value, expression.span
 
 
