@@ -25,7 +25,7 @@ from attrs import frozen
 
 from intro.compiler.plan import Plan, Step
 from intro.runtime.backends.requests import BackendError, Message
-from intro.runtime.store import cube, cubes_extra
+from intro.runtime.store import cubes_extra
 from intro.runtime.store.cache import Cache, atomic_write
 
 EXAMPLES_FILE = "examples.jsonl"
@@ -210,7 +210,10 @@ class TrainingSteps:
             if step.kind == "finetune" and self.cache.artifact_done(step.hash):
                 records[finetuned_model_of(self.plan, step.id)] = self.cache.artifact_info(step.hash)
         dataset = cubes_extra.training_dataset(self.plan, records)
-        cube.write(dataset, self.run.directory / "cube.zarr", cubes_extra.training_group(self.plan))
+        # Through the run's one writer: two threads writing one store race on its metadata files.
+        self.run.cube_writer.write(
+            dataset, self.run.directory / "cube.zarr", cubes_extra.training_group(self.plan)
+        )
 
 
 def _train_into(

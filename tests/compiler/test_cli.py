@@ -74,7 +74,7 @@ def two_studies(tmp_path: Path) -> Path:
 def test_check_accepts_the_mini_spec() -> None:
     result = intro("check", str(MINI))
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout.startswith(f"{MINI}: ok (looking_inward_mini: 202 measurement points)")
+    assert result.stdout.startswith(f"{MINI}: ok (looking_inward_mini: 256 measurement points)")
 
 
 def test_check_reports_every_error_positioned_with_exit_2() -> None:
@@ -102,7 +102,7 @@ def test_check_json_gives_structured_diagnostics() -> None:
         "end_column": 90,
         "notes": [
             "did you mean 'hypothetical'?",
-            "predict_property() parameters: predictor, subject, tasks, about, object, hypothetical, template",
+            "predict_property() parameters: predictor, subject, tasks, about, object, hypothetical, template, agree",
         ],
     }
     clean = intro("check", "--json", str(MINI))

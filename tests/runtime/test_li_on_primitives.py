@@ -107,7 +107,8 @@ def test_the_stdlib_function_gets_the_builtins_replies(run: tuple[Path, str]) ->
             "sample": 0,
         }
         assert str(behaviour.text.sel(where).values) == reply["object"], where
-        assert str(predictions.text.sel(where).values) == reply["hypothetical"], where
+        if reply["property"] != "ethical_stance":  # asks the paper's task-specific question now (issue 11)
+            assert str(predictions.text.sel(where).values) == reply["hypothetical"], where
     assert len(replies) == 2 * 2 * (4 + 4 + 4)  # every pair of models, every item a property reads
 
 
@@ -195,19 +196,20 @@ def trained(root: Path, study: str) -> dict[str, object]:
     }
 
 
-def test_hypothetical_examples_on_the_primitives_train_the_builtins_adapter(tmp_path: Path) -> None:
+def test_hypothetical_examples_on_the_primitives_are_the_builtins_plus_the_cleaned_responses(
+    tmp_path: Path,
+) -> None:
+    """The former built-in's examples, in its order, plus those the paper's reading adds: properties now
+    read the cleaned response (issue 11, item 2), so one reply the built-in could not label now gives a
+    starts_with_vowel example. The training data differ, so the former adapter is not expected (the
+    built-in's adapter was matched bit for bit before that change, on the same examples)."""
     run_study(tmp_path, "training", TRAINING_HEAD + TRAINING)
     got, golden = trained(tmp_path, "training"), goldens.load("li_hypotheticals")
-    assert (
-        got["examples"] == golden["examples"] and len(golden["examples"]) > 8
-    )  # several properties per item
-    adapter = got["adapter"]
-    assert sorted(adapter) == sorted(golden["adapter"])
-    for key, (total, squares) in golden["adapter"].items():
-        tensor = adapter[key].double()
-        assert float(tensor.sum()) == pytest.approx(total, rel=1e-6, abs=1e-9), key
-        assert float((tensor**2).sum()) == pytest.approx(squares, rel=1e-6), key
-    assert got["answers"] == golden["answers"]
+    added = [e for e in got["examples"] if e not in golden["examples"]]
+    assert [e for e in got["examples"] if e in golden["examples"]] == golden["examples"]
+    assert len(golden["examples"]) > 8 and len(added) == 1
+    assert "start with a vowel" in added[0][0][0][1]
+    assert sorted(got["adapter"]) == sorted(golden["adapter"])  # the same LoRA layout, trained
 
 
 CHANGE = """
@@ -246,7 +248,9 @@ study calib {
 """
 
 
-def test_calibration_on_the_primitives_gives_the_builtins_mad(tmp_path: Path) -> None:
+def test_calibration_on_the_primitives_calibrates_the_builtins_items(tmp_path: Path) -> None:
+    """The same items as the former built-in; the MAD itself now bins as the paper's code does (pd.qcut,
+    issue 11 item 6, checked in test_fidelity_li_calibration.py), where the built-in's bins differed."""
     store, _ = run_study(tmp_path, "calib", HEAD + CALIBRATION)
     new = group(store, "new")
     compared = 0
@@ -254,7 +258,7 @@ def test_calibration_on_the_primitives_gives_the_builtins_mad(tmp_path: Path) ->
         if not (cell["items"] or 0) > 0:
             continue
         where = {"p": cell["property"], "task": cell["task"]}
-        assert float(new.estimate.sel(where)) == pytest.approx(cell["mad"], abs=1e-9)
+        assert 0 <= float(new.estimate.sel(where)) <= 100
         assert int(new.n.sel(where)) == int(cell["items"])
         compared += 1
     assert compared >= 2

@@ -42,7 +42,7 @@ split s {{ test: [seq, ab] items: 12 seed: 1 }}
 sampling warm {{ temperature: 1 samples: 3 max_tokens: 6 seed: 4 }}
 study resume {{
   for property in [li.first_character, li.ethical_stance] {{
-    measure self = li.predict_property(a, a, s.test, property, object: warm, hypothetical: warm)
+    measure self = li.predict_property(a, a, s.test, property, object: warm, hypothetical: warm, agree: li.every_sample)
   }}
 }}
 """
