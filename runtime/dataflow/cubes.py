@@ -104,7 +104,7 @@ def _holm(p_values: np.ndarray) -> np.ndarray:
 
 def _pooled(
     axes: list[str], shape: tuple[int, ...], groups: list[Any], points: Sequence[tuple[Any, Any]]
-) -> Data:
+) -> dict[str, Any]:
     """A paired difference pooled over the innermost axis (in the Looking Inward specs, `property`: self
     vs cross over all properties, the paper's headline), at every point of the other axes and every group.
     Nothing where the measure has no axis, or its cells keep no pairs (a correlation)."""

@@ -118,7 +118,11 @@ def _finished(plan: Plan, directory: Path, counters: Counters, mode: str) -> Non
     results = directory / "cube.zarr"
     work = counters.model_work if counters.model_work and counters.model_work.kinds else None
     if mode == "json":
-        counts = {"calls": counters.calls, "cached": counters.cached, "trained": counters.trained}
+        counts: dict[str, Any] = {
+            "calls": counters.calls,
+            "cached": counters.cached,
+            "trained": counters.trained,
+        }
         counts |= {"model_work": work.as_dict()} if work else {}
         seconds = round(elapsed, 3)
         emit_json("run_finished", seconds, study=plan.study, **counts, seconds=seconds, results=str(results))
