@@ -79,7 +79,7 @@ class _Site:
     declarations or builtins, the same values for the whole compilation.
     """
 
-    __slots__ = ("node", "names", "arguments", "settled", "function", "misses", "reused", "hopeless")
+    __slots__ = ("node", "names", "arguments", "settled", "function", "plain", "misses", "reused", "hopeless")
 
     def __init__(self, node: ast.Call):
         self.node = node  # held: its id, the memo's key for it, stays its own
@@ -87,6 +87,7 @@ class _Site:
         self.arguments = frozenset(_argument_names(node))  # the names it reads as values
         self.settled = False
         self.function: Any = None  # once settled, the function it calls where its name is not bound around it
+        self.plain: Any = None  # and a builtin's functions.PlainCall, where it is one
         self.misses = 0
         self.reused = False
         # Whether each of its first evaluations had inputs of its own (a call that depends on the value
@@ -97,12 +98,21 @@ class _Site:
         self.misses += 1
         self.hopeless = self.misses >= HOPELESS and not self.reused
 
+    def evaluate(self, ev: Evaluator) -> Any:
+        """The call's value, computed."""
+        if self.plain is not None:
+            return self.plain.evaluate(ev)
+        return ev.evaluate_call(self.node, self.function)
+
     def settle(self, inputs: tuple[Any, ...], scope: Scope) -> tuple[Any, ...]:
         """Keep as inputs the names bound around the call, given the values of all its names."""
         bound = scope.bound_names()
         values = dict(zip(self.names, inputs, strict=True))
         if isinstance(self.node.func, ast.Name) and self.node.func.id not in bound:
             self.function = values[self.node.func.id]
+            from .functions import PlainCall  # functions.py imports this module
+
+            self.plain = PlainCall.of(self.function, self.node)
         self.names = tuple(name for name in self.names if name in bound)
         self.settled = True
         return tuple(values[name] for name in self.names)
@@ -147,11 +157,11 @@ class CallMemo:
             site = self._sites[id(node)] = _Site(node)
         if site.hopeless or ev.computing is not None and not site.arguments < ev.computing:
             # (or a call within one being computed that reads the same values: computed last time too)
-            return ev.evaluate_call(node, site.function)
+            return site.evaluate(ev)
         try:
             inputs = tuple(map(ev.scope.peek, site.names))
         except Unknown:
-            return ev.evaluate_call(node, site.function)
+            return site.evaluate(ev)
         if not site.settled:
             inputs = site.settle(inputs, ev.scope)
         key = (id(node), *map(self._key, inputs))
@@ -176,7 +186,7 @@ class CallMemo:
         start, diagnostics = len(log), len(ctx.sink.items)
         computing, ev.computing = ev.computing, site.arguments
         try:
-            value = ev.evaluate_call(site.node, site.function)
+            value = site.evaluate(ev)
         finally:
             ev.computing = computing
             if outermost:

@@ -23,6 +23,7 @@ from attrs import field, frozen
 
 from . import ast
 from .builtins import FUNCTIONS
+from .call_memo import Unknown
 from .diagnostics import Sink, Span, did_you_mean
 from .evaluate import Context, Evaluator, Scope, _label, _Namespace
 from .types import CHECKS, REQUIRED, Function, Param, UserFunction, describe_type, type_name
@@ -35,6 +36,59 @@ def call(func: Function | UserFunction, node: ast.Call, ev: Evaluator) -> Any:
     values, spans = bind(func.name, func.params, node, ev)
     ev.ctx.template_scope = ev.scope
     return func.build(ev.ctx, spans, node.span, **values)
+
+
+# ---------------------------------------------------------------- a builtin called plainly
+class PlainCall:
+    """A builtin call given its first arguments in order, each a name, a literal or another call, and
+    its other parameters' defaults: most calls. Bound without `bind`'s walk through the parameters, for
+    the same values and spans; at the first thing it cannot do (a name with no value yet, an argument of
+    the wrong type), the call is evaluated again by `call`, which reports it."""
+
+    def __init__(self, func: Function, node: ast.Call, defaults: dict[str, Any]):
+        self.func, self.node, self.defaults = func, node, defaults
+        params = func.params[: len(node.args)]
+        self.arguments = tuple(
+            (param.name, _literal(arg), arg, None if param.type == "any" else CHECKS[param.type])
+            for param, arg in zip(params, node.args, strict=True)
+        )
+        self.spans = {param.name: arg.span for param, arg in zip(params, node.args, strict=True)}
+        self.spans.update(dict.fromkeys(defaults, node.span))
+
+    @classmethod
+    def of(cls, func: Any, node: ast.Call) -> PlainCall | None:
+        if not isinstance(func, Function) or node.kwargs or len(node.args) > len(func.params):
+            return None
+        rest = func.params[len(node.args) :]
+        if any(param.default is REQUIRED for param in rest):
+            return None
+        return cls(func, node, {param.name: param.default for param in rest})
+
+    def evaluate(self, ev: Evaluator) -> Any:
+        values = dict(self.defaults)
+        for name, literal, arg, _ in self.arguments:
+            if literal is not _NOT_LITERAL:
+                values[name] = literal
+            elif type(arg) is ast.Name:
+                try:
+                    values[name] = ev.scope.peek(arg.id)
+                except Unknown:
+                    return call(self.func, self.node, ev)
+            else:
+                values[name] = ev.expr(arg)
+        for name, _, _, check in self.arguments:
+            if check is not None and not check(values[name]):
+                return call(self.func, self.node, ev)
+        ev.ctx.template_scope = ev.scope
+        return self.func.build(ev.ctx, dict(self.spans), self.node.span, **values)
+
+
+_NOT_LITERAL = object()
+
+
+def _literal(node: ast.Expr) -> Any:
+    """The value of a literal string, number or boolean (what the evaluator gives for it)."""
+    return node.value if isinstance(node, ast.Str | ast.Num | ast.Bool) else _NOT_LITERAL
 
 
 # ---------------------------------------------------------------- binding
