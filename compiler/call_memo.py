@@ -39,30 +39,29 @@ class _Variants:
 
     For the same inputs a call reads the same templates; which values it finds depends on the block. The
     names a template could name are those bound around the call that appear in its text (the same names
-    each time a block is run): they are read again to find the variant that matches.
+    each time a block is run): their values are read again to find the variant that matches.
     """
 
-    __slots__ = ("texts", "candidates", "entries")
+    __slots__ = ("texts", "names", "entries")
 
     def __init__(self, reads: tuple[Read, ...], scope: Scope):
         self.texts = tuple(text for text, _ in reads)
-        bound = scope.bound_names()
-        self.candidates = tuple(tuple(sorted(name for name in bound if name in text)) for text in self.texts)
-        self.entries: dict[Any, Entry] = {}
+        self.names = tuple(sorted({name for name in scope.bound_names() for t in self.texts if name in t}))
+        self.entries: dict[tuple[Any, ...], Entry] = {}
 
     def find(self, scope: Scope) -> Entry | None:
-        return self.entries.get(_key(self._named(scope)))
+        read = scope.template_value
+        return self.entries.get(tuple(_plain_key(read(name)) for name in self.names))
 
     def add(self, entry: Entry) -> None:
         if tuple(text for text, _ in entry[1]) == self.texts:
-            self.entries[_key(tuple(named for _, named in entry[1]))] = entry
+            named = {name: value for _, pairs in entry[1] for name, value in pairs}
+            self.entries[tuple(_plain_key(named.get(name)) for name in self.names)] = entry
 
-    def _named(self, scope: Scope) -> tuple[tuple[tuple[str, Any], ...], ...]:
-        read = scope.template_value
-        return tuple(
-            tuple((name, value) for name in names if (value := read(name)) is not None)
-            for names in self.candidates
-        )
+
+def _plain_key(value: Any) -> Any:
+    """`_key` of a template value (or of None, where a name has no plain value)."""
+    return None if value is None else _key(value)
 
 
 _PLAIN = frozenset({str, int, bool, float, tuple, dict})  # what `_key` keys by value

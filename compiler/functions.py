@@ -26,7 +26,7 @@ from .builtins import FUNCTIONS
 from .call_memo import Unknown
 from .diagnostics import Sink, Span, did_you_mean
 from .evaluate import Context, Evaluator, Scope, _label, _Namespace
-from .types import CHECKS, REQUIRED, Function, Param, UserFunction, describe_type, type_name
+from .types import CHECKS, INSTANCES, REQUIRED, Function, Param, UserFunction, describe_type, type_name
 
 
 def call(func: Function | UserFunction, node: ast.Call, ev: Evaluator) -> Any:
@@ -48,8 +48,9 @@ class PlainCall:
     def __init__(self, func: Function, node: ast.Call, defaults: dict[str, Any]):
         self.func, self.node, self.defaults = func, node, defaults
         params = func.params[: len(node.args)]
+        # Each: name, literal value, expression, the classes its values are instances of, else its check.
         self.arguments = tuple(
-            (param.name, _literal(arg), arg, None if param.type == "any" else CHECKS[param.type])
+            (param.name, _literal(arg), arg, INSTANCES.get(param.type), _check_of(param.type))
             for param, arg in zip(params, node.args, strict=True)
         )
         self.spans = {param.name: arg.span for param, arg in zip(params, node.args, strict=True)}
@@ -66,7 +67,7 @@ class PlainCall:
 
     def evaluate(self, ev: Evaluator) -> Any:
         values = dict(self.defaults)
-        for name, literal, arg, _ in self.arguments:
+        for name, literal, arg, _, _ in self.arguments:
             if literal is not _NOT_LITERAL:
                 values[name] = literal
             elif type(arg) is ast.Name:
@@ -76,7 +77,9 @@ class PlainCall:
                     return call(self.func, self.node, ev)
             else:
                 values[name] = ev.expr(arg)
-        for name, _, _, check in self.arguments:
+        for name, _, _, kinds, check in self.arguments:
+            if kinds is not None and not isinstance(values[name], kinds):
+                return call(self.func, self.node, ev)
             if check is not None and not check(values[name]):
                 return call(self.func, self.node, ev)
         ev.ctx.template_scope = ev.scope
@@ -84,6 +87,11 @@ class PlainCall:
 
 
 _NOT_LITERAL = object()
+
+
+def _check_of(type_: str) -> Callable[[Any], bool] | None:
+    """A parameter type's check, where its values are not just the instances of some classes."""
+    return None if type_ == "any" or type_ in INSTANCES else CHECKS[type_]
 
 
 def _literal(node: ast.Expr) -> Any:

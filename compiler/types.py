@@ -158,30 +158,57 @@ _VECTOR = (
     ir.SumVector,
 )
 
+# The types whose values are the instances of some classes (the others' checks are below).
+INSTANCES: dict[str, type | tuple[type, ...]] = {
+    "model": _MODEL,
+    "task": ir.Task,
+    "selection": ir.Selection,
+    "property": ir.Property,
+    "sampling": ir.Sampling,
+    "vector": _VECTOR,
+    "data": df.Examples,
+    "prompts": df.PromptSet,
+    "texts": df.TEXTS,
+    "values": df.VALUES,
+    "activations": df.Residuals,
+    "estimate": df.Estimate,
+    "rule": df.Rule,
+    "string": str,
+    "list": tuple,
+    "record": Mapping,
+    "function": (Function, UserFunction),
+}
+
+
+def _instance_of(name: str) -> Callable[[Any], bool]:
+    kinds = INSTANCES[name]
+    return lambda value: isinstance(value, kinds)
+
+
 CHECKS: dict[str, Callable[[Any], bool]] = {
-    "model": lambda v: isinstance(v, _MODEL),
-    "task": lambda v: isinstance(v, ir.Task),
+    "model": _instance_of("model"),
+    "task": _instance_of("task"),
     "tasks": _list_of_instances(ir.Task),
-    "selection": lambda v: isinstance(v, ir.Selection),
-    "property": lambda v: isinstance(v, ir.Property),
+    "selection": _instance_of("selection"),
+    "property": _instance_of("property"),
     "properties": _list_of_instances(ir.Property),
-    "sampling": lambda v: isinstance(v, ir.Sampling),
-    "vector": lambda v: isinstance(v, _VECTOR),
-    "data": lambda v: isinstance(v, df.Examples),
-    "prompts": lambda v: isinstance(v, df.PromptSet),
-    "texts": lambda v: isinstance(v, df.TEXTS),
-    "values": lambda v: isinstance(v, df.VALUES),
-    "activations": lambda v: isinstance(v, df.Residuals),
-    "estimate": lambda v: isinstance(v, df.Estimate),
-    "rule": lambda v: isinstance(v, df.Rule),
+    "sampling": _instance_of("sampling"),
+    "vector": _instance_of("vector"),
+    "data": _instance_of("data"),
+    "prompts": _instance_of("prompts"),
+    "texts": _instance_of("texts"),
+    "values": _instance_of("values"),
+    "activations": _instance_of("activations"),
+    "estimate": _instance_of("estimate"),
+    "rule": _instance_of("rule"),
     "number": _is_number,
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "string": lambda v: isinstance(v, str),
+    "string": _instance_of("string"),
     "strings": _list_of_instances(str),
     "bool": lambda v: isinstance(v, bool),
-    "list": lambda v: isinstance(v, tuple),
-    "record": lambda v: isinstance(v, Mapping),
-    "function": lambda v: isinstance(v, Function | UserFunction),
+    "list": _instance_of("list"),
+    "record": _instance_of("record"),
+    "function": _instance_of("function"),
     "any": lambda v: True,
 }
 
