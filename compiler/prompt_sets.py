@@ -45,7 +45,19 @@ def _rows(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Items:
 
 
 def _literal_items(ctx: Context, values: tuple[Any, ...], span: Span) -> df.Items:
-    """A list of strings (each row `{id, text}`) or of records (ids are their `id` field, else 1, 2, ...)."""
+    """A list of strings (each row `{id, text}`) or of records (ids are their `id` field, else 1, 2, ...).
+
+    Built once per compilation for a list met again (a module's list, prompted by each call of a function).
+    """
+    built: dict[int, tuple[tuple[Any, ...], df.Items]] = ctx.compilation.setdefault("literal items", {})
+    if id(values) in built:
+        return built[id(values)][1]
+    items = _items_of(ctx, values, span)
+    built[id(values)] = (values, items)  # the list held: its id stays its own
+    return items
+
+
+def _items_of(ctx: Context, values: tuple[Any, ...], span: Span) -> df.Items:
     if not values:
         ctx.fail("E330", "an empty list has no rows to prompt with", span)
     rows = []
