@@ -111,7 +111,7 @@ def _doc(uri: str) -> types.TextDocumentIdentifier:
 # ---------------------------------------------------------------- diagnostics
 def test_diagnostics_match_intro_check_and_follow_the_buffer(lsp: _Session, tmp_path: Path) -> None:
     spec = tmp_path / "study.intro"
-    broken = MINI.read_text().replace("li.english_words", "li.english_wrds")
+    broken = MINI.read_text().replace("li.numbers", "li.numbrs")
     spec.write_text(broken)
     checked = subprocess.run([INTRO, "check", str(spec), "--json"], capture_output=True, text=True)
     assert checked.returncode == 2
@@ -198,7 +198,7 @@ def test_hover_on_finetune_shows_its_reference(lsp: _Session, tmp_path: Path) ->
 
 
 def test_completion_after_a_module_alias_lists_the_module_names(lsp: _Session, tmp_path: Path) -> None:
-    text = MINI.read_text().replace("li.english_words", "li.")
+    text = MINI.read_text().replace("li.numbers,", "li.,")
     module = parse(LOOKING_INWARD.read_text(), str(LOOKING_INWARD))
     declared = {item.name for item in module.items if hasattr(item, "name")}
 
