@@ -115,3 +115,16 @@ study many {{
     found = points(tmp_path, spec, "found")
     assert [dict(value.values.rule.args) for _, value in found] == [{"word": f"w{i}"} for i in range(300)]
     assert all(value.values.texts is found[0][1].values.texts for _, value in found)
+
+
+def test_the_paper_scale_concept_experiments_share_what_layer_and_strength_do_not_reach() -> None:
+    # 3600 calls of the stdlib functions: the unsteered model's answers depend on the word alone, so the
+    # 1600 calls of thoughts_vs_text_trials share 50 values for them (one per word), not 1600.
+    spec = Path(__file__).resolve().parents[2] / "specs" / "concept_experiments.intro"
+    (study,) = check(spec).studies
+    control = [p for p in study.points if p.name == "thoughts_vs_text.identification_control"]
+    by_word: dict[object, set[int]] = {}
+    for point in control:
+        by_word.setdefault(dict(point.coords)["word"], set()).add(id(point.value))
+    assert len(control) == 1600 and len(by_word) == 50
+    assert all(len(values) == 1 for values in by_word.values())

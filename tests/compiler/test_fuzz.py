@@ -82,10 +82,16 @@ study fuzz {
 """
 
 
+# A seed left out: the paper-scale concept experiments (3600 calls of the stdlib functions) check in about
+# 1 s of CPU, but a mutation that grows their sweep (`8 + 8` layers, `intro.concepts + intro.concepts`) is
+# a valid spec with twice the calls, over the budget. Its mini twin writes the same functions, so mutations
+# still reach them.
+TOO_BIG_TO_FUZZ = ("concept_experiments.intro",)
+
+
 def _seeds() -> list[str]:
-    # All of them, the paper-scale concept experiments too (3600 calls of the stdlib functions, about 1 s
-    # to check: the call memo evaluates what calls share once).
     files = sorted(ROOT.glob("specs/**/*.intro")) + sorted(ROOT.glob("stdlib/**/*.intro"))
+    files = [p for p in files if p.name not in TOO_BIG_TO_FUZZ]
     return [p.read_text(encoding="utf-8") for p in files] + [RICH_STUDY]
 
 
