@@ -468,7 +468,7 @@ def _export(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     """Exit 0: the same meaning; 2: differences; 1: an error (like `terraform plan -detailed-exitcode`)."""
     if args.a.is_dir() and args.b.is_dir():
-        from intro.runtime.store.resultdiff import compare_runs, render_comparison
+        from intro.runtime.analysis.resultdiff import compare_runs, render_comparison
 
         for run in (args.a, args.b):
             if not (run / "plan.json").is_file():

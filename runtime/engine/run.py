@@ -29,7 +29,7 @@ from intro.runtime.engine.executor import Counters, Executor, StepHandler
 from intro.runtime.engine.journal import open_for_append
 from intro.runtime.engine.pool import BackendPool, LoadListener
 from intro.runtime.engine.progress import Progress, emit_json, step_units
-from intro.runtime.store import cube, cubes_extra
+from intro.runtime.store import cube, training_cube
 from intro.runtime.store.cache import Cache, default_cache_dir
 from intro.runtime.training import training
 
@@ -268,10 +268,10 @@ def _show_plan(directory: Path, plan: Plan) -> int:
             print(f"{measure.name}: no results yet")
             continue
         print(measure_table(dataset, measure))
-    training_group = cubes_extra.training_group(plan)
+    training_group = training_cube.training_group(plan)
     if (directory / "cube.zarr" / training_group).is_dir():
         training = cube.open_group(directory / "cube.zarr", training_group)
-        print(_table("finetuning", *cubes_extra.training_rows(training)))
+        print(_table("finetuning", *training_cube.training_rows(training)))
     return OK
 
 

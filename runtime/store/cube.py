@@ -1,7 +1,7 @@
 """Result cubes: one xarray Dataset per measure, stored as a group of `cube.zarr`.
 
 The open language's cubes are laid out in runtime/dataflow/cubes.py; the finetuning group in
-runtime/store/cubes_extra.py. Each carries in its attrs the plan hash, study, measure kind, intro and library
+runtime/store/training_cube.py. Each carries in its attrs the plan hash, study, measure kind, intro and library
 versions, model identities and date.
 
 The group is rewritten after each finished point, so a running study's partial results are readable;

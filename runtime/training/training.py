@@ -25,7 +25,7 @@ from attrs import frozen
 
 from intro.compiler.plan import Plan, Step
 from intro.runtime.backends.requests import BackendError, Message
-from intro.runtime.store import cubes_extra
+from intro.runtime.store import training_cube
 from intro.runtime.store.cache import Cache, atomic_write
 
 EXAMPLES_FILE = "examples.jsonl"
@@ -209,10 +209,10 @@ class TrainingSteps:
         for step in self.plan.steps:
             if step.kind == "finetune" and self.cache.artifact_done(step.hash):
                 records[finetuned_model_of(self.plan, step.id)] = self.cache.artifact_info(step.hash)
-        dataset = cubes_extra.training_dataset(self.plan, records)
+        dataset = training_cube.training_dataset(self.plan, records)
         # Through the run's one writer: two threads writing one store race on its metadata files.
         self.run.cube_writer.write(
-            dataset, self.run.directory / "cube.zarr", cubes_extra.training_group(self.plan)
+            dataset, self.run.directory / "cube.zarr", training_cube.training_group(self.plan)
         )
 
 

@@ -20,7 +20,7 @@ import xarray as xr
 
 from intro.cli import main
 from intro.compiler.plan import Plan
-from intro.runtime.store import cubes_extra
+from intro.runtime.store import training_cube
 from intro.runtime.store.export import table_layout
 from tests.tinyrun import tiny_run
 
@@ -149,7 +149,7 @@ def test_export_csv_defaults_to_the_run_folder(run, capsys):
 def test_training_losses_split_into_per_step_and_per_model_tables(run):
     plan = plan_of(run)
     records = {"a": {"losses": [2.0, 1.5, 1.2], "examples": 12, "target_tokens": 40, "seconds": 0.5}}
-    dataset = cubes_extra.training_dataset(plan, records)
+    dataset = training_cube.training_dataset(plan, records)
     layout = {t.name: (t.dims, t.variables) for t in table_layout("training", dataset, [])}
     assert layout == {
         "training": (("model", "step"), ("loss",)),

@@ -13,7 +13,7 @@ from intro.compiler.plan import Measure, ModelEntry, Plan, Step
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import activate_adapter, attach_adapter, load_local_model
 from intro.runtime.backends.requests import BackendError, GenerationRequest, Message
-from intro.runtime.store import cubes_extra
+from intro.runtime.store import training_cube
 from intro.runtime.training import adapters
 from intro.runtime.training.adapters import (
     AdapterWeights,
@@ -248,6 +248,6 @@ def test_examples_round_trip_through_json():
 
 def test_the_training_group_moves_aside_for_a_measure_of_that_name():
     plan = lineage_plan()
-    assert cubes_extra.training_group(plan) == "training"
+    assert training_cube.training_group(plan) == "training"
     renamed = attrs.evolve(plan, measures=(Measure("training", "estimate", (), ()),))
-    assert cubes_extra.training_group(renamed) == "training_losses"
+    assert training_cube.training_group(renamed) == "training_losses"
