@@ -349,7 +349,7 @@ def _plan(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    if executors.misused(args):
+    if executors.misused(args) or not _dtype_usable():
         return BAD_INPUT
     pending = 0
     for plan in plans:
@@ -395,7 +395,7 @@ def _run(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    if executors.misused(args):
+    if executors.misused(args) or not _dtype_usable():
         return BAD_INPUT
     serving = {}
     for item in args.serve:
@@ -414,6 +414,19 @@ def _run(args: argparse.Namespace) -> int:
     return executors.run(
         args, plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode, **options
     )
+
+
+def _dtype_usable() -> bool:
+    """Whether `INTRO_DTYPE` (the in-process models' dtype, runtime/backends/precision.py) names one; if not,
+    says why in one line."""
+    from intro.runtime.backends.precision import DTYPE_ENV, dtype_override
+
+    try:
+        dtype_override()
+    except ValueError as error:
+        print(f"intro: error: {DTYPE_ENV}: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def _memory_budget(args: argparse.Namespace) -> int | None:

@@ -6,8 +6,10 @@ Sources (`load_local_model`):
   loads take seconds and compute exactly the same weights as the first.
 - a directory of transformers weights (`config.json` + safetensors), or a directory holding one `.gguf`.
 - anything shaped like a hub id (`org/name`) that is not a directory is refused: there is no network.
-Weights compute in float32 on CPU (bf16 matmuls are several times slower on CPU) and in bf16 on CUDA.
-A model that cannot fit in the memory available is refused before anything is allocated. Its identity is
+Weights compute in the dtype `precision.py` chooses: float32 on the CPU (bf16 matmuls are several times
+slower there), bfloat16 on CUDA devices that compute it natively, float16 on older ones; `INTRO_DTYPE` or
+the caller's `dtype` overrides it. A model that cannot fit in the memory available is refused before
+anything is allocated. Its identity is
 the GGUF's sha256, or the digest the compiler records for a weights directory (compiler/weights.py).
 
 Prompt formats (`LoadedModel.render`):
@@ -44,6 +46,7 @@ import torch
 from attrs import field, frozen
 
 from intro.compiler.weights import ModelDirectoryError, directory_problem, weights_digest
+from intro.runtime.backends import precision
 from intro.runtime.backends.embedded import (
     EMBEDDED_MODELS,
     intro_cache_dir,
@@ -82,6 +85,11 @@ class LoadedModel:
     lock: threading.Lock = field(factory=threading.Lock, repr=False)
     # Seconds and tokens of every model call on these weights (backends/work.py); the pool sums them per run.
     work: ModelWork = field(factory=ModelWork, repr=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the weights compute in (every floating tensor made for them is made in it)."""
+        return next(self.model.parameters()).dtype
 
     @property
     def num_layers(self) -> int:
@@ -155,19 +163,22 @@ def load_local_model(
     device: str | None = None,
     prompt_format: str | None = None,
     on_convert: Callable[[], None] | None = None,
+    dtype: str | None = None,
 ) -> LoadedModel:
     """Load `embedded:<name>` or a local directory of weights; see the module docstring.
 
     `prompt_format` overrides the default ("chat" when the tokenizer has a chat template, else "plain";
     embedded models use their table entry). `on_convert` is called before a GGUF file is converted
-    (once per file: it takes about a minute), so the caller can say why the load is slow.
+    (once per file: it takes about a minute), so the caller can say why the load is slow. `dtype`
+    ("float32", "bfloat16", "float16") overrides the device's choice and `INTRO_DTYPE`.
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = _dtype_for(target, dtype)
     if source.startswith(EMBEDDED_PREFIX):
-        return _load_embedded(source, target, prompt_format, on_convert)
+        return _load_embedded(source, target, prompt_format, on_convert, chosen)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_directory_source(path, source, target, prompt_format, on_convert)
+        return _load_directory_source(path, source, target, prompt_format, on_convert, chosen)
     if _HUB_ID.match(source) and not path.exists():
         raise BackendError(
             f"{source!r} looks like a model hub id, but models are never downloaded here (no network). "
@@ -177,14 +188,31 @@ def load_local_model(
     raise BackendError(f"model source {source!r} is neither `embedded:<name>` nor an existing directory")
 
 
+def _dtype_for(device: torch.device, dtype: str | None) -> torch.dtype:
+    """The requested dtype, else `INTRO_DTYPE`'s, else the device's (precision.py); a bad name is one line."""
+    try:
+        override = precision.parse_dtype(dtype) if dtype is not None else precision.dtype_override()
+    except ValueError as error:
+        raise BackendError(f"{precision.DTYPE_ENV}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return torch.float32  # the load itself refuses the device in one line
+    return precision.torch_dtype(precision.device_dtype(device, override))
+
+
 def _load_embedded(
-    source: str, device: torch.device, prompt_format: str | None, on_convert: Callable[[], None] | None
+    source: str,
+    device: torch.device,
+    prompt_format: str | None,
+    on_convert: Callable[[], None] | None,
+    dtype: torch.dtype,
 ) -> LoadedModel:
     name = source.removeprefix(EMBEDDED_PREFIX)
     weights = resolve_embedded(name)
     directory = converted_gguf(weights.path, weights.sha256, on_convert)
     chosen = prompt_format or str(EMBEDDED_MODELS[name]["prompt_format"])
-    return _load_weights(directory, device, identity=weights.sha256, prompt_format=chosen, source=source)
+    return _load_weights(
+        directory, device, identity=weights.sha256, prompt_format=chosen, source=source, dtype=dtype
+    )
 
 
 def _load_directory_source(
@@ -192,26 +220,36 @@ def _load_directory_source(
     source: str,
     device: torch.device,
     prompt_format: str | None,
-    on_convert: Callable[[], None] | None = None,
+    on_convert: Callable[[], None] | None,
+    dtype: torch.dtype,
 ) -> LoadedModel:
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").exists() and len(ggufs) == 1:
         sha256 = verified_sha256(ggufs[0])
         directory = converted_gguf(ggufs[0], sha256, on_convert)
-        return _load_weights(directory, device, identity=sha256, prompt_format=prompt_format, source=source)
+        return _load_weights(
+            directory, device, identity=sha256, prompt_format=prompt_format, source=source, dtype=dtype
+        )
     problem = directory_problem(path)  # damage since the plan was made, or a caller that never compiled
     if problem is not None:
         raise BackendError(f"broken model directory {path}: {problem}")
     identity = directory_digest(path)
-    return _load_weights(path, device, identity=identity, prompt_format=prompt_format, source=source)
+    return _load_weights(
+        path, device, identity=identity, prompt_format=prompt_format, source=source, dtype=dtype
+    )
 
 
 def _load_weights(
-    directory: Path, device: torch.device, *, identity: str, prompt_format: str | None, source: str
+    directory: Path,
+    device: torch.device,
+    *,
+    identity: str,
+    prompt_format: str | None,
+    source: str,
+    dtype: torch.dtype,
 ) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with _loading(directory, "its config"):
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         parameters = count_parameters(config)

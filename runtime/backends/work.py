@@ -12,7 +12,8 @@ strictly need (prompt tokens without padding, one decode position per generated 
 token follows, training tokens without padding). Everything else a run spends (loading weights,
 tokenising, the decode loop's bookkeeping, the cache, the cubes) is its wall time minus `seconds`.
 
-Counting is always on: a clock read and a few integer sums per model call.
+Counting is always on: a clock read and a few integer sums per model call. `numerics` says, per model,
+the dtype and device its weights computed in ("bfloat16 on cuda:0"; runtime/backends/precision.py).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class ModelWork:
     """The tallies of one model (a `LoadedModel` keeps one) or of a whole run (the pool merges them)."""
 
     kinds: dict[str, Tally] = field(factory=dict)
+    numerics: dict[str, str] = field(factory=dict)  # model name -> "<dtype> on <device>"
 
     def record(self, kind: str, seconds: float, computed: int, needed: int) -> None:
         tally = self.kinds.setdefault(kind, Tally())
@@ -74,6 +76,7 @@ class ModelWork:
     def merge(self, other: ModelWork) -> None:
         for kind, tally in other.kinds.items():
             self.kinds.setdefault(kind, Tally()).add(tally)
+        self.numerics.update(other.numerics)
 
     def total(self) -> Tally:
         whole = Tally()
@@ -91,9 +94,10 @@ class ModelWork:
         total = self.total()
         parts = ", ".join(f"{kind} {tally.seconds:.1f} s" for kind, tally in self.as_tallies())
         ratio = total.computed / total.needed if total.needed else float("nan")
+        numerics = "; ".join(f"{name} in {how}" for name, how in sorted(self.numerics.items()))
         return (
             f"model work {total.seconds:.1f} s ({parts}); tokens computed {total.computed}, "
-            f"needed {total.needed} ({ratio:.2f}x)"
+            f"needed {total.needed} ({ratio:.2f}x)" + (f"; {numerics}" if numerics else "")
         )
 
     def as_tallies(self) -> list[tuple[str, Tally]]:

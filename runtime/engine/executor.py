@@ -65,8 +65,9 @@ class Executor:
         # Public: step handlers that compute in-process (training, vectors, scoring) take it too.
         self.compute = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future[None]] = {}
-        # Results of the open language's steps, and the prompts rendered from results at run time.
-        self.tables = Tables(plan, cache)
+        # Results of the open language's steps, and the prompts rendered from results at run time; call keys
+        # name the dtype each in-process model computes in (backends/precision.py).
+        self.tables = Tables(plan, cache, numerics=pool.numerics)
 
     async def run(self) -> Counters:
         done: set[str] = set()

@@ -9,6 +9,7 @@ plan has API models to price.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,22 @@ from intro.runtime.dataflow.tables import NotReady, Tables
 from intro.runtime.engine import journal
 from intro.runtime.store.cache import Cache, default_cache_dir
 
+Numerics = Callable[[str], str | None]  # model key -> the dtype it computes in (None: not in this process)
 CHARS_PER_TOKEN = 4  # a rough, provider-independent estimate for prompts not yet tokenised
 
 
-def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
+def plan_summary(
+    plan: Plan,
+    cache_dir: Path | None = None,
+    runs_dir: Path | None = None,
+    numerics: Numerics | None = None,
+) -> dict[str, Any]:
+    """`numerics`: the dtype each model computes in (a run's `pool.numerics`; by default as a run on this
+    machine would resolve it), which the keys of its cached answers name."""
     cache = Cache(cache_dir or default_cache_dir())
     own = _own_steps(plan, runs_dir)
     seen: set[str] = set()  # calls that measure steps share (a control readout) count once
-    tables = Tables(plan, cache)
+    tables = Tables(plan, cache, numerics or planned_numerics(plan, cache))
     steps = [_step_summary(plan, step, cache, own, seen, tables) for step in plan.steps]
     totals: Counter[str] = Counter()
     for s in steps:
@@ -47,11 +56,18 @@ def plan_summary(plan: Plan, cache_dir: Path | None = None, runs_dir: Path | Non
     }
 
 
-def calls_to_make(plan: Plan, cache: Cache) -> int:
+def calls_to_make(plan: Plan, cache: Cache, numerics: Numerics | None = None) -> int:
     """Model calls a run of the plan will make: sample steps' missing requests and measure steps' own calls."""
     seen: set[str] = set()
-    tables = Tables(plan, cache)
+    tables = Tables(plan, cache, numerics or planned_numerics(plan, cache))
     return sum(_step_summary(plan, step, cache, set(), seen, tables).get("to_run", 0) for step in plan.steps)
+
+
+def planned_numerics(plan: Plan, cache: Cache) -> Numerics:
+    """The dtype each model would compute in, resolved as a run's pool resolves it, without loading it."""
+    from intro.runtime.engine.pool import BackendPool
+
+    return BackendPool(plan, cache).numerics
 
 
 def _own_steps(plan: Plan, runs_dir: Path | None) -> set[str]:

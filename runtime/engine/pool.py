@@ -11,6 +11,10 @@ study holds only what is still to be used. Weights load within the run's memory 
 `intro run --max-memory`, default what the machine has available): when a load would pass it, loaded
 roots that no step is using at that moment are released first (a later step loads them again, the
 same weights, so the same results), and a model that still cannot fit is refused in one line.
+
+Numerics: each root computes in the dtype `numerics` resolves before anything loads (backends/precision.py:
+float32 on the CPU, bfloat16 or float16 on CUDA, `INTRO_DTYPE` to override), its weights load in exactly
+that dtype, and the run's tables key the model's answers by it (`Tables(numerics=pool.numerics)`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from intro.compiler.plan import ModelEntry, Plan, Step
+from intro.runtime.backends import precision
 from intro.runtime.backends.requests import Backend, BackendError
 from intro.runtime.backends.work import ModelWork
 from intro.runtime.engine import memory
@@ -40,6 +45,7 @@ class BackendPool:
         on_load: LoadListener | None = None,
         *,
         memory_budget: int | None = None,
+        dtypes: Mapping[str, str] | None = None,
     ):
         self.plan = plan
         self.cache = cache
@@ -51,6 +57,10 @@ class BackendPool:
         self._loaded: dict[str, Any] = {}  # root key -> LoadedModel, least recently used first
         self._users = steps_using_models(plan)  # model key -> ids of the steps still to finish that need it
         self._released_work = ModelWork()  # what the weights released so far computed
+        # root key -> the dtype it computes in: fixed by the caller (a Ray driver for its workers) or resolved
+        # once, before the load, so the keys of its answers and its weights always agree.
+        self._dtypes: dict[str, str] = dict(dtypes or {})
+        self._dtype_override = _dtype_override() if any(map(self.in_process, plan.models)) else None
 
     def backend(self, model_key: str) -> Backend:
         """The backend that answers for `model_key` (a steered model answers through its base)."""
@@ -68,6 +78,24 @@ class BackendPool:
             entry = self.plan.models[entry.params["base"]]
         overridden = entry.key in self.overrides or entry.params.get("label") in self.overrides
         return entry.kind in ("embedded", "local") and not overridden
+
+    def numerics(self, model_key: str) -> str | None:
+        """The dtype `model_key`'s calls compute in ("float32", "bfloat16", "float16"), None for a model
+        not computed in this process (an API model, a served one)."""
+        if not self.in_process(model_key):
+            return None
+        root = root_of(self.plan, model_key)
+        if root not in self._dtypes:
+            self._dtypes[root] = self._resolve_dtype(root)
+        return self._dtypes[root]
+
+    def _resolve_dtype(self, root_key: str) -> str:
+        return precision.planned_dtype(self.planned_device(root_key), self._dtype_override)
+
+    def planned_device(self, root_key: str) -> str | None:
+        """The device a root's weights will load on (None: CUDA when there is one, else the CPU)."""
+        device = self.plan.serving.get(root_key, {}).get("device")
+        return str(device) if device is not None else None
 
     def _open(self, entry: ModelEntry) -> Backend:
         url = self.overrides.get(entry.key) or self.overrides.get(entry.params.get("label", ""))
@@ -148,7 +176,9 @@ class BackendPool:
             source,
             device=device,
             on_convert=lambda: self.on_load("converting", label, source, time.monotonic() - started),
+            dtype=self.numerics(entry.key),
         )
+        loaded.work.numerics[label] = f"{precision.dtype_name(loaded.dtype)} on {loaded.device}"
         self.on_load("loaded", label, source, time.monotonic() - started)
         return loaded
 
@@ -226,6 +256,13 @@ class BackendPool:
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+
+
+def _dtype_override() -> str | None:
+    try:
+        return precision.dtype_override()
+    except ValueError as error:
+        raise BackendError(f"{precision.DTYPE_ENV}: {error}") from None
 
 
 def share_prefix() -> bool:

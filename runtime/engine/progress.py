@@ -13,7 +13,8 @@
     note            step, text              (what a step reports: training losses, examples, ...)
     step_finished   step, kind, done, steps, calls, eta_s
     run_finished    study, calls, cached, trained, seconds, results, model_work (when in-process models
-                    computed: per kind of work its seconds, token positions computed and needed, calls)
+                    computed: per kind of work its seconds, token positions computed and needed, calls;
+                    and numerics: model -> "<dtype> on <device>" its weights computed in)
     run_failed      study, error
   `eta_s` is null until every kind of step still to run has a measured rate.
 

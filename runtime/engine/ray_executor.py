@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from intro.compiler.plan import Plan
+from intro.runtime.backends import precision
 from intro.runtime.backends.requests import BackendError, Generation, GenerationRequest, Score, ScoreRequest
 from intro.runtime.engine.pool import BackendPool, LoadListener
 from intro.runtime.engine.ray_placement import Cluster, Placement, misfit, place, root_model
@@ -117,14 +118,22 @@ class ModelWorker:
     """A Ray actor holding one root model's weights (loaded on first use) and answering batches for it and
     for its finetuned variants. It never writes the cache: results go back to the driver."""
 
-    def __init__(self, plan_json: str, cache_root: str, serving: Mapping[str, str], threads: int):
+    def __init__(
+        self,
+        plan_json: str,
+        cache_root: str,
+        serving: Mapping[str, str],
+        threads: int,
+        dtypes: Mapping[str, str] | None = None,
+    ):
         import torch
 
         from intro.runtime.engine import memory
 
         torch.set_num_threads(threads)
         memory.limit_arenas()
-        self.pool = BackendPool(Plan.loads(plan_json), Cache(Path(cache_root)), serving)
+        # `dtypes`: what the driver keyed each root's answers by; the weights load in exactly that dtype.
+        self.pool = BackendPool(Plan.loads(plan_json), Cache(Path(cache_root)), serving, dtypes=dtypes)
 
     def load(self, model_key: str) -> int:
         """Load the weights now (so the driver can report it); the worker's process id."""
@@ -300,6 +309,18 @@ class RayPool(BackendPool):
             )
         return self._remote[model_key]
 
+    def _resolve_dtype(self, root_key: str) -> str:
+        """A root on GPU actors computes in bfloat16 (or `INTRO_DTYPE`'s dtype) whatever the driver has; its
+        workers are told so (`ModelWorker`), so the answers' keys and the weights agree."""
+        if self.planned_device(root_key) is not None or not self.in_process(root_key):
+            return super()._resolve_dtype(root_key)
+        gpus = self.placement.actors_of(
+            root_key, self.plan.models[root_key].params.get("label", root_key)
+        ).gpus
+        return precision.choose_dtype(
+            "cuda" if gpus else "cpu", native_bf16=True, override=self._dtype_override
+        )
+
     def _replicas_of(self, root: str) -> Replicas:
         if root not in self._replicas:
             self._replicas[root] = self._start_actors(root)
@@ -314,8 +335,10 @@ class RayPool(BackendPool):
             max_task_retries=0,  # Replicas sends a lost batch again itself, to another actor when one is free
         )
         plan_json, cache_root = self.plan.dumps(), str(self.cache.root.resolve())
+        dtypes = {root: self.numerics(root) or "float32"}
         actors = [
-            worker.remote(plan_json, cache_root, self.overrides, placed.cpus) for _ in range(placed.actors)
+            worker.remote(plan_json, cache_root, self.overrides, placed.cpus, dtypes)
+            for _ in range(placed.actors)
         ]
         return Replicas(self.ray, actors, root, placed.label, self.on_load)
 

@@ -123,7 +123,7 @@ def _finished(plan: Plan, directory: Path, counters: Counters, mode: str) -> Non
             "cached": counters.cached,
             "trained": counters.trained,
         }
-        counts |= {"model_work": work.as_dict()} if work else {}
+        counts |= {"model_work": work.as_dict(), "numerics": work.numerics} if work else {}
         seconds = round(elapsed, 3)
         emit_json("run_finished", seconds, study=plan.study, **counts, seconds=seconds, results=str(results))
         return
@@ -200,7 +200,7 @@ class _StudyRun:
         self.executor.handlers = {kind: self._announced(h) for kind, h in self.executor.handlers.items()}
 
     async def execute(self) -> Counters:
-        summary = planview.plan_summary(self.plan, cache_dir=self.cache.root)
+        summary = planview.plan_summary(self.plan, cache_dir=self.cache.root, numerics=self.pool.numerics)
         work = {s["id"]: (s["kind"], step_units(s)) for s in summary["steps"]}
         totals = summary["totals"]
         with Progress(self.log, work, totals["calls_to_make"], mode=self.mode) as progress:
