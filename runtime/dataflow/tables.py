@@ -11,13 +11,14 @@ calls made.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import frozen
 
 from intro.compiler.plan import Plan, Prompt, Step, digest, request_key, sampling_params
 from intro.compiler.template_sandbox import TemplateProblem, render
+from intro.runtime.backends.precision import numerics_identity
 from intro.runtime.dataflow import readings
 from intro.runtime.dataflow.statistics import comparison, estimate
 from intro.runtime.store.cache import Cache
@@ -50,9 +51,14 @@ class Call:
 
 
 class Tables:
-    def __init__(self, plan: Plan, cache: Cache):
+    """`numerics` (model key -> the dtype its calls compute in, None where not in this process; the pool's
+    `numerics`) qualifies every call key, so answers computed in different dtypes never stand for each other
+    (runtime/backends/precision.py)."""
+
+    def __init__(self, plan: Plan, cache: Cache, numerics: Callable[[str], str | None] | None = None):
         self.plan = plan
         self.cache = cache
+        self.numerics = numerics or (lambda model_key: None)
         self.prompts: dict[str, Prompt] = {}  # rendered at run time
         self._steps = {s.id: s for s in plan.steps}
         self._memo: dict[str, Any] = {}
@@ -99,10 +105,11 @@ class Tables:
         injection on that text (the key the built-in concept experiments give the same request)."""
         entry = self.plan.models[model_key]
         if span is None:
-            return entry.identity
+            return numerics_identity(entry.identity, self.numerics(model_key))
         p = entry.params
         injection = [self._steps[p["vector"]].hash, p["layer"], p["strength"], span]
-        return digest(["span", self.plan.models[p["base"]].identity, injection])
+        identity = digest(["span", self.plan.models[p["base"]].identity, injection])
+        return numerics_identity(identity, self.numerics(model_key))
 
     def _generate_calls(self, step: Step) -> list[Call]:
         p = step.params
@@ -128,7 +135,7 @@ class Tables:
 
     def _residual_calls(self, step: Step) -> list[Call]:
         p = step.params
-        identity = self.plan.models[p["model"]].identity
+        identity = self.identity(p["model"], None)
         spans = p.get("spans") or [None] * len(p["rows"])
         return [
             Call(readings.reading_key(identity, prompt, p["layer"], span), prompt, item, 0, 0, span=span)
