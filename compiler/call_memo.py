@@ -19,16 +19,18 @@ memo off for that call, so declarations are still evaluated, and their errors re
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import ast
+from .template_sandbox import read_names
 
 if TYPE_CHECKING:
     from .evaluate import Evaluator, Scope
 
-# A template read: the templates' text, and the plain values of the block it named.
-Read = tuple[str, tuple[tuple[str, Any], ...]]
+# A template read: the templates' texts, and the plain values of the block they read.
+Read = tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]
 # One call's value, the template reads it made, and its inputs (held, so that the identities in its key
 # remain those of live objects).
 Entry = tuple[Any, tuple[Read, ...], tuple[Any, ...]]
@@ -38,15 +40,16 @@ class _Variants:
     """The values of one call with the same inputs that read template values, by the values they read.
 
     For the same inputs a call reads the same templates; which values it finds depends on the block. The
-    names a template could name are those bound around the call that appear in its text (the same names
-    each time a block is run): their values are read again to find the variant that matches.
+    names that matter are those bound around the call that its templates read (the same names each time a
+    block is run): their values are read again to find the variant that matches.
     """
 
     __slots__ = ("texts", "names", "entries")
 
     def __init__(self, reads: tuple[Read, ...], scope: Scope):
         self.texts = tuple(text for text, _ in reads)
-        self.names = tuple(sorted({name for name in scope.bound_names() for t in self.texts if name in t}))
+        read = frozenset().union(*map(template_names, self.texts))
+        self.names = tuple(sorted(read & scope.bound_names()))
         self.entries: dict[tuple[Any, ...], Entry] = {}
 
     def find(self, scope: Scope) -> Entry | None:
@@ -217,9 +220,16 @@ class CallMemo:
         return known[1]
 
 
-def named_values(values: Mapping[str, Any], text: str) -> tuple[tuple[str, Any], ...]:
-    """The plain values among `values` whose name appears in `text` (a template, or several joined)."""
-    return tuple(sorted((name, value) for name, value in values.items() if name in text))
+@functools.lru_cache(maxsize=4096)
+def template_names(templates: tuple[str, ...]) -> frozenset[str]:
+    """The names any of `templates` reads (as jinja parses them: a name only mentioned in prose is not)."""
+    return frozenset().union(*map(read_names, templates))
+
+
+def named_values(value_of: Callable[[str], Any], templates: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """The plain values the templates read, by name: `value_of(name)` is a name's value, None for none."""
+    named = ((name, value_of(name)) for name in sorted(template_names(templates)))
+    return tuple((name, value) for name, value in named if value is not None)
 
 
 def _key(value: Any) -> Any:

@@ -45,16 +45,16 @@ class Context:
         # What is read once per compilation and shared by its contexts (the budget templates get).
         self.compilation: dict[str, Any] = {}
         # While a call's value is computed for the memo (call_memo.py): the template values it read.
-        self.template_reads: list[tuple[str, tuple[tuple[str, Any], ...]]] | None = None
+        self.template_reads: list[tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]] | None = None
 
     def named_template_values(self, *templates: str | None) -> tuple[tuple[str, Any], ...]:
-        """The plain values in scope (loop variables, lets, parameters) that any of the templates names."""
+        """The plain values in scope (loop variables, lets, parameters) that any of the templates reads."""
         # Read only by the few builtins that write templates: not gathered for every call.
-        values = self.template_scope.template_values() if self.template_scope is not None else {}
-        text = " ".join(t for t in templates if t)
-        named = named_values(values, text)
+        texts = tuple(t for t in templates if t)
+        scope = self.template_scope
+        named = named_values(scope.template_value, texts) if scope is not None else ()
         if self.template_reads is not None:
-            self.template_reads.append((text, named))
+            self.template_reads.append((texts, named))
         return named
 
     def confined(self, relative: str, span: Span) -> Path:
@@ -301,19 +301,9 @@ class Scope:
             raise Unknown(name)
         return value
 
-    def template_values(self) -> dict[str, Any]:
-        """The plain values bound in this block and the blocks around it (the innermost plain one wins)."""
-        values: dict[str, Any] = {}
-        scope: Scope | None = self
-        while scope is not None:
-            for name, value in scope.local.items():
-                if isinstance(value, _PLAIN) and name not in values:
-                    values[name] = value
-            scope = scope.parent
-        return values
-
     def template_value(self, name: str) -> Any:
-        """`template_values().get(name)`, without gathering the others; None where there is none."""
+        """The plain value of `name` bound in this block or the blocks around it (the innermost plain one);
+        None where there is none."""
         scope: Scope | None = self
         while scope is not None:
             value = scope.local.get(name)

@@ -395,6 +395,16 @@ def parse(text: str) -> Parsed:
     return Parsed(template, names, _substitution_parts(tree), lines)
 
 
+@functools.lru_cache(maxsize=4096)
+def read_names(text: str) -> frozenset[str]:
+    """The names a template reads from its values (jinja's own analysis, not its text: a name mentioned in
+    prose is not read); none for a template that does not parse, whose check reports why."""
+    try:
+        return frozenset(jinja2.meta.find_undeclared_variables(_SANDBOX.parse(text)))
+    except jinja2.TemplateSyntaxError:  # _Refused is one
+        return frozenset()
+
+
 def _substitution_parts(tree: nodes.Template) -> tuple[tuple[bool, str], ...] | None:
     """Text and `{{ name }}` only: rendering is then joining, and can fail only for a missing name."""
     parts: list[tuple[bool, str]] = []

@@ -3,10 +3,15 @@ parameters (a row's own field of the same name wins), and `+` joins strings."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
+import pytest
+
 from intro.cli import main
+from tests.servers import EchoServer
 
 SPEC = """
 model m = litellm "openai/some-model"
@@ -51,3 +56,51 @@ def test_a_rubric_sees_the_loop_variable_so_each_arm_is_its_own_step(tmp_path: P
     renders = [s for s in plan["steps"] if s["kind"] == "render"]
     assert sorted(s["params"]["bound"]["animal"] for s in renders) == ["cat", "owl"]
     assert len({s["hash"] for s in renders}) == 2
+
+
+# A rubric that says "a single word" in prose: `word` is a loop variable, but the rubric does not read it
+# (`{{ word }}` would), so both arms grade the same answers with the same prompts: one judge step.
+PROSE = """
+model m = litellm "openai/echo" {{ api_base: "{url}", api_key_env: "INTRO_PROSE_KEY" }}
+sampling s {{ max_tokens: 4 }}
+study prose {{
+  let answers = generate(m, prompts(["a", "b"], "Say {{{{ text }}}}"), s)
+  for word in ["dog", "cat"] {{
+    measure graded = judge(m, answers, "Is the answer a single word? {{{{ text }}}}", ["yes", "no"])
+  }}
+}}
+"""
+
+
+def test_a_name_mentioned_in_prose_is_not_read(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, PROSE.format(url="http://127.0.0.1:9"))
+    renders = [s for s in plan["steps"] if s["kind"] == "render"]
+    assert len({s["hash"] for s in renders}) == 1
+    assert all("word" not in s["params"].get("bound", {}) for s in renders)
+
+
+def test_planned_calls_are_the_calls_the_run_makes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTRO_PROSE_KEY", "sk-prose")
+    with EchoServer() as server:
+        spec = tmp_path / "prose.intro"
+        spec.write_text(PROSE.format(url=server.url))
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert (
+                main(
+                    [
+                        "plan",
+                        str(spec),
+                        "--json",
+                        "--runs",
+                        str(tmp_path / "runs"),
+                        "--cache",
+                        str(tmp_path / "cache"),
+                    ]
+                )
+                == 0
+            )
+        planned = json.loads(printed.getvalue())["totals"]["calls_to_make"]
+        argv = ["run", str(spec), "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main([*argv, "--quiet"]) == 0
+        assert planned == server.requests_received == 4  # two answers, each graded once
