@@ -11,8 +11,9 @@ from attrs import frozen
 
 from . import ir
 from .diagnostics import CompileError, Diagnostic, Sink, Span
-from .evaluate import Program, _Abort, evaluate_study
+from .evaluate import Program, _Abort
 from .files import Confinement
+from .study import evaluate_study
 
 
 @frozen
