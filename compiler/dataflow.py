@@ -165,6 +165,22 @@ class Differs:
 
 
 @frozen
+class Balance:
+    """Per item: "true" for the items kept on the side of `values` when the distributions of `first` and
+    `second` are made equal, as Binder et al. 2024's entropy control does (their adjust_for_entropy):
+    within each task, among the items where `where` is true-like and both sides have a value, for each of
+    the `top` most common values v of `first`, min(#first == v, #second == v) of the items whose `values`
+    value is v, chosen by a shuffle seeded with `seed`; "false" for every other item."""
+
+    values: Values
+    first: Values
+    second: Values
+    where: Values | None = None
+    top: int = 10
+    seed: int = 42
+
+
+@frozen
 class AllOf:
     """Per trial (an item's sample): "true" where `a` and `b` (if given) both pass, "false" where either
     does not; a grade with one value per item stands for each of the item's samples (see all_of's doc)."""
@@ -205,7 +221,7 @@ class Cosine:
     several: bool = False
 
 
-Values = Extract | Judge | Choose | Score | Differs | AllOf | Probability | Cosine
+Values = Extract | Judge | Choose | Score | Differs | Balance | AllOf | Probability | Cosine
 
 
 # ---------------------------------------------------------------- statistics
@@ -254,7 +270,7 @@ class Examples:
 
 
 TEXTS = (Generate, Filter, Consensus)
-VALUES = (Extract, Judge, Choose, Score, Differs, AllOf, Probability, Cosine)
+VALUES = (Extract, Judge, Choose, Score, Differs, Balance, AllOf, Probability, Cosine)
 MEASURABLE = (*TEXTS, *VALUES, Estimate, Comparison)
 
 
@@ -262,6 +278,8 @@ def upstream(value: Any) -> Any:
     """The result a value is computed from (the first of two), towards the prompts its items came from."""
     if isinstance(value, Differs | AllOf):
         return value.a
+    if isinstance(value, Balance):
+        return value.values
     if isinstance(value, Probability):
         return value.choices
     if isinstance(value, Cosine):

@@ -79,6 +79,8 @@ class DataflowLowering:
             case df.Differs():
                 a, b = self.table(value.a), self.table(value.b)
                 return Table(self._pure("differs", [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+            case df.Balance():
+                return self._balance(value)
             case df.AllOf():
                 return self._all_of(value)
             case df.Residuals():
@@ -94,6 +96,13 @@ class DataflowLowering:
                 params = {"values": choices.step, "option": value.option, "against": value.against}
                 return Table(self._pure("probability", [choices], params), choices.size, True)
         raise AssertionError(f"not a table: {value!r}")
+
+    def _balance(self, value: df.Balance) -> Table:
+        sides = [self.table(v) for v in (value.values, value.first, value.second)]
+        where = [self.table(value.where)] if value.where is not None else []
+        steps = [side.step for side in sides]
+        params = sp.BalanceParams(*steps, where[0].step if where else None, value.top, value.seed)
+        return Table(self._pure([*sides, *where], params), sides[0].size, sides[0].exact)
 
     def _all_of(self, value: df.AllOf) -> Table:
         """One row per trial of the side with more rows (the other's per-item grades stand for each

@@ -36,6 +36,7 @@ STEP_VERSIONS: dict[str, int] = {
     "comparison": 1,
     "examples": 1,
     "differs": 1,
+    "balance": 1,
     "all_of": 2,  # 2: per trial (item, sample), a none does not pass
     "probability": 1,
     "residuals": 1,

@@ -191,6 +191,12 @@ def _differs(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Differs:
     return df.Differs(a["a"], a["b"])
 
 
+def _balance(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Balance:
+    if a["top"] < 1:
+        ctx.fail("E307", "top must be at least 1", spans["top"])
+    return df.Balance(a["values"], a["first"], a["second"], a.get("where"), a["top"], a["seed"])
+
+
 # ---------------------------------------------------------------- statistics
 def _estimate(statistic: str) -> Any:
     def build(ctx: Context, spans: Spans, at: Span, **a: Any) -> df.Estimate:
@@ -421,6 +427,23 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             returns="values",
             example='differs(extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)), '
             'extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)))',
+        ),
+        _fn(
+            "balance",
+            _balance,
+            Param("values", "values"),
+            Param("first", "values"),
+            Param("second", "values"),
+            _WHERE,
+            Param("top", "int", 10),
+            Param("seed", "int", 42),
+            doc='values: per item, "true" for the items kept on the side of `values` when the distributions '
+            "of `first` and `second` are made equal (Binder et al. 2024's entropy control): within each task, "
+            "among the items where `where` holds and both have a value, for each of the `top` most common "
+            "values v of `first`, min(#first = v, #second = v) of the items whose `values` is v, chosen by a "
+            'shuffle seeded with `seed`; "false" for the others. Use as `where:` of each side\'s statistic',
+            returns="values",
+            example="balance(new, old, new, where: differs(old, new))",
         ),
         _fn(
             "all_of",

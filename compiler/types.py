@@ -121,6 +121,7 @@ _DATAFLOW_TYPES: dict[type, str] = {
     df.Choose: "values",
     df.Score: "values",
     df.Differs: "values",
+    df.Balance: "values",
     df.AllOf: "values",
     df.Probability: "values",
     df.Cosine: "values",

@@ -14,7 +14,7 @@ from intro.runtime.dataflow.tables import NotReady, StepFailed, Tables
 from intro.runtime.training.training import TrainingExample, write_examples
 
 PURE: tuple[str, ...] = ("render", "extract", "filter", "labels", "differs", "all_of", "probability")
-PURE += ("cosine", "estimate", "comparison", "consensus")
+PURE += ("cosine", "estimate", "comparison", "consensus", "balance")
 
 
 class DataflowSteps:

@@ -353,6 +353,21 @@ class Tables:
             for item in items
         ]
 
+    def _balance(self, step: Step) -> list[Row]:
+        """Binder et al. 2024's entropy control (compiler/dataflow.py's Balance): per task, the items kept on
+        the side of `values` so that the two sides' distributions of values are the same."""
+        p = step.params
+        values, first, second = (_modes(self.table(p[name])) for name in ("values", "first", "second"))
+        scope = self._kept(p.get("where"))
+        candidates = {r["item"] for r in scope(self.table(p["values"]))}
+        shared = [item for item in values if item in first and item in second and item in candidates]
+        kept: set[str] = set()
+        for task in dict.fromkeys(self._group({"item": item}, "task") for item in shared):
+            members = [item for item in shared if self._group({"item": item}, "task") == task]
+            kept |= _balanced(members, values, first, second, p["top"], p["seed"])
+        items = dict.fromkeys(r["item"] for r in self.table(p["values"]))
+        return [{"item": item, "sample": 0, "value": str(item in kept).lower()} for item in items]
+
     def _group(self, row: Row, by: str) -> str:
         """A row's group: its task (the item key's first part) or one of its item's fields."""
         if by == "task":
@@ -438,6 +453,26 @@ class _Grades:
         if (item, sample) in self.trials:
             return self.trials[item, sample]
         return self.once.get(item, MISSING)
+
+
+def _balanced(
+    members: list[str],
+    values: dict[str, str],
+    first: dict[str, str],
+    second: dict[str, str],
+    top: int,
+    seed: int,
+) -> set[str]:
+    """As the paper's adjust_for_entropy: for each of the `top` most common values of `first` (ties in the
+    order first seen), min(its count in first, in second) of the members whose `values` has it, in an order
+    fixed by a hash of `seed` and the item (the paper shuffles with a seeded random; the draw differs)."""
+    counts_first = Counter(first[item] for item in members)
+    counts_second = Counter(second[item] for item in members)
+    kept: set[str] = set()
+    for value, count in counts_first.most_common(top):
+        pool = sorted((item for item in members if values[item] == value), key=lambda i: digest([seed, i]))
+        kept.update(pool[: min(count, counts_second[value])])
+    return kept
 
 
 def _modes(rows: list[Row]) -> dict[str, str]:

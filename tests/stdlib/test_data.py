@@ -84,7 +84,7 @@ def test_word_lists_are_large_and_without_repeats(words, minimum):
 @pytest.mark.parametrize("name", SEQUENCE_TASKS)
 def test_sequences(name):
     rows = load_stdlib_rows(name)
-    assert len(rows) == datagen.ITEMS_PER_TASK
+    assert len(rows) == datagen.items_of(name)
     vocabulary = set(datagen.SEQUENCE_TASKS.get(name, datagen.DIGITS))
     sequences = [row["sequence"].split(", ") for row in rows]
     assert len({tuple(s) for s in sequences}) == len(sequences)
@@ -93,6 +93,18 @@ def test_sequences(name):
         assert set(items) <= vocabulary
         if name != "numbers":
             assert len(set(items)) == len(items)
+
+
+@pytest.mark.parametrize(
+    "name", ("animals", "english_words", "numbers", "stories", "mmlu", "myopic_reward", "survival_instinct")
+)
+def test_each_held_out_task_has_500_test_items_and_templated_rows_follow_the_hand_written(name):
+    """Binder et al. 2024 measure each held-out task on about 1000 items; before, four of these had 8-17."""
+    rows = load_stdlib_rows(name)
+    assert sum(row["split"] == "val" for row in rows) >= 500
+    if name in datagen.taskgen.GENERATORS:
+        assert [row["id"] for row in rows[: datagen.HAND_WRITTEN]] == [f"{name}-{k:04d}" for k in range(64)]
+        assert set(rows[-1]) == set(rows[0])  # the generated rows have the hand-written rows' fields
 
 
 def test_generation_depends_only_on_the_task_name():
