@@ -100,9 +100,9 @@ class DataflowLowering:
     def _balance(self, value: df.Balance) -> Table:
         sides = [self.table(v) for v in (value.values, value.first, value.second)]
         where = [self.table(value.where)] if value.where is not None else []
-        steps = [side.step for side in sides]
-        params = sp.BalanceParams(*steps, where[0].step if where else None, value.top, value.seed)
-        return Table(self._pure([*sides, *where], params), sides[0].size, sides[0].exact)
+        params = {"values": sides[0].step, "first": sides[1].step, "second": sides[2].step}
+        params |= {"where": where[0].step if where else None, "top": value.top, "seed": value.seed}
+        return Table(self._pure("balance", [*sides, *where], params), sides[0].size, sides[0].exact)
 
     def _all_of(self, value: df.AllOf) -> Table:
         """One row per trial of the side with more rows (the other's per-item grades stand for each
