@@ -2,8 +2,10 @@
 
 Loading the model, its prompt formats and its adapters are `local_model.py`; where a batch is steered is
 `local_steering.py`. Requests are grouped into batches of one steering layer and similar prompt lengths
-(`plan_batches`), each run under the model's lock with the backend's adapter switched on. Each prompt is
-rendered and tokenised once per call.
+(`batching.plan_batches`), each run under the model's lock with the backend's adapter switched on. Each
+prompt is rendered and tokenised once per call. A batch holds `batch_size` rows when one is given; else
+16 on the CPU and, on CUDA, as many as the device's free memory holds (`batching.py`). A batch that runs
+out of device memory is halved and both halves run, and later batches stay at most that size.
 
 Shared prefixes: the tokens every prompt of a batch starts with (the chat template's head, a task's
 instruction: about half of Looking Inward's hypothetical prompts) are computed once, as a batch of one, and
@@ -36,7 +38,13 @@ from typing import Any
 import torch
 from attrs import define, field, frozen
 
-from intro.runtime.backends.local_model import LoadedModel, activate_adapter, attach_adapter
+from intro.runtime.backends import batching
+from intro.runtime.backends.local_model import (
+    LoadedModel,
+    activate_adapter,
+    attach_adapter,
+    available_memory,
+)
 from intro.runtime.backends.local_steering import SteeringWindows, steering_windows
 from intro.runtime.backends.requests import (
     BackendError,
@@ -59,21 +67,26 @@ class LocalBackend:
 
     `adapter` is a peft LoRA directory applied on top of the base weights. Adapters are loaded into the
     shared model under a name derived from their content and switched on per batch, so several backends
-    (with and without adapters) can share one copy of the base weights.
+    (with and without adapters) can share one copy of the base weights. `batch_size` fixes the rows of a
+    batch; without it they are sized to `memory` bytes (default: the device's free memory on CUDA; a
+    fixed 16 on the CPU).
     """
 
     def __init__(
         self,
         loaded: LoadedModel,
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         adapter: str | None = None,
         share_prefix: bool = True,
+        memory: int | None = None,
     ):
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.loaded = loaded
         self.batch_size = batch_size
+        self.memory = memory
+        self.most_rows = batching.MOST_ROWS  # lowered for good when a batch runs out of device memory
         self.share_prefix = share_prefix
         self.adapter_name = attach_adapter(loaded.model, Path(adapter)) if adapter else None
         suffix = f"+{self.adapter_name}" if self.adapter_name else ""
@@ -90,29 +103,60 @@ class LocalBackend:
 
     def generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Synchronous `generate`: results in the order of `requests`."""
-        return self._in_batches(requests, self._generate_batch)
+        return self._in_batches(requests, self._generate_batch, [r.max_tokens for r in requests])
 
     def score_now(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         """Synchronous `score`: results in the order of `requests`."""
         for request in requests:
             _check_choices(request)
-        return self._in_batches(requests, self._score_batch)
+        tails = [max(len(self.loaded.encode_reply(c)) for c in r.choices) for r in requests]
+        return self._in_batches(requests, self._score_batch, tails)
 
-    def _in_batches(self, requests: Sequence, run_batch) -> list:
-        """`run_batch(batch)` over `plan_batches`, each prompt rendered and tokenised once for all of them."""
+    def _in_batches(self, requests: Sequence, run_batch, added: Sequence[int]) -> list:
+        """`run_batch(batch)` over `plan_batches`, each prompt rendered and tokenised once for all of them;
+        `added[i]`: the most token positions request i adds to its prompt (for sizing batches)."""
         prompts = [self.loaded.render(r.messages, r.prefill) for r in requests]
         ids = self.loaded.tokenize(prompts) if prompts else []
         results: list = [None] * len(requests)
-        for batch in plan_batches(requests, self.batch_size, [len(row) for row in ids]):
+        rows_for = self._rows_for()
+        for batch in batching.plan_batches(requests, [len(row) for row in ids], rows_for, added):
             chosen = _Batch(
                 [requests[i] for i in batch], [prompts[i] for i in batch], [ids[i] for i in batch]
             )
-            with self.loaded.lock, torch.inference_mode():
-                activate_adapter(self.loaded.model, self.adapter_name)
-                outputs = run_batch(chosen)
-            for index, output in zip(batch, outputs, strict=True):
+            for index, output in zip(batch, self._run_batch(chosen, run_batch), strict=True):
                 results[index] = output
         return results
+
+    def _rows_for(self):
+        """How many rows a batch of rows of n token positions takes (see the class docstring)."""
+        if self.batch_size is not None:
+            return batching.fixed_rows(min(self.batch_size, self.most_rows))
+        device = self.loaded.device
+        if self.memory is None and device.type != "cuda":
+            return batching.fixed_rows(min(batching.CPU_ROWS, self.most_rows))
+        free = self.memory if self.memory is not None else available_memory(device)
+        config, itemsize = self.loaded.model.config, self.loaded.dtype.itemsize
+        cost = batching.token_cost(config, itemsize)
+        return lambda tokens: batching.rows_that_fit(free, cost, tokens, most=self.most_rows)
+
+    def _run_batch(self, batch: _Batch, run_batch) -> list:
+        """`run_batch(batch)` under the model's lock; out of device memory, the batch's two halves instead."""
+        try:
+            with self.loaded.lock, torch.inference_mode():
+                activate_adapter(self.loaded.model, self.adapter_name)
+                return run_batch(batch)  # type: ignore[no-any-return]
+        except torch.OutOfMemoryError:
+            pass  # retried below, once the failed attempt's tensors are freed with its traceback
+        rows = len(batch.requests)
+        _free_cached_memory(self.loaded.device)
+        if rows == 1:
+            raise BackendError(
+                f"{self.name}: a prompt of {len(batch.ids[0])} tokens does not fit in the memory of "
+                f"{self.loaded.device} even alone; free memory or shorten the prompt or max_tokens"
+            )
+        self.most_rows = min(self.most_rows, rows // 2)
+        first, second = batch.split(rows // 2)
+        return self._run_batch(first, run_batch) + self._run_batch(second, run_batch)
 
     def _generate_batch(self, batch: _Batch) -> list[Generation]:
         requests, prompts = batch.requests, batch.prompts
@@ -156,19 +200,18 @@ class _Batch:
     prompts: list[str]
     ids: list[list[int]]
 
+    def split(self, at: int) -> tuple[_Batch, _Batch]:
+        """The rows before `at` and those from it on."""
+        return (
+            _Batch(self.requests[:at], self.prompts[:at], self.ids[:at]),
+            _Batch(self.requests[at:], self.prompts[at:], self.ids[at:]),
+        )
 
-def plan_batches(requests: Sequence, batch_size: int, lengths: Sequence[int]) -> list[list[int]]:
-    """Indices of `requests` in batches: one steering layer per batch, similar prompt lengths (`lengths`,
-    in tokens) together, so a batch computes little padding."""
-    groups: dict[int | None, list[int]] = {}
-    for index, request in enumerate(requests):
-        layer = request.steering.layer if request.steering else None
-        groups.setdefault(layer, []).append(index)
-    batches = []
-    for indices in groups.values():
-        ordered = sorted(indices, key=lambda i: lengths[i])
-        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-    return batches
+
+def _free_cached_memory(device: torch.device) -> None:
+    # The failed attempt's blocks stay in torch's cache, in pieces; give them back so the halves can use them.
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:

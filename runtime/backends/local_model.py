@@ -329,8 +329,11 @@ def require_memory(needed: float, device: torch.device, *, what: str) -> None:
 
 
 def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device`: on CUDA the device's free memory plus what torch's allocator
+    holds in its cache unused (it reuses that before asking the device)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0] + cached)
     return machine_memory()
 
 

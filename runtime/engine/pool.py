@@ -143,7 +143,8 @@ class BackendPool:
         # Attaching an adapter rewrites the shared model's layers: never in the middle of another backend's
         # batch or of a LoRA training run on the same weights (runtime/training/adapters.py holds the same
         # lock).
-        batch_size = int(serving.get("batch_size", 16))
+        # Without a batch_size, batches are sized to the device's free memory on CUDA (16 rows on the CPU).
+        batch_size = int(serving["batch_size"]) if "batch_size" in serving else None
         with loaded.lock:
             return LocalBackend(loaded, batch_size=batch_size, adapter=adapter, share_prefix=share_prefix())
 

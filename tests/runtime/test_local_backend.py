@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from intro.runtime.backends import embedded
-from intro.runtime.backends.local import LocalBackend, plan_batches
+from intro.runtime.backends.batching import fixed_rows, plan_batches
+from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model, render_plain, require_memory
 from intro.runtime.backends.requests import (
     BackendError,
@@ -490,7 +491,7 @@ def test_batches_are_grouped_by_steering_layer():
         return ask("q", steering=Steering(vector="v", layer=layer, strength=1.0))
 
     requests = [ask("a"), steered(2), ask("bb"), steered(3), steered(2)]
-    batches = plan_batches(requests, 2, [len(r.messages[0].content) for r in requests])
+    batches = plan_batches(requests, [len(r.messages[0].content) for r in requests], fixed_rows(2))
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 4], [3]]
 
 
