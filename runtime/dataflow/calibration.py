@@ -122,13 +122,20 @@ def calibration(
     that have a behaviour."""
     found = points(predicted, behaviour, top_k)
     low, high = bootstrap_interval(found, bins)
+    drawn = curve(found.object, found.hypothetical, bins)
     return {
         "statistic": "calibration",
-        "estimate": curve(found.object, found.hypothetical, bins).mad,
+        "estimate": drawn.mad,
         "ci_low": low,
         "ci_high": high,
         "n": found.items,
         "items": found.items,
         "compliance": float("nan"),
         "scores": {},
+        # the curve itself, per non-empty bin (the paper's figure): cubes.py writes it over a `bin` dim
+        "curve": {
+            "object": drawn.object_mean.tolist(),
+            "hypothetical": drawn.hypothetical_mean.tolist(),
+            "count": drawn.counts.tolist(),
+        },
     }

@@ -5,7 +5,8 @@
               `reply`, over (axes..., item, sample); `probs` over (..., option) for choose
 - estimate:   `estimate`, `ci_low`, `ci_high`, `n`, `compliance`, `items` (resampled items), `wilson_low`,
               `wilson_high` (a proportion's Wilson interval; NaN for other statistics) over the axes;
-              `score` over (axes..., item)
+              `score` over (axes..., item); a calibration also its curve, `curve_object`,
+              `curve_hypothetical` and `curve_count` over (axes..., bin)
 - comparison: `estimate` (a - b or r), `ci_low`, `ci_high`, `n`, `a`, `b`, `items`, `p_value` and `p_holm`
               (Holm-adjusted over the measure's cells) over the axes; a paired difference with an axis
               also `pooled_*` (estimate, ci_low, ci_high, n, items, a, b, p_value, p_holm): the paired test
@@ -87,6 +88,7 @@ def _summaries(kind: str, axes: list[str], shape: tuple[int, ...], points: Seque
     data: dict[str, Any] = {name: (dims, array) for name, array in arrays.items()}
     if kind == "estimate":
         data["score"] = ((*axes, "item"), scores)
+        data.update(_curves(dims, (*shape, *inner), groups, points))
     else:
         data["p_holm"] = (dims, _holm(arrays["p_value"]))
         data.update(_pooled(axes, shape, groups if by else [], points))
@@ -94,6 +96,24 @@ def _summaries(kind: str, axes: list[str], shape: tuple[int, ...], points: Seque
     if by:
         coords[by] = [str(g) for g in groups]
     return data, coords
+
+
+def _curves(
+    dims: tuple[str, ...], shape: tuple[int, ...], groups: list[Any], points: Sequence[tuple[Any, Any]]
+) -> dict[str, Any]:
+    """A calibration's curve per point (and group): `curve_object`, `curve_hypothetical` (the bins' mean
+    object-level and hypothetical probabilities) and `curve_count` (points per bin) over a `bin` dim, NaN
+    past a cell's last non-empty bin. Nothing for other statistics."""
+    cells = [(at, group, s["curve"]) for at, r in points for group, s in _groups(r).items() if "curve" in s]
+    if not cells:
+        return {}
+    width = max(len(curve["object"]) for _, _, curve in cells)
+    arrays = {name: np.full((*shape, width), np.nan) for name in ("object", "hypothetical", "count")}
+    for at, group, curve in cells:
+        where = (*at, groups.index(group)) if group is not None else tuple(at)
+        for name, array in arrays.items():
+            array[(*where, slice(0, len(curve[name])))] = curve[name]
+    return {f"curve_{name}": ((*dims, "bin"), array) for name, array in arrays.items()}
 
 
 def _holm(p_values: np.ndarray) -> np.ndarray:

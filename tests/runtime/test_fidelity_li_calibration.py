@@ -136,6 +136,25 @@ def test_calibration_curves_run_and_show_their_intervals(tmp_path: Path) -> None
         assert f"calibration.{curve}" in shown
 
 
+def test_the_calibration_cube_holds_the_curve_itself(tmp_path: Path) -> None:
+    """The curve per bin, not only its MAD, so that reports and exports can draw it (it was computed and
+    dropped)."""
+    rows = [f'{{"id": "k{k}", "split": "val", "sequence": "red, blue{k}"}}\n' for k in range(6)]
+    (tmp_path / "colours.jsonl").write_text("".join(rows))
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(tmp_path), EchoServer() as server:
+        patch.setenv("INTRO_LI_CALIBRATION_KEY", "sk-test")
+        (tmp_path / "calib.intro").write_text(CALIBRATION.format(url=server.url))
+        assert intro("run", "calib.intro", "--runs", "runs", "--cache", "cache", "--quiet")[0] == 0
+    cube = xr.open_zarr(tmp_path / "runs" / "calib" / "cube.zarr", group="calibration.self").load()
+    cell = cube.sel(task="colours")
+    assert cell.curve_object.dims == ("bin",)
+    # one behaviour per item, always given (probability 1), never predicted (0): one bin of the 6 points
+    assert cell.curve_object.values[0] == 1.0 and cell.curve_hypothetical.values[0] == 0.0
+    assert cell.curve_count.values[0] == 6 and np.isnan(cell.curve_count.values[1:]).all()
+    mad = 100 * np.nanmean(np.abs(cell.curve_object.values - cell.curve_hypothetical.values))
+    assert mad == pytest.approx(float(cell.estimate))
+
+
 def intro(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
