@@ -157,6 +157,25 @@ def _without(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[Any, ...]:
     return tuple(item for item in dict.fromkeys(a["items"]) if item not in drop)
 
 
+def _sample(ctx: Context, spans: Spans, at: Span, **a: Any) -> tuple[Any, ...]:
+    """`n` distinct items of the list in a random order, drawn with a generator seeded by `seed` and the
+    list itself: the same call draws the same items at every compilation, another list (the pool without
+    another word) draws others."""
+    import random
+
+    items = tuple(dict.fromkeys(a["items"]))
+    if not 0 <= a["n"] <= len(items):
+        ctx.fail("E313", f"sample() draws from 0 to {len(items)} items of this list", spans["n"])
+    key = hashlib.sha256(repr((a["seed"], items)).encode()).digest()
+    return tuple(random.Random(key).sample(items, a["n"]))
+
+
+def _joined(ctx: Context, spans: Spans, at: Span, **a: Any) -> str:
+    if not all(isinstance(item, str | int | float) for item in a["items"]):
+        ctx.fail("E201", "joined() takes a list of strings or numbers", spans["items"])
+    return a["separator"].join(str(item) for item in a["items"])
+
+
 def _capitalized(ctx: Context, spans: Spans, at: Span, **a: Any) -> str | tuple[str, ...]:
     def first_upper(text: str) -> str:
         return text[:1].upper() + text[1:]
@@ -289,6 +308,27 @@ FUNCTIONS: dict[str, Function] = dict(
             "(lists also join with `+`)",
             returns="list",
             example='without(intro.candidates, "dog")',
+        ),
+        _fn(
+            "sample",
+            _sample,
+            Param("items", "list"),
+            Param("n", "int"),
+            Param("seed", "int", 0),
+            doc="`n` distinct items of a list in a random order, seeded by `seed` and the list itself (the same "
+            "at every compilation; another list draws others): random distractors, a shuffled list",
+            returns="list",
+            example='sample(without(intro.concepts, "dog"), 9)',
+        ),
+        _fn(
+            "joined",
+            _joined,
+            Param("items", "list"),
+            Param("separator", "string", "\n"),
+            doc="one string: the items of a list (strings or numbers) with `separator` between them (a list a "
+            "template can read)",
+            returns="string",
+            example='joined(["dog", "ocean"], ", ")',
         ),
         _fn(
             "capitalized",

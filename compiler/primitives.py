@@ -165,7 +165,22 @@ def _repeat(ctx: Context, spans: Spans, at: Span, **a: Any) -> ir.Sampling:
 
     if a["samples"] < 1:
         ctx.fail("E307", "samples must be at least 1", spans["samples"])
-    return evolve(a["sampling"], samples=a["samples"])
+    if a["draw"] is None:
+        return evolve(a["sampling"], samples=a["samples"])
+    return evolve(a["sampling"], samples=a["samples"], seed=_draw_seed(ctx, a["draw"], spans["draw"]))
+
+
+def _draw_seed(ctx: Context, draw: Any, span: Span) -> int:
+    """The seed a `draw` names: a stable digest of its plain values, so that trials named apart (a cell's
+    own controls) are drawn apart, and the same name draws the same trials at every compilation."""
+    import hashlib
+    import json
+
+    flat = draw if isinstance(draw, tuple) else (draw,)
+    if not all(isinstance(v, str | int | float | bool) for v in flat):
+        ctx.fail("E201", "repeat() `draw` is a plain value or a list of them (words, numbers)", span)
+    digest_ = hashlib.sha256(json.dumps(list(flat)).encode()).digest()
+    return int.from_bytes(digest_[:4], "big") % 2**30  # room for the sample index added to it
 
 
 # ---------------------------------------------------------------- rules
@@ -247,7 +262,9 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             _repeat,
             Param("sampling", "sampling"),
             Param("samples", "int"),
-            doc="a sampling: `sampling` with `samples` answers per prompt (trials of one prompt)",
+            Param("draw", "any", None),
+            doc="a sampling: `sampling` with `samples` answers per prompt (trials of one prompt); given `draw` "
+            "(a word, a number or a list of them), seeded from it, so that trials named apart are drawn apart",
             returns="sampling",
             example="repeat(li.object_level, 5)",
         ),
@@ -368,6 +385,14 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             "values are (none when it is not such a value)",
             returns="rule",
             example="predicted(li.first_character)",
+        ),
+        _fn(
+            "verdict",
+            _rule_builder("verdict"),
+            doc='a rule: "yes" or "no", the verdict a judge told to end its reply with YES or NO ends with '
+            "(after thinking out loud); none when it ends with neither",
+            returns="rule",
+            example="verdict()",
         ),
         _fn(
             "detects",

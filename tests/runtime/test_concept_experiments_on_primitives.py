@@ -37,16 +37,19 @@ study {name} {{
   }}
 }}
 """
+# The former built-ins asked our own repeat line and think / don't-think pair; the stdlib's defaults are the
+# paper's wording now (issue 11, item 7), so the parity runs pass the former wording, named, on purpose.
 NEW = """
       measure text = intro.thoughts_vs_text_trials(a, v, word, layer, strength, lines, pool, ways: 4,
-                                                   sampling: short)
+                                                   sampling: short, repeat: intro.repeat_own_words)
       measure intention = intro.prefill_intention_trials(a, v, word, layer, strength, lines,
                                                          sampling: short)
 """
 NEW_THINK = """
     measure think = intro.think_about_trials(a, v, word, layer, lines,
                                              concept_vectors(a, take(intro.control_words, 4), layer,
-                                                             take(intro.baseline, 6)))
+                                                             take(intro.baseline, 6)),
+                                             think: intro.think_own_words, dont: intro.dont_think_own_words)
 """
 # The built-in's cell -> the stdlib function's measure (an estimate or a comparison of two).
 TEXT = (
