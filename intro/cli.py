@@ -256,7 +256,7 @@ _EXAMPLES = {
     "lsp": [("intro lsp", "started by an editor: diagnostics, hovers and completion over stdin/stdout")],
     "doc": [
         ("intro doc", "list the functions, declaration kinds and stdlib modules"),
-        ("intro doc prediction", "its parameters with types and defaults, what it returns, an example"),
+        ("intro doc generate", "its parameters with types and defaults, what it returns, an example"),
     ],
 }
 
