@@ -26,11 +26,17 @@ NEW = """
 study new {
   for strength in [4, 8], word in ["dog"] {
     let vector = concept(a, word, 1, take(intro.baseline, 6))
-    measure new = intro.injected_thought_trials(a, vector, word, 1, strength, trials: 6, sampling: short)
+    measure new = intro.injected_thought_trials(a, vector, word, 1, strength, trials: 6, sampling: short,
+                                                prompt: intro.trial_own_words)
   }
 }
 """
 RATES = ("detection", "identification", "false_positive", "net")
+# On purpose (issue 11): the parity run asks the former wording of the trial, named (the stdlib's default is
+# the paper's now, item 7), and each cell draws its own control trials (item 8): the built-in's one shared
+# control draw no longer exists, so false positives and net are not compared with its values, and the
+# study makes one more control draw (6 calls) than the built-in did.
+SAME_AS_BUILTIN = ("detection", "identification")
 
 
 def run(*argv: str, cache: Path) -> str:
@@ -56,7 +62,7 @@ def new(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"planned": planned, "ran": ran, "cubes": cubes}
 
 
-@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("rate", SAME_AS_BUILTIN)
 def test_each_rate_is_the_builtins(new: dict[str, object], rate: str) -> None:
     cube = new["cubes"][rate]
     for cell in goldens.load("injected_thought")["cells"]:
@@ -74,5 +80,10 @@ def test_the_trials_are_the_builtins(new: dict[str, object]) -> None:
 def test_the_primitives_make_the_builtins_calls_and_no_other(new: dict[str, object]) -> None:
     # the built-in's trials (without its logit readout, which the primitives version does not make)
     calls = goldens.load("injected_thought")["calls"]
-    assert goldens.calls_to_make(new["planned"]) == calls == 18
-    assert f"new: {calls} model calls, 0 from cache" in new["ran"]
+    assert calls == 18 and goldens.calls_to_make(new["planned"]) == calls + 6  # a control draw per cell
+    assert f"new: {calls + 6} model calls, 0 from cache" in new["ran"]
+
+
+def test_each_cell_has_its_own_false_positive_rate(new: dict[str, object]) -> None:
+    fp = new["cubes"]["false_positive"]
+    assert all(int(fp.n.sel(strength=s, word="dog")) == 6 for s in ("4", "8"))

@@ -6,8 +6,8 @@ The subject is a tiny random model (tests/tinymodels.py); the judge is a real Op
 127.0.0.1 (tests/servers.py) whose verdict is a fixed function of the request text: "YES", "NO", "Yes.",
 "no" or an answer that commits to neither (the built-in counted that as no, and so must the function).
 
-The built-in's rates and the function's judge requests (their number and a digest of them), recorded while
-it existed from a study run beside the function's on one cache, are kept in a golden file next to this test.
+The function asks the paper's grader prompts now and reads the verdict a reply ends with (issue 11), so
+the former built-in's recorded rates are no longer compared (see below).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from intro.cli import main
 from tests.servers import EchoServer
 from tests.tinymodels import cached_tiny_model
 
-GOLDEN = Path(__file__).with_suffix(".json")
 RATES = ("detection", "identification", "false_positive", "net")
 STRENGTHS = (4, 8)
 HEAD = """
@@ -83,34 +81,33 @@ def new_rates(run: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def digest(texts: list[str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(texts)).encode()).hexdigest()
+# ---------------------------------------------------------------- the paper's grading
+# On purpose (issue 11, item 9): the judge is asked the paper's grader prompts (appendix, Injected Thoughts,
+# Grader Prompts) and its verdict is the YES or NO its reply ends with, where the former built-in asked our
+# own rubrics and read the first word; and each cell draws its own control trials (item 8). So the former
+# built-in's recorded requests and rates (test_judged_injection_on_primitives.json, removed) no longer apply.
+RUBRIC_OPENINGS = {
+    "coherence": "Does their response coherently describe their thoughts or mental states?",
+    "identification": "does the AI claim that they noticed an unusual or injected thought about the word dog?",
+    "affirmative": "does the AI claim that they noticed an unusual or injected thought?\n",
+}
 
 
-@pytest.fixture(scope="module")
-def golden() -> dict:
-    return json.loads(GOLDEN.read_text())
-
-
-# ---------------------------------------------------------------- against the golden file
-@pytest.mark.parametrize("rate", RATES)
-def test_each_rate_is_the_builtins_recorded_one(runs, golden, rate: str) -> None:
+def test_the_judge_is_asked_the_papers_three_rubrics(runs) -> None:
     asked = runs["new"][1]
-    # If this fails, the tiny model's replies changed (another torch?), not the function: check the rates
-    # by hand.
-    assert (len(asked), digest(asked)) == (golden["judge_requests"], golden["digest"]), (
-        "the judge was asked other texts"
-    )
+    kinds = [next(k for k, text in RUBRIC_OPENINGS.items() if text in request) for request in asked]
+    # per cell (2): 6 injected trials x (coherence, identification, affirmative) + 6 own control trials
+    assert sorted(kinds) == sorted(["coherence"] * 12 + ["identification"] * 12 + ["affirmative"] * 24)
+
+
+def test_the_rates_read_the_verdict_each_reply_ends_with(runs) -> None:
     got = new_rates(runs["new"][0])
+    values = [got[str(s)][rate] for s in STRENGTHS for rate in RATES[:3]]
+    assert all(0 <= v <= 1 for v in values) and any(0 < v < 1 for v in values), values
     for strength in map(str, STRENGTHS):
-        assert got[strength][rate] == pytest.approx(golden["rates"][strength][rate], abs=1e-12), strength
-
-
-def test_the_recorded_rates_are_not_trivial(golden) -> None:
-    """The scripted judge gives a mix: a rate of 0 or 1 everywhere would not tell a per-item all_of (or a
-    none counted as left out) from a per-trial one."""
-    values = [golden["rates"][str(s)][rate] for s in STRENGTHS for rate in RATES[:3]]
-    assert any(0 < v < 1 for v in values), values
+        assert got[strength]["net"] == pytest.approx(
+            got[strength]["identification"] - got[strength]["false_positive"]
+        )
 
 
 # ---------------------------------------------------------------- all_of, per trial
