@@ -118,13 +118,14 @@ study many {{
 
 
 def test_the_paper_scale_concept_experiments_share_what_layer_and_strength_do_not_reach() -> None:
-    # 3600 calls of the stdlib functions: the unsteered model's answers depend on the word alone, so the
-    # 1600 calls of thoughts_vs_text_trials share 50 values for them (one per word), not 1600.
+    # 4400 calls of the stdlib functions: the unsteered model's answers depend on the word alone, so the
+    # 2000 calls of thoughts_vs_text_judged (the paper's five strengths) share 50 values for them (one per
+    # word), not 2000.
     spec = Path(__file__).resolve().parents[2] / "specs" / "concept_experiments.intro"
     (study,) = check(spec).studies
     control = [p for p in study.points if p.name == "thoughts_vs_text.identification_control"]
     by_word: dict[object, set[int]] = {}
     for point in control:
         by_word.setdefault(dict(point.coords)["word"], set()).add(id(point.value))
-    assert len(control) == 1600 and len(by_word) == 50
+    assert len(control) == 2000 and len(by_word) == 50
     assert all(len(values) == 1 for values in by_word.values())
