@@ -472,7 +472,7 @@ def _score_tails(
     inputs = torch.zeros((len(tails), width), dtype=torch.long, device=device)
     extension = torch.zeros((len(tails), width), dtype=attention_mask.dtype, device=device)
     for index, (_, _, ids) in enumerate(tails):
-        inputs[index, : len(ids) - 1] = torch.tensor(ids[:-1])
+        inputs[index, : len(ids) - 1] = torch.tensor(ids[:-1], device=device)
         extension[index, : len(ids) - 1] = 1
     mask = torch.cat([attention_mask[rows], extension], dim=1)
     last_position = (attention_mask.long().sum(dim=1) - 1)[rows]

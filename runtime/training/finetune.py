@@ -10,8 +10,11 @@ from generators seeded by it, inside a forked RNG so the caller's random state i
 only needs logits where the next token is a reply token, so the vocabulary projection (the largest
 matrix of small models) runs on those positions alone.
 
-On CPU everything runs in float32 (bf16 matmuls ran 6x slower there, DESIGN.md §5); on CUDA the forward
-runs under bf16 autocast while the LoRA weights and optimizer state stay float32.
+The forward runs in the dtype the base weights were loaded in (runtime/backends/precision.py: float32 on
+the CPU, where bf16 matmuls ran 6x slower, DESIGN.md §5; bfloat16 or float16 on CUDA), under autocast in
+that dtype when it is a half-precision one, while the LoRA weights and optimizer state stay float32. In
+float16 the loss is scaled (`torch.amp.GradScaler`) so that small gradients do not flush to zero on their
+way back through float16 activations; bfloat16 has float32's range and needs no scaling.
 """
 
 from __future__ import annotations
@@ -222,16 +225,22 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on CPU, where float32 is the fast path."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the base weights compute in (that of the input embeddings: adapters may be float32)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return embeddings.weight.dtype if embeddings is not None else next(model.parameters()).dtype
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast in a half-precision `dtype` on `device`; nothing in float32 (the CPU's fast path)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
 def reply_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the reply tokens of a batch."""
-    with autocast_for(batch.input_ids.device):
+    with autocast_for(batch.input_ids.device, compute_dtype(model)):
         logits = _reply_logits(model, batch)
     return F.cross_entropy(logits.float(), batch.targets)
 
@@ -280,6 +289,8 @@ def train_lora(
     work = work if work is not None else ModelWork()
     trainable = [parameter for parameter in peft_model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hyperparameters.lr, weight_decay=hyperparameters.weight_decay)
+    # Disabled (every call a pass-through) unless the model computes in float16; see the module docstring.
+    scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype(peft_model) == torch.float16)
     losses = []
     peft_model.train()
     try:
@@ -289,9 +300,11 @@ def train_lora(
                 needed = sum(len(example.input_ids) for example in examples_in_batch)
                 with work.timed("train", device, batch.input_ids.numel(), needed):
                     loss = reply_loss(peft_model, batch)
-                    loss.backward()
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                     torch.nn.utils.clip_grad_norm_(trainable, hyperparameters.max_grad_norm)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
     finally:
