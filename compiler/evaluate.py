@@ -10,6 +10,7 @@ stops (`_Abort`) and the next statement goes on, so one run reports many indepen
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -415,6 +416,8 @@ class Evaluator:
         return self._arith(node.op, self.expr(node.left), self.expr(node.right), node)
 
     def _arith(self, op: str, left: Any, right: Any, node: ast.Expr) -> Any:
+        if op in _COMPARISONS:
+            return self._compare(op, left, right, node)
         number, vector = CHECKS["number"], CHECKS["vector"]
         if op == "+" and isinstance(left, str) and isinstance(right, str):
             return left + right
@@ -437,6 +440,18 @@ class Evaluator:
             "E203", f"cannot apply '{op}' to a {type_name(left)} and a {type_name(right)}", node.span
         )
 
+    def _compare(self, op: str, left: Any, right: Any, node: ast.Expr) -> bool:
+        """Numbers compare by size; `==` and `!=` also compare strings, booleans and lists of them."""
+        number = CHECKS["number"]
+        if number(left) and number(right):
+            return bool(_COMPARISONS[op](left, right))
+        if op in ("==", "!=") and _plain(left) and _plain(right):
+            same = type(left) is type(right) and left == right  # 1 and true are not equal
+            return same if op == "==" else not same
+        self.ctx.fail(
+            "E203", f"cannot compare a {type_name(left)} and a {type_name(right)} with '{op}'", node.span
+        )
+
     def _Call(self, node: ast.Call) -> Any:
         return self.scope.namespace.program.memo.evaluate(node, self)
 
@@ -451,6 +466,21 @@ class Evaluator:
 
     def _NamedArg(self, node: ast.NamedArg) -> Any:  # pragma: no cover - handled by call()
         return self.expr(node.value)
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def _plain(value: Any) -> bool:
+    """A string, boolean, number or a list of them: what `==` compares."""
+    return isinstance(value, _PLAIN) or isinstance(value, tuple) and all(map(_plain, value))
 
 
 # Each expression node's type -> the Evaluator method that evaluates it (`_Name` for ast.Name, ...).

@@ -32,7 +32,10 @@ KEEP_GAP = "keep"  # a blank line where the source had one (statements, fields, 
 BLANK_GAP = "always"  # always a blank line (between top-level declarations)
 
 _OPENERS = ("{", "[", "(")
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+_COMPARISON = 0  # comparisons do not chain: an operand that is one keeps its parentheses on either side
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2} | dict.fromkeys(
+    ("<", "<=", ">", ">=", "==", "!="), _COMPARISON
+)
 _UNARY, _POSTFIX, _ATTRIBUTE = 3, 4, 5
 
 
@@ -163,7 +166,7 @@ def _needs_parens(node: ast.Expr, context: int, right: bool = False) -> bool:
     if context == _ATTRIBUTE:
         return isinstance(node, ast.Num) or _needs_parens(node, _POSTFIX)
     precedence = _precedence(node)
-    return precedence < context or (right and precedence == context)
+    return precedence < context or ((right or context == _COMPARISON) and precedence == context)
 
 
 def _precedence(node: ast.Expr) -> int:

@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from attrs import field, frozen
-
 from . import ast
 from .builtins import FUNCTIONS
 from .call_memo import Unknown
-from .diagnostics import Sink, Span, did_you_mean
+from .call_sites import CallSite, parameter_origins
+from .diagnostics import Span, did_you_mean
 from .evaluate import Context, Evaluator, Scope, _label, _Namespace
 from .types import CHECKS, INSTANCES, REQUIRED, Function, Param, UserFunction, describe_type, type_name
 
@@ -294,23 +293,14 @@ def _names_in(node: ast.Expr) -> Iterator[ast.Name]:
 
 
 # ---------------------------------------------------------------- calling a function
-@frozen
-class _CallSite(Sink):
-    """The sink of one call's body: each error gets a note naming the call site, then goes to the caller's."""
-
-    caller: Sink = field(kw_only=True)
-    note: str = field(kw_only=True)
-
-    def error(self, code: str, message: str, span: Span, *notes: str) -> None:
-        self.caller.error(code, message, span, *notes, self.note)
-
-
 def _call_user(func: UserFunction, node: ast.Call, ev: Evaluator) -> Any:
     home: _Namespace = func.home
     calls = home.program.calls
     _refuse_recursion(func, node, ev, calls)
-    ctx = _body_context(func, node, ev.ctx)
-    values, _ = bind(func.name, func.params, node, ev, lambda param: _default(func, param, ctx))
+    ctx, sink = _body_context(func, node, ev.ctx)
+    values, spans = bind(func.name, func.params, node, ev, lambda param: _default(func, param, ctx))
+    given = {*(p.name for p in func.params[: len(node.args)]), *(named.name for named in node.kwargs)}
+    sink.arguments.update((name, spans[name]) for name in given)
     calls.append((func.decl.span, func.name))
     try:
         return _run_body(func, values, ctx)
@@ -330,15 +320,23 @@ def _refuse_recursion(
     ev.ctx.fail("E243", f"'{func.name}' calls {how}", node.span, note)
 
 
-def _body_context(func: UserFunction, node: ast.Call, caller: Context) -> Context:
-    """The context a body is evaluated in: the defining module's folder, errors noted with the call site."""
+def _body_context(func: UserFunction, node: ast.Call, caller: Context) -> tuple[Context, CallSite]:
+    """The context a body is evaluated in: the defining module's folder, errors told at the argument that
+    caused them or noted with the call site (call_sites.py)."""
     home: _Namespace = func.home
-    where = f"{node.span.path}:{node.span.line}:{node.span.column}"
-    sink = _CallSite(caller.sink.items, caller=caller.sink, note=f"in {func.name}(), called from {where}")
+    known: dict[int, tuple[ast.FnDecl, dict[Span, frozenset[str]]]] = home.ctx.compilation.setdefault(
+        "origins", {}
+    )
+    if id(func.decl) not in known:
+        known[id(func.decl)] = (func.decl, parameter_origins(func.decl))  # the declaration held: its id
+    origins = known[id(func.decl)][1]
+    sink = CallSite(
+        caller.sink.items, caller=caller.sink, function=func.name, call=node.span, origins=origins
+    )
     ctx = Context(sink, home.ctx.directory, home.ctx.confinement)
     ctx.sources = home.ctx.sources
     ctx.compilation = home.ctx.compilation
-    return ctx
+    return ctx, sink
 
 
 def _default(func: UserFunction, param: Param, ctx: Context) -> tuple[Any, Span]:

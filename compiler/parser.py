@@ -33,6 +33,7 @@ _TOKEN_NAMES = {
     "PLUS": "'+'",
     "STAR": "'*'",
     "SLASH": "'/'",
+    "COMPARE": "a comparison",
     "$END": "end of file",
 }
 _MAX_NUMBER_DIGITS = 30
@@ -262,6 +263,9 @@ class _ToAst(Transformer[Any, Any]):
 
     def div(self, meta: Any, left: ast.Expr, right: ast.Expr) -> ast.Binary:
         return ast.Binary("/", left, right, span=self._span(meta))
+
+    def compare(self, meta: Any, left: ast.Expr, op: Token, right: ast.Expr) -> ast.Binary:
+        return ast.Binary(str(op), left, right, span=self._span(meta))
 
     def neg(self, meta: Any, operand: ast.Expr) -> ast.Unary:
         return ast.Unary("-", operand, span=self._span(meta))

@@ -15,6 +15,7 @@ from . import ir
 from .diagnostics import Span
 from .prompt_sets import PROMPT_SETS, check_template, named_values, sample_rows, with_values
 from .readings import READINGS
+from .requirements import REQUIREMENTS
 from .types import Function, Param, entry
 
 if TYPE_CHECKING:
@@ -583,4 +584,4 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
     ]
 )
 # Where prompts come from first, then what models do with them and the statistics: the reference's order.
-PRIMITIVES: dict[str, Function] = {**PROMPT_SETS, **_MODEL_AND_STATISTICS, **READINGS}
+PRIMITIVES: dict[str, Function] = {**PROMPT_SETS, **_MODEL_AND_STATISTICS, **READINGS, **REQUIREMENTS}

@@ -182,9 +182,12 @@ CONSTRUCTS: tuple[Construct, ...] = (
         "record's field, a module's name or a declaration's field (`mini.train`, `creative.temperature`, "
         "`first_word.question`, `qwen.name`). "
         "Positional arguments bind a function's parameters in order, named ones (`name: value`) by name. `+ - * /` work on numbers; `number * vector`, "
-        "`vector * number`, `vector / number` and `-vector` scale a steering vector. `#` starts a comment.",
+        "`vector * number`, `vector / number` and `-vector` scale a steering vector. `< <= > >=` compare "
+        "numbers and `== !=` also strings, booleans and lists, giving `true` or `false` (a function states "
+        "what it asks of its arguments with `require`); comparisons do not chain. `#` starts a comment.",
         'let strong = 2 * dog\nlet opposite = -dog\nlet question = [{ user: "Do you detect a thought?" }]\n'
-        'let long = """two\nlines"""\nlet pair = (qwen, gemma)\nlet hot = creative.temperature',
+        'let long = """two\nlines"""\nlet pair = (qwen, gemma)\nlet hot = creative.temperature\n'
+        'let warm = hot > 0',
     ),
 )
 

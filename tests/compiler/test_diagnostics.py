@@ -58,6 +58,7 @@ REQUIRED_CODES = {
     "E241": "loop in a function",
     "E242": "unknown parameter type",
     "E243": "recursive function",
+    "E250": "a function's requirement its call does not meet",
     "E300": "model lacks a capability",
     "E303": "property cannot read any selected task",
     "E330": "rows to prompt with: none, or ids not unique",

@@ -124,7 +124,8 @@ def test_the_model_entry_names_every_backend() -> None:
 
 # ---------------------------------------------------------------- the examples are real
 RETURN_TYPES = {"model", "training data", "measurement", "vector", "grader", "list"} | {
-    "rows", "string", "prompts", "texts", "values", "rule", "estimate", "comparison", "sampling", "activations"
+    "rows", "string", "prompts", "texts", "values", "rule", "estimate", "comparison", "sampling", "activations",
+    "bool", "number",
 }  # fmt: skip
 
 
