@@ -1,7 +1,7 @@
 """Prompt templates checked against their rows before a run, and their problems told as diagnostics.
 
 `intro check` renders every template against every row it can be rendered with (`check_rows`,
-`check_questions`, `check_hypothetical`). Lowering renders the same templates on a subset of those rows
+`check_questions`). Lowering renders the same templates on a subset of those rows
 (without the clock, so a check that passed cannot fail later under load), so compile, plan and run
 never meet a template error the check did not report. A template that only substitutes names
 (`"Next after {{ sequence }}?"`) is checked without rendering: every row must have the names.
@@ -35,7 +35,6 @@ from .template_sandbox import (
     TemplateProblem,
     budget_or_default,
     parse,
-    render,
     render_parsed,
 )
 
@@ -265,57 +264,6 @@ def _question_problem(question: str, task: ir.Task, budget: Budget) -> TemplateP
         Rows(task.rows, f"task '{task.name}'", f"the rows of task '{task.name}'", task.id_column),
         budget,
     )
-
-
-HYPOTHETICAL_VALUES = ("object_prompt", "question")
-
-
-def check_hypothetical(
-    ctx: Context, text: str, span: Span, tasks: Sequence[ir.Task], properties: Sequence[ir.Property]
-) -> None:
-    """A hypothetical template is given `object_prompt` and `question`; render it as lowering will."""
-    parsed = check_syntax(ctx, text, span)
-    budget = _budget(ctx, text, span)
-    if parsed.parts is not None:
-        missing = sorted(n for n in parsed.names if n not in HYPOTHETICAL_VALUES and n not in GLOBAL_NAMES)
-        if missing:
-            unknown = TemplateProblem(UNDEFINED, "", parsed.line_of(missing[0]), missing[0])
-            fail(ctx, _not_given(unknown), text, span, "the hypothetical template")
-        return
-    for task in tasks:
-        readers = tuple(p for p in properties if p.reads_task(task))
-        problem = _hypothetical_problem(text, task, readers, budget)
-        if problem is not None:
-            fail(ctx, problem, text, span, "the hypothetical template")
-
-
-def _not_given(problem: TemplateProblem) -> TemplateProblem:
-    name = problem.name or "?"
-    return problem.about(
-        f"uses {name!r}, which is not one of its values",
-        *did_you_mean(name, HYPOTHETICAL_VALUES),
-        f"a hypothetical template is given: {', '.join(HYPOTHETICAL_VALUES)}",
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _hypothetical_problem(
-    text: str, task: ir.Task, properties: tuple[ir.Property, ...], budget: Budget
-) -> TemplateProblem | None:
-    """Render the template for each (row, property) of `task`, as lowering does for the rows it picks."""
-    parsed = parse(text)
-    for row in task.rows:
-        object_prompt = render(task.prompt, row, budget)
-        for prop in properties:
-            values = {"object_prompt": object_prompt, "question": render(prop.question, row, budget)}
-            try:
-                render_parsed(parsed, values, budget, clock=True)
-            except TemplateProblem as problem:
-                if problem.code == UNDEFINED and problem.name is not None:
-                    return _not_given(problem)
-                where = f"row {task.row_id(row)!r} of task '{task.name}' with property '{prop.name}'"
-                return problem.about(f"{_VERB.get(problem.code, 'fails')} on {where}: {problem.message}")
-    return None
 
 
 # ---------------------------------------------------------------- str.format templates (concept prompts)
