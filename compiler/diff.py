@@ -222,9 +222,10 @@ def _reasons(
     if set(old.deps) - set(new.deps):
         reasons.append("depends on different steps")
     described = CALL_KEYS if old.kind in MODEL_CALLS else ("prompts", "model")
-    content_keys = [k for k in new.params if not k.endswith("_steps") and k not in described]
+    before, after = old.params.to_json(), new.params.to_json()  # compared key by key, as the plan holds them
+    content_keys = [k for k in after if not k.endswith("_steps") and k not in described]
     for key in content_keys:
-        if old.params.get(key) != new.params.get(key):
+        if before.get(key) != after.get(key):
             reasons.append(f"parameter changed: {key}")
     if not reasons:
         reasons.append(f"code version ({new.kind} v{STEP_VERSIONS.get(new.kind)})")
@@ -234,12 +235,13 @@ def _reasons(
 def _call_reasons(a: Plan, old: Step, b: Plan, new: Step) -> list[str]:
     """What changed in a step that calls a model: its model's identity, its sampling, its prompts."""
     reasons = []
-    if a.models[old.params["model"]].identity != b.models[new.params["model"]].identity:
+    was, now = old.params.to_json(), new.params.to_json()
+    if a.models[was["model"]].identity != b.models[now["model"]].identity:
         reasons.append("model identity changed")
     for key in SAMPLING_KEYS:
-        if key in new.params and old.params.get(key) != new.params[key]:
-            reasons.append(f"sampling parameter {key}: {old.params.get(key)} -> {new.params[key]}")
-    before, after = _entries(old.params.get("rows")), _entries(new.params.get("rows"))
+        if key in now and was.get(key) != now[key]:
+            reasons.append(f"sampling parameter {key}: {was.get(key)} -> {now[key]}")
+    before, after = _entries(was.get("rows")), _entries(now.get("rows"))
     if before != after:
         reasons.append(f"prompt text: {len(after - before)} of {len(after)} prompts changed")
     return reasons

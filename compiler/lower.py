@@ -15,6 +15,18 @@ from . import ir
 from .declarations import render
 from .lower_dataflow import DataflowLowering
 from .plan import STEP_VERSIONS, Measure, ModelEntry, Plan, Prompt, Step, digest
+from .step_params import (
+    PARAMS,
+    ActivationsVector,
+    ConceptVector,
+    FileVector,
+    FinetuneParams,
+    Hparams,
+    RandomVector,
+    ScaledVector,
+    StepParams,
+    SumVector,
+)
 
 
 class Lowering:
@@ -32,8 +44,11 @@ class Lowering:
         self.dataflow = DataflowLowering(self)
 
     # ------------------------------------------------------------ steps
-    def add_step(self, id_: str, kind: str, deps: Iterable[str], params: dict[str, Any], content: Any) -> str:
-        """Add a step unless one with the same hash exists; return the id of the step that holds it."""
+    def add_step(self, id_: str, deps: Iterable[str], params: StepParams, content: Any) -> str:
+        """Add a step of the params' kind unless one with the same hash exists; return the id of the step
+        that holds it. `content` is what the hash covers besides the kind's version and the deps' hashes."""
+        kind = params.KIND
+        assert isinstance(params, PARAMS[kind]), params  # a kind's params are its registered class
         deps = tuple(dict.fromkeys(deps))
         step_hash = digest([kind, STEP_VERSIONS[kind], [self.steps[d].hash for d in deps], content])
         existing = self._by_hash.get(step_hash)
@@ -83,19 +98,19 @@ class Lowering:
     def _finetuned(self, model: ir.FinetunedModel) -> str:
         base = self.model(model.base)
         data = self.training_data(model.data)
-        hparams = dict(model.hparams)
+        hparams: Hparams = Hparams.from_json(dict(model.hparams))  # checked as a plan read back would be
+        params = FinetuneParams(base, data, hparams)
         # Finetuning a finetuned model starts from its adapter: it must exist first.
         parent = [self.models[base].params["step"]] if self.models[base].kind == "finetuned" else []
         step = self.add_step(
             f"finetune.{self.study.name}.{self.label(model)}",
-            "finetune",
             [*parent, data],
-            {"base": base, "data": data, "hparams": hparams},
-            [self.models[base].identity, hparams],
+            params,
+            [self.models[base].identity, params.hparams.to_json()],
         )
         key = f"ft-{self.steps[step].hash[:12]}"
-        params = {"base": base, "step": step, "label": self.label(model), "root": ir.root_model(model).name}
-        self.models[key] = ModelEntry(key, "finetuned", f"finetuned:{self.steps[step].hash}", params)
+        entry = {"base": base, "step": step, "label": self.label(model), "root": ir.root_model(model).name}
+        self.models[key] = ModelEntry(key, "finetuned", f"finetuned:{self.steps[step].hash}", entry)
         return key
 
     def _steered(self, model: ir.SteeredModel) -> str:
@@ -119,40 +134,29 @@ class Lowering:
         match vector:
             case ir.ConceptVector():
                 model = self.model(vector.model)
-                params = {
-                    "op": "concept",
-                    "model": model,
-                    "word": vector.word,
-                    "layer": vector.layer,
-                    "baseline": list(vector.baseline),
-                    "template": vector.template,
-                }
-                content = [self.models[model].identity, {k: v for k, v in params.items() if k != "model"}]
-                return self.add_step(
-                    f"{name}.concept[{vector.word},{vector.layer}]", "vector", [], params, content
-                )
+                concept = ConceptVector(model, vector.word, vector.layer, vector.baseline, vector.template)
+                content = [self.models[model].identity, _without_model(concept)]
+                return self.add_step(f"{name}.concept[{vector.word},{vector.layer}]", [], concept, content)
             case ir.RandomVector():
                 like = self.vector(vector.like)
-                params = {"op": "random", "of": like, "seed": vector.seed}
-                return self.add_step(f"{name}.random[{vector.seed}]", "vector", [like], params, params)
+                random_ = RandomVector(like, vector.seed)
+                return self.add_step(f"{name}.random[{vector.seed}]", [like], random_, random_.to_json())
             case ir.ScaledVector():
                 of = self.vector(vector.vector)
-                params = {"op": "scale", "of": of, "factor": vector.factor}
-                return self.add_step(f"{name}.scaled[{vector.factor:g}]", "vector", [of], params, params)
+                scaled = ScaledVector(of, vector.factor)
+                return self.add_step(f"{name}.scaled[{vector.factor:g}]", [of], scaled, scaled.to_json())
             case ir.FileVector():
-                params = {"op": "file", "path": vector.path}
-                return self.add_step(f"{name}.file", "vector", [], params, ["file", vector.digest])
+                return self.add_step(f"{name}.file", [], FileVector(vector.path), ["file", vector.digest])
             case ir.ActivationVector():
                 model = self.model(vector.model)
-                prompts = [key for _, key, _ in self.dataflow.static_rows(vector.prompts)]
-                reads = {"op": "activations", "model": model, "layer": vector.layer, "prompts": prompts}
-                identity = [self.models[model].identity, str(vector.layer), prompts]
-                return self.add_step(f"{name}.activations[{vector.layer}]", "vector", [], reads, identity)
+                prompts = tuple(key for _, key, _ in self.dataflow.static_rows(vector.prompts))
+                reads = ActivationsVector(model, vector.layer, prompts)
+                identity = [self.models[model].identity, str(vector.layer), list(prompts)]
+                return self.add_step(f"{name}.activations[{vector.layer}]", [], reads, identity)
             case ir.SumVector():
                 first, second = self.vector(vector.first), self.vector(vector.second)
-                adds = {"op": "add", "of": [first, second]}
                 summed = ["add", self.steps[first].hash, self.steps[second].hash]
-                return self.add_step(f"{name}.sum", "vector", [first, second], adds, summed)
+                return self.add_step(f"{name}.sum", [first, second], SumVector((first, second)), summed)
         raise AssertionError(vector)
 
     # ------------------------------------------------------------ prompts and items
@@ -219,17 +223,17 @@ class Lowering:
         )
 
 
+def _without_model(params: StepParams) -> dict[str, Any]:
+    """A step's params less its model's key: the hash has the model's identity instead."""
+    return {k: v for k, v in params.to_json().items() if k != "model"}
+
+
 def _render(template: str, values: dict[str, Any]) -> str:
     # Most property questions are plain text, which jinja would return unchanged (it only rewrites
     # `{`-syntax and carriage returns). With object prompts rendered once, lowering takes half the time.
     if "{" not in template and "\r" not in template:
         return template
     return render(template, values)
-
-
-def _prompt(system: str | None, text: str) -> Prompt:
-    messages = ((("system", system),) if system else ()) + (("user", text),)
-    return Prompt(messages)
 
 
 def lower(study: ir.Study, source: str) -> Plan:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from . import dataflow as df
 from . import ir
+from . import step_params as sp
 from .declarations import render
 from .plan import Prompt
 
@@ -51,17 +52,16 @@ class DataflowLowering:
                 return self._generate(value)
             case df.Filter():
                 source = self.table(value.texts)
-                step = self._pure("filter", [source], {"texts": source.step, "rule": value.rule.to_json()})
+                step = self._pure([source], sp.FilterParams(source.step, _rule(value.rule)))
                 return Table(step, source.size, exact=False)
             case df.Consensus():  # one text per prompt at most: the table's size is a bound
                 source = self.table(value.texts)
-                return Table(self._pure("consensus", [source], {"texts": source.step}), source.size, False)
+                return Table(self._pure([source], sp.ConsensusParams(source.step)), source.size, False)
             case df.Extract():
                 source = self.table(value.texts)
-                params = {"texts": source.step, "rule": value.rule.to_json(), **self._answer_kinds(value)}
-                if value.each:
-                    params["each"] = [[name, rule.to_json()] for name, rule in value.each]
-                return Table(self._pure("extract", [source], params), source.size, source.exact)
+                each = tuple(sp.NamedRule(name, _rule(rule)) for name, rule in value.each) or None
+                params = sp.ExtractParams(source.step, _rule(value.rule), self._answer_kinds(value), each)
+                return Table(self._pure([source], params), source.size, source.exact)
             case df.Judge():
                 judged = self.table(value.texts)
                 replies = self.table(
@@ -71,14 +71,14 @@ class DataflowLowering:
                         value.sampling,
                     )
                 )
-                params = {"texts": judged.step, "replies": replies.step, "labels": list(value.labels)}
-                step = self._pure("labels", [judged, replies], params)
+                labels = sp.LabelsParams(judged.step, replies.step, tuple(value.labels))
+                step = self._pure([judged, replies], labels)
                 return Table(step, replies.size, replies.exact)
             case df.Choose() | df.Score():
                 return self._scoring(value)
             case df.Differs():
                 a, b = self.table(value.a), self.table(value.b)
-                return Table(self._pure("differs", [a, b], {"a": a.step, "b": b.step}), a.size, a.exact)
+                return Table(self._pure([a, b], sp.DiffersParams(a.step, b.step)), a.size, a.exact)
             case df.Balance():
                 return self._balance(value)
             case df.AllOf():
@@ -88,21 +88,23 @@ class DataflowLowering:
             case df.Cosine():
                 source = self.table(value.residuals)
                 vectors = [self.low.vector(v) for v in value.vectors]
-                params = {"residuals": source.step, "vectors": vectors, "several": value.several}
-                step = self._pure("cosine", [source, *(Table(v, 0, True) for v in vectors)], params)
+                cosine = sp.CosineParams(source.step, tuple(vectors), value.several)
+                step = self._pure([source, *(Table(v, 0, True) for v in vectors)], cosine)
                 return Table(step, source.size * len(vectors), True)
             case df.Probability():
                 choices = self.table(value.choices)
-                params = {"values": choices.step, "option": value.option, "against": value.against}
-                return Table(self._pure("probability", [choices], params), choices.size, True)
+                probability = sp.ProbabilityParams(choices.step, value.option, value.against)
+                return Table(self._pure([choices], probability), choices.size, True)
         raise AssertionError(f"not a table: {value!r}")
 
     def _balance(self, value: df.Balance) -> Table:
         sides = [self.table(v) for v in (value.values, value.first, value.second)]
         where = [self.table(value.where)] if value.where is not None else []
-        params = {"values": sides[0].step, "first": sides[1].step, "second": sides[2].step}
-        params |= {"where": where[0].step if where else None, "top": value.top, "seed": value.seed}
-        return Table(self._pure("balance", [*sides, *where], params), sides[0].size, sides[0].exact)
+        values, first, second = (side.step for side in sides)
+        params = sp.BalanceParams(
+            values, first, second, where[0].step if where else None, value.top, value.seed
+        )
+        return Table(self._pure([*sides, *where], params), sides[0].size, sides[0].exact)
 
     def _all_of(self, value: df.AllOf) -> Table:
         """One row per trial of the side with more rows (the other's per-item grades stand for each
@@ -110,26 +112,26 @@ class DataflowLowering:
         a = self.table(value.a)
         b = None if value.b is None else self.table(value.b)
         sides = [a] if b is None else [a, b]
-        params = {"a": a.step, "b": None if b is None else b.step}
+        params = sp.AllOfParams(a.step, None if b is None else b.step)
         widest = max(sides, key=lambda t: t.size)
-        return Table(self._pure("all_of", sides, params), widest.size, all(t.exact for t in sides))
+        return Table(self._pure(sides, params), widest.size, all(t.exact for t in sides))
 
-    def _answer_kinds(self, value: df.Extract) -> dict[str, Any]:
+    def _answer_kinds(self, value: df.Extract) -> dict[str, sp.TaskAnswer] | None:
         """For a property read off answers to task prompts: each task's answer kind and choices, so that an
         answer that does not comply with its task (not one of the choices) has no value, as in prediction."""
         origin = _prompts_of(value.texts)
         if "property" not in {value.rule.name, *(r.name for _, r in value.each)}:
-            return {}
+            return None
         if not isinstance(origin.source, ir.Selection):
-            return {}
-        return {"tasks": {t.name: [t.answer, list(t.choices)] for t in origin.source.tasks}}
+            return None
+        return {t.name: sp.TaskAnswer(t.answer, tuple(t.choices)) for t in origin.source.tasks}
 
     # ------------------------------------------------------------ steps
-    def _pure(self, kind: str, sources: list[Table], params: dict[str, Any], label: str = "") -> str:
+    def _pure(self, sources: list[Table], params: sp.StepParams, label: str = "") -> str:
         """A step computed from its sources' results; step ids in params are covered by the dep hashes."""
-        content = {k: v for k, v in params.items() if not _is_reference(k)}
-        step_id = f"{kind}.{self.study}" + (f"[{label}]" if label else "")
-        return self.low.add_step(step_id, kind, [s.step for s in sources], params, content)
+        content = {k: v for k, v in params.to_json().items() if not _is_reference(k)}
+        step_id = f"{params.KIND}.{self.study}" + (f"[{label}]" if label else "")
+        return self.low.add_step(step_id, [s.step for s in sources], params, content)
 
     def _model_deps(self, key: str) -> list[str]:
         """The steps a derived model needs first: its finetuning run, its steering vector, its base's."""
@@ -208,85 +210,69 @@ class DataflowLowering:
 
     def _render(self, prompts: df.PromptSet) -> Table:
         source = self.table(prompts.source)
-        params: dict[str, Any] = {
-            "source": source.step,
-            "template": prompts.template,
-            "system": prompts.system,
-            "prefill": prompts.prefill,
-        }
-        if prompts.values:
-            params["bound"] = dict(prompts.values)
-        return Table(self._pure("render", [source], params), source.size, source.exact)
+        assert prompts.template is not None  # prompts over results need one (compiler/prompt_sets.py)
+        params = sp.RenderParams(
+            source.step, prompts.template, prompts.system, prompts.prefill, dict(prompts.values)
+        )
+        return Table(self._pure([source], params), source.size, source.exact)
 
     # ------------------------------------------------------------ model calls
     def _generate(self, value: df.Generate) -> Table:
         key = self.low.model(value.model)
         s = value.sampling
-        params: dict[str, Any] = {
-            "model": key,
-            "temperature": s.temperature,
-            "max_tokens": s.max_tokens,
-            "stop": list(s.stop),
-            "seed": s.seed,
-            "samples": s.samples,
-        }
+        sampling = (s.temperature, s.max_tokens, s.stop, s.seed, s.samples)
         deps = self._model_deps(key)
         if df.is_run_time(value.prompts):
             source = self._render(value.prompts)
-            params.update({"from": source.step, "count": source.size * s.samples, "exact": source.exact})
-            deps.append(source.step)
             size, exact = source.size * s.samples, source.exact
+            params = sp.GenerateParams(key, *sampling, from_=source.step, count=size, exact=exact)
+            deps.append(source.step)
         else:
             rows = self.static_rows(value.prompts)
-            params["rows"] = [[item, 0, prompt] for item, prompt, _ in rows]
-            params.update(self._spans(value.model, rows))
+            generated = tuple(sp.GenerateRow(item, 0, prompt) for item, prompt, _ in rows)
+            params = sp.GenerateParams(key, *sampling, rows=generated, spans=self._spans(value.model, rows))
             size, exact = len(rows) * s.samples, True
-        content = [
-            self.low.models[key].identity,
-            {k: v for k, v in params.items() if k not in ("model", "from")},
-        ]
+        content = [self.low.models[key].identity, _content(params, "model", "from")]
         step_id = f"generate.{self.study}[{self.low.label(value.model)}]"
-        return Table(self.low.add_step(step_id, "generate", deps, params, content), size, exact)
+        return Table(self.low.add_step(step_id, deps, params, content), size, exact)
 
     def _scoring(self, value: df.Choose | df.Score) -> Table:
         key = self.low.model(value.model)
         rows = self.static_rows(value.prompts)
-        params: dict[str, Any] = {"model": key}
+        spans = self._spans(value.model, rows)
+        params: sp.ChooseParams | sp.ScoreParams
         if isinstance(value, df.Choose):
-            kind = "choose"
-            params["options"] = list(value.options)
-            params["rows"] = [[item, prompt] for item, prompt, _ in rows]
+            prompts = tuple(sp.PromptRow(item, prompt) for item, prompt, _ in rows)
+            params = sp.ChooseParams(key, tuple(value.options), prompts, spans)
         else:
-            kind = "score"
-            params["rows"] = [
-                [item, prompt, self._text(value.continuation, row)] for item, prompt, row in rows
-            ]
-        params.update(self._spans(value.model, rows))
-        content = [self.low.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
-        step_id = f"{kind}.{self.study}[{self.low.label(value.model)}]"
-        return Table(
-            self.low.add_step(step_id, kind, self._model_deps(key), params, content), len(rows), True
-        )
+            scored = tuple(
+                sp.ScoreRow(item, prompt, self._text(value.continuation, row)) for item, prompt, row in rows
+            )
+            params = sp.ScoreParams(key, scored, spans)
+        content = [self.low.models[key].identity, _content(params, "model")]
+        step_id = f"{params.KIND}.{self.study}[{self.low.label(value.model)}]"
+        return Table(self.low.add_step(step_id, self._model_deps(key), params, content), len(rows), True)
 
     def _residuals(self, value: df.Residuals) -> Table:
         key = self.low.model(value.model)
         rows = self.static_rows(value.prompts)
-        params: dict[str, Any] = {"model": key, "layer": value.layer}
-        params["rows"] = [[item, prompt] for item, prompt, _ in rows]
+        spans = None
         if value.span is not None:
             values = dict(value.values)
-            params["spans"] = [self._text(value.span, {**values, **row}) for _, _, row in rows]
-        content = [self.low.models[key].identity, {k: v for k, v in params.items() if k != "model"}]
+            spans = tuple(self._text(value.span, {**values, **row}) for _, _, row in rows)
+        prompts = tuple(sp.PromptRow(item, prompt) for item, prompt, _ in rows)
+        params = sp.ResidualsParams(key, value.layer, prompts, spans)
+        content = [self.low.models[key].identity, _content(params, "model")]
         step_id = f"residuals.{self.study}[{self.low.label(value.model)}]"
-        step = self.low.add_step(step_id, "residuals", self._model_deps(key), params, content)
+        step = self.low.add_step(step_id, self._model_deps(key), params, content)
         return Table(step, len(rows), True)
 
-    def _spans(self, model: ir.Model, rows: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+    def _spans(self, model: ir.Model, rows: list[tuple[str, str, dict[str, Any]]]) -> tuple[str, ...] | None:
         """A model steered on a span: the text each prompt is steered on, rendered with the prompt's row."""
         if not isinstance(model, ir.SteeredModel) or model.span_text is None:
-            return {}
+            return None
         values = dict(model.span_values)
-        return {"spans": [self._text(model.span_text, {**values, **row}) for _, _, row in rows]}
+        return tuple(self._text(model.span_text, {**values, **row}) for _, _, row in rows)
 
     # ------------------------------------------------------------ statistics and measures
     def measure(self, value: Any) -> str:
@@ -296,57 +282,58 @@ class DataflowLowering:
         if isinstance(value, df.Comparison):
             a, b = self.estimate(value.a), self.estimate(value.b)
             sources = [Table(a, 0, True), Table(b, 0, True)]
-            return self._pure("comparison", sources, {"statistic": value.statistic, "a": a, "b": b})
+            return self._pure(sources, sp.ComparisonParams(value.statistic, a, b))
         return self.table(value).step
 
     def estimate(self, value: df.Estimate) -> str:
         values = self.table(value.values)
-        sources = [values]
-        params: dict[str, Any] = {"statistic": value.statistic, "values": values.step, "equals": value.equals}
-        if value.by is not None:
-            params["by"] = value.by
-        if value.over != "items":
-            params["over"] = value.over
-        if value.statistic == "calibration":
-            params["top_k"] = value.top_k
-        if value.where is not None:
-            where = self.table(value.where)
-            sources.append(where)
-            params["where"] = where.step
-        if value.other is not None:
-            other = self.table(value.other)
-            sources.append(other)
-            params["other"] = other.step
-        return self._pure("estimate", sources, params, value.statistic)
+        where = None if value.where is None else self.table(value.where)
+        other = None if value.other is None else self.table(value.other)
+        params = sp.EstimateParams(
+            value.statistic,
+            values.step,
+            value.equals,
+            by=value.by,
+            over=value.over,
+            top_k=value.top_k if value.statistic == "calibration" else None,
+            where=None if where is None else where.step,
+            other=None if other is None else other.step,
+        )
+        sources = [t for t in (values, where, other) if t is not None]
+        return self._pure(sources, params, value.statistic)
 
     # ------------------------------------------------------------ training data
     def examples(self, value: df.Examples) -> str:
-        params: dict[str, Any] = {}
+        params = sp.ExamplesParams()
         sources: list[Table] = []
         if value.fixed:
-            params["fixed"] = [[[list(m) for m in messages], target] for messages, target in value.fixed]
+            params = sp.ExamplesParams(fixed=tuple(sp.FixedExample(m, t) for m, t in value.fixed))
         elif value.prompts is not None and df.is_run_time(value.prompts):
             source = self._render(value.prompts)
             sources.append(source)
-            params["from"] = source.step
+            params = sp.ExamplesParams(from_=source.step)
             if isinstance(value.completions, str):  # rendered per row of the results the prompts come from
                 results = self.table(value.prompts.source)
                 sources.append(results)
-                params.update({"results": results.step, "template": value.completions})
+                params = evolve(params, results=results.step, template=value.completions)
         elif value.prompts is not None:
-            rows = self.static_rows(value.prompts)
-            if isinstance(value.completions, str):
-                template = value.completions
-                params["rows"] = [[item, prompt, self._text(template, row)] for item, prompt, row in rows]
-            else:
-                params["rows"] = [[item, prompt] for item, prompt, _ in rows]
+            params = sp.ExamplesParams(rows=self._example_rows(value.prompts, value.completions))
         if isinstance(value.completions, (*df.TEXTS, *df.VALUES)):
             completions = self.table(value.completions)
             sources.append(completions)
-            params["completions"] = completions.step
-            if isinstance(value.completions, df.VALUES):
-                params["target"] = "value"  # the item's value (its mode over samples), in the prompts' order
-        return self._pure("examples", sources, params)
+            # VALUES: each item's value (its mode over samples) answers its prompts, in the prompts' order
+            target = "value" if isinstance(value.completions, df.VALUES) else None
+            params = evolve(params, completions=completions.step, target=target)
+        return self._pure(sources, params)
+
+    def _example_rows(self, prompts: df.PromptSet, completions: Any) -> tuple[sp.ExampleRow, ...]:
+        """The prompts, each with its target where `completions` is a template over the prompt's row."""
+        rows = self.static_rows(prompts)
+        if isinstance(completions, str):
+            return tuple(
+                sp.ExampleRow(item, prompt, self._text(completions, row)) for item, prompt, row in rows
+            )
+        return tuple(sp.ExampleRow(item, prompt) for item, prompt, _ in rows)
 
 
 def _prompts_of(value: Any) -> df.PromptSet:
@@ -354,6 +341,16 @@ def _prompts_of(value: Any) -> df.PromptSet:
     while not isinstance(value, df.Generate | df.Choose | df.Score | df.Residuals):
         value = df.upstream(value)
     return value.prompts
+
+
+def _rule(rule: df.Rule) -> sp.Rule:
+    return sp.Rule(rule.name, dict(rule.args))
+
+
+def _content(params: sp.StepParams, *left_out: str) -> dict[str, Any]:
+    """What a model call's hash covers of its params: all but the model's key (its identity is hashed
+    instead) and a render step's id (its hash is a dep's)."""
+    return {k: v for k, v in params.to_json().items() if k not in left_out}
 
 
 def _is_reference(key: str) -> bool:

@@ -2,46 +2,38 @@
 
 A step's hash covers exactly what determines its output: the model's identity, the rendered prompts,
 sampling parameters (seed and sample index included), upstream hashes and the version of the code that
-runs it. Never comments, layout, step ids or where a model is served. A sampling step holds prompts;
-each (prompt, sample index) is one *request* whose key (`request_key`) is what the runtime caches, so
-identical requests anywhere, in this study or another sharing the cache, run once.
+runs it. Never comments, layout, step ids or where a model is served. A step calling a model holds
+prompts; each (prompt, sample index) is one *request* whose key (`request_key`) is what the runtime caches,
+so identical requests anywhere, in this study or another sharing the cache, run once. Each step kind's
+parameters are a typed class (compiler/step_params.py), decoded and checked once when a plan is read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from attrs import field, frozen
 
+from . import step_params
+from .step_params import ParamError, StepParams
+
+P = TypeVar("P", bound=StepParams)
+
 SCHEMA_VERSION = 1
 
-# Bump a kind's version when the code that executes it changes what it produces.
+# Bump a kind's version (its params class's VERSION, compiler/step_params.py) when the code that executes it
+# changes what it produces.
 STEP_VERSIONS: dict[str, int] = {
     "sample": 1,  # no step of its own now: the version of every cached model request (request_key)
-    "finetune": 1,
-    "vector": 1,
-    # the open language's primitives (compiler/lower_dataflow.py)
-    "generate": 1,
-    "choose": 1,
-    "score": 1,
-    "render": 1,
-    "extract": 1,
-    "filter": 1,
-    "consensus": 1,
-    "labels": 1,
-    "estimate": 1,
-    "comparison": 1,
-    "examples": 1,
-    "differs": 1,
-    "balance": 1,
-    "all_of": 2,  # 2: per trial (item, sample), a none does not pass
-    "probability": 1,
-    "residuals": 1,
-    "cosine": 1,
+    **step_params.VERSIONS,
 }
+
+
+class PlanError(ValueError):
+    """A plan (plan.json) that this intro cannot read: one line naming what is wrong."""
 
 
 def digest(value: Any) -> str:
@@ -94,7 +86,15 @@ class Step:
     kind: str
     hash: str
     deps: tuple[str, ...]
-    params: Mapping[str, Any] = field(eq=False)
+    params: StepParams = field(eq=False)  # the class step_params.PARAMS gives `kind`
+
+    def params_as(self, cls: type[P]) -> P:
+        """The params, as the class the caller handles (a handler for the wrong kind fails here)."""
+        if not isinstance(self.params, cls):
+            raise TypeError(
+                f"step {self.id} ({self.kind}) has {type(self.params).__name__}, not {cls.__name__}"
+            )
+        return self.params
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,12 +102,18 @@ class Step:
             "kind": self.kind,
             "hash": self.hash,
             "deps": list(self.deps),
-            "params": self.params,
+            "params": self.params.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Step:
-        return cls(data["id"], data["kind"], data["hash"], tuple(data["deps"]), data["params"])
+        step_id, kind = data["id"], data["kind"]
+        try:
+            params = step_params.decode(kind, data["params"])
+        except ParamError as error:
+            where = f"param {error.path}: " if error.where else ""
+            raise PlanError(f"plan step '{step_id}' ({kind}): {where}{error.problem}") from None
+        return cls(step_id, kind, data["hash"], tuple(data["deps"]), params)
 
 
 @frozen
@@ -177,9 +183,17 @@ class Plan:
     def from_json(cls, data: Mapping[str, Any]) -> Plan:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(
+            raise PlanError(
                 f"plan schema_version {version!r} is not supported (this intro reads {SCHEMA_VERSION})"
             )
+        try:
+            return cls._from_json(data)
+        except KeyError as error:
+            raise PlanError(f"the plan has no {error.args[0]!r} where one is needed") from None
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> Plan:
+        version = data["schema_version"]
         return cls(
             study=data["study"],
             source=data["source"],
@@ -204,7 +218,13 @@ class Plan:
 
     @classmethod
     def loads(cls, text: str) -> Plan:
-        return cls.from_json(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PlanError(f"the plan is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise PlanError("the plan is not a JSON object")
+        return cls.from_json(data)
 
 
 def _compact(value: Any) -> str:
@@ -224,23 +244,3 @@ def _block(value: Any) -> str:
 def request_key(model_identity: str, prompt_key: str, params: Mapping[str, Any], sample: int) -> str:
     """The cache key of one model call: the same inputs give the same key in any study."""
     return digest(["request", STEP_VERSIONS["sample"], model_identity, prompt_key, dict(params), sample])
-
-
-def sampling_params(step: Step) -> dict[str, Any]:
-    """The parameters of a sample step that reach the model (what `request_key` hashes)."""
-    p = step.params
-    return {
-        "temperature": p["temperature"],
-        "max_tokens": p["max_tokens"],
-        "stop": list(p["stop"]),
-        "seed": p["seed"],
-    }
-
-
-def requests(plan: Plan, step: Step) -> Iterator[tuple[str, str, int]]:
-    """(request key, prompt key, sample index) for every call a sample step makes."""
-    identity = plan.models[step.params["model"]].identity
-    params = sampling_params(step)
-    for prompt_key in step.params["prompts"]:
-        for sample in range(step.params["samples"]):
-            yield request_key(identity, prompt_key, params, sample), prompt_key, sample

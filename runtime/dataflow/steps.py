@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from intro.compiler import step_params as sp
 from intro.compiler.plan import Measure, Step
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes, readings
@@ -48,7 +49,8 @@ class DataflowSteps:
 
     async def scoring(self, step: Step) -> None:
         calls = self._calls(step)
-        choices = [step.params["options"] if step.kind == "choose" else [c.continuation] for c in calls]
+        options = list(step.params.options) if isinstance(step.params, sp.ChooseParams) else None
+        choices = [options if options is not None else [c.continuation] for c in calls]
         await self.run.executor.score(step, calls, choices)
         self._finish(step)
 
@@ -57,11 +59,12 @@ class DataflowSteps:
         unique = list({c.key: c for c in self._calls(step)}.values())
         todo = [c for c in unique if not self.run.cache.has(c.key)]
         if todo:
-            loaded = self.run.pool.loaded(step.params["model"])  # on the event loop: loading threads race
+            p = step.params_as(sp.ResidualsParams)
+            loaded = self.run.pool.loaded(p.model)  # on the event loop: loading threads race
             prompts = [self.tables.prompt(c.prompt) for c in todo]
             spans = [c.span for c in todo]
             async with self.run.executor.compute:
-                read = await asyncio.to_thread(readings.read, loaded, prompts, spans, step.params["layer"])
+                read = await asyncio.to_thread(readings.read, loaded, prompts, spans, p.layer)
             for call, vector in zip(todo, read, strict=True):
                 self.run.cache.put(call.key, readings.encode(vector))
         self.run.executor.counters.calls += len(todo)

@@ -11,12 +11,13 @@ calls made.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
 
-from intro.compiler.plan import Plan, Prompt, Step, digest, request_key, sampling_params
+from intro.compiler import step_params as sp
+from intro.compiler.plan import Plan, Prompt, Step, digest, request_key
 from intro.compiler.template_sandbox import TemplateProblem, render
 from intro.runtime.backends.precision import numerics_identity
 from intro.runtime.dataflow import readings
@@ -86,19 +87,35 @@ class Tables:
     # ------------------------------------------------------------ model calls
     def calls(self, step: Step) -> list[Call]:
         """Every model call of a calling step, in row order (keys repeat where prompts do)."""
-        if step.kind == "generate":
-            return self._generate_calls(step)
-        if step.kind == "residuals":
-            return self._residual_calls(step)
-        spans = step.params.get("spans") or [None] * len(step.params["rows"])
-        calls = []
-        for row, span in zip(step.params["rows"], spans, strict=True):
-            item, prompt = row[0], row[1]
-            identity = self.identity(step.params["model"], span)
-            choices = step.params["options"] if step.kind == "choose" else [row[2]]
-            key = digest(["score-request", step.kind, identity, prompt, choices])
-            calls.append(Call(key, prompt, item, 0, 0, "" if step.kind == "choose" else row[2], span))
-        return calls
+        match step.params:
+            case sp.GenerateParams() as p:
+                return self._generate_calls(step, p)
+            case sp.ResidualsParams() as p:
+                return self._residual_calls(p)
+            case sp.ChooseParams() as p:
+                return [
+                    self._score_call(p, row.item, row.prompt, list(p.options), "", span)
+                    for row, span in zip(p.rows, _spans(p.spans, p.rows), strict=True)
+                ]
+            case sp.ScoreParams() as p:
+                return [
+                    self._score_call(p, row.item, row.prompt, [row.continuation], row.continuation, span)
+                    for row, span in zip(p.rows, _spans(p.spans, p.rows), strict=True)
+                ]
+        raise TypeError(f"{step.id}: a {step.kind} step makes no model calls")
+
+    def _score_call(
+        self,
+        p: sp.CallParams,
+        item: str,
+        prompt: str,
+        choices: list[str],
+        continuation: str,
+        span: str | None,
+    ) -> Call:
+        """A scoring call: its key covers the model, the prompt and the texts scored after it."""
+        key = digest(["score-request", p.KIND, self.identity(p.model, span), prompt, choices])
+        return Call(key, prompt, item, 0, 0, continuation, span)
 
     def identity(self, model_key: str, span: str | None) -> str:
         """What a call's key names as its model: for a model steered on a span, the base model with the
@@ -106,40 +123,44 @@ class Tables:
         entry = self.plan.models[model_key]
         if span is None:
             return numerics_identity(entry.identity, self.numerics(model_key))
-        p = entry.params
-        injection = [self._steps[p["vector"]].hash, p["layer"], p["strength"], span]
-        identity = digest(["span", self.plan.models[p["base"]].identity, injection])
+        steered = entry.params  # a model's entry (compiler/lower.py), not a step's params
+        injection = [self._steps[steered["vector"]].hash, steered["layer"], steered["strength"], span]
+        identity = digest(["span", self.plan.models[steered["base"]].identity, injection])
         return numerics_identity(identity, self.numerics(model_key))
 
-    def _generate_calls(self, step: Step) -> list[Call]:
-        p = step.params
-        params = sampling_params(step)
-        if "rows" in p:
-            sources = [(item, sample, prompt) for item, sample, prompt in p["rows"]]
+    def _generate_calls(self, step: Step, p: sp.GenerateParams) -> list[Call]:
+        sampling = p.sampling()
+        if p.rows is not None:
+            sources = list(p.rows)
         else:
-            sources = [(r["item"], r["sample"], r["prompt"]) for r in self.table(p["from"])]
-        spans = p.get("spans") or [None] * len(sources)
-        n = p["samples"]
+            assert p.from_ is not None  # a generate step has rows or a render step (GenerateParams)
+            sources = [sp.GenerateRow(r["item"], r["sample"], r["prompt"]) for r in self.table(p.from_)]
+        n = p.samples
         return [
             Call(
-                request_key(self.identity(p["model"], span), prompt, params, k),
-                prompt,
-                item,
-                sample * n + k,
+                request_key(self.identity(p.model, span), row.prompt, sampling, k),
+                row.prompt,
+                row.item,
+                row.sample * n + k,
                 k,
                 span=span,
             )
-            for (item, sample, prompt), span in zip(sources, spans, strict=True)
+            for row, span in zip(sources, _spans(p.spans, sources), strict=True)
             for k in range(n)
         ]
 
-    def _residual_calls(self, step: Step) -> list[Call]:
-        p = step.params
-        identity = self.identity(p["model"], None)
-        spans = p.get("spans") or [None] * len(p["rows"])
+    def _residual_calls(self, p: sp.ResidualsParams) -> list[Call]:
+        identity = self.identity(p.model, None)
         return [
-            Call(readings.reading_key(identity, prompt, p["layer"], span), prompt, item, 0, 0, span=span)
-            for (item, prompt), span in zip(p["rows"], spans, strict=True)
+            Call(
+                readings.reading_key(identity, row.prompt, p.layer, span),
+                row.prompt,
+                row.item,
+                0,
+                0,
+                span=span,
+            )
+            for row, span in zip(p.rows, _spans(p.spans, p.rows), strict=True)
         ]
 
     def _residuals(self, step: Step) -> list[Row]:
@@ -155,15 +176,15 @@ class Tables:
 
     def _cosine(self, step: Step) -> list[Row]:
         """Each reading's cosine with each vector; with several vectors, keyed `item#k` (k from 1)."""
-        p = step.params
+        p = step.params_as(sp.CosineParams)
         vectors = [
             readings.load_vector(self.cache.artifact_dir(self._steps[v].hash) / readings.VECTOR_FILE)
-            for v in p["vectors"]
+            for v in p.vectors
         ]
         rows = []
-        for r in self.table(p["residuals"]):
+        for r in self.table(p.residuals):
             for k, vector in enumerate(vectors, start=1):
-                item = f"{r['item']}#{k}" if p["several"] else r["item"]
+                item = f"{r['item']}#{k}" if p.several else r["item"]
                 value = readings.cosine(r["residual"], vector)
                 rows.append({"item": item, "sample": 0, "value": value, "prompt": r["prompt"]})
         return rows
@@ -185,10 +206,11 @@ class Tables:
 
     def _choose(self, step: Step) -> list[Row]:
         rows = []
+        options = step.params_as(sp.ChooseParams).options
         for call in self.calls(step):
             # In the spec's order (the cache keeps keys sorted): the cube's option axis, and ties, follow it.
             record = self._record(call, step)
-            probs = {option: record["probs"][option] for option in step.params["options"]}
+            probs = {option: record["probs"][option] for option in options}
             best = max(probs, key=lambda option: probs[option])
             row = {"item": call.item, "sample": 0, "value": best, "probs": probs, "prompt": call.prompt}
             rows.append({**row, "logprobs": record["logprobs"]})
@@ -202,14 +224,14 @@ class Tables:
 
     # ------------------------------------------------------------ pure steps
     def _render(self, step: Step) -> list[Row]:
-        p = step.params
+        p = step.params_as(sp.RenderParams)
         rows = []
-        for source in self.table(p["source"]):
-            text = self._template(step, p["template"], source, p.get("bound", {}))
-            messages = ((("system", p["system"]),) if p["system"] else ()) + (("user", text),)
-            prefill = p["prefill"]
+        for source in self.table(p.source):
+            text = self._template(step, p.template, source, p.bound)
+            messages = ((("system", p.system),) if p.system else ()) + (("user", text),)
+            prefill = p.prefill
             if "{" in prefill:  # a template over the row, as the user turn
-                prefill = self._template(step, prefill, source, p.get("bound", {}))
+                prefill = self._template(step, prefill, source, p.bound)
             prompt = Prompt(messages, prefill)
             self.prompts.setdefault(prompt.key, prompt)
             rows.append({"item": source["item"], "sample": source["sample"], "prompt": prompt.key})
@@ -234,14 +256,14 @@ class Tables:
         return {**dict(self.item(row["item"])), **extra}
 
     def _filter(self, step: Step) -> list[Row]:
-        rule = step.params["rule"]
-        return [r for r in self.table(step.params["texts"]) if passes(self._apply(rule, r))]
+        p = step.params_as(sp.FilterParams)
+        return [r for r in self.table(p.texts) if passes(self._apply(p.rule, r))]
 
     def _consensus(self, step: Step) -> list[Row]:
         """Per prompt (its item and prompt key), the row of the first sample giving the answer its samples
         agree on, if they agree (stdlib.extractors.consensus); an item's prompts numbered as its samples."""
         prompts: dict[tuple[str, str], list[Row]] = {}
-        for row in self.table(step.params["texts"]):
+        for row in self.table(step.params_as(sp.ConsensusParams).texts):
             prompts.setdefault((row["item"], row["prompt"]), []).append(row)
         rows: list[Row] = []
         numbered: Counter[str] = Counter()
@@ -260,46 +282,47 @@ class Tables:
         return found or {}
 
     def _extract(self, step: Step) -> list[Row]:
-        p = step.params
-        tasks = p.get("tasks", {})
-        if "each" not in p:
+        p = step.params_as(sp.ExtractParams)
+        tasks = p.tasks or {}
+        if p.each is None:
             return [
-                {**r, "value": self._apply(p["rule"], r) if _complies(r, tasks) else None}
-                for r in self.table(p["texts"])
+                {**r, "value": self._apply(p.rule, r) if _complies(r, tasks) else None}
+                for r in self.table(p.texts)
             ]
         return [
             {
                 **r,
-                "item": f"{r['item']}#{name}",
-                "value": self._apply(rule, r) if _complies(r, tasks) else None,
+                "item": f"{r['item']}#{each.name}",
+                "value": self._apply(each.rule, r) if _complies(r, tasks) else None,
             }
-            for r in self.table(p["texts"])
-            for name, rule in p["each"]
+            for r in self.table(p.texts)
+            for each in p.each
         ]
 
-    def _apply(self, rule: Mapping[str, Any], row: Row) -> str | None:
+    def _apply(self, rule: sp.Rule, row: Row) -> str | None:
         """The rule on a row's text, or on its value read as a text (none stays none)."""
         text = row["text"] if "text" in row else row.get("value")
         if text is None:
             return None
-        return apply(rule["name"], rule["args"], str(text), self.item(row["item"]))
+        return apply(rule.name, rule.args, str(text), self.item(row["item"]))
 
     def _probability(self, step: Step) -> list[Row]:
         """A choose's probability of one option per prompt, or its log-odds against another."""
-        p = step.params
+        p = step.params_as(sp.ProbabilityParams)
         rows = []
-        for r in self.table(p["values"]):
-            if p["against"] is None:
-                value = r["probs"][p["option"]]
+        for r in self.table(p.values):
+            if p.against is None:
+                value = r["probs"][p.option]
             else:  # from the raw log-probabilities: the difference is the normalised one's, and never -inf
-                value = r["logprobs"][p["option"]] - r["logprobs"][p["against"]]
+                value = r["logprobs"][p.option] - r["logprobs"][p.against]
             rows.append({"item": r["item"], "sample": r["sample"], "value": value, "prompt": r["prompt"]})
         return rows
 
     def _all_of(self, step: Step) -> list[Row]:
         """Per trial (item, sample), whether every grade passes (a none does not); rows in the order of the
         side with more of them, a side's per-item grade standing for each sample (compiler/primitives.py)."""
-        names = [step.params["a"]] + ([step.params["b"]] if step.params.get("b") else [])
+        p = step.params_as(sp.AllOfParams)
+        names = [p.a] + ([p.b] if p.b else [])
         sides = sorted((_Grades.of(self.table(name)) for name in names), key=lambda g: -len(g.trials))
         rows = []
         for item, sample in dict.fromkeys(trial for side in sides for trial in side.trials):
@@ -311,28 +334,33 @@ class Tables:
     def _labels(self, step: Step) -> list[Row]:
         """The judged rows (their text and prompt), each with the grader's label and raw reply; a grader
         answers each judged row once, under the same item and sample."""
-        labels = step.params["labels"]
-        judged = {(r["item"], r["sample"]): r for r in self.table(step.params["texts"])}
+        p = step.params_as(sp.LabelsParams)
+        judged = {(r["item"], r["sample"]): r for r in self.table(p.texts)}
         return [
-            {**judged[r["item"], r["sample"]], "value": parse_label(r["text"], labels), "reply": r["text"]}
-            for r in self.table(step.params["replies"])
+            {
+                **judged[r["item"], r["sample"]],
+                "value": parse_label(r["text"], list(p.labels)),
+                "reply": r["text"],
+            }
+            for r in self.table(p.replies)
         ]
 
     def _estimate(self, step: Step) -> dict[str, Any]:
-        p = step.params
-        keep = self._kept(p.get("where"))
-        values = _units(keep(self.table(p["values"])), p.get("over"))
-        other = _units(keep(self.table(p["other"])), p.get("over")) if p.get("other") else None
-        over = {"over": p.get("over", "items")}
-        options = {"equals": p.get("equals"), "top_k": p.get("top_k", 3)}
-        if not p.get("by"):
-            return {**estimate(p["statistic"], values, other, **options), **over}
+        p = step.params_as(sp.EstimateParams)
+        keep = self._kept(p.where)
+        values = _units(keep(self.table(p.values)), p.over)
+        other = _units(keep(self.table(p.other)), p.over) if p.other else None
+        over = {"over": p.over}
+        top_k = 3 if p.top_k is None else p.top_k
+        by = p.by
+        if not by:
+            return {**estimate(p.statistic, values, other, p.equals, top_k), **over}
         groups: dict[str, Any] = {}
-        for group in dict.fromkeys(self._group(r, p["by"]) for r in values):
-            mine = [r for r in values if self._group(r, p["by"]) == group]
-            theirs = None if other is None else [r for r in other if self._group(r, p["by"]) == group]
-            groups[group] = {**estimate(p["statistic"], mine, theirs, **options), **over}
-        return {"by": p["by"], "groups": groups}
+        for group in dict.fromkeys(self._group(r, by) for r in values):
+            mine = [r for r in values if self._group(r, by) == group]
+            theirs = None if other is None else [r for r in other if self._group(r, by) == group]
+            groups[group] = {**estimate(p.statistic, mine, theirs, p.equals, top_k), **over}
+        return {"by": by, "groups": groups}
 
     def _kept(self, where: str | None) -> Any:
         """A filter of rows to the items whose `where` value is true-like (all rows without `where`)."""
@@ -342,8 +370,9 @@ class Tables:
         return lambda rows: [r for r in rows if r["item"] in items]
 
     def _differs(self, step: Step) -> list[Row]:
-        a, b = _modes(self.table(step.params["a"])), _modes(self.table(step.params["b"]))
-        items = dict.fromkeys([*(r["item"] for r in self.table(step.params["a"])), *a, *b])
+        p = step.params_as(sp.DiffersParams)
+        a, b = _modes(self.table(p.a)), _modes(self.table(p.b))
+        items = dict.fromkeys([*(r["item"] for r in self.table(p.a)), *a, *b])
         return [
             {
                 "item": item,
@@ -356,16 +385,16 @@ class Tables:
     def _balance(self, step: Step) -> list[Row]:
         """Binder et al. 2024's entropy control (compiler/dataflow.py's Balance): per task, the items kept on
         the side of `values` so that the two sides' distributions of values are the same."""
-        p = step.params
-        values, first, second = (_modes(self.table(p[name])) for name in ("values", "first", "second"))
-        scope = self._kept(p.get("where"))
-        candidates = {r["item"] for r in scope(self.table(p["values"]))}
+        p = step.params_as(sp.BalanceParams)
+        values, first, second = (_modes(self.table(name)) for name in (p.values, p.first, p.second))
+        scope = self._kept(p.where)
+        candidates = {r["item"] for r in scope(self.table(p.values))}
         shared = [item for item in values if item in first and item in second and item in candidates]
         kept: set[str] = set()
         for task in dict.fromkeys(self._group({"item": item}, "task") for item in shared):
             members = [item for item in shared if self._group({"item": item}, "task") == task]
-            kept |= _balanced(members, values, first, second, p["top"], p["seed"])
-        items = dict.fromkeys(r["item"] for r in self.table(p["values"]))
+            kept |= _balanced(members, values, first, second, p.top, p.seed)
+        items = dict.fromkeys(r["item"] for r in self.table(p.values))
         return [{"item": item, "sample": 0, "value": str(item in kept).lower()} for item in items]
 
     def _group(self, row: Row, by: str) -> str:
@@ -375,10 +404,10 @@ class Tables:
         return str(self.item(row["item"]).get(by, ""))
 
     def _comparison(self, step: Step) -> dict[str, Any]:
-        p = step.params
-        a, b = self.result(p["a"]), self.result(p["b"])
+        p = step.params_as(sp.ComparisonParams)
+        a, b = self.result(p.a), self.result(p.b)
         if "groups" not in a and "groups" not in b:
-            return comparison(p["statistic"], a, b)
+            return comparison(p.statistic, a, b)
         if a.get("by") != b.get("by"):
             raise StepFailed(
                 f"{step.id}: cannot compare an estimate grouped by {a.get('by')} with one by {b.get('by')}"
@@ -386,47 +415,55 @@ class Tables:
         shared = [g for g in a["groups"] if g in b["groups"]]
         return {
             "by": a["by"],
-            "groups": {g: comparison(p["statistic"], a["groups"][g], b["groups"][g]) for g in shared},
+            "groups": {g: comparison(p.statistic, a["groups"][g], b["groups"][g]) for g in shared},
         }
 
     def _examples(self, step: Step) -> list[Row]:
         """Training examples as rows: `messages` (role, content pairs) and the `target` reply."""
-        p = step.params
-        if "fixed" in p:
-            return [{"messages": [tuple(m) for m in messages], "target": t} for messages, t in p["fixed"]]
-        if "rows" in p and "completions" not in p:
-            return [self._example(prompt, target) for _, prompt, target in p["rows"]]
-        if "template" in p:  # prompts and completions both rendered from the same result rows
-            rendered = zip(self.table(p["from"]), self.table(p["results"]), strict=True)
+        p = step.params_as(sp.ExamplesParams)
+        if p.fixed is not None:
+            return [{"messages": list(e.messages), "target": e.target} for e in p.fixed]
+        if p.rows is not None and p.completions is None:
+            return [self._example(row.prompt, row.target or "") for row in p.rows]
+        if p.template is not None and p.from_ is not None and p.results is not None:
+            # prompts and completions both rendered from the same result rows
+            rendered = zip(self.table(p.from_), self.table(p.results), strict=True)
             return [
-                self._example(r["prompt"], self._template(step, p["template"], result))
-                for r, result in rendered
+                self._example(r["prompt"], self._template(step, p.template, result)) for r, result in rendered
             ]
+        if p.completions is None:
+            raise StepFailed(f"{step.id}: training examples with neither completions nor targets")
         prompts = self._example_prompts(p)
-        if p.get("target") == "value":  # each prompt answered with its item's value, in the prompts' order
-            values = _modes(self.table(p["completions"]))
+        if p.target == "value":  # each prompt answered with its item's value, in the prompts' order
+            values = _modes(self.table(p.completions))
             return [self._example(prompt, values[item]) for item, prompt in prompts.items() if item in values]
         return [
             self._example(prompts[r["item"]], r["text"])
-            for r in self.table(p["completions"])
+            for r in self.table(p.completions)
             if r["item"] in prompts and r["text"].strip()
         ]
 
-    def _example_prompts(self, p: Mapping[str, Any]) -> dict[str, str]:
-        if "rows" in p:
-            return {item: prompt for item, prompt in p["rows"]}
-        return {r["item"]: r["prompt"] for r in self.table(p["from"])}
+    def _example_prompts(self, p: sp.ExamplesParams) -> dict[str, str]:
+        if p.rows is not None:
+            return {row.item: row.prompt for row in p.rows}
+        assert p.from_ is not None
+        return {r["item"]: r["prompt"] for r in self.table(p.from_)}
 
     def _example(self, prompt_key: str, target: str) -> Row:
         prompt = self.prompt(prompt_key)
         return {"messages": list(prompt.messages), "target": prompt.prefill + target}
 
 
-def _complies(row: Row, tasks: Mapping[str, Any]) -> bool:
-    """Whether an answer to a task prompt complies with its task (`tasks`: name -> [answer kind, choices];
-    an item's key starts with its task's name)."""
+def _complies(row: Row, tasks: Mapping[str, sp.TaskAnswer]) -> bool:
+    """Whether an answer to a task prompt complies with its task (an item's key starts with its task's
+    name)."""
     task = tasks.get(row["item"].split("/", 1)[0])
-    return task is None or "text" not in row or complies(row["text"], task[0], task[1])
+    return task is None or "text" not in row or complies(row["text"], task.answer, list(task.choices))
+
+
+def _spans(spans: tuple[str, ...] | None, rows: Sequence[Any]) -> Sequence[str | None]:
+    """Each row's span (a model steered on a span), or None for each."""
+    return [None] * len(rows) if spans is None else spans
 
 
 MISSING = object()  # a trial one side of all_of has no row for

@@ -6,14 +6,13 @@ prompts (`activations`), a norm-matched random direction, a scaled vector, a sum
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
+from intro.compiler import step_params as sp
 from intro.compiler.plan import Plan, Step
 from intro.runtime.backends.requests import BackendError, Message
 
 VECTOR_FILE = "vector.safetensors"
-READS_MODEL = ("concept", "activations")
 
 
 class VectorSteps:
@@ -31,44 +30,49 @@ class VectorSteps:
         if self.cache.artifact_done(step.hash):
             return
         # Load on the event loop, as the executor does: two threads loading one model would race.
-        loaded = self.run.pool.loaded(step.params["model"]) if step.params["op"] in READS_MODEL else None
+        p = step.params_as(sp.VectorParams)
+        loaded = self.run.pool.loaded(p.reads) if p.reads is not None else None
         async with self.run.executor.compute:
-            vector = await asyncio.to_thread(self._make, step.params, loaded)
+            vector = await asyncio.to_thread(self._make, p, loaded)
         from intro.runtime.backends.activations import save_vector
 
         save_vector(self.path(step.hash), vector)
         norm = float(vector.norm())
-        self.cache.mark_artifact_done(step.hash, {"kind": "vector", "op": step.params["op"], "norm": norm})
+        self.cache.mark_artifact_done(step.hash, {"kind": "vector", "op": p.OP, "norm": norm})
         self.run.say(f"  {step.id}: norm {norm:.2f}")
 
     def path(self, step_hash: str) -> Any:
         return self.cache.artifact_dir(step_hash) / VECTOR_FILE
 
-    def _make(self, p: Mapping[str, Any], loaded: Any) -> Any:
+    def _make(self, p: sp.VectorParams, loaded: Any) -> Any:
         from intro.runtime.backends import activations as act
 
-        op = p["op"]
-        if op == "concept":
-            with loaded.lock:
-                return act.concept_vector(loaded, p["word"], p["baseline"], p["layer"], p["template"])
-        if op == "activations":
-            with loaded.lock:
-                return act.last_token_activations(
-                    loaded, self._rendered(loaded, p["prompts"]), p["layer"]
-                ).mean(0)
-        if op == "file":
-            return act.load_vector(p["path"])
-        if op == "add":
-            first, second = (act.load_vector(self.path(self.plan.step(s).hash)) for s in p["of"])
-            return first + second
-        source = act.load_vector(self.path(self.plan.step(p["of"]).hash))
-        if op == "random":
-            return act.random_vector_like(source, int(p["seed"]))
-        if op == "scale":
-            return source * float(p["factor"])
-        raise BackendError(f"unknown vector operation '{op}'")
+        match p:
+            case sp.ConceptVector():
+                with loaded.lock:
+                    return act.concept_vector(loaded, p.word, p.baseline, p.layer, p.template)
+            case sp.ActivationsVector():
+                with loaded.lock:
+                    return act.last_token_activations(
+                        loaded, self._rendered(loaded, p.prompts), p.layer
+                    ).mean(0)
+            case sp.FileVector():
+                return act.load_vector(p.path)
+            case sp.SumVector():
+                first, second = (act.load_vector(self.path(self.plan.step(s).hash)) for s in p.of)
+                return first + second
+            case sp.RandomVector():
+                return act.random_vector_like(self._source(p.of), p.seed)
+            case sp.ScaledVector():
+                return self._source(p.of) * float(p.factor)
+        raise BackendError(f"unknown vector operation '{p.OP}'")
 
-    def _rendered(self, loaded: Any, prompt_keys: list[str]) -> list[str]:
+    def _source(self, step_id: str) -> Any:
+        from intro.runtime.backends import activations as act
+
+        return act.load_vector(self.path(self.plan.step(step_id).hash))
+
+    def _rendered(self, loaded: Any, prompt_keys: tuple[str, ...]) -> list[str]:
         """Each prompt as the model reads it: its chat template applied, the reply about to start."""
         prompts = [self.plan.prompts[key] for key in prompt_keys]
         return [loaded.render(tuple(Message(r, c) for r, c in p.messages), p.prefill) for p in prompts]

@@ -1,7 +1,7 @@
 """Walk a plan's DAG: run each step once its dependencies are done, caching every result as it lands.
 
 Steps run in waves (all steps whose dependencies are finished run together), so calls to different
-models overlap; each backend bounds its own concurrency. Sample steps send only the requests missing
+models overlap; each backend bounds its own concurrency. Model-calling steps send only the calls missing
 from the cache, in chunks, writing each result the moment it arrives: a crash loses at most the calls in
 flight. Measurement steps are pure functions of cached results and are recomputed on every run.
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 from attrs import define, evolve, field
 
-from intro.compiler.plan import Plan, Step, requests
+from intro.compiler import step_params as sp
+from intro.compiler.plan import Plan, Step
 from intro.runtime.backends.requests import Generation, GenerationRequest, Message, ScoreRequest, Steering
 from intro.runtime.backends.work import ModelWork
 from intro.runtime.dataflow.tables import Call, Tables
@@ -57,7 +58,7 @@ class Executor:
         self.cache = cache
         self.pool = pool
         self.counters = Counters()
-        self.handlers: dict[str, StepHandler] = {"sample": self.sample, **(handlers or {})}
+        self.handlers: dict[str, StepHandler] = dict(handlers or {})
         self.on_step = on_step
         self.on_progress = on_progress
         self._steps = {s.id: s for s in plan.steps}
@@ -94,9 +95,6 @@ class Executor:
             self.on_step(step, self.counters)
 
     # ------------------------------------------------------------ sampling
-    async def sample(self, step: Step) -> None:
-        await self.generate(step, list(requests(self.plan, step)))
-
     async def generate(
         self, step: Step, calls: list[tuple[str, str, int]], spans: Mapping[str, str] | None = None
     ) -> None:
@@ -130,8 +128,9 @@ class Executor:
     ) -> None:
         if not todo:
             return
-        backend = self.pool.backend(step.params["model"])
-        steering = self.steering(step.params["model"])
+        model = step.params_as(sp.GenerateParams).model
+        backend = self.pool.backend(model)
+        steering = self.steering(model)
 
         async def run_chunk(chunk: list[tuple[str, str, int]]) -> None:
             nonlocal finished
@@ -139,7 +138,7 @@ class Executor:
                 self._request(step, key, prompt, sample, _on_span(steering, spans.get(key)))
                 for key, prompt, sample in chunk
             ]
-            if self.pool.in_process(step.params["model"]) and not _remote(backend):
+            if self.pool.in_process(model) and not _remote(backend):
                 async with self.compute:
                     results = await backend.generate(batch)
             else:
@@ -171,7 +170,7 @@ class Executor:
         self.counters.cached += len(unique) - len(todo)
         if not todo:
             return
-        model = step.params["model"]
+        model = step.params_as(sp.CallParams).model
         backend = self.pool.backend(model)
         steering = self.steering(model)
         finished = len(unique) - len(todo)
@@ -205,14 +204,14 @@ class Executor:
         self, step: Step, key: str, prompt_key: str, sample: int, steering: Steering | None
     ) -> GenerationRequest:
         prompt = self.tables.prompt(prompt_key)
-        p = step.params
+        p = step.params_as(sp.GenerateParams)
         return GenerationRequest(
             key=key,
             messages=tuple(Message(role, content) for role, content in prompt.messages),
-            temperature=p["temperature"],
-            max_tokens=p["max_tokens"],
-            seed=p["seed"] + sample,
-            stop=tuple(p["stop"]),
+            temperature=p.temperature,
+            max_tokens=p.max_tokens,
+            seed=p.seed + sample,
+            stop=p.stop,
             prefill=prompt.prefill,
             steering=steering,
         )
@@ -226,24 +225,6 @@ class Executor:
         return Steering(
             str(path), entry.params["layer"], entry.params["strength"], start_text=entry.params["start"]
         )
-
-    # ------------------------------------------------------------ reading results
-    def texts(self, step_id: str) -> dict[str, list[str]]:
-        """prompt key -> response texts (one per sample) of a finished sample step."""
-        step = self._steps[step_id]
-        out: dict[str, list[str]] = {}
-        for key, prompt, _ in requests(self.plan, step):
-            record = self.cache.get(key)
-            if record is None:
-                raise RuntimeError(f"result {key[:12]} of {step_id} is missing from the cache")
-            out.setdefault(prompt, []).append(record["text"])
-        return out
-
-    def texts_of(self, step_ids: Mapping[str, str]) -> dict[str, list[str]]:
-        merged: dict[str, list[str]] = {}
-        for step_id in step_ids.values():
-            merged.update(self.texts(step_id))
-        return merged
 
 
 def generation_record(result: Generation) -> dict[str, Any]:

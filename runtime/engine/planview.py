@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from intro.compiler.plan import Plan, Step, requests
+from intro.compiler import step_params as sp
+from intro.compiler.plan import Plan, Step
 from intro.runtime.dataflow.tables import CALLING as CALLS
 from intro.runtime.dataflow.tables import NotReady, Tables
 from intro.runtime.engine import journal
@@ -82,21 +83,7 @@ def _step_summary(
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {"id": step.id, "kind": step.kind}
     if step.kind in CALLS:
-        done = _calls_summary(plan, step, tables, summary, seen)
-    elif step.kind == "sample":
-        keys = list(requests(plan, step))
-        # a request another step already counts is made once, by whichever step runs first
-        missing = [k for k in keys if not cache.has(k[0]) and k[0] not in seen]
-        seen.update(k[0] for k in keys)
-        prompt_chars = sum(_prompt_chars(plan, p) for _, p, _ in missing)
-        summary.update(
-            calls=len(keys),
-            to_run=len(missing),
-            prompt_tokens=prompt_chars // CHARS_PER_TOKEN,
-            completion_tokens=len(missing) * step.params["max_tokens"],
-            model=step.params["model"],
-        )
-        done = not missing
+        done = _calls_summary(step, tables, summary, seen)
     elif step.kind in ("finetune", "vector"):
         done = cache.artifact_done(step.hash)
     else:
@@ -112,31 +99,28 @@ def _step_summary(
     return summary
 
 
-def _calls_summary(plan: Plan, step: Step, tables: Tables, summary: dict[str, Any], seen: set[str]) -> bool:
+def _calls_summary(step: Step, tables: Tables, summary: dict[str, Any], seen: set[str]) -> bool:
     """A primitive's calls, from the same `Tables` a run uses. Prompts rendered from results not yet in the
     cache are counted from their source's size: exact, or at most that many after a filter."""
+    p = step.params_as(sp.CallParams)
+    tokens = p.max_tokens if isinstance(p, sp.GenerateParams) else 0  # scoring and readings generate none
     try:
         calls = list({c.key: c for c in tables.calls(step)}.values())
     except NotReady:
-        count = step.params["count"]
-        summary.update(calls=count, to_run=count, prompt_tokens=0, model=step.params["model"])
-        summary.update(completion_tokens=count * step.params["max_tokens"], exact=step.params["exact"])
+        assert isinstance(p, sp.GenerateParams) and p.count is not None  # only a render step can be not ready
+        summary.update(calls=p.count, to_run=p.count, prompt_tokens=0, model=p.model)
+        summary.update(completion_tokens=p.count * tokens, exact=p.exact)
         return False
     missing = [c for c in calls if not tables.cache.has(c.key) and c.key not in seen]
     seen.update(c.key for c in calls)
     chars = sum(_chars(tables.prompt(c.prompt).messages) for c in missing)
-    tokens = step.params.get("max_tokens", 0)
     summary.update(calls=len(calls), to_run=len(missing), prompt_tokens=chars // CHARS_PER_TOKEN)
-    summary.update(completion_tokens=len(missing) * tokens, model=step.params["model"])
+    summary.update(completion_tokens=len(missing) * tokens, model=p.model)
     return not missing
 
 
 def _chars(messages: Any) -> int:
     return sum(len(content) for _, content in messages)
-
-
-def _prompt_chars(plan: Plan, prompt_key: str) -> int:
-    return sum(len(content) for _, content in plan.prompts[prompt_key].messages)
 
 
 def _cost(plan: Plan, steps: list[dict[str, Any]]) -> float | None:

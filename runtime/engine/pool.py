@@ -289,23 +289,8 @@ def lineage_of(plan: Plan, model_key: str) -> Iterator[str]:
 
 
 def models_named(plan: Plan, step: Step) -> set[str]:
-    """Every model a step's parameters name, with the models each derives from."""
-    named: set[str] = set()
-    _collect_models(step.params, plan.models, named)
-    return {ancestor for key in named for ancestor in lineage_of(plan, key)}
-
-
-def _collect_models(value: Any, models: Mapping[str, Any], into: set[str]) -> None:
-    # Walks every parameter: a step kind may name its models under any key, so naming counts as using.
-    if isinstance(value, str):
-        if value in models:
-            into.add(value)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _collect_models(item, models, into)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _collect_models(item, models, into)
+    """Every model a step needs (compiler/step_params.py's `models`), with the models each derives from."""
+    return {ancestor for key in step.params.models for ancestor in lineage_of(plan, key)}
 
 
 def steps_using_models(plan: Plan) -> dict[str, set[str]]:

@@ -24,7 +24,7 @@ from intro.runtime.engine.executor import CHUNK
 from intro.runtime.engine.pool import BackendPool
 from intro.runtime.store.cache import Cache, default_cache_dir
 
-PARALLEL_KINDS = ("sample", *CALLING)  # steps whose calls the executor spreads over a model's actors
+PARALLEL_KINDS = CALLING  # steps whose calls the executor spreads over a model's actors
 DRIVER_KINDS = ("finetune", "vector")  # in-process work that needs the weights in the driver
 
 
@@ -69,8 +69,8 @@ def root_model(plan: Plan, model_key: str) -> str:
 
 def actor_models(plan: Plan, pool: BackendPool) -> list[str]:
     """Root models (in plan order) whose calls run on actors: in-process models that some step calls."""
-    called = {step.params.get("model") or step.params.get("predictor") for step in plan.steps}
-    roots = {root_model(plan, key) for key in called if isinstance(key, str) and key in plan.models}
+    called = {step.params.reads for step in plan.steps}
+    roots = {root_model(plan, key) for key in called if key is not None}
     return [key for key in plan.models if key in roots and pool.in_process(key)]
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from intro.compiler.plan import Measure, Plan, Step
+from intro.compiler.plan import Measure, Plan, PlanError, Step
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes as dataflow_cubes
 from intro.runtime.dataflow import steps as dataflow_steps
@@ -242,8 +242,7 @@ class _StudyRun:
         self.journal.write(json.dumps(entry) + "\n")
         self.journal.flush()
         self.progress.step(step, counters)
-        if step.kind != "sample" or self.pool.in_process(step.params["model"]):
-            memory.release_free_memory()
+        memory.release_free_memory()
 
 
 # ---------------------------------------------------------------- intro show
@@ -252,7 +251,11 @@ def show_run(directory: Path) -> int:
     if not plan_path.is_file():
         print(f"intro: {directory} is not a run directory (no plan.json)", file=sys.stderr)
         return 2
-    plan = Plan.loads(plan_path.read_text(encoding="utf-8"))
+    try:
+        plan = Plan.loads(plan_path.read_text(encoding="utf-8"))
+    except PlanError as error:
+        print(f"intro: cannot read {plan_path}: {error}", file=sys.stderr)
+        return 2
     try:
         return _show_plan(directory, plan)
     except cube.DamagedCubeError as error:

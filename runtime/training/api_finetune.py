@@ -40,6 +40,7 @@ from typing import Any
 
 from attrs import frozen
 
+from intro.compiler import step_params as sp
 from intro.compiler.plan import Plan, Step
 from intro.runtime.backends.litellm_backend import (
     LiteLLMBackend,
@@ -130,24 +131,24 @@ def openai_training_jsonl(examples: Sequence[TrainingExample]) -> str:
     return "".join(lines)
 
 
-def job_hyperparameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
+def job_hyperparameters(hparams: sp.Hparams) -> dict[str, Any]:
     """A finetune step's hyperparameters in OpenAI's terms (see the module docstring for `lr`)."""
-    multiplier = hparams.get("lr_multiplier")
+    multiplier = hparams.lr_multiplier
     return {
-        "n_epochs": int(hparams["epochs"]),
-        "batch_size": int(hparams["batch"]),
+        "n_epochs": hparams.epochs,
+        "batch_size": hparams.batch,
         "learning_rate_multiplier": float(multiplier)
         if multiplier is not None
-        else round(float(hparams["lr"]) / BASE_LEARNING_RATE, 9),
+        else round(float(hparams.lr) / BASE_LEARNING_RATE, 9),
     }
 
 
-def upload_order(examples: Sequence[TrainingExample], hparams: Mapping[str, Any]) -> list[TrainingExample]:
+def upload_order(examples: Sequence[TrainingExample], hparams: sp.Hparams) -> list[TrainingExample]:
     """The examples in the order they are uploaded: shuffled with the step's seed where its identity says
     so (the same order on every run and machine: `random.Random(seed)`), else as the data step wrote them."""
     rows = list(examples)
-    if hparams.get("shuffle"):
-        random.Random(int(hparams["seed"])).shuffle(rows)
+    if hparams.shuffle:
+        random.Random(hparams.seed).shuffle(rows)
     return rows
 
 
@@ -295,6 +296,10 @@ class ApiFinetune:
     def directory(self) -> Path:
         return self.cache.artifact_dir(self.step.hash)
 
+    @property
+    def params(self) -> sp.FinetuneParams:
+        return self.step.params_as(sp.FinetuneParams)
+
     def client(self) -> FineTuningClient:
         root = self.plan.models[self.origin.root]
         serving = self.plan.serving.get(root.key, {})
@@ -306,7 +311,7 @@ class ApiFinetune:
         )
 
     def examples(self) -> list[TrainingExample]:
-        data = self.plan.step(self.step.params["data"])
+        data = self.plan.step(self.params.data)
         examples = read_examples(self.cache.artifact_dir(data.hash))
         if not examples:
             raise BackendError(
@@ -365,10 +370,11 @@ async def submit_job(
     """Upload the examples, create the job and record it in `job.json` before anything else happens."""
     base = run.base_model(client)
     run.say(f"  {run.step.id}: uploading {len(examples)} examples to finetune {base}")
-    file_id = await client.upload(openai_training_jsonl(upload_order(examples, run.step.params["hparams"])))
-    hyperparameters = job_hyperparameters(run.step.params["hparams"])
+    hparams = run.params.hparams
+    file_id = await client.upload(openai_training_jsonl(upload_order(examples, hparams)))
+    hyperparameters = job_hyperparameters(hparams)
     suffix = job_suffix(run.step)
-    seed = int(run.step.params["hparams"]["seed"])
+    seed = hparams.seed
     job_id = await client.create_job(file_id, base, hyperparameters, seed, suffix)
     record = JobRecord(job_id, file_id, base, suffix)
     atomic_write(run.directory / JOB_FILE, record.to_json())
@@ -424,8 +430,8 @@ def _done_info(
         "cost": None,  # litellm's price table has no training prices
         "examples": examples,
         "losses": [],  # OpenAI's job object carries no loss curve
-        "hyperparameters": job_hyperparameters(run.step.params["hparams"]),
-        "seed": int(run.step.params["hparams"]["seed"]),
+        "hyperparameters": job_hyperparameters(run.params.hparams),
+        "seed": run.params.hparams.seed,
         "root": run.plan.models[run.origin.root].identity,
         "parent": parent and run.plan.step(parent).hash,
         # The provider's wall time for the job, from its own clock; absent when it gives no times.

@@ -23,6 +23,7 @@ from typing import Any
 
 from attrs import frozen
 
+from intro.compiler import step_params as sp
 from intro.compiler.plan import Plan, Step
 from intro.runtime.backends.requests import BackendError, Message
 from intro.runtime.store import training_cube
@@ -109,16 +110,16 @@ def _require_trainable(kind: str, label: str) -> None:
         raise BackendError(f"cannot finetune '{label}': a '{kind}' model has no weights to train")
 
 
-def lora_hyperparameters(hparams: Mapping[str, Any]) -> Any:
+def lora_hyperparameters(hparams: sp.Hparams) -> Any:
     from intro.runtime.training.finetune import LoraHyperparameters
 
     return LoraHyperparameters(
-        rank=int(hparams["rank"]),
-        alpha=float(hparams["alpha"]),
-        lr=float(hparams["lr"]),
-        epochs=int(hparams["epochs"]),
-        batch_size=int(hparams["batch"]),
-        seed=int(hparams["seed"]),
+        rank=hparams.rank,
+        alpha=float(hparams.alpha),
+        lr=float(hparams.lr),
+        epochs=hparams.epochs,
+        batch_size=hparams.batch,
+        seed=hparams.seed,
     )
 
 
@@ -157,20 +158,20 @@ class TrainingSteps:
         self._write_training_cube()
 
     async def _train(self, step: Step) -> None:
-        p = step.params
-        origin = lineage(self.plan, p["base"])
+        p = step.params_as(sp.FinetuneParams)
+        origin = lineage(self.plan, p.base)
         if self.plan.models[origin.root].kind == "litellm":
             from intro.runtime.training.api_finetune import finetune_api_model
 
             await finetune_api_model(self.plan, self.cache, step, origin, self.run.say)
             return
         parent = self._parent_adapter(step, origin)
-        data = self.plan.step(p["data"])
+        data = self.plan.step(p.data)
         examples = [e.chat() for e in read_examples(self.cache.artifact_dir(data.hash))]
         if not examples:
             raise BackendError(f"{step.id}: no training examples (every answer in {data.id} was left out)")
         loaded = self.run.pool.loaded(origin.root)
-        hyperparameters = lora_hyperparameters(p["hparams"])
+        hyperparameters = lora_hyperparameters(p.hparams)
         self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
         directory = self.cache.artifact_dir(step.hash)
         async with self.run.executor.compute:  # training shares the processor with generation

@@ -10,7 +10,7 @@ import pytest
 
 from intro.compiler import compile_spec
 from intro.compiler.diagnostics import CompileError
-from intro.compiler.plan import Plan, Step, digest, request_key, sampling_params
+from intro.compiler.plan import Plan, Step, digest, request_key
 from intro.runtime.dataflow.tables import Tables
 from intro.runtime.store.cache import Cache
 
@@ -45,16 +45,18 @@ study s {
 """,
     )
     (generate,), (choose,) = steps(plan, "generate"), steps(plan, "choose")
-    assert generate.params["spans"] == choose.params["spans"] == ["The dog ran home.", "A {brace} stays."]
+    assert generate.params.spans == choose.params.spans == ("The dog ran home.", "A {brace} stays.")
     calls = Tables(plan, Cache(tmp_path / "cache")).calls(generate)
-    assert [c.span for c in calls] == generate.params["spans"]
+    assert tuple(c.span for c in calls) == generate.params.spans
     # The key names the base model with the injection on that text, as the built-in experiments do.
-    model = plan.models[generate.params["model"]]
+    model = plan.models[generate.params.model]
     vector = plan.step(model.params["vector"]).hash
     base = plan.models[model.params["base"]].identity
     expected = [
-        request_key(digest(["span", base, [vector, 12, 4.0, span]]), prompt, sampling_params(generate), 0)
-        for (_, _, prompt), span in zip(generate.params["rows"], generate.params["spans"], strict=True)
+        request_key(
+            digest(["span", base, [vector, 12, 4.0, span]]), row.prompt, generate.params.sampling(), 0
+        )
+        for row, span in zip(generate.params.rows, generate.params.spans, strict=True)
     ]
     assert [c.key for c in calls] == expected and len(set(expected)) == 2
 
@@ -62,11 +64,11 @@ study s {
 def test_a_model_steered_without_a_span_keeps_its_identity(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 'study s { measure r = generate(steer(q, dog, 12, 4), prompts(["Hi."])) }')
     (generate,) = steps(plan, "generate")
-    model = plan.models[generate.params["model"]]
+    model = plan.models[generate.params.model]
     settings = {"layer": 12, "strength": 4.0, "start": None}
     vector = plan.step(model.params["vector"]).hash
     assert model.identity == "steered:" + digest(["steered", plan.models["q"].identity, vector, settings])
-    assert "spans" not in generate.params
+    assert generate.params.spans is None and "spans" not in generate.params.to_json()
 
 
 def test_a_span_the_rows_cannot_fill_is_diagnosed(tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ study s {
 """,
     )
     (generate,) = steps(plan, "generate")
-    prompts = [plan.prompts[row[2]] for row in generate.params["rows"]]
+    prompts = [plan.prompts[row.prompt] for row in generate.params.rows]
     assert [p.messages for p in prompts] == [
         (("user", f"Say a word about: {line}"), ("assistant", "dog"), ("user", "Did you mean it?"))
         for line in ("The dog ran home.", "A {brace} stays.")
@@ -114,16 +116,15 @@ study s {
 """,
     )
     (choose,) = steps(plan, "choose")
-    assert choose.params["options"] == ["Dog", "Ocean", "Tree"]
+    assert choose.params.options == ("Dog", "Ocean", "Tree")
     probabilities = steps(plan, "probability")
-    assert [(s.params["option"], s.params["against"]) for s in probabilities] == [
+    assert [(s.params.option, s.params.against) for s in probabilities] == [
         ("Dog", None),
         ("Dog", "Tree"),
     ]
     (conjunction,) = steps(plan, "all_of")
     assert [
-        r["rule"]["name"]
-        for r in (plan.step(conjunction.params["a"]).params, plan.step(conjunction.params["b"]).params)
+        r.rule.name for r in (plan.step(conjunction.params.a).params, plan.step(conjunction.params.b).params)
     ] == ["same_as", "quotes"]
 
 
@@ -161,16 +162,16 @@ study s {
 """,
     )
     (read,) = steps(plan, "residuals")
-    prompts = [plan.prompts[prompt] for _, prompt in read.params["rows"]]
+    prompts = [plan.prompts[row.prompt] for row in read.params.rows]
     assert [p.prefill for p in prompts] == ["The dog ran home.", "A {brace} stays."]
     assert prompts[0].messages == (("user", 'Write "The dog ran home.". Think about dog.'),)
-    assert read.params["spans"] == ["The dog ran home.", "A {brace} stays."]
+    assert read.params.spans == ("The dog ran home.", "A {brace} stays.")
     # One pass per prompt, whatever it is compared with; the control words are one vector step each.
     assert len(Tables(plan, Cache(tmp_path / "cache")).calls(read)) == 2
     cosines = steps(plan, "cosine")
-    assert [len(c.params["vectors"]) for c in cosines] == [1, 2]
-    assert [c.params["several"] for c in cosines] == [False, True]
-    assert sorted(s.params.get("word") for s in steps(plan, "vector")) == ["cat", "dog", "tree"]
+    assert [len(c.params.vectors) for c in cosines] == [1, 2]
+    assert [c.params.several for c in cosines] == [False, True]
+    assert sorted(s.params.word for s in steps(plan, "vector")) == ["cat", "dog", "tree"]
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,9 @@ def test_one_prompt_word_changes_exactly_the_steps_downstream_of_that_tasks_prom
     after = compile_source(SPEC.replace("the next 2 colors after", "the next 2 colours after"))
     changed_prompts = set(before.prompts) - set(after.prompts)
     assert len(changed_prompts) == 3 * (1 + 2)  # 3 items, each an object prompt and 2 property questions
-    reading = {s.id for s in before.steps if any(key in json.dumps(s.params) for key in changed_prompts)}
+    reading = {
+        s.id for s in before.steps if any(key in json.dumps(s.params.to_json()) for key in changed_prompts)
+    }
     expected = downstream(before, reading)
 
     old, new = step_hashes(before), step_hashes(after)
@@ -141,7 +143,7 @@ def test_what_a_model_is_changes_its_hashes(compile_source) -> None:  # type: ig
     plan = compile_source(SPEC)
     other = compile_source(SPEC.replace("openai/gpt-4o-2024-08-06", "openai/gpt-4o-2024-11-20"))
     changed = {s for s, h in step_hashes(plan).items() if step_hashes(other)[s] != h}
-    asking_gpt = {s.id for s in plan.steps if s.params.get("model") == "gpt"}
+    asking_gpt = {s.id for s in plan.steps if s.params.reads == "gpt"}
     assert asking_gpt and changed == downstream(plan, asking_gpt)
 
 

@@ -24,7 +24,7 @@ def test_two_lists_with_the_same_ids_keep_their_own_items(tmp_path: Path) -> Non
     plan = compile_spec(spec)[0]
     fields = {key: row["q"] for key, row in plan.items.items()}
     assert sorted(fields.values()) == ["apple", "banana"], fields
-    rows = {s.id: s.params["rows"] for s in plan.steps if s.kind == "generate"}
-    items = {name: [row[0] for row in r] for name, r in rows.items()}
+    rows = {s.id: s.params.rows for s in plan.steps if s.kind == "generate"}
+    items = {name: [row.item for row in r] for name, r in rows.items()}
     apple, banana, again = items.values()
     assert apple == again and apple != banana

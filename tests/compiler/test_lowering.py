@@ -49,6 +49,6 @@ def test_finetuning_a_finetuned_model_waits_for_its_base(tmp_path):
 
 def test_reading_properties_off_answers_knows_the_tasks_answer_kinds(tmp_path):
     plan = compile_here(tmp_path)
-    (reading,) = [s for s in plan.steps if s.kind == "extract" and "ab" in s.params.get("tasks", {})]
-    assert reading.params["tasks"] == {"seq": ["text", []], "ab": ["choice", ["A", "B", "C", "D"]]}
-    assert [name for name, _ in reading.params["each"]] == ["first_character", "among_a_or_c"]
+    (reading,) = [s for s in plan.steps if s.kind == "extract" and "ab" in (s.params.tasks or {})]
+    assert reading.params.tasks == {"seq": ("text", ()), "ab": ("choice", ("A", "B", "C", "D"))}
+    assert [each.name for each in reading.params.each] == ["first_character", "among_a_or_c"]

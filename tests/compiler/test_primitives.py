@@ -93,8 +93,8 @@ study s {
 """,
     )
     step = point(plan, "a")
-    assert [item for item, _, _ in step.params["rows"]] == [f"qs/q{i}" for i in range(1, 6)]
-    prompt = plan.prompts[step.params["rows"][0][2]]
+    assert [row.item for row in step.params.rows] == [f"qs/q{i}" for i in range(1, 6)]
+    prompt = plan.prompts[step.params.rows[0].prompt]
     assert prompt.messages == (("system", "Be brief."), ("user", "Q: Name a colour."))
     assert prompt.prefill == "A:"
     assert plan.items["qs/q1"]["question"] == "Name a colour."
@@ -127,21 +127,21 @@ def run_time_plan(directory: Path, **changes: str) -> Plan:
 
 
 def render_of(plan: Plan, template: str = "You said: {{ text }}. Why?") -> Step:
-    (step,) = [s for s in steps_of(plan, "render") if s.params["template"] == template]
+    (step,) = [s for s in steps_of(plan, "render") if s.params.template == template]
     return step
 
 
 def test_a_run_time_prompt_set_is_a_render_step_between_its_source_and_its_calls(tmp_path: Path) -> None:
     plan = run_time_plan(tmp_path)
     render = render_of(plan)
-    (source,) = [s for s in steps_of(plan, "generate") if s.params["model"] == "m"]
+    (source,) = [s for s in steps_of(plan, "generate") if s.params.model == "m"]
     again = point(plan, "again")
     assert render.deps == (source.id,)
-    assert render.params["source"] == source.id
-    assert render.params["system"] == "Reply in one line."
-    assert again.params["from"] == render.id and render.id in again.deps
-    assert "rows" not in again.params
-    assert (again.params["count"], again.params["exact"]) == (5, True)
+    assert render.params.source == source.id
+    assert render.params.system == "Reply in one line."
+    assert again.params.from_ == render.id and render.id in again.deps
+    assert again.params.rows is None and "rows" not in again.params.to_json()
+    assert (again.params.count, again.params.exact) == (5, True)
 
 
 def test_the_render_hash_follows_its_template_and_its_upstream(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_plan_counts_calls_exactly_over_rows_and_at_most_after_a_filter(tmp_path
     plan = plan_of(tmp_path, COUNTED)
     summary = plan_json(tmp_path / "spec.intro", tmp_path / "cache")
     by_id = {s["id"]: s for s in summary["steps"]}
-    first = by_id[next(s.id for s in steps_of(plan, "generate") if "rows" in s.params)]
+    first = by_id[next(s.id for s in steps_of(plan, "generate") if s.params.rows is not None)]
     assert (first["calls"], first["to_run"], first.get("exact", True)) == (15, 15, True)
     assert first["completion_tokens"] == 15 * 5
     again = by_id[point(plan, "again").id]
@@ -215,11 +215,11 @@ def test_plan_counts_calls_exactly_over_rows_and_at_most_after_a_filter(tmp_path
 def test_judge_lowers_to_the_grader_calls_and_a_labels_step_over_the_judged_texts(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, COUNTED)
     labels = point(plan, "graded")
-    assert labels.kind == "labels" and labels.params["labels"] == ["yes", "no"]
+    assert labels.kind == "labels" and labels.params.labels == ("yes", "no")
     judged, replies = (next(s for s in plan.steps if s.id == d) for d in labels.deps)
-    assert labels.params["texts"] == judged.id and judged.params["model"] == "m"
-    assert labels.params["replies"] == replies.id and replies.params["model"] == "g"
-    assert (replies.params["temperature"], replies.params["samples"]) == (0.0, 1)
+    assert labels.params.texts == judged.id and judged.params.model == "m"
+    assert labels.params.replies == replies.id and replies.params.model == "g"
+    assert (replies.params.temperature, replies.params.samples) == (0.0, 1)
 
 
 # ---------------------------------------------------------------- training examples
@@ -260,24 +260,26 @@ def examples_of(plan: Plan, measure: str) -> Step:
 def test_examples_lower_to_one_step_per_source_of_training_data(tmp_path: Path) -> None:
     write_rows(tmp_path / "train.jsonl", TRAIN_ROWS)
     plan = plan_of(tmp_path, EXAMPLES)
-    answers = next(s for s in steps_of(plan, "generate") if s.params["model"] == "m" and "rows" in s.params)
+    answers = next(
+        s for s in steps_of(plan, "generate") if s.params.model == "m" and s.params.rows is not None
+    )
 
     from_file = examples_of(plan, "from_file")
-    assert from_file.params["fixed"] == [
-        [[["system", "Be kind."], ["user", "Hi"]], "Hello."],
-        [[["user", "Name a colour."]], "Blue."],
-    ]
+    assert from_file.params.fixed == (
+        ((("system", "Be kind."), ("user", "Hi")), "Hello."),
+        ((("user", "Name a colour."),), "Blue."),
+    )
     assert from_file.deps == ()
 
     from_texts = examples_of(plan, "from_texts")
-    assert from_texts.params["completions"] == answers.id and from_texts.deps == (answers.id,)
-    assert [user_turn(plan, p) for _, p in from_texts.params["rows"]][:2] == [
+    assert from_texts.params.completions == answers.id and from_texts.deps == (answers.id,)
+    assert [user_turn(plan, row.prompt) for row in from_texts.params.rows][:2] == [
         "Name a colour.",
         "Count to three.",
     ]
 
     from_template = examples_of(plan, "from_template")
-    assert [target for _, _, target in from_template.params["rows"]][:2] == [
+    assert [row.target for row in from_template.params.rows][:2] == [
         "The answer to Name a colour.",
         "The answer to Count to three.",
     ]
@@ -285,12 +287,12 @@ def test_examples_lower_to_one_step_per_source_of_training_data(tmp_path: Path) 
 
     run_time_texts = examples_of(plan, "run_time_texts")
     render = render_of(plan, "You said {{ text }}")
-    assert run_time_texts.params["from"] == render.id and run_time_texts.params["completions"] == answers.id
+    assert run_time_texts.params.from_ == render.id and run_time_texts.params.completions == answers.id
 
     run_time_template = examples_of(plan, "run_time_template")
-    assert run_time_template.params["from"] == render.id
-    assert run_time_template.params["results"] == answers.id
-    assert run_time_template.params["template"] == "I said {{ text }}"
+    assert run_time_template.params.from_ == render.id
+    assert run_time_template.params.results == answers.id
+    assert run_time_template.params.template == "I said {{ text }}"
     assert set(run_time_template.deps) == {render.id, answers.id}
     assert len({s.hash for s in steps_of(plan, "examples")}) == 5
 

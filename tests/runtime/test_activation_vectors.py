@@ -46,7 +46,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vectors(root: Path) -> dict[str, object]:
     plan = Plan.loads((root / "runs" / "vectors" / "plan.json").read_text())
     cache = Cache(root / "cache")
-    steps = {s.params["op"]: s for s in plan.steps if s.kind == "vector"}
+    steps = {s.params.OP: s for s in plan.steps if s.kind == "vector"}
     return {op: load_vector(cache.artifact_dir(s.hash) / "vector.safetensors") for op, s in steps.items()}
 
 

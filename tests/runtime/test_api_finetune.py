@@ -229,7 +229,7 @@ def _wait_for_job_file(cache: Path, child: subprocess.Popen, timeout: float = 18
 def test_a_training_file_the_server_rejects_fails_the_run_with_its_message(study, project, served):
     plan, step = study["plan"], study["step"]
     cache = Cache(project / "cache-malformed")
-    data = plan.step(step.params["data"])
+    data = plan.step(step.params.data)
     good = TrainingExample("animals", "a0", "first_character", (("user", "What comes next?"),), "c")
     empty_reply = TrainingExample("animals", "a1", "first_character", (("user", "And then?"),), "")
     write_examples(cache.artifact_dir(data.hash), [good, empty_reply])

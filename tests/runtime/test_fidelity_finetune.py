@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import attrs
 import pytest
 
 from intro.cli import main
@@ -106,9 +107,7 @@ EXAMPLES = [
 def test_each_route_submits_the_multiplier_and_the_shuffled_rows_to_intro_serve(tmp_path, served, route):
     plan = compile_spec(write_project(tmp_path, base_url(served, route), route=route))[0]
     step = next(s for s in plan.steps if s.kind == "finetune")
-    run = ApiFinetune(
-        plan, Cache(tmp_path / "cache"), step, lineage(plan, step.params["base"]), lambda _: None
-    )
+    run = ApiFinetune(plan, Cache(tmp_path / "cache"), step, lineage(plan, step.params.base), lambda _: None)
     client = run.client()
     client.check_provider()
 
@@ -125,12 +124,11 @@ def test_each_route_submits_the_multiplier_and_the_shuffled_rows_to_intro_serve(
     uploaded = served["service"].state.file_text(job["training_file"]).splitlines()
     in_data_order = openai_training_jsonl(EXAMPLES).splitlines()
     assert sorted(uploaded) == sorted(in_data_order) and uploaded != in_data_order
-    assert uploaded == openai_training_jsonl(upload_order(EXAMPLES, step.params["hparams"])).splitlines()
+    hparams = step.params.hparams
+    assert uploaded == openai_training_jsonl(upload_order(EXAMPLES, hparams)).splitlines()
     # the same seed, the same order on every run; another seed, another order
-    assert upload_order(EXAMPLES, step.params["hparams"]) == upload_order(EXAMPLES, step.params["hparams"])
-    assert upload_order(EXAMPLES, {**step.params["hparams"], "seed": 4}) != upload_order(
-        EXAMPLES, step.params["hparams"]
-    )
+    assert upload_order(EXAMPLES, hparams) == upload_order(EXAMPLES, hparams)
+    assert upload_order(EXAMPLES, attrs.evolve(hparams, seed=4)) != upload_order(EXAMPLES, hparams)
 
 
 def test_azure_paths_and_its_api_key_header_reach_intro_serve(served):
@@ -188,12 +186,12 @@ def test_the_job_trains_at_the_multiplier_and_the_tuned_model_answers(trained, s
 @pytest.mark.slow
 def test_the_upload_is_the_data_steps_examples_shuffled_with_the_seed(trained, served):
     step, plan, cache = trained["step"], trained["plan"], trained["cache"]
-    examples = read_examples(cache.artifact_dir(plan.step(step.params["data"]).hash))
+    examples = read_examples(cache.artifact_dir(plan.step(step.params.data).hash))
     uploaded = served["service"].state.file_text(trained["job"]["training_file"]).splitlines()
     in_data_order = openai_training_jsonl(examples).splitlines()
     assert len(uploaded) == len(examples) == 12 and sorted(uploaded) == sorted(in_data_order)
     assert uploaded != in_data_order  # grouped by item and property in the data; not in the upload
-    assert uploaded == openai_training_jsonl(upload_order(examples, step.params["hparams"])).splitlines()
+    assert uploaded == openai_training_jsonl(upload_order(examples, step.params.hparams)).splitlines()
 
 
 # ---------------------------------------------------------------- the compiler
@@ -203,7 +201,7 @@ def test_the_multiplier_and_the_shuffle_are_part_of_the_steps_identity(tmp_path,
         plan = compile_spec(write_project(tmp_path, served["server"].url, rate))[0]
         step = next(s for s in plan.steps if s.kind == "finetune")
         hashes[rate] = step.hash
-        assert step.params["hparams"]["shuffle"] is True
+        assert step.params.hparams.shuffle is True
     assert len(set(hashes.values())) == 3
 
 

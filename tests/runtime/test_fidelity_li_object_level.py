@@ -86,8 +86,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_api_object_level_samples_five_times_at_temperature_zero(run: Path) -> None:
     plan = compile_spec(run / "api_level.intro")[0]
-    objects = [s for s in plan.steps if s.kind == "generate" and s.params["samples"] > 1]
-    assert [(s.params["temperature"], s.params["samples"]) for s in objects] == [(0, 5)]
+    objects = [s for s in plan.steps if s.kind == "generate" and s.params.samples > 1]
+    assert [(s.params.temperature, s.params.samples) for s in objects] == [(0, 5)]
 
 
 def test_the_behaviour_is_the_answer_the_samples_agree_on(run: Path) -> None:

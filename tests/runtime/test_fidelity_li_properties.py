@@ -64,7 +64,7 @@ def asked_rows(plan: Plan) -> list[tuple[str, str, str]]:
     """(task, property, user turn) of each hypothetical prompt the study would send."""
     (step,) = [s for s in plan.steps if s.kind == "generate"]
     rows = []
-    for item, _, prompt in step.params["rows"]:
+    for item, _, prompt in step.params.rows:
         key, _, prop = item.partition("#")  # one property: no `#property`
         rows.append((key.split("/")[0], prop, plan.prompts[prompt].messages[-1][1]))
     return rows
@@ -150,7 +150,7 @@ def test_the_studies_measure_is_even_on_the_numbers_task(tmp_path: Path) -> None
             plan.prompts[prompt].messages[-1][1]
             for step in plan.steps
             if step.kind == "generate"
-            for item, _, prompt in step.params.get("rows", ())
+            for item, _, prompt in step.params.rows or ()
             if item.startswith("numbers/")
         ]
         assert any(turn.endswith('Respond only with "even" or "odd".') for turn in asked), spec

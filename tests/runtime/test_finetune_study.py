@@ -99,16 +99,16 @@ def test_adapters_are_safetensors_keyed_by_the_finetune_steps_hash(study):
         tensors = load_file(str(adapter / "adapter_model.safetensors"))
         assert tensors and all(key.endswith(("lora_A.weight", "lora_B.weight")) for key in tensors)
         info = cache.artifact_info(step.hash)
-        batches = math.ceil(info["examples"] / step.params["hparams"]["batch"])
-        assert len(info["losses"]) == batches * step.params["hparams"]["epochs"]
-        assert info["hyperparameters"]["rank"] == step.params["hparams"]["rank"]
+        batches = math.ceil(info["examples"] / step.params.hparams.batch)
+        assert len(info["losses"]) == batches * step.params.hparams.epochs
+        assert info["hyperparameters"]["rank"] == step.params.hparams.rank
 
 
 def test_a_model_trained_from_a_trained_model_stores_the_whole_delta(study):
     cache, steps = study["cache"], finetune_steps(study["plan"])
     parent, child = steps["self_trained(a)"], steps["shifted(self_trained(a))"]
     config = json.loads((cache.artifact_dir(child.hash) / "adapter" / "adapter_config.json").read_text())
-    assert config["r"] == parent.params["hparams"]["rank"] + child.params["hparams"]["rank"]
+    assert config["r"] == parent.params.hparams.rank + child.params.hparams.rank
     assert cache.artifact_info(child.hash)["parent"] == parent.hash
 
 
@@ -117,7 +117,7 @@ QUESTIONS = ("What is the first character of the response you gave?", "Would you
 
 def test_training_data_is_stored_as_jsonl(study):
     cache, plan = study["cache"], study["plan"]
-    data = plan.step(finetune_steps(plan)["self_trained(a)"].params["data"])
+    data = plan.step(finetune_steps(plan)["self_trained(a)"].params.data)
     lines = (cache.artifact_dir(data.hash) / "examples.jsonl").read_text().splitlines()
     examples = [json.loads(line) for line in lines]
     assert len(examples) == cache.artifact_info(data.hash)["examples"] > 0

@@ -169,7 +169,9 @@ def test_each_model_is_released_after_the_last_step_that_names_it(study, monkeyp
     )
     pool = BackendPool(plan, Cache(study / "cache"))
     roots = _roots(plan)
-    users = {root: [s.id for s in plan.steps if keys & strings(s.params)] for root, keys in roots.items()}
+    users = {
+        root: [s.id for s in plan.steps if keys & strings(s.params.to_json())] for root, keys in roots.items()
+    }
     alive = {}
     for step in plan.steps:
         for root in roots:
@@ -220,7 +222,7 @@ def test_finetuned_variants_share_their_roots_loaded_weights(study, tiny_dir, mo
     assert len(names) == 2 and names <= set(backends[0].loaded.model.peft_config)
     # Once no step names the first variant, its adapter leaves the shared model; the base stays.
     for step in plan.steps:
-        if variants[0] in strings(step.params):
+        if variants[0] in strings(step.params.to_json()):
             pool.step_finished(step)
     assert backends[0].adapter_name not in backends[0].loaded.model.peft_config
     assert pool.loaded_models() == ["a"]

@@ -184,7 +184,7 @@ def trained(root: Path, study: str) -> dict[str, object]:
     plan = Plan.loads((root / "runs" / study / "plan.json").read_text())
     cache = Cache(root / "cache")
     (step,) = (s for s in plan.steps if s.kind == "finetune")
-    lines = (cache.artifact_dir(plan.step(step.params["data"]).hash) / "examples.jsonl").read_text()
+    lines = (cache.artifact_dir(plan.step(step.params.data).hash) / "examples.jsonl").read_text()
     adapter = cache.artifact_dir(step.hash) / "adapter" / "adapter_model.safetensors"
     answers = xr.open_zarr(root / "runs" / study / "cube.zarr", group="tuned_answers").text
     return {

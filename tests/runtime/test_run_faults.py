@@ -46,7 +46,7 @@ def calls(plan, scratch: Path) -> list[tuple[str, str, int]]:
     """(cache key, the prompt's last message, max tokens) of every call the study makes."""
     tables = Tables(plan, Cache(scratch))
     return [
-        (call.key, tables.prompt(call.prompt).messages[-1][1], step.params["max_tokens"])
+        (call.key, tables.prompt(call.prompt).messages[-1][1], step.params.max_tokens)
         for step in plan.steps
         if step.kind in CALLING
         for call in tables.calls(step)

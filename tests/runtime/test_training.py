@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from intro.compiler.plan import Measure, ModelEntry, Plan, Step
+from intro.compiler.step_params import ExamplesParams, FinetuneParams, Hparams
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import activate_adapter, attach_adapter, load_local_model
 from intro.runtime.backends.requests import BackendError, GenerationRequest, Message
@@ -215,11 +216,12 @@ def lineage_plan() -> Plan:
         ),
         "st": ModelEntry("st", "steered", "steered:s", {"base": "a", "label": "st"}),
     }
+    hparams = Hparams(rank=8, alpha=16, lr=1e-4, epochs=1, batch=8, seed=0)
     steps = (
-        Step("data1", "answers", "d1", (), {}),
-        Step("ft1", "finetune", "h1", ("data1",), {"base": "a", "data": "data1"}),
-        Step("data2", "answers", "d2", (), {}),
-        Step("ft2", "finetune", "h2", ("data2",), {"base": "ft-1", "data": "data2"}),
+        Step("data1", "examples", "d1", (), ExamplesParams(fixed=())),
+        Step("ft1", "finetune", "h1", ("data1",), FinetuneParams("a", "data1", hparams)),
+        Step("data2", "examples", "d2", (), ExamplesParams(fixed=())),
+        Step("ft2", "finetune", "h2", ("data2",), FinetuneParams("ft-1", "data2", hparams)),
     )
     return Plan("s", "", models, {}, {}, steps, ())
 
