@@ -227,7 +227,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the base weights compute in (that of the input embeddings: adapters may be float32)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
     return embeddings.weight.dtype if embeddings is not None else next(model.parameters()).dtype
 
 
