@@ -28,6 +28,7 @@ import xarray as xr
 
 from intro.cli import main
 from intro.compiler import compile_spec
+from intro.compiler.step_params import Hparams
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.serve.finetune import BASE_LEARNING_RATE, FineTuningService, enable_finetuning
@@ -346,7 +347,7 @@ def test_training_files_are_read_line_by_line_with_errors_naming_the_line():
 
 
 def test_hyperparameters_map_lr_to_a_multiplier_and_back():
-    mapped = job_hyperparameters({"epochs": 2, "batch": 20, "lr": 2e-4, "rank": 8, "alpha": 16, "seed": 0})
+    mapped = job_hyperparameters(Hparams(rank=8, alpha=16, lr=2e-4, epochs=2, batch=20, seed=0))
     assert mapped == {"n_epochs": 2, "batch_size": 20, "learning_rate_multiplier": 2.0}
     parsed = parse_hyperparameters(mapped)
     assert parsed.learning_rate_multiplier * BASE_LEARNING_RATE == pytest.approx(2e-4)

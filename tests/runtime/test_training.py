@@ -195,7 +195,7 @@ def test_rank_stabilised_scaling():
 
 
 def test_hyperparameters_come_from_the_plan():
-    hparams = {"rank": 4, "alpha": 16, "lr": 0.02, "epochs": 3, "batch": 5, "seed": 7}
+    hparams = Hparams(rank=4, alpha=16, lr=0.02, epochs=3, batch=5, seed=7)
     assert lora_hyperparameters(hparams) == LoraHyperparameters(
         rank=4, alpha=16.0, lr=0.02, epochs=3, batch_size=5, seed=7
     )
