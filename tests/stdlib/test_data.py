@@ -25,10 +25,12 @@ WORD_LISTS = (
     "verbs",
 )
 OTHER_LISTS = {"control_questions": "question", "sentences": "sentence"}
+# Lindsey 2025's own lists, word for word (tests/stdlib/test_lindsey_protocol.py checks their contents).
+PAPER_LISTS = ("lindsey_concepts", "lindsey_baseline_words", "lindsey_control_words", "lindsey_sentences")
 
 
 def test_every_expected_file_is_there():
-    assert set(TASKS + WORD_LISTS + tuple(OTHER_LISTS)) <= set(stdlib_data_names())
+    assert set(TASKS + WORD_LISTS + tuple(OTHER_LISTS) + PAPER_LISTS) <= set(stdlib_data_names())
 
 
 @pytest.mark.parametrize("name", stdlib_data_names())
@@ -193,3 +195,10 @@ def test_question_and_sentence_lists(name, field):
         assert len(rows) == 20 and all(t.endswith("?") for t in texts)
     else:
         assert len(rows) >= 30 and all(t.endswith(".") for t in texts)
+
+
+@pytest.mark.parametrize("name", PAPER_LISTS)
+def test_the_papers_lists_have_readable_ids(name):
+    ids = [row["id"] for row in load_stdlib_rows(name)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[a-z0-9_]+|lindsey-sentence-\d{4}", i) for i in ids)
