@@ -130,11 +130,13 @@ def same_as(text: str, item: Mapping[str, Any], *, value: str) -> str | None:
 
 @rule("quotes")
 def quotes(text: str, item: Mapping[str, Any], *, field: str) -> str | None:
-    """ "true" when the item's `field` appears in the text character for character (a repeated line),
-    else "false"; None when the item has no such field."""
+    """ "true" when the item's `field` appears in the text, both lowercased (a repeated line: Lindsey 2025
+    checks "the presence of the sentence in the model's response (both the sentence and the response cast
+    to lowercase)", appendix, Distinguishing Thoughts from Text, Grader Prompts), else "false"; None when
+    the item has no such field."""
     if field not in item:
         return None
-    return _bool(str(item[field]) in text)
+    return _bool(str(item[field]).lower() in text.lower())
 
 
 @rule("disowns")

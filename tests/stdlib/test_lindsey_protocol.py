@@ -8,6 +8,7 @@ The quoted texts are the paper's appendix ("Additional Details" sections), as st
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from intro.cli import main
+from intro.compiler import dataflow as df
+from intro.compiler import ir
 from intro.compiler.frontend import check
-from stdlib.rules import verdict
+from stdlib.rules import quotes, verdict
 from tests.tinymodels import cached_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +51,26 @@ def plan(tmp_path: Path, study: str) -> dict:
 
 def messages(compiled: dict) -> list[list[list[str]]]:
     return [p["messages"] for p in compiled["prompts"].values()]
+
+
+@functools.cache
+def paper_scale(spec: str) -> object:
+    (study,) = check(ROOT / "specs" / f"{spec}.intro").studies
+    return study
+
+
+def column(name: str, field: str = "word") -> list[str]:
+    return [json.loads(line)[field] for line in (ROOT / "stdlib/data" / name).read_text().splitlines()]
+
+
+def generation(study: object, measure: str, word: str, steered: bool = False) -> df.Generate:
+    """The generate step `measure` (at `word`'s first point) reads its texts from; `steered`: the first
+    step upstream whose model is steered (the replies a judge's were asked about)."""
+    value = next(p.value for p in study.points if p.name == measure and dict(p.coords)["word"] == word)
+    value = value.values if isinstance(value, df.Estimate) else value
+    while not isinstance(value, df.Generate) or (steered and not isinstance(value.model, ir.SteeredModel)):
+        value = value.prompts.source if isinstance(value, df.Generate) else df.upstream(value)
+    return value
 
 
 # ---------------------------------------------------------------- item 7: the paper's prompts
@@ -96,7 +119,7 @@ def test_each_cell_draws_its_own_control_trials(tmp_path: Path) -> None:
 
 
 def test_the_paper_scale_spec_plans_the_papers_controls() -> None:
-    (study,) = check(ROOT / "specs" / "concept_injection.intro").studies
+    study = paper_scale("concept_injection")
     names = {p.name for p in study.points}
     assert {"negated.detection", "random_vector.detection", "control_questions.affirmative_shift"} <= names
     assert {"trials.false_positive", "trials.identification"} <= names
@@ -186,3 +209,55 @@ def test_thoughts_vs_text_is_judged_from_a_sampled_word_against_random_distracto
             assert sorted(set(words) - {candidate}) != sorted(first_nine)  # not the pool's first nine
     said = [s for s in compiled["steps"] if s["kind"] == "generate" and s["params"]["max_tokens"] == 5]
     assert said and all(s["params"]["temperature"] == 1 for s in said)  # a sampled word, not a logit readout
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("the old clock on the wall ticked loudly.", "true"),  # the paper casts both to lowercase
+        ("Sure! THE OLD CLOCK ON THE WALL TICKED LOUDLY.", "true"),
+        ("The old clock on the wall ticked.", "false"),
+    ],
+)
+def test_a_repeated_line_is_found_in_the_reply_whatever_its_case(reply: str, expected: str) -> None:
+    """Appendix, Distinguishing Thoughts from Text, Grader Prompts: "checked for the presence of the sentence
+    in the model's response (both the sentence and the response cast to lowercase)"."""
+    assert quotes(reply, {"text": "The old clock on the wall ticked loudly."}, field="text") == expected
+
+
+# ---------------------------------------------------------------- the paper's word lists and sentences
+def test_the_papers_lists_are_its_appendixs() -> None:
+    concepts, baseline = column("lindsey_concepts.jsonl"), column("lindsey_baseline_words.jsonl")
+    controls, sentences = column("lindsey_control_words.jsonl"), column("lindsey_sentences.jsonl", "sentence")
+    assert (len(concepts), len(baseline), len(controls), len(sentences)) == (50, 100, 100, 50)
+    assert concepts[:3] == ["dust", "satellites", "trumpets"] and concepts[-1] == "silver"
+    assert baseline[:2] == ["desks", "jackets"] and baseline[-1] == "enigmas"
+    assert baseline.count("butterflies") == 2 and len(set(baseline)) == 99  # printed twice in the paper
+    assert controls[:2] == ["islands", "observatories"] and controls[-1] == "relics"
+    assert sentences[0] == "The old clock on the wall ticked loudly."
+    assert sentences[-1] == "Snowflakes drifted lazily from the gray sky."
+    assert not set(concepts) & set(baseline) and not set(controls) & (set(concepts) | set(baseline))
+
+
+def test_the_paper_scale_injection_spec_injects_the_papers_words_against_its_baseline() -> None:
+    study = paper_scale("concept_injection")
+    concepts = column("lindsey_concepts.jsonl")
+    assert sorted({dict(p.coords)["word"] for p in study.points}) == sorted(concepts)
+    vector = generation(study, "trials.detection", "dust", steered=True).model.vector
+    assert (vector.word, list(vector.baseline)) == ("dust", column("lindsey_baseline_words.jsonl"))
+
+
+def test_the_paper_scale_experiments_use_the_papers_sentences_distractors_and_control_words() -> None:
+    study = paper_scale("concept_experiments")
+    concepts, sentences = column("lindsey_concepts.jsonl"), column("lindsey_sentences.jsonl", "sentence")
+    assert sorted({dict(p.coords)["word"] for p in study.points}) == sorted(concepts)
+    told = generation(study, "thoughts_vs_text.repeat_injected", "dust")
+    assert [row["text"] for row in told.prompts.source.rows] == sentences
+    assert list(told.model.vector.baseline) == column("lindsey_baseline_words.jsonl")
+    judged = generation(study, "thoughts_vs_text.identification_injected", "dust")
+    listed = dict(judged.prompts.values)["listed"].split("\n")
+    assert "dust" in listed and set(listed) <= set(concepts) and len(set(listed)) == 10
+    cosine = next(p.value for p in study.points if p.name == "think_about.control_think").values
+    while not isinstance(cosine, df.Cosine):
+        cosine = df.upstream(cosine)
+    assert [v.word for v in cosine.vectors] == column("lindsey_control_words.jsonl")
