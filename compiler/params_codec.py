@@ -4,7 +4,9 @@ A record (a frozen attrs class) is a JSON object: one key per field, in field or
 field's name or its `key` metadata; a field marked `omit` is left out while it holds its omit value.
 A row (a NamedTuple) is a JSON array of its fields; its trailing fields that default to None are left out
 while None. `tuple[X, ...]` is an array, `Mapping[str, X]` an object, `A | B` whichever fits first, `Any` any
-JSON value as it is. Decoding checks every value against its annotation and raises `ParamError` naming the
+JSON value as it is. Encoding leaves a tuple of scalars (a plain row, or a tuple of those) as it is: the
+json module writes a tuple as an array, so the text, and every hash over it, is the same as a list's, and
+a plan's few hundred thousand rows cost nothing to write. Decoding checks every value against its annotation and raises `ParamError` naming the
 path of the first bad one (`rows[3][1]`, `hparams.rank`); an int is a float where a float is asked for, and
 stays an int (a step's hash covers the JSON it was lowered to).
 
@@ -13,6 +15,7 @@ Encoders and decoders are built once per type and cached: a plan holds a few hun
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
@@ -139,11 +142,16 @@ def decoder(tp: Any) -> Decoder:
         return _sequence(args[0]) if len(args) == 2 and args[1] is Ellipsis else _fixed(args)
     if origin is Mapping:
         return _mapping(args[1])
-    if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
+    if _is_row(tp):
         return _row(tp)
     if attrs.has(tp):
         return getattr(tp, "from_json", lambda data: decode_record(tp, data))  # type: ignore[no-any-return]
     raise TypeError(f"no JSON form for {tp!r}")
+
+
+def _is_row(tp: Any) -> bool:
+    """Whether a type is a row: a NamedTuple."""
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
 
 
 def _checked(accepts: tuple[type, ...], what: str) -> Decoder:
@@ -193,18 +201,31 @@ def _union(members: tuple[Any, ...]) -> Decoder:
 def _sequence(item: Any) -> Decoder:
     each = decoder(item)
     plain = _plain_types(item)
+    exact = _exact_row(item)
+    new = functools.partial(tuple.__new__, item)
 
     def decode(value: Any) -> Any:
         if type(value) is not list:
             raise ParamError(f"expected a list, got {_shown(value)}")
         if plain is not None and set(map(type, value)) <= plain:
             return tuple(value)
+        if exact is not None and all(type(r) is list and tuple(map(type, r)) == exact for r in value):
+            return tuple(map(new, value))  # rows of scalars of exactly their types: checked at C speed
         try:
             return tuple(map(each, value))
         except ParamError:  # again, one by one, to say where
             return tuple(_at(each, index, x) for index, x in enumerate(value))
 
     return decode
+
+
+def _exact_row(tp: Any) -> tuple[type, ...] | None:
+    """A row type whose fields are all str, int or bool (no defaults): the JSON types of its values."""
+    if not _is_row(tp) or tp._field_defaults:
+        return None
+    hints = typing.get_type_hints(tp)
+    types_ = [hints[name] for name in tp._fields]
+    return tuple(types_) if all(t in (str, int, bool) for t in types_) else None
 
 
 def _plain_types(tp: Any) -> set[type] | None:
@@ -293,8 +314,10 @@ def encoder(tp: Any) -> Encoder:
         return _list(args[0]) if len(args) == 2 and args[1] is Ellipsis else _list_of(args)
     if origin is Mapping:
         each = encoder(args[1])
+        if each is _same:
+            return dict
         return lambda value: {key: each(x) for key, x in value.items()}
-    if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
+    if _is_row(tp):
         return _row_list(tp)
     if attrs.has(tp):
         return lambda value: value.to_json()
@@ -310,30 +333,23 @@ def _either(members: tuple[Any, ...]) -> Encoder:
     if all(e is _same for e in encoders):
         return _same
     present = [e for m, e in zip(members, encoders, strict=True) if m is not type(None)]
-    if len(present) == 1:  # `X | None`
-        only = present[0]
-        return lambda value: None if value is None else only(value)
-    return _by_value
-
-
-def _by_value(value: Any) -> Any:
-    """A union's member found from the value itself (a record encodes itself, a tuple is a list)."""
-    if attrs.has(type(value)):
-        return value.to_json()
-    if isinstance(value, tuple):
-        return [_by_value(x) for x in value]
-    return value
+    if len(present) != 1:
+        raise TypeError(f"no JSON form for a union of {members!r}: only `X | None` of a structured X")
+    only = present[0]
+    return lambda value: None if value is None else only(value)
 
 
 def _list(item: Any) -> Encoder:
     each = encoder(item)
-    if each is _same or each is list:
-        return lambda value: list(map(each, value))  # type: ignore[arg-type]
+    if each is _same:  # a tuple of scalars or plain rows is its own JSON form
+        return _same
     return lambda value: [each(x) for x in value]
 
 
 def _list_of(items: tuple[Any, ...]) -> Encoder:
     encoders = [encoder(i) for i in items]
+    if all(e is _same for e in encoders):
+        return _same
     return lambda value: [each(x) for each, x in zip(encoders, value, strict=True)]
 
 
@@ -344,7 +360,7 @@ def _row_list(cls: Any) -> Encoder:
     plain = all(e is _same for e in encoders)
 
     if plain and not optional:
-        return list
+        return _same
 
     def encode(value: Any) -> list[Any]:
         out = list(value) if plain else [each(x) for each, x in zip(encoders, value, strict=True)]
