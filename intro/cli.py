@@ -453,6 +453,7 @@ def _report(args: argparse.Namespace) -> int:
     if not (args.run / "plan.json").is_file():
         print(f"intro: {args.run} is not a run directory (no plan.json)", file=sys.stderr)
         return BAD_INPUT
+    from intro.compiler.plan import PlanError
     from intro.runtime.analysis.report import write_report
     from intro.runtime.store.cube import DamagedCubeError, rebuild_advice
 
@@ -461,6 +462,9 @@ def _report(args: argparse.Namespace) -> int:
     except DamagedCubeError as error:
         print(rebuild_advice(args.run, error), file=sys.stderr)
         return FAILED
+    except PlanError as error:
+        print(f"intro: cannot read {args.run / 'plan.json'}: {error}", file=sys.stderr)
+        return BAD_INPUT
     print(f"wrote {page}")
     return OK
 
@@ -487,12 +491,16 @@ def _diff(args: argparse.Namespace) -> int:
             if not (run / "plan.json").is_file():
                 print(f"intro: {run} is not a run directory (no plan.json)", file=sys.stderr)
                 return FAILED
+        from intro.compiler.plan import PlanError
         from intro.runtime.store.cube import DamagedCubeError, rebuild_advice
 
         try:
             report = compare_runs(args.a, args.b)
         except DamagedCubeError as error:
             print(rebuild_advice(error.store.parent, error), file=sys.stderr)
+            return FAILED
+        except PlanError as error:  # the diff's exit codes: 1 is an error
+            print(f"intro: cannot read a run's plan.json: {error}", file=sys.stderr)
             return FAILED
         print(json.dumps(report, indent=1) if args.json else render_comparison(report))
         different = (

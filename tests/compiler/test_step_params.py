@@ -122,10 +122,15 @@ def test_a_missing_param_is_one_line_naming_the_step_and_the_field(run_dir: Path
     ]
 
 
-def test_a_mistyped_param_names_its_path_and_what_was_expected(run_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("verb", "exit_code"), [("export", 2), ("report", 2), ("diff", 1)]
+)  # diff's exit codes: 2 says the runs differ, 1 is an error
+def test_a_mistyped_param_names_its_path_and_what_was_expected(
+    run_dir: Path, verb: str, exit_code: int
+) -> None:
     step = damage(run_dir, "generate", lambda p: p["rows"][1].__setitem__(2, 7))
-    code, err = intro("export", str(run_dir))
-    assert code == 2 and len(err.splitlines()) == 1
+    code, err = intro(verb, str(run_dir), *([str(run_dir)] if verb == "diff" else []))
+    assert code == exit_code and len(err.splitlines()) == 1, err
     assert f"plan step '{step}' (generate): param rows[1][2]: expected a string, got 7" in err
 
 
