@@ -7,23 +7,20 @@ are a JSON object whose form its kind (the step's `kind`) gives: field order is 
 marked `omit` is left out while it holds that value (compiler/params_codec.py). That JSON is what step
 hashes cover, so it never changes for an existing kind without a version bump.
 
-Adding a step kind: its class here (with KIND and VERSION), a `Tables` method or handler in runtime/, and
-its lowering.
+Adding a step kind: its class here (with KIND and VERSION, listed in _KINDS), its lowering, and a `Tables`
+method or a handler in runtime/.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple
 
 from attrs import Factory, frozen
 
 from .params_codec import ParamError, decode_record, encode_record, field
 
 Scalar = str | int | float | bool
-P = TypeVar("P", bound="StepParams")
-
-__all__ = ["PARAMS", "VERSIONS", "ParamError", "StepParams", "decode"]
 
 
 class Record:
