@@ -34,6 +34,7 @@ import tracemalloc
 from pathlib import Path
 
 from intro.compiler import Plan, call_memo, check, functions, lower
+from intro.compiler.step_params import GenerateParams
 
 TIME_TARGET_S = 2.0
 FUNCTIONS_TARGET_S = 1.5
@@ -101,7 +102,8 @@ def write_study(folder: Path, tasks: int, properties: int, items: int, samples: 
 
 
 def plan_cells(plan: Plan) -> int:
-    return sum(len(s.params["rows"]) * s.params["samples"] for s in plan.steps if s.kind == "generate")
+    generating = [s.params for s in plan.steps if isinstance(s.params, GenerateParams)]
+    return sum(len(p.rows or ()) * p.samples for p in generating)
 
 
 def compile_once(spec: Path) -> tuple[Plan, str, dict[str, float]]:

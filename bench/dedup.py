@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from intro.compiler import compile_spec  # noqa: E402
 from intro.compiler.plan import Plan, Step  # noqa: E402
+from intro.compiler.step_params import GenerateParams  # noqa: E402
 from intro.runtime.dataflow.tables import CALLING, Tables  # noqa: E402
 from intro.runtime.store.cache import Cache  # noqa: E402
 from tests.servers import EchoServer  # noqa: E402
@@ -86,7 +87,8 @@ def main() -> None:
 
 def calls_of(step: Step) -> int:
     """The calls a generate step lists (its prompts are all known before the run here)."""
-    return len(step.params["rows"]) * step.params["samples"]
+    params = step.params_as(GenerateParams)
+    return len(params.rows or ()) * params.samples
 
 
 def asked(plan: Plan) -> int:
