@@ -313,9 +313,20 @@ class _Printer:
         if self.out and self.out[-1] != "" and not self.after_opener:
             self.out.append("")
 
+    def comment_after_the_opener(self, first: int, middle_first: int, last: int) -> bool:
+        """Whether a comment inside brackets opened on line `first` and closed on `last`, around items that
+        start on line `middle_first`, would not end the opener's line: then the items go one per line.
+
+        A comment on the opener's line (or before it) ends the opener's line whether the items are hugged or
+        stacked, so it does not decide between them: the next formatting finds it there again and decides
+        the same (formatting stays idempotent).
+        """
+        return self.comment_inside(min(first, middle_first - 1) + 1, last)
+
     def comment_inside(self, first: int, last: int) -> bool:
         """Whether a comment sits on lines first..last-1: inside a construct that closes on line `last`."""
-        index = bisect.bisect_left(self.comment_lines, first)
+        # A comment already printed (at the end of an earlier statement sharing its source line) is not inside.
+        index = max(bisect.bisect_left(self.comment_lines, first), self.next_comment)
         return index < len(self.comment_lines) and self.comment_lines[index] < last
 
     # ------------------------------------------------------------ top-level items
@@ -470,8 +481,7 @@ class _Printer:
         args = [(None, arg) for arg in node.args] + [(named.name, named.value) for named in node.kwargs]
         if not args:
             return _suffix(func, "()", node.span.end_line)
-        first, last = _start_line(node), node.span.end_line
-        return _join(func, self.sequence("(", args, ")", indent, func[-1].last, last, comments_from=first))
+        return _join(func, self.sequence("(", args, ")", indent, func[-1].last, node.span.end_line))
 
     def sequence(
         self,
@@ -481,7 +491,6 @@ class _Printer:
         indent: int,
         first: int,
         last: int,
-        comments_from: int | None = None,
         hug: bool = True,
     ) -> Block:
         """Items of a list or call that do not fit on one line: all on one indented line, else one per line.
@@ -492,14 +501,15 @@ class _Printer:
             return [_Line(indent, opener + closer, first, last)]
         texts = [(f"{name}: " if name else "") + flat(value) for name, value in items]
         hugged = ", ".join(texts)
+        middle_first = _start_line(items[0][1])
         inner = len(INDENT) * (indent + 1)
         if (
             hug
             and "\n" not in hugged
             and inner + len(hugged) <= WIDTH
-            and not self.comment_inside(comments_from or first, last)
+            and not self.comment_after_the_opener(first, middle_first, last)
         ):
-            middle = [_Line(indent + 1, hugged, _start_line(items[0][1]), items[-1][1].span.end_line)]
+            middle = [_Line(indent + 1, hugged, middle_first, items[-1][1].span.end_line)]
             return self.bracketed(opener, [middle], closer, indent, first, last, NO_GAP)
         lines = []
         for name, value in items:

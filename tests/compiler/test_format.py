@@ -309,7 +309,7 @@ def test_unparseable_source_is_a_positioned_compile_error() -> None:
 # ---------------------------------------------------------------- generated variants of the real specs
 _TOKEN = re.compile(
     r'"""[\s\S]*?"""|"(?:[^"\\\n]|\\.)*"|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*'
-    r"|[0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?|\s+|."
+    r"|[0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?|[<>=!]=|\s+|."
 )
 _SEPARATORS = [
     " ",
@@ -408,3 +408,17 @@ EXPRESSIONS = st.recursive(_ATOMS, _compound, max_leaves=14)
 def test_generated_expressions_keep_their_meaning(expression: str, comment: bool) -> None:
     note = "  # about it" if comment else ""
     assert_canonical(f"let value = {expression}{note}\nstudy s {{\n  measure m = {expression}\n}}\n")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # a comment between a statement's `=` and a call too long for one line ends the opener's line,
+        # where the next formatting finds it and hugs the arguments again
+        "let c = # above the call\n  f(" + ", ".join(f"argument_{i}" for i in range(8)) + ")\n",
+        # a comment printed at the end of an earlier statement sharing its source line is not inside a call
+        "let b = take(x, 20) let c = take(x. # note\n y, 3)\n",
+    ],
+)
+def test_a_comment_near_an_opener_formats_the_same_twice(source: str) -> None:
+    assert_canonical(source, "comments.intro")
