@@ -431,7 +431,7 @@ def _dtype_usable() -> bool:
 
 def _memory_budget(args: argparse.Namespace) -> int | None:
     """`--max-memory` in bytes, or None after printing why it is not usable."""
-    from intro.runtime.engine.memory import parse_size
+    from intro.runtime.backends.memory import parse_size
 
     if args.executor == "ray":
         print("intro: error: --max-memory applies to the local executor, not --executor ray", file=sys.stderr)

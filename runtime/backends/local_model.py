@@ -53,9 +53,9 @@ from intro.runtime.backends.embedded import (
     resolve_embedded,
     verified_sha256,
 )
+from intro.runtime.backends.memory import machine_memory
 from intro.runtime.backends.requests import BackendError, Message
 from intro.runtime.backends.work import ModelWork
-from intro.runtime.engine.memory import machine_memory
 
 EMBEDDED_PREFIX = "embedded:"
 PLAIN_REPLY_SEPARATOR = " "

@@ -1,4 +1,4 @@
 """The orchestration of a run: `run` executes plans into study directories, `executor` runs steps through
 the cache and the backend `pool`, `progress` and `console` show and log it, `journal` records finished
-steps, `memory` keeps resident memory near what is live, and `planview` is `intro plan`'s summary.
+steps, and `planview` is `intro plan`'s summary.
 """

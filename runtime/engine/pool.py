@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from intro.compiler.plan import ModelEntry, Plan, Step
-from intro.runtime.backends import precision
+from intro.runtime.backends import memory, precision
 from intro.runtime.backends.requests import Backend, BackendError
 from intro.runtime.backends.work import ModelWork
-from intro.runtime.engine import memory
 from intro.runtime.store.cache import Cache
 
 # Told (phase, model, source, seconds) as weights load: "loading", "converting" (a GGUF, once), "loaded".

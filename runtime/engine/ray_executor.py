@@ -128,7 +128,7 @@ class ModelWorker:
     ):
         import torch
 
-        from intro.runtime.engine import memory
+        from intro.runtime.backends import memory
 
         torch.set_num_threads(threads)
         memory.limit_arenas()

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from intro.compiler.plan import Measure, Plan, PlanError, Step
+from intro.runtime.backends import memory
 from intro.runtime.backends.requests import BackendError
 from intro.runtime.dataflow import cubes as dataflow_cubes
 from intro.runtime.dataflow import steps as dataflow_steps
 from intro.runtime.dataflow import vectors as dataflow_vectors
-from intro.runtime.engine import memory, planview
+from intro.runtime.engine import planview
 from intro.runtime.engine.console import libraries_to_log
 from intro.runtime.engine.executor import Counters, Executor, StepHandler
 from intro.runtime.engine.journal import open_for_append

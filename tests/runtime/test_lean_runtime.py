@@ -19,8 +19,8 @@ from intro.compiler import compile_spec
 from intro.runtime.backends import local_model
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import attach_adapter, detach_adapter, load_local_model
+from intro.runtime.backends.memory import parse_size
 from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest
-from intro.runtime.engine.memory import parse_size
 from intro.runtime.engine.pool import BackendPool
 from intro.runtime.store.cache import Cache
 from intro.runtime.training.adapters import read_adapter, train_adapter
