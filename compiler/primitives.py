@@ -423,7 +423,7 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             "quotes",
             _rule_builder("quotes", "field"),
             Param("field", "string"),
-            doc='a rule: "true" when the row\'s `field` appears in the text character for character',
+            doc='a rule: "true" when the row\'s `field` appears in the text, both lowercased (Lindsey 2025)',
             returns="rule",
             example='quotes("text")',
         ),
@@ -469,7 +469,9 @@ _MODEL_AND_STATISTICS: dict[str, Function] = dict(
             "values v of `first`, min(#first = v, #second = v) of the items whose `values` is v, chosen by a "
             'shuffle seeded with `seed`; "false" for the others. Use as `where:` of each side\'s statistic',
             returns="values",
-            example="balance(new, old, new, where: differs(old, new))",
+            example='balance(extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)), '
+            'extract(generate(qwen, prompts(["Name a colour."])), nth_word(1)), '
+            'extract(generate(gemma, prompts(["Name a colour."])), nth_word(1)))',
         ),
         _fn(
             "all_of",

@@ -170,7 +170,8 @@ def sample_rows(source: Any, prompt_set: df.PromptSet | None = None) -> template
         rows = [{**dict(row), **extra} for task in tasks for row in task.rows]
         return templates.Rows(rows, "the selected tasks", "the tasks' rows")
     items = sample_rows(prompts_of(source).source)
-    rows = [{**dict(row), **_result_fields(source)} for row in items.rows]
+    fields = _result_fields(source)  # the same for every row: once, not per row (tens of thousands)
+    rows = [{**dict(row), **fields} for row in items.rows]
     return templates.Rows(rows, items.label, items.plural, items.id_column)
 
 

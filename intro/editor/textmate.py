@@ -45,7 +45,7 @@ def grammar(vocab: Vocabulary | None = None) -> dict[str, Any]:
         "name": {"name": "variable.other.intro", "match": _name(vocab)},
         "operator": {
             "name": "keyword.operator.intro",
-            "match": _char_class(sorted(OPERATORS & set(vocab.symbols))),
+            "match": _alternatives(sorted(OPERATORS & set(vocab.symbols))),
         },
         "punctuation": {
             "name": "punctuation.intro",
@@ -92,6 +92,11 @@ def _keywords(vocab: Vocabulary) -> dict[str, Any]:
             "match": r"\b(?:" + "|".join(words) + r")\b",
         }
     return rules
+
+
+def _alternatives(symbols: list[str]) -> str:
+    """Longest first, so `<=` is one operator and not `<` then `=`."""
+    return "(?:" + "|".join(re.escape(s) for s in sorted(symbols, key=len, reverse=True)) + ")"
 
 
 def _char_class(symbols: list[str]) -> str:

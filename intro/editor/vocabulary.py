@@ -22,7 +22,7 @@ from intro.compiler.builtins import FUNCTIONS
 # so a keyword added to the grammar is highlighted as one without touching this module.
 CONTROL = frozenset({"use", "as", "for", "in", "return"})
 CONSTANTS = frozenset({"true", "false"})
-OPERATORS = frozenset("=+-*/")
+OPERATORS = frozenset({"=", "+", "-", "*", "/", "<", ">", "<=", ">=", "==", "!="})
 # The regex terminals, in the order the tokenizer tries them (a long string before a string).
 REGEX_TERMINALS = ("COMMENT", "LONG_STRING", "STRING", "NUMBER", "NAME")
 
@@ -56,6 +56,7 @@ def vocabulary_of(grammar: str) -> Vocabulary:
     terminals = Lark(grammar, parser="lalr").terminals
     words = [t.pattern.value for t in terminals if isinstance(t.pattern, PatternStr)]
     patterns = {t.name: t.pattern.to_regexp() for t in terminals if not isinstance(t.pattern, PatternStr)}
+    words += [word for regex in patterns.values() for word in _literal_alternatives(regex)]
     return Vocabulary(
         keywords=tuple(sorted(w for w in words if w.isidentifier())),
         symbols=tuple(sorted(w for w in words if not w.isidentifier())),
@@ -63,6 +64,20 @@ def vocabulary_of(grammar: str) -> Vocabulary:
         whitespace=patterns["WS"],
         builtins=tuple(sorted(FUNCTIONS)),
     )
+
+
+def _literal_alternatives(regex: str) -> list[str]:
+    """The words of a terminal written as alternatives of symbols (`COMPARE: "<=" | ">=" | ...` reaches lark
+    as `(?:<=|>=|...)`): symbols like the grammar's string terminals. Any other regex gives none."""
+    match = re.fullmatch(r"\(\?:(.*)\)", regex)
+    if match is None:
+        return []
+    words = [re.sub(r"\\(.)", r"\1", part) for part in match.group(1).split("|")]
+    if not all(
+        word and not any(c.isalnum() or c.isspace() or c in "\\()[]{}?*+.^$" for c in word) for word in words
+    ):
+        return []
+    return words
 
 
 # ---------------------------------------------------------------- tokens
