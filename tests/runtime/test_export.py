@@ -143,6 +143,7 @@ def test_export_csv_defaults_to_the_run_folder(run, capsys):
     assert {p.name for p in (run / "export").glob("calibration*.csv")} == {
         "calibration.csv",  # per item: li.calibration_of's MAD has no per-item scores, so no rows
         "calibration.by_task.csv",
+        "calibration.by_task_bin.csv",  # the curve itself: per task and bin
     }
 
 
