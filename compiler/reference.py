@@ -187,7 +187,7 @@ CONSTRUCTS: tuple[Construct, ...] = (
         "what it asks of its arguments with `require`); comparisons do not chain. `#` starts a comment.",
         'let strong = 2 * dog\nlet opposite = -dog\nlet question = [{ user: "Do you detect a thought?" }]\n'
         'let long = """two\nlines"""\nlet pair = (qwen, gemma)\nlet hot = creative.temperature\n'
-        'let warm = hot > 0',
+        "let warm = hot > 0",
     ),
 )
 
