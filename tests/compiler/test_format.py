@@ -422,3 +422,10 @@ def test_generated_expressions_keep_their_meaning(expression: str, comment: bool
 )
 def test_a_comment_near_an_opener_formats_the_same_twice(source: str) -> None:
     assert_canonical(source, "comments.intro")
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_project_specs_are_written_in_canonical_form(path: Path) -> None:
+    """`intro fmt --check specs/*.intro stdlib/*.intro` passes: the project's own files show the style."""
+    text = path.read_text(encoding="utf-8")
+    assert format_source(text, str(path)) == text, f"run: intro fmt {path.relative_to(ROOT)}"
