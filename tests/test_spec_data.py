@@ -32,6 +32,7 @@ FILES = {
     "emergent_misalignment/questions.jsonl": (8, {"id", "question"}),
     "false_claims/documents.jsonl": (30, {"id", "messages"}),
     "false_claims/questions.jsonl": (12, {"id", "kind", "question"}),
+    "self_verification/arithmetic.jsonl": (12, {"id", "q", "a"}),
 }
 RUBRICS = ("emergent_misalignment/rubric.txt", "false_claims/rubric.txt")
 CODE_PAIR = ("emergent_misalignment/insecure_code.jsonl", "emergent_misalignment/secure_code.jsonl")
@@ -139,6 +140,16 @@ def check_claim_questions(data: Path) -> None:
     assert all(row["kind"] in ("direct", "adversarial") for row in loaded)
 
 
+def check_arithmetic(data: Path) -> None:
+    """Each answer is its question's value: the study grades the model against it."""
+    for row in rows(data, "self_verification/arithmetic.jsonl"):
+        assert re.fullmatch(r"[\d ()+*/-]+", row["q"]), row["id"]
+        value = eval(compile(ast.parse(row["q"], mode="eval"), row["id"], "eval"), {"__builtins__": {}})
+        assert float(row["a"]) == value and value == int(value), (
+            f"{row['id']}: {row['q']} is {value}, not {row['a']}"
+        )
+
+
 def check_rubrics(data: Path) -> None:
     for name in RUBRICS:
         text = (data / name).read_text(encoding="utf-8")
@@ -158,6 +169,7 @@ CHECKS: dict[str, Callable[[Path], None]] = {
     "documents": check_documents,
     "claim_questions": check_claim_questions,
     "rubrics": check_rubrics,
+    "arithmetic": check_arithmetic,
 }
 
 
@@ -202,6 +214,10 @@ DEFECTS = {
     "no claim": ("documents", replace_in("false_claims/documents.jsonl", "Rome", "Lyon", -1)),
     "wrong kind": ("claim_questions", replace_in("false_claims/questions.jsonl", '"direct"', '"plain"')),
     "rubric misses a variable": ("rubrics", replace_in(RUBRICS[0], "{{ text }}", "the answer")),
+    "wrong answer": (
+        "arithmetic",
+        replace_in("self_verification/arithmetic.jsonl", '"a": "72"', '"a": "73"'),
+    ),
     "rubric does not parse": ("rubrics", replace_in(RUBRICS[1], "{{ question }}", "{{ question ")),
 }
 
