@@ -78,6 +78,17 @@ SHIFTS = [
 ]
 
 
+# Cells read from the model's float32 scores (probabilities, log-odds and their shifts) agree with the
+# built-ins' to float32 rounding, which depends on the CPU's kernels: one machine matched the goldens to
+# 1e-15, another (with AVX-512) differed by up to 1e-6 on log-odds of about -16. Rates of rule-graded
+# replies are counts and must match exactly.
+SCORE_TOLERANCE = 1e-5
+
+
+def tolerance(cell: str) -> float:
+    return SCORE_TOLERANCE if cell.startswith("p_") or "log_odds" in cell else 1e-9
+
+
 def run(*argv: str, cache: Path) -> str:
     # The goldens were computed on whole prompts: sharing a batch's prefix moves values by ~1e-8.
     env = {"INTRO_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin", "INTRO_SHARE_PREFIX": "0"}
@@ -126,7 +137,7 @@ def test_each_rate_and_mean_is_the_builtins(
     got = cube(new, f"{new_name}.{cell}")
     for old in golden(old_name):
         value = float(got.estimate.sel(point(old)))
-        assert goldens.same(value, old[cell], 1e-9), (cell, point(old), value, old[cell])
+        assert goldens.same(value, old[cell], tolerance(cell)), (cell, point(old), value, old[cell])
         assert int(got.n.sel(point(old))) == 3  # one trial per sentence
 
 
@@ -138,7 +149,11 @@ def test_each_shift_and_its_paired_interval_is_the_builtins(
     for old in golden(old_name):
         for suffix, variable in (("", "estimate"), ("_low", "ci_low"), ("_high", "ci_high")):
             value = float(got[variable].sel(point(old)))
-            assert goldens.same(value, old[cell + suffix], 1e-9), (cell + suffix, point(old), value)
+            assert goldens.same(value, old[cell + suffix], tolerance(cell)), (
+                cell + suffix,
+                point(old),
+                value,
+            )
 
 
 def test_think_about_gives_the_builtins_cosines(new: dict[str, object]) -> None:
