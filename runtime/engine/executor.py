@@ -1,7 +1,8 @@
 """Walk a plan's DAG: run each step once its dependencies are done, caching every result as it lands.
 
-Steps run in waves (all steps whose dependencies are finished run together), so calls to different
-models overlap; each backend bounds its own concurrency. Model-calling steps send only the calls missing
+A step starts as soon as its dependencies are done, except that steps computing on this process's
+weights take one model at a time (schedule.py); API calls and statistics overlap with everything, and
+each backend bounds its own concurrency. Model-calling steps send only the calls missing
 from the cache, in chunks, writing each result the moment it arrives: a crash loses at most the calls in
 flight. Measurement steps are pure functions of cached results and are recomputed on every run.
 """
@@ -23,6 +24,7 @@ from intro.runtime.backends.requests import Generation, GenerationRequest, Messa
 from intro.runtime.backends.work import ModelWork
 from intro.runtime.dataflow.tables import Call, Tables
 from intro.runtime.engine.pool import BackendPool
+from intro.runtime.engine.schedule import RootSchedule
 from intro.runtime.store.cache import Cache
 
 CHUNK = 32  # requests handed to a backend at once: the most a crash can lose per model
@@ -71,15 +73,32 @@ class Executor:
         self.tables = Tables(plan, cache, numerics=pool.numerics)
 
     async def run(self) -> Counters:
+        """Run every step, each as soon as its dependencies are done and the schedule lets it start
+        (schedule.py: one in-process model's steps at a time). The first step to fail cancels the others
+        running and is raised; what they finished is cached."""
+        schedule = RootSchedule(self.pool.roots_computed_here, self.pool.loaded_models)
         done: set[str] = set()
-        pending = list(self.plan.steps)
-        while pending:
-            wave = [s for s in pending if all(d in done for d in s.deps)]
-            if not wave:
-                raise RuntimeError("the plan has a dependency cycle")  # lowering never produces one
-            await asyncio.gather(*(self._run_step(s) for s in wave))
-            done.update(s.id for s in wave)
-            pending = [s for s in pending if s.id not in done]
+        waiting = list(self.plan.steps)
+        running: dict[asyncio.Task[None], Step] = {}
+        try:
+            while waiting or running:
+                ready = [s for s in waiting if all(d in done for d in s.deps)]
+                for step in schedule.startable(ready):
+                    schedule.started(step)
+                    running[asyncio.create_task(self._run_step(step))] = step
+                    waiting.remove(step)
+                if not running:
+                    raise RuntimeError("the plan has a dependency cycle")  # lowering never produces one
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    step = running.pop(task)
+                    schedule.finished(step)
+                    task.result()  # a failed step raises here
+                    done.add(step.id)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         return self.counters
 
     async def _run_step(self, step: Step) -> None:

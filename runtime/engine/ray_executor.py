@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from intro.compiler.plan import Plan
+from intro.compiler.plan import Plan, Step
 from intro.runtime.backends import precision
 from intro.runtime.backends.requests import BackendError, Generation, GenerationRequest, Score, ScoreRequest
 from intro.runtime.engine.pool import BackendPool, LoadListener
@@ -296,6 +296,10 @@ class RayPool(BackendPool):
         self.placement: Placement = place(plan, self, cluster, workers)
         self._replicas: dict[str, Replicas] = {}
         self._remote: dict[str, RayBackend] = {}
+
+    def roots_computed_here(self, step: Step) -> frozenset[str]:
+        # Model calls run on the actors, each model on its own: steps of different models run side by side.
+        return frozenset()
 
     def backend(self, model_key: str) -> Any:
         entry = self.plan.models[model_key]

@@ -171,6 +171,7 @@ class TrainingSteps:
         if not examples:
             raise BackendError(f"{step.id}: no training examples (every answer in {data.id} was left out)")
         loaded = self.run.pool.loaded(origin.root)
+        self.run.pool.make_room_to_train(origin.root)
         hyperparameters = lora_hyperparameters(p.hparams)
         self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
         directory = self.cache.artifact_dir(step.hash)
