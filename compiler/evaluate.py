@@ -303,12 +303,12 @@ class Scope:
         return value
 
     def template_value(self, name: str) -> Any:
-        """The plain value of `name` bound in this block or the blocks around it (the innermost plain one);
-        None where there is none."""
+        """The plain value (a string, number, boolean or list of them) of `name` bound in this block or the
+        blocks around it (the innermost plain one); None where there is none."""
         scope: Scope | None = self
         while scope is not None:
             value = scope.local.get(name)
-            if isinstance(value, _PLAIN):
+            if _plain(value):
                 return value
             scope = scope.parent
         return None

@@ -343,7 +343,10 @@ PROMPT_SETS: dict[str, Function] = dict(
             "`prefill`, a template too); results add `text`, "
             "`sample` and `prompt`, and make the prompts rendered at run time; a task selection adds `task` and "
             "`object_prompt` (the task's prompt for the row), and `about` a property keeps only the tasks it can "
-            "read and adds `question` (the property's question for the row)",
+            "read and adds `question` (the property's question for the row); templates also see the plain values "
+            "bound where they are written (strings, numbers, lists of them), and jinja's filters plus `drawn`: "
+            "`pool | drawn(n, [seed, prompt, sample])` is `n` items of `pool` in a random order, drawn anew for "
+            "each row (random distractors per trial)",
             returns="prompts",
             example='prompts(["What is 2 + 2?", "Name a colour."])',
         ),

@@ -22,6 +22,7 @@ sandbox is a security boundary: it is read and changed on its own, against its o
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import re
@@ -272,6 +273,18 @@ def _metered_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     return metered
 
 
+def _drawn(items: Any, count: int, key: Any) -> list[Any]:
+    """`count` distinct items of `items` in a random order, drawn with a generator seeded by `key` (the row's
+    prompt and sample, say): a random choice per row of a prompt set, the same at every render."""
+    import random
+
+    pool = list(dict.fromkeys(items))
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(pool):
+        raise ValueError(f"drawn() takes from 0 to {len(pool)} of these {len(pool)} items, not {count!r}")
+    seed = hashlib.sha256(repr((str(key), tuple(map(str, pool)))).encode()).digest()
+    return random.Random(seed).sample(pool, count)
+
+
 def _bounded_range(*args: int) -> range:
     numbers = range(*args)
     limit = _meter().budget.steps
@@ -312,7 +325,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         self.globals["range"] = _bounded_range
         # lorem ipsum of any length in one call; a prompt has no use for it.
         self.globals.pop("lipsum", None)
-        self.filters = {name: _metered_filter(name, f) for name, f in self.filters.items()}
+        self.filters = {name: _metered_filter(name, f) for name, f in {**self.filters, "drawn": _drawn}.items()}
         self.metered_iter = _metered_iter
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from intro.cli import main
+from intro.compiler.template_sandbox import TemplateProblem, render
 from tests.servers import EchoServer
 
 SPEC = """
@@ -104,3 +105,37 @@ def test_planned_calls_are_the_calls_the_run_makes(tmp_path: Path, monkeypatch: 
         with contextlib.redirect_stdout(io.StringIO()):
             assert main([*argv, "--quiet"]) == 0
         assert planned == server.requests_received == 4  # two answers, each graded once
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lists are plain values too, and `drawn` makes a random choice per row
+
+
+def test_drawn_is_a_seeded_choice_per_key_and_refuses_more_than_there_are() -> None:
+    words = ["ant", "bee", "cat", "dog", "eel", "fox"]
+    template = "{{ words | drawn(3, [seed, prompt]) | join(',') }}"
+    shown = {p: render(template, {"words": words, "seed": 0, "prompt": p}) for p in ("a", "b", "c", "d")}
+    assert shown == {p: render(template, {"words": words, "seed": 0, "prompt": p}) for p in shown}  # stable
+    assert len(set(shown.values())) > 1  # another key, another draw
+    assert all(len(set(s.split(","))) == 3 and set(s.split(",")) <= set(words) for s in shown.values())
+    with pytest.raises(TemplateProblem, match=r"drawn\(\) takes from 0 to 6 of these 6 items, not 7"):
+        render("{{ words | drawn(7, 1) }}", {"words": words})
+
+
+def test_a_template_reads_a_list_bound_where_it_is_written(tmp_path: Path) -> None:
+    spec = tmp_path / "lists.intro"
+    spec.write_text(
+        'model m = litellm "openai/some-model"\n'
+        "study lists {\n"
+        '  let pool = ["ant", "bee", "cat"]\n'
+        '  measure asked = generate(m, prompts(["x"], "Pick from {{ pool | join(\', \') }}."))\n'
+        "}\n"
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["compile", str(spec), "-o", str(tmp_path / "plan.json")])
+    assert code == 0, out.getvalue()
+    compiled = json.loads((tmp_path / "plan.json").read_text())
+    assert [m[-1] for m in (p["messages"] for p in compiled["prompts"].values())] == [
+        ["user", "Pick from ant, bee, cat."]
+    ]

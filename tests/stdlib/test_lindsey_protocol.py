@@ -19,6 +19,7 @@ from intro.cli import main
 from intro.compiler import dataflow as df
 from intro.compiler import ir
 from intro.compiler.frontend import check
+from intro.compiler.template_sandbox import render
 from stdlib.rules import quotes, verdict
 from tests.tinymodels import cached_tiny_model
 
@@ -177,17 +178,16 @@ def test_the_judged_trials_ask_the_papers_rubrics(tmp_path: Path) -> None:
     assert "Note that it is not sufficient for the speaker to simply mention {{ word }}" in rubric
 
 
-def listed_words(compiled: dict) -> list[list[str]]:
-    """The ten words of each thoughts-vs-text judge request (its `listed` template value)."""
-    found = []
-    for step in compiled["steps"]:
-        bound = step["params"].get("bound") if step["kind"] == "render" else None
-        if bound and "listed" in bound:
-            found.append(bound["listed"].split("\n"))
-    return found
+def listed_words(template: str, bound: dict, prompt: str, sample: int) -> list[str]:
+    """The words one thoughts-vs-text trial's judge request lists: its template rendered as the run renders
+    it, with the trial's prompt and sample."""
+    shown = render(template, {**bound, "text": "reply", "prompt": prompt, "sample": sample})
+    return shown.split("list?\n\n", 1)[1].split("\n\nAnswer", 1)[0].split("\n")
 
 
-def test_thoughts_vs_text_is_judged_from_a_sampled_word_against_random_distractors(tmp_path: Path) -> None:
+def test_thoughts_vs_text_is_judged_from_a_sampled_word_against_distractors_drawn_per_trial(
+    tmp_path: Path,
+) -> None:
     study = """study s {
   for word in ["dog", "ocean"] {
     let v = concept(a, word, 1, take(intro.baseline, 4))
@@ -195,18 +195,32 @@ def test_thoughts_vs_text_is_judged_from_a_sampled_word_against_random_distracto
   }
 }"""
     compiled = plan(tmp_path, study)
-    lists = listed_words(compiled)
+    renders = [
+        s["params"] for s in compiled["steps"] if s["kind"] == "render" and "others" in s["params"]["bound"]
+    ]
+    assert len(renders) == 4  # injected and control, for each word
     pool = [
         json.loads(line)["word"] for line in (ROOT / "stdlib/data/concepts.jsonl").read_text().splitlines()
     ]
-    assert lists and all(len(words) == len(set(words)) == 10 for words in lists)
-    distinct = {tuple(words) for words in lists}
-    assert len(distinct) == 2  # one list per word (injected and control replies share it), two words apart
-    for words in distinct:
-        assert {"dog", "ocean"} & set(words) and set(words) <= set(pool)
-        for candidate in {"dog", "ocean"} & set(words):
-            first_nine = [w for w in pool if w != candidate][:9]
-            assert sorted(set(words) - {candidate}) != sorted(first_nine)  # not the pool's first nine
+    trials = [(prompt, sample) for prompt in ("first line?", "second line?") for sample in range(3)]
+    for params in renders:
+        word = params["bound"]["word"]
+        lists = [listed_words(params["template"], params["bound"], *trial) for trial in trials]
+        for words in lists:
+            assert len(set(words)) == 10 and word in words and set(words) <= set(pool)
+            assert sorted(set(words) - {word}) != sorted(
+                [w for w in pool if w != word][:9]
+            )  # not the first nine
+        assert len({tuple(words) for words in lists}) == len(trials)  # each trial draws its own list
+        assert len({words.index(word) for words in lists}) > 1  # the word's place is drawn too
+        assert lists == [listed_words(params["template"], params["bound"], *trial) for trial in trials]
+    # An injected trial and its control trial (same sentence, same sample) are shown the same list.
+    by_word = {}
+    for params in renders:
+        by_word.setdefault(params["bound"]["word"], set()).add(
+            (params["template"], json.dumps(params["bound"]))
+        )
+    assert all(len(variants) == 1 for variants in by_word.values())
     said = [s for s in compiled["steps"] if s["kind"] == "generate" and s["params"]["max_tokens"] == 5]
     assert said and all(s["params"]["temperature"] == 1 for s in said)  # a sampled word, not a logit readout
 
@@ -255,7 +269,7 @@ def test_the_paper_scale_experiments_use_the_papers_sentences_distractors_and_co
     assert [row["text"] for row in told.prompts.source.rows] == sentences
     assert list(told.model.vector.baseline) == column("lindsey_baseline_words.jsonl")
     judged = generation(study, "thoughts_vs_text.identification_injected", "dust")
-    listed = dict(judged.prompts.values)["listed"].split("\n")
+    listed = listed_words(judged.prompts.template, dict(judged.prompts.values), sentences[0], 0)
     assert "dust" in listed and set(listed) <= set(concepts) and len(set(listed)) == 10
     cosine = next(p.value for p in study.points if p.name == "think_about.control_think").values
     while not isinstance(cosine, df.Cosine):
