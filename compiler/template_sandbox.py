@@ -325,7 +325,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         self.globals["range"] = _bounded_range
         # lorem ipsum of any length in one call; a prompt has no use for it.
         self.globals.pop("lipsum", None)
-        self.filters = {name: _metered_filter(name, f) for name, f in {**self.filters, "drawn": _drawn}.items()}
+        self.filters = {
+            name: _metered_filter(name, f) for name, f in {**self.filters, "drawn": _drawn}.items()
+        }
         self.metered_iter = _metered_iter
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
