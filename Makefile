@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 main: $(STAMP)
-	$(BIN)/intro run specs/looking_inward_mini.intro
+	$(BIN)/intro run specs/looking_inward_mini.intro --max-memory 4G
 
 test: $(STAMP) mypy-view
 	$(BIN)/ruff check .
