@@ -24,10 +24,11 @@ from intro.runtime.backends.activations import last_token_activations
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.backends.precision import device_dtype
-from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest, Steering
+from intro.runtime.backends.requests import GenerationRequest, Message, Steering
 from intro.runtime.training.adapters import train_adapter
 from intro.runtime.training.finetune import LoraHyperparameters
 from tests.tinymodels import make_tiny_model
+from tests.tinyrequests import QUESTIONS, asks, scores
 
 pytestmark = [
     pytest.mark.gpu,
@@ -35,15 +36,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning"),
 ]
 
-QUESTIONS = (
-    "What is the capital of Japan?",
-    "Is the sky blue?",
-    "Count to five.",
-    "The dog found the red ball. What did the dog find?",
-    "Is fire cold?",
-    "Name an animal.",
-)
-CHOICES = ("yes", "no", "Tokyo", "the red ball")
 STUDY = """
 model a = local "tiny" {{ device: "{device}" }}
 sampling short {{ temperature: 0 max_tokens: 4 }}
@@ -68,17 +60,6 @@ def cpu(tiny):
 @pytest.fixture(scope="module")
 def cuda(tiny):
     return load_local_model(str(tiny), device="cuda")
-
-
-def asks(**options) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(key=f"k{i}", messages=(Message("user", q),), max_tokens=6, **options)
-        for i, q in enumerate(QUESTIONS)
-    ]
-
-
-def scores(**options) -> list[ScoreRequest]:
-    return [ScoreRequest(f"s{i}", (Message("user", q),), CHOICES, **options) for i, q in enumerate(QUESTIONS)]
 
 
 def test_cuda_weights_load_in_the_devices_dtype(cuda):

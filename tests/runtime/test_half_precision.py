@@ -15,21 +15,13 @@ import torch
 from intro.runtime.backends.activations import concept_vector, last_token_activations
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
-from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest, Steering
+from intro.runtime.backends.requests import GenerationRequest, Message, Steering
 from intro.runtime.backends.steering import decoder_layers
 from intro.runtime.training.adapters import read_adapter, train_adapter
 from intro.runtime.training.finetune import LoraHyperparameters
 from tests.tinymodels import make_tiny_model
+from tests.tinyrequests import QUESTIONS, asks, scores
 
-QUESTIONS = (
-    "What is the capital of Japan?",
-    "Is the sky blue?",
-    "Count to five.",
-    "The dog found the red ball. What did the dog find?",
-    "Is fire cold?",
-    "Name an animal.",
-)
-CHOICES = ("yes", "no", "Tokyo", "the red ball")  # multi-token choices: the scoring tails run too
 EXAMPLES = [
     ((Message("user", "What is the capital of Japan?"),), "Tokyo"),
     ((Message("user", "Is fire cold?"),), "No"),
@@ -52,17 +44,6 @@ def full(tiny):
 @pytest.fixture(scope="module")
 def bf16(tiny):
     return load_local_model(str(tiny), device="cpu", dtype="bfloat16")
-
-
-def asks(**options) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(key=f"k{i}", messages=(Message("user", q),), max_tokens=6, **options)
-        for i, q in enumerate(QUESTIONS)
-    ]
-
-
-def scores(**options) -> list[ScoreRequest]:
-    return [ScoreRequest(f"s{i}", (Message("user", q),), CHOICES, **options) for i, q in enumerate(QUESTIONS)]
 
 
 def float32_vector(path: Path, hidden: int, seed: int = 0) -> str:
