@@ -207,7 +207,9 @@ def table_rows(data: xr.Dataset, kind: str) -> tuple[list[str], list[list[str]]]
     An estimate of a proportion adds its Wilson interval; a comparison its p-value, and with more than one,
     Holm's adjustment over the measure's cells; a pooled difference adds one line per point of the other
     axes, its innermost axis shown as "(all)"."""
-    axes = [str(d) for d in data.dims if d not in ("item", "sample", "option")]
+    # A statistic's own axes: a calibration's curve adds a `bin` axis its MAD does not vary along.
+    shown = data["estimate"].dims if kind in ("estimate", "comparison") else data.dims
+    axes = [str(d) for d in shown if d not in ("item", "sample", "option")]
     if kind in ("estimate", "comparison"):
         header = [*axes, "estimate", "95% CI", "n", *_extra_header(data, kind)]
         lines = [_summary_line(data, axes, at, kind) for at in _points(data, axes)]

@@ -134,6 +134,8 @@ def test_calibration_curves_run_and_show_their_intervals(tmp_path: Path) -> None
         # the echo's answers are one behaviour per item, never predicted: MAD 100 in every resample
         assert float(cube.ci_low) == float(cube.estimate) == float(cube.ci_high) == 100.0, curve
         assert f"calibration.{curve}" in shown
+    # the MAD is shown once per task, not repeated along the curve's bins
+    assert shown.count("colours  ") == 3 and " bin " not in shown, shown
 
 
 def test_the_calibration_cube_holds_the_curve_itself(tmp_path: Path) -> None:
