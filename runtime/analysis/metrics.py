@@ -96,6 +96,27 @@ def paired_bootstrap_diff_ci(
     return _percentile_interval(replicates, level)
 
 
+def unpaired_bootstrap_diff_ci(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    statistic: Statistic = np.mean,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(a) - statistic(b) for two independent samples (no item
+    scored by both): each is resampled on its own, so the interval carries both sides' sampling noise."""
+    first, second = _as_sample(a), _as_sample(b)
+    if first.size == 0 or second.size == 0:
+        return _nan_pair()
+    rng = np.random.default_rng(seed)
+    replicates = statistic(first[_resample_indices(rng, first.size, resamples)], axis=-1) - statistic(
+        second[_resample_indices(rng, second.size, resamples)], axis=-1
+    )
+    return _percentile_interval(replicates, level)
+
+
 def _as_sample(values: ArrayLike) -> NDArray[np.float64]:
     data = np.asarray(values)
     if data.ndim != 1:

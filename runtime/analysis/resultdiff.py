@@ -54,7 +54,10 @@ def compare_estimate_cubes(
     a: xr.Dataset, b: xr.Dataset, resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """Each shared point's estimate in A and B, paired on the items both scored: B - A over those items with
-    a paired bootstrap CI. With no item in common, the two estimates as they are, without an interval."""
+    a paired bootstrap CI. Where they share fewer than half of either run's items (other items drawn,
+    another data file), B - A of the two estimates with an unpaired bootstrap CI, each run's items
+    resampled on their own; where the items are not told apart (an estimate grouped `by` a field), the two
+    estimates as they are, without an interval."""
     # An estimate grouped `by` a field has a dim its per-item scores lack: its groups' items are not told apart.
     paired = set(a["estimate"].dims) <= set(a["score"].dims) and set(b["estimate"].dims) <= set(
         b["score"].dims
@@ -65,9 +68,14 @@ def compare_estimate_cubes(
 def _estimate_cell(a: xr.Dataset, b: xr.Dataset, paired: bool, resamples: int, seed: int) -> dict[str, Any]:
     scores_a, scores_b = (_scores(a), _scores(b)) if paired else ({}, {})
     pairs = [(x, scores_b[item]) for item, x in scores_a.items() if item in scores_b]
-    if not pairs:
+    if not pairs or 2 * len(pairs) < max(len(scores_a), len(scores_b)):  # mostly other items: unpaired
         x, y = float(a["estimate"]), float(b["estimate"])
-        return {"n": 0, "paired": False, "a": x, "b": y, "difference": y - x, "ci_low": None, "ci_high": None}
+        cell = {"n": 0, "paired": False, "a": x, "b": y, "difference": y - x, "ci_low": None, "ci_high": None}
+        if scores_a and scores_b:  # an estimate is the mean of its item scores: their resamples bound B - A
+            ys, xs = np.array(list(scores_b.values())), np.array(list(scores_a.values()))
+            low, high = metrics.unpaired_bootstrap_diff_ci(ys, xs, resamples=resamples, seed=seed)
+            cell |= {"ci_low": float(low), "ci_high": float(high), "items_a": len(xs), "items_b": len(ys)}
+        return cell
     first, second = np.array(pairs).T
     low, high = metrics.paired_bootstrap_diff_ci(second, first, resamples=resamples, seed=seed)
     difference = float(second.mean() - first.mean())
@@ -194,7 +202,12 @@ def _rows_line(c: dict[str, Any]) -> list[str]:
 
 
 def _estimate_line(c: dict[str, Any]) -> list[str]:
-    interval = _interval(c["ci_low"], c["ci_high"]) + ("" if c["paired"] else " (no shared items)")
+    interval = _interval(c["ci_low"], c["ci_high"])
+    if not c["paired"]:
+        unpaired = (
+            f"unpaired, {c['items_a']} vs {c['items_b']} items" if "items_a" in c else "no shared items"
+        )
+        interval += f" ({unpaired})"
     return [str(c["n"]), f"{c['a']:.3f}", f"{c['b']:.3f}", f"{c['difference']:+.3f}", interval]
 
 

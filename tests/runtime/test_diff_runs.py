@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xarray as xr
 
 from intro.compiler import compile_spec
+from intro.runtime.analysis.resultdiff import _estimate_line, compare_estimate_cubes
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.dataflow.tables import CALLING, Tables
@@ -102,3 +105,33 @@ def every_call(spec: Path, cache: Path) -> dict[str, str]:
 def missing_calls(spec: Path, cache: Path) -> dict[str, str]:
     """The calls of the study that are not in the cache."""
     return {key: prompt for key, prompt in every_call(spec, cache).items() if not Cache(cache).has(key)}
+
+
+def estimate_cube(items: list[str], scores: list[float]) -> xr.Dataset:
+    """An estimate cube of one point: its item scores and their mean."""
+    score = xr.DataArray(np.array(scores), coords={"item": items}, dims=["item"])
+    return xr.Dataset({"score": score, "estimate": score.mean(), "ci_low": 0.0, "ci_high": 1.0})
+
+
+def test_runs_without_a_shared_item_get_an_unpaired_interval():
+    # Two runs that drew other items (the same study on a regenerated data file): B - A is still bounded.
+    a = estimate_cube([f"a{i}" for i in range(12)], [1.0] * 3 + [0.0] * 9)
+    b = estimate_cube([f"b{i}" for i in range(12)], [1.0] * 9 + [0.0] * 3)
+    (cell,) = compare_estimate_cubes(a, b)["cells"]
+    assert (cell["paired"], cell["n"], cell["items_a"], cell["items_b"]) == (False, 0, 12, 12)
+    assert cell["difference"] == pytest.approx(0.5)
+    assert 0.0 < cell["ci_low"] < 0.5 < cell["ci_high"] <= 1.0
+    line = _estimate_line(cell)
+    assert line[-1].endswith("(unpaired, 12 vs 12 items)") and line[-1].startswith("[+")
+    # Shared items are still paired: the same scores on the same items differ by nothing.
+    (same,) = compare_estimate_cubes(a, a)["cells"]
+    assert same["paired"] and same["n"] == 12 and same["ci_low"] == same["ci_high"] == 0.0
+
+
+def test_runs_sharing_few_items_compare_all_their_items_unpaired():
+    # One item of twelve in common: a pairing on it alone would hide the other eleven of each run.
+    a = estimate_cube(["shared", *(f"a{i}" for i in range(11))], [1.0] + [0.0] * 11)
+    b = estimate_cube(["shared", *(f"b{i}" for i in range(11))], [1.0] * 12)
+    (cell,) = compare_estimate_cubes(a, b)["cells"]
+    assert not cell["paired"] and (cell["a"], cell["b"]) == (pytest.approx(1 / 12), 1.0)
+    assert cell["ci_low"] > 0.5
