@@ -485,7 +485,7 @@ def _export(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     """Exit 0: the same meaning; 2: differences; 1: an error (like `terraform plan -detailed-exitcode`)."""
     if args.a.is_dir() and args.b.is_dir():
-        from intro.runtime.analysis.resultdiff import compare_runs, render_comparison
+        from intro.runtime.analysis.resultdiff import compare_runs, render_comparison, runs_differ
 
         for run in (args.a, args.b):
             if not (run / "plan.json").is_file():
@@ -503,13 +503,7 @@ def _diff(args: argparse.Namespace) -> int:
             print(f"intro: cannot read a run's plan.json: {error}", file=sys.stderr)
             return FAILED
         print(json.dumps(report, indent=1) if args.json else render_comparison(report))
-        different = (
-            report["only_in_a"]
-            or report["only_in_b"]
-            or any(c["difference"] != 0 for m in report["measures"].values() for c in m.get("cells", []))
-            or any("error" in m for m in report["measures"].values())  # cubes that cannot be compared
-        )
-        return 2 if different else OK
+        return 2 if runs_differ(report) else OK
     if args.a.is_dir() or args.b.is_dir():
         print("intro: diff takes two specs or two run directories", file=sys.stderr)
         return FAILED

@@ -5,6 +5,7 @@ items). Points present in only one run are listed, not compared.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,27 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     return ["  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
             for row in [header, *rows]]  # fmt: skip
+
+
+def runs_differ(report: dict[str, Any]) -> bool:
+    """Whether two runs' cubes differ: a measure or a point in one only, cubes that cannot be compared, or
+    a cell whose values changed. A point without a value in either run (no item to score) is the same."""
+    measures = report["measures"].values()
+    return bool(
+        report["only_in_a"]
+        or report["only_in_b"]
+        or any("error" in m or m.get("only_in_a") or m.get("only_in_b") for m in measures)
+        or any(_cell_differs(cell) for m in measures for cell in m.get("cells", []))
+    )
+
+
+def _cell_differs(cell: dict[str, Any]) -> bool:
+    if cell.get("only_a") or cell.get("only_b"):  # rows of one run only
+        return True
+    difference = cell["difference"]
+    if difference is None or not math.isnan(difference):
+        return difference != 0
+    return not (math.isnan(cell.get("a", math.nan)) and math.isnan(cell.get("b", math.nan)))
 
 
 def render_comparison(report: dict[str, Any]) -> str:

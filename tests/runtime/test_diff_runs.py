@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 
 from intro.compiler import compile_spec
-from intro.runtime.analysis.resultdiff import _estimate_line, compare_estimate_cubes
+from intro.runtime.analysis.resultdiff import _estimate_line, compare_estimate_cubes, runs_differ
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.dataflow.tables import CALLING, Tables
@@ -135,3 +135,13 @@ def test_runs_sharing_few_items_compare_all_their_items_unpaired():
     (cell,) = compare_estimate_cubes(a, b)["cells"]
     assert not cell["paired"] and (cell["a"], cell["b"]) == (pytest.approx(1 / 12), 1.0)
     assert cell["ci_low"] > 0.5
+
+
+def test_a_point_without_a_value_in_either_run_is_no_difference():
+    # A property no item of a task could be scored on has NaN in both runs: the runs are still the same.
+    empty = estimate_cube(["a0", "a1"], [np.nan, np.nan])
+    report = {"only_in_a": [], "only_in_b": [], "measures": {"m": compare_estimate_cubes(empty, empty)}}
+    assert not runs_differ(report)
+    scored = estimate_cube(["a0", "a1"], [1.0, 0.0])
+    report["measures"]["m"] = compare_estimate_cubes(empty, scored)
+    assert runs_differ(report)  # a value in one run only is a difference
