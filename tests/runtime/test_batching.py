@@ -22,18 +22,10 @@ from intro.runtime.backends.batching import (
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.backends.requests import BackendError, GenerationRequest, Message, ScoreRequest
+from tests import tinyrequests
 from tests.tinymodels import make_tiny_model
 
-QUESTIONS = (
-    "What is the capital of Japan?",
-    "Is the sky blue?",
-    "Count to five.",
-    "The dog found the red ball. What did the dog find?",
-    "Is fire cold?",
-    "What is the capital of France?",
-    "Name an animal.",
-    "Say yes.",
-)
+QUESTIONS = (*tinyrequests.QUESTIONS, "What is the capital of France?", "Say yes.")
 
 
 @pytest.fixture(scope="module")
