@@ -32,6 +32,7 @@ from intro.runtime.analysis.metrics import (
     bootstrap_ci,
     normalise_answer,
     paired_bootstrap_diff_ci,
+    unpaired_bootstrap_diff_ci,
     wilson_interval,
 )
 from intro.runtime.dataflow.calibration import calibration
@@ -293,13 +294,7 @@ def _r(x: np.ndarray, y: np.ndarray) -> float:
 def _unpaired_ci(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, float]:
     first = np.array(list(a["scores"].values()), dtype=float)
     second = np.array(list(b["scores"].values()), dtype=float)
-    if not first.size or not second.size:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(0)
-    draws_a = first[rng.integers(0, first.size, size=(RESAMPLES, first.size))].mean(axis=1)
-    draws_b = second[rng.integers(0, second.size, size=(RESAMPLES, second.size))].mean(axis=1)
-    low, high = np.quantile(draws_a - draws_b, [0.025, 0.975])
-    return float(low), float(high)
+    return unpaired_bootstrap_diff_ci(first, second, resamples=RESAMPLES)
 
 
 def _values_by_item(rows: Sequence[Row]) -> dict[str, list[Any]]:
