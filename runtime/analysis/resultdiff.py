@@ -188,7 +188,7 @@ def _cell_differs(cell: dict[str, Any]) -> bool:
     if cell.get("only_a") or cell.get("only_b"):  # rows of one run only
         return True
     difference = cell["difference"]
-    if difference is None or not math.isnan(difference):
+    if not math.isnan(difference):
         return difference != 0
     return not (math.isnan(cell.get("a", math.nan)) and math.isnan(cell.get("b", math.nan)))
 
