@@ -144,14 +144,15 @@ def test_a_real_out_of_memory_error_halves_the_batch(tiny):
     torch.cuda.empty_cache()
     held = torch.cuda.memory_reserved(loaded.device)
     total = torch.cuda.get_device_properties(loaded.device).total_memory
+    index = torch.cuda.current_device() if loaded.device.index is None else loaded.device.index
     # 16 MiB to spare: a batch of 64 prompts of ~500 tokens needs more (its attention mask alone is ~30 MB),
     # a batch of one needs a fraction of it.
-    torch.cuda.set_per_process_memory_fraction((held + 16 * 2**20) / total, loaded.device)
+    torch.cuda.set_per_process_memory_fraction((held + 16 * 2**20) / total, index)
     try:
         backend = LocalBackend(loaded, batch_size=64, share_prefix=False)
         texts = [g.text for g in backend.generate_now(long_prompts)]
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, loaded.device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
     assert backend.most_rows < 64  # the batch of 64 ran out of memory and was halved
     assert sum(t == r for t, r in zip(texts, reference, strict=False)) >= 3
 

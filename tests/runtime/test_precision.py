@@ -34,6 +34,13 @@ study numerics {
 """
 
 
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """These tests state the CPU's rule (float32 unless overridden); on a machine with a GPU, the default
+    device would be CUDA, whose own rule tests/runtime/test_gpu.py checks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("precision") / "tiny_a", "qwen2", seed=0)
