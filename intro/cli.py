@@ -392,6 +392,7 @@ def _fmt(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    _prefer_huge_pages()
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
@@ -414,6 +415,13 @@ def _run(args: argparse.Namespace) -> int:
     return executors.run(
         args, plans, runs_dir=args.runs, cache_dir=args.cache, serving=serving, mode=mode, **options
     )
+
+
+def _prefer_huge_pages() -> None:
+    """Torch's large CPU buffers on huge pages (runtime/backends/memory.py), set before torch is imported."""
+    from intro.runtime.backends.memory import prefer_huge_pages
+
+    prefer_huge_pages()
 
 
 def _dtype_usable() -> bool:
@@ -530,6 +538,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _prefer_huge_pages()
     from intro.runtime.serve.command import main_serve
 
     if args.turn_tokens < 0:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -255,3 +258,42 @@ def test_a_model_that_does_not_fit_the_budget_is_refused_in_one_line(study):
         r"^intro: loading '[ab]' needs about [0-9.]+ GiB but the memory budget of 0\.1 GiB", err
     ), err
     assert "Traceback" not in err
+
+
+HUGE_PAGE_PROBE = """
+import sys
+from intro.runtime.backends.memory import prefer_huge_pages
+assert prefer_huge_pages()  # torch is not imported yet
+import torch
+buffer = torch.ones(64 * 2**20, dtype=torch.uint8)  # touched: every page is resident
+with open("/proc/self/smaps_rollup") as rollup:
+    huge = next(int(line.split()[1]) for line in rollup if line.startswith("AnonHugePages:"))
+print(huge)
+"""
+
+
+def _huge_page_mode() -> str:
+    """The kernel's transparent huge page mode: always, madvise (on request, what torch's switch does) or never."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "never"
+    return mode.split("[", 1)[1].split("]", 1)[0] if "[" in mode else "never"
+
+
+@pytest.mark.skipif(
+    _huge_page_mode() == "never" or not Path("/proc/self/smaps_rollup").exists(),
+    reason="the kernel offers no transparent huge pages",
+)
+@pytest.mark.parametrize(("setting", "huge"), [(None, True), ("0", False)])
+def test_torch_buffers_are_backed_by_huge_pages_unless_turned_off(setting, huge):
+    if not huge and _huge_page_mode() == "always":
+        pytest.skip("the kernel backs every large mapping with huge pages, asked or not")
+    environment = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if setting is not None:
+        environment["THP_MEM_ALLOC_ENABLE"] = setting
+    probe = subprocess.run(
+        [sys.executable, "-c", HUGE_PAGE_PROBE], env=environment, capture_output=True, text=True, check=True
+    )
+    huge_kib = int(probe.stdout.split()[-1])
+    assert (huge_kib >= 32 * 1024) if huge else (huge_kib < 32 * 1024)
