@@ -10,6 +10,8 @@ import shutil
 import time
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from intro.runtime.backends.embedded import EMBEDDED_WEIGHTS, intro_cache_dir, resolve_embedded
 from intro.runtime.backends.local import LocalBackend
@@ -84,3 +86,16 @@ def test_a_directory_holding_a_gguf_reuses_the_converted_copy(tmp_path):
     print(f"\nGGUF directory loaded in {time.perf_counter() - started:.1f} s")
     assert loaded.identity == qwen_gguf.sha256
     assert loaded.prompt_format == "chat"
+
+
+def test_a_bfloat16_load_reads_its_own_copy_holding_the_same_weights():
+    """Loading the float32 copy as bfloat16 held both (4 GB for Qwen); the bfloat16 copy loads alone."""
+    weights = resolve_embedded("gemma-3-270m")
+    loaded = load_local_model("embedded:gemma-3-270m", device="cpu", dtype="bfloat16")
+    converted = intro_cache_dir() / "converted"
+    assert (converted / f"{weights.sha256}-bfloat16" / "config.json").exists()
+    cast = AutoModelForCausalLM.from_pretrained(converted / weights.sha256, dtype=torch.bfloat16)
+    ours, reference = loaded.model.state_dict(), cast.state_dict()
+    assert ours.keys() == reference.keys()
+    assert all(ours[name].dtype == torch.bfloat16 for name in ours)
+    assert all(torch.equal(ours[name], reference[name]) for name in ours)
