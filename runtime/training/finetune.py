@@ -11,7 +11,7 @@ only needs logits where the next token is a reply token, so the vocabulary proje
 matrix of small models) runs on those positions alone.
 
 The forward runs in the dtype the base weights were loaded in (runtime/backends/precision.py: float32 on
-the CPU, where bf16 matmuls ran 6x slower, DESIGN.md §5; bfloat16 or float16 on CUDA), under autocast in
+the CPU unless `INTRO_DTYPE` says otherwise; bfloat16 or float16 on CUDA), under autocast in
 that dtype when it is a half-precision one, while the LoRA weights and optimizer state stay float32. In
 float16 the loss is scaled (`torch.amp.GradScaler`) so that small gradients do not flush to zero on their
 way back through float16 activations; bfloat16 has float32's range and needs no scaling.
