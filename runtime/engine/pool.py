@@ -203,6 +203,14 @@ class BackendPool:
         if self.in_process(root_key) and self.planned_device(root_key) in (None, "cpu"):
             self._make_room(self._weights_bytes(root_key), keep=root_key)
 
+    def memory_left_to_train(self, root_key: str) -> int | None:
+        """Bytes a LoRA training on `root_key`'s weights on the CPU may keep for its backward pass: the budget
+        less what the process holds and the working memory `make_room_to_train` set aside. None off the CPU,
+        where training recomputes activations whatever the budget (its memory is the device's)."""
+        if not (self.in_process(root_key) and self.planned_device(root_key) in (None, "cpu")):
+            return None
+        return self.memory_budget - memory.resident_bytes() - self._weights_bytes(root_key)
+
     def _weights_bytes(self, root_key: str) -> int:
         from intro.runtime.backends.local_model import needed_to_load
 

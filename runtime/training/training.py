@@ -176,8 +176,9 @@ class TrainingSteps:
         self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
         directory = self.cache.artifact_dir(step.hash)
         async with self.run.executor.compute:  # training shares the processor with generation
+            memory_left = self.run.pool.memory_left_to_train(origin.root)
             result = await asyncio.to_thread(
-                _train_into, directory, loaded, examples, hyperparameters, parent
+                _train_into, directory, loaded, examples, hyperparameters, parent, memory_left
             )
         info = {
             "kind": "finetune",
@@ -186,6 +187,7 @@ class TrainingSteps:
             "tokens": result.tokens,
             "target_tokens": result.target_tokens,
             "seconds": round(result.seconds, 3),
+            "activations": "recomputed" if result.recomputed else "kept",
             "hyperparameters": hyperparameters.as_dict(),
             "root": self.plan.models[origin.root].identity,
             "parent": origin.parent_step and self.plan.step(origin.parent_step).hash,
@@ -193,7 +195,8 @@ class TrainingSteps:
         self.cache.mark_artifact_done(step.hash, info)
         losses = result.losses
         self.run.say(
-            f"  {step.id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({result.seconds:.1f} s)"
+            f"  {step.id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({result.seconds:.1f} s, "
+            f"activations {info['activations']})"
         )
 
     def _parent_adapter(self, step: Step, origin: Lineage) -> Path | None:
@@ -219,7 +222,12 @@ class TrainingSteps:
 
 
 def _train_into(
-    directory: Path, loaded: Any, examples: list[Any], hyperparameters: Any, parent: Path | None
+    directory: Path,
+    loaded: Any,
+    examples: list[Any],
+    hyperparameters: Any,
+    parent: Path | None,
+    memory_left: int | None,
 ) -> Any:
     """Train into a fresh temporary directory, then move it into place: a torn run leaves no half adapter."""
     from intro.runtime.training.adapters import train_adapter
@@ -227,7 +235,9 @@ def _train_into(
     directory.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-adapter-"))
     try:
-        result = train_adapter(loaded, examples, hyperparameters, scratch, parent=parent)
+        result = train_adapter(
+            loaded, examples, hyperparameters, scratch, parent=parent, memory_left=memory_left
+        )
         target = directory / ADAPTER_DIR
         if target.exists():  # left by a run killed between the move and DONE
             shutil.rmtree(target)

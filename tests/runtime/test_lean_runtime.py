@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import Qwen2Config
 
 from intro.cli import main
 from intro.compiler import compile_spec
@@ -26,8 +27,8 @@ from intro.runtime.backends.memory import parse_size
 from intro.runtime.backends.requests import GenerationRequest, Message, ScoreRequest
 from intro.runtime.engine.pool import BackendPool
 from intro.runtime.store.cache import Cache
-from intro.runtime.training.adapters import read_adapter, train_adapter
-from intro.runtime.training.finetune import LoraHyperparameters
+from intro.runtime.training.adapters import kept_activation_bytes, read_adapter, train_adapter
+from intro.runtime.training.finetune import LoraHyperparameters, encode_example, largest_batch_positions
 from tests.tinymodels import make_tiny_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "studies" / "looking_inward_finetune_tiny"
@@ -112,6 +113,42 @@ def test_recomputing_activations_trains_the_same_adapter_bit_for_bit(tiny_dir, t
     # The model is left as found: no checkpointing and no input-gradient hook for inference.
     assert not any(getattr(m, "gradient_checkpointing", False) for m in loaded.model.modules())
     assert not getattr(loaded.model, "_require_grads_hooks", None)
+
+
+def test_training_keeps_activations_only_when_they_fit_the_memory_it_is_given(tiny_dir, tmp_path):
+    loaded = load_local_model(str(tiny_dir), device="cpu")
+    encoded = [encode_example(loaded, messages, reply, QUICK.max_length) for messages, reply in EXAMPLES]
+    needed = kept_activation_bytes(loaded.model.config, loaded.dtype, largest_batch_positions(encoded, QUICK))
+    mlp = loaded.model.model.layers[0].mlp
+    forward = mlp.forward
+    forwards = {}
+    for memory_left in (None, needed - 1, needed):
+        calls: list[int] = []
+        mlp.forward = lambda *args, _calls=calls, **kwargs: _calls.append(1) or forward(*args, **kwargs)
+        result = train_adapter(loaded, EXAMPLES, QUICK, tmp_path / str(memory_left), memory_left=memory_left)
+        forwards[memory_left] = len(calls)
+        assert result.recomputed == (memory_left != needed)
+    del mlp.forward
+    # Recomputed, each step runs the layer again in the backward pass; kept, once.
+    assert forwards[None] == forwards[needed - 1] == 2 * forwards[needed]
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in loaded.model.modules())
+
+
+def test_kept_activations_are_sized_from_the_config_above_what_qwen_kept():
+    qwen = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24)
+    estimate = kept_activation_bytes(qwen, torch.float32, 992)  # a batch of 8 hypotheticals
+    assert 5.5e9 <= estimate <= 1.25 * 5.5e9  # measured: 5.5 GB of activations kept
+    assert kept_activation_bytes(qwen, torch.bfloat16, 992) == estimate // 2
+
+
+def test_a_run_with_memory_to_spare_keeps_activations_and_says_so(study):
+    argv = ["run", str(study / SPEC), "--runs", str(study / "runs"), "--cache", str(study / "cache")]
+    code, _, err = intro(*argv)
+    assert code == 0, err
+    cache = Cache(study / "cache")
+    trainings = [s for s in compile_spec(study / SPEC)[0].steps if s.kind == "finetune"]
+    assert trainings and all(cache.artifact_info(s.hash)["activations"] == "kept" for s in trainings)
+    assert err.count("activations kept)") == len(trainings)
 
 
 # ---------------------------------------------------------------------------------------------------------
