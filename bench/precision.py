@@ -13,7 +13,7 @@ how many greedy answers are the same. Usage:
 
 On the project's 2-core AMD EPYC (AVX512-BF16), two runs: matmuls 180-200 GFLOP/s in float32 and
 330-860 in bfloat16 (3.9-6.0x); the 16 generations on Qwen 0.5B 3.1-3.6x faster, 15 of 16 answers the
-same. The mini Looking Inward study: 14 m 52 s in float32, 7 m 08 s in bfloat16 (README).
+same. The mini Looking Inward study: 14 m 55 s in float32, 7 m 08 s in bfloat16 (README).
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@
 it natively (compute capability 8.0 on), float16 on older CUDA devices; `INTRO_DTYPE` (float32, bfloat16,
 float16 or auto) overrides it for every in-process model of a run.
 
+A model loads its weights in that dtype (backends/local_model.py) and the run's summary says which dtype
+each model computed in (`ModelWork.numerics`).
+
 The CPU stays in float32 so that answers are those every earlier run gave, not for speed: where the CPU has
 native bf16 instructions (AVX512-BF16 or AMX; `bench/precision.py` says), bfloat16 is the fast choice.
 On this project's 2-core AMD EPYC machine (AVX512-BF16) matmuls shaped like Qwen 0.5B's ran about 4x
-float32's rate, and `make main`'s study took half the time (7 m 08 s against 14 m 52 s, README). Without those instructions
-bf16 is emulated and slower than float32 (DESIGN.md §5 measured 6x on a forward pass). A model loads its weights in that dtype (backends/local_model.py) and the run's
-summary says which dtype each model computed in (`ModelWork.numerics`).
+float32's rate, and `make main`'s study took half the time (7 m 08 s against 14 m 55 s, README). Without
+those instructions bf16 is emulated and slower than float32 (DESIGN.md §5 measured 6x on a forward pass).
 
 The same weights answer a little differently in bfloat16 than in float32 (a greedy answer can change), so
 the dtype is part of what makes a cached answer valid: `numerics_identity` gives the identity a call's cache
