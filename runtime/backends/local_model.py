@@ -8,10 +8,10 @@ Sources (`load_local_model`):
 - a directory of transformers weights (`config.json` + safetensors), or a directory holding one `.gguf`.
 - anything shaped like a hub id (`org/name`) that is not a directory is refused: there is no network.
 Weights compute in the dtype `precision.py` chooses: float32 on the CPU (answers as they always were;
-bfloat16 is the faster choice on CPUs with native bf16 instructions, see precision.py), bfloat16 on CUDA devices that compute it natively, float16 on older ones; `INTRO_DTYPE` or
-the caller's `dtype` overrides it. A model that cannot fit in the memory available is refused before
-anything is allocated. Its identity is
-the GGUF's sha256, or the digest the compiler records for a weights directory (compiler/weights.py).
+bfloat16 is the faster choice on CPUs with native bf16 instructions, see precision.py), bfloat16 on CUDA
+devices that compute it natively, float16 on older ones; `INTRO_DTYPE` or the caller's `dtype` overrides
+it. A model that cannot fit in the memory available is refused before anything is allocated. Its identity
+is the GGUF's sha256, or the digest the compiler records for a weights directory (compiler/weights.py).
 
 Prompt formats (`LoadedModel.render`):
 - "chat": the tokenizer's chat template with the generation prompt; a prefill is appended verbatim, so
@@ -356,8 +356,8 @@ def converted_gguf(
 
     The float32 copy is made from the GGUF; another dtype's copy from the float32 one, so that a model
     loads in that dtype straight from its own file. Loading the float32 file as bfloat16 held both at
-    once (Qwen 0.5B: 4.0 GB at the peak and 1.7 GB after, against 0.5 GB and 1.2 GB from its bfloat16 file).
-    The cast is the same rounding either way, so both loads compute the same weights.
+    once (Qwen 0.5B: the process peaked at 4.0 GB and held 1.7 GB after; from its bfloat16 file, 0.6 GB
+    and 0.5 GB). The cast is the same rounding either way, so both loads compute the same weights.
     """
     converted = intro_cache_dir() / "converted"
     float32 = _made_once(converted / sha256, lambda partial: _convert_gguf(gguf, partial), on_convert)

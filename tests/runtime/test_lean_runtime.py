@@ -298,7 +298,6 @@ def test_a_model_that_does_not_fit_the_budget_is_refused_in_one_line(study):
 
 
 HUGE_PAGE_PROBE = """
-import sys
 from intro.runtime.backends.memory import prefer_huge_pages
 assert prefer_huge_pages()  # torch is not imported yet
 import torch
