@@ -1,19 +1,19 @@
-"""float32 against bfloat16 on this CPU: matmul rate, a model's batched generation, and whether answers agree.
+"""The CPU's numerics: float32 in torch's kernels, float32 in oneDNN's, and bfloat16, on matmuls and a model.
 
-intro computes in float32 on the CPU (runtime/backends/precision.py) so that answers stay those of every
-earlier run; `INTRO_DTYPE=bfloat16` trades that for speed. Whether the trade pays depends on the CPU: with
-native bf16 instructions (AVX512-BF16, AMX) bf16 matmuls run at about twice float32's rate, without them
-they are emulated and slower. This prints which instructions the CPU has, the rate of matmuls shaped like
-Qwen 0.5B's MLP at each dtype, the time of one batch of greedy generations on an embedded model at each
-dtype (the same prompts, a batch of 16), the ratio float32 / bfloat16 (above 1: bfloat16 is faster), and
-how many greedy answers are the same. Usage:
+intro computes in float32 on the CPU (runtime/backends/precision.py) so that answers stay those every
+earlier run gave, and multiplies float32 linear layers in oneDNN's kernels (runtime/backends/cpu_matmul.py):
+torch's BLAS (MKL) runs AVX2 kernels on AMD CPUs, oneDNN the AVX-512 ones the CPU has. `INTRO_DTYPE=
+bfloat16` trades float32's answers for more speed where the CPU has native bf16 instructions (AVX512-BF16,
+AMX); without them bf16 is emulated and slower. This prints which bf16 instructions the CPU has; the rate
+of matmuls shaped like Qwen 0.5B's MLP in each of the three (the baseline: torch's float32); the time of
+one batch of 16 greedy generations on an embedded model in each, as a ratio to torch's float32; and how
+many greedy answers are the same as torch's float32 ones. Usage:
 
     python bench/precision.py                      # embedded Qwen 0.5B
     python bench/precision.py --model gemma-3-270m
 
-On the project's 2-core AMD EPYC (AVX512-BF16), two runs: matmuls 180-200 GFLOP/s in float32 and
-330-860 in bfloat16 (3.9-6.0x); the 16 generations on Qwen 0.5B 3.1-3.6x faster, 15 of 16 answers the
-same. The mini Looking Inward study: 14 m 55 s in float32, 7 m 08 s in bfloat16 (README).
+On the project's 2-core AMD EPYC (Zen 5, AVX512-BF16): matmuls at 100-220 GFLOP/s in torch's float32,
+about 2.2x that in oneDNN's float32 and 4x in bfloat16; see the README for a run's figures.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from intro.runtime.backends.cpu_matmul import use_onednn_linears
 from intro.runtime.backends.local import LocalBackend
 from intro.runtime.backends.local_model import load_local_model
 from intro.runtime.backends.requests import GenerationRequest, Message
@@ -53,22 +54,29 @@ def cpu_bf16_flags() -> list[str]:
     return sorted({flag for flag in flags.split() if flag in ("avx512_bf16", "amx_bf16")})
 
 
-def matmul_rate(shape: tuple[int, int, int], dtype: torch.dtype) -> float:
-    """GFLOP/s of `shape`'s matmul in `dtype`, the mean over repeats after warm-up."""
+def matmul_rate(shape: tuple[int, int, int], kind: str) -> float:
+    """GFLOP/s of a linear layer shaped `shape` (rows, inner, columns) in `kind` ("float32", "onednn",
+    "bfloat16"), the mean over repeats after warm-up."""
     rows, inner, columns = shape
-    left, right = torch.randn(rows, inner).to(dtype), torch.randn(inner, columns).to(dtype)
+    dtype = torch.bfloat16 if kind == "bfloat16" else torch.float32
+    layer = torch.nn.Linear(inner, columns, bias=False).to(dtype).requires_grad_(False)
+    if kind == "onednn":
+        use_onednn_linears(layer)
+    inputs = torch.randn(rows, inner).to(dtype)
     for _ in range(3):
-        left @ right
+        layer(inputs)
     repeats = 20 if rows > 100 else 400
     started = time.perf_counter()
     for _ in range(repeats):
-        left @ right
+        layer(inputs)
     return 2 * rows * inner * columns * repeats / (time.perf_counter() - started) / 1e9
 
 
-def generation(model: str, dtype: str) -> tuple[float, list[str]]:
-    """Seconds for one batch of 16 greedy generations (the second of two), and their texts."""
-    backend = LocalBackend(load_local_model(f"embedded:{model}", device="cpu", dtype=dtype), batch_size=16)
+def generation(model: str, kind: str) -> tuple[float, list[str]]:
+    """Seconds for one batch of 16 greedy generations (the second of two) in `kind`, and their texts."""
+    dtype, matmul = ("float32", "onednn") if kind == "onednn" else (kind, "torch")
+    loaded = load_local_model(f"embedded:{model}", device="cpu", dtype=dtype, matmul=matmul)
+    backend = LocalBackend(loaded, batch_size=16)
     requests = [
         GenerationRequest(key=str(i), messages=(Message("user", f"{q} (question {i})"),), max_tokens=16)
         for i, q in enumerate(QUESTIONS * 2)
@@ -88,14 +96,20 @@ def main() -> None:
     print(
         f"native bf16 instructions: {', '.join(cpu_bf16_flags()) or 'none'}; torch threads {torch.get_num_threads()}"
     )
+    kinds = {"float32": "float32 (torch)", "onednn": "float32 (oneDNN)", "bfloat16": "bfloat16"}
     for shape in SHAPES:
-        full, half = matmul_rate(shape, torch.float32), matmul_rate(shape, torch.bfloat16)
-        print(f"matmul {shape}: float32 {full:.0f} GFLOP/s, bfloat16 {half:.0f} GFLOP/s ({half / full:.2f}x)")
-    full_s, full_texts = generation(args.model, "float32")
-    half_s, half_texts = generation(args.model, "bfloat16")
-    same = sum(a == b for a, b in zip(full_texts, half_texts, strict=True))
-    print(f"{args.model}, 16 greedy generations: float32 {full_s:.1f} s, bfloat16 {half_s:.1f} s")
-    print(f"float32 / bfloat16 time: {full_s / half_s:.2f}x; same greedy answers {same}/{len(full_texts)}")
+        rates = {kind: matmul_rate(shape, kind) for kind in kinds}
+        print(f"matmul {shape}: " + ", ".join(_rate(kinds[k], r, rates["float32"]) for k, r in rates.items()))
+    runs = {kind: generation(args.model, kind) for kind in kinds}
+    baseline_s, baseline_texts = runs["float32"]
+    print(f"{args.model}, 16 greedy generations, time and answers the same as float32 (torch)'s:")
+    for kind, (seconds, texts) in runs.items():
+        same = sum(a == b for a, b in zip(baseline_texts, texts, strict=True))
+        print(f"  {kinds[kind]}: {seconds:.1f} s ({baseline_s / seconds:.2f}x); same {same}/{len(texts)}")
+
+
+def _rate(name: str, rate: float, baseline: float) -> str:
+    return f"{name} {rate:.0f} GFLOP/s ({rate / baseline:.2f}x)"
 
 
 if __name__ == "__main__":

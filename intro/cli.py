@@ -349,7 +349,7 @@ def _plan(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    if executors.misused(args) or not _dtype_usable():
+    if executors.misused(args) or not _numerics_usable():
         return BAD_INPUT
     pending = 0
     for plan in plans:
@@ -396,7 +396,7 @@ def _run(args: argparse.Namespace) -> int:
     plans = _compile_or_report(args)
     if isinstance(plans, int):
         return plans
-    if executors.misused(args) or not _dtype_usable():
+    if executors.misused(args) or not _numerics_usable():
         return BAD_INPUT
     serving = {}
     for item in args.serve:
@@ -424,16 +424,20 @@ def _prefer_huge_pages() -> None:
     prefer_huge_pages()
 
 
-def _dtype_usable() -> bool:
-    """Whether `INTRO_DTYPE` (the in-process models' dtype, runtime/backends/precision.py) names one; if not,
-    says why in one line."""
-    from intro.runtime.backends.precision import DTYPE_ENV, dtype_override
+def _numerics_usable() -> bool:
+    """Whether `INTRO_DTYPE` and `INTRO_CPU_MATMUL` (how in-process models compute, runtime/backends/
+    precision.py) name a dtype and kernels; if not, says why in one line."""
+    from intro.runtime.backends import precision
 
-    try:
-        dtype_override()
-    except ValueError as error:
-        print(f"intro: error: {DTYPE_ENV}: {error}", file=sys.stderr)
-        return False
+    for name, check in (
+        (precision.DTYPE_ENV, precision.dtype_override),
+        (precision.MATMUL_ENV, precision.matmul_choice),
+    ):
+        try:
+            check()
+        except ValueError as error:
+            print(f"intro: error: {name}: {error}", file=sys.stderr)
+            return False
     return True
 
 

@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from intro.compiler.weights import ModelDirectoryError, directory_problem, weights_digest
 from intro.runtime.backends import precision
+from intro.runtime.backends.cpu_matmul import onednn_available, use_onednn_linears
 from intro.runtime.backends.embedded import (
     EMBEDDED_MODELS,
     intro_cache_dir,
@@ -86,11 +87,19 @@ class LoadedModel:
     lock: threading.Lock = field(factory=threading.Lock, repr=False)
     # Seconds and tokens of every model call on these weights (backends/work.py); the pool sums them per run.
     work: ModelWork = field(factory=ModelWork, repr=False)
+    # The kernels multiplying its float32 linears on the CPU: "onednn" or torch's own (cpu_matmul.py).
+    matmul: str = "torch"
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the weights compute in (every floating tensor made for them is made in it)."""
         return next(self.model.parameters()).dtype
+
+    @property
+    def numerics(self) -> str:
+        """How it computes, as a run's summary says it: "float32 on cpu (oneDNN)", "bfloat16 on cuda:0"."""
+        kernels = " (oneDNN)" if self.matmul == "onednn" else ""
+        return f"{precision.dtype_name(self.dtype)} on {self.device}{kernels}"
 
     @property
     def num_layers(self) -> int:
@@ -165,16 +174,32 @@ def load_local_model(
     prompt_format: str | None = None,
     on_convert: Callable[[], None] | None = None,
     dtype: str | None = None,
+    matmul: str | None = None,
 ) -> LoadedModel:
     """Load `embedded:<name>` or a local directory of weights; see the module docstring.
 
     `prompt_format` overrides the default ("chat" when the tokenizer has a chat template, else "plain";
     embedded models use their table entry). `on_convert` is called before a GGUF file is converted
     (once per file: it takes about a minute), so the caller can say why the load is slow. `dtype`
-    ("float32", "bfloat16", "float16") overrides the device's choice and `INTRO_DTYPE`.
+    ("float32", "bfloat16", "float16") overrides the device's choice and `INTRO_DTYPE`; `matmul`
+    ("onednn", "torch") the CPU kernels `INTRO_CPU_MATMUL` chooses for float32 (cpu_matmul.py).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chosen = _dtype_for(target, dtype)
+    kernels = _matmul_for(matmul)
+    loaded = _load_source(source, target, prompt_format, on_convert, chosen)
+    if kernels == "onednn" and _multiplies_in_onednn(loaded) and use_onednn_linears(loaded.model):
+        return evolve(loaded, matmul="onednn")
+    return loaded
+
+
+def _load_source(
+    source: str,
+    target: torch.device,
+    prompt_format: str | None,
+    on_convert: Callable[[], None] | None,
+    chosen: torch.dtype,
+) -> LoadedModel:
     if source.startswith(EMBEDDED_PREFIX):
         return _load_embedded(source, target, prompt_format, on_convert, chosen)
     path = Path(source).expanduser()
@@ -187,6 +212,19 @@ def load_local_model(
             f"({', '.join(EMBEDDED_PREFIX + name for name in EMBEDDED_MODELS)})."
         )
     raise BackendError(f"model source {source!r} is neither `embedded:<name>` nor an existing directory")
+
+
+def _matmul_for(matmul: str | None) -> str:
+    """The requested CPU kernels, else `INTRO_CPU_MATMUL`'s; a bad name is one line."""
+    try:
+        return precision.matmul_choice({precision.MATMUL_ENV: matmul} if matmul is not None else None)
+    except ValueError as error:
+        raise BackendError(f"{precision.MATMUL_ENV}: {error}") from None
+
+
+def _multiplies_in_onednn(loaded: LoadedModel) -> bool:
+    """oneDNN takes a model's linears where they are float32 on the CPU and this torch has it."""
+    return loaded.device.type == "cpu" and loaded.dtype == torch.float32 and onednn_available()
 
 
 def _dtype_for(device: torch.device, dtype: str | None) -> torch.dtype:

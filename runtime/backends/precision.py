@@ -19,6 +19,10 @@ key names for a model computing in a given dtype. float32 keeps the plan's ident
 cached before dtypes were chosen (all float32, on the CPU) stay valid; any other dtype gets an identity of
 its own, and a bfloat16 answer is never served for a float32 call or the other way round.
 
+Within float32, the CPU's kernels can differ too: `INTRO_CPU_MATMUL` (onednn, the default, or torch) says
+which multiply float32 linear layers on the CPU (backends/cpu_matmul.py). They differ only in the order
+they add products, as CPUs and thread counts do, so the choice does not qualify cached answers.
+
 Only the standard library at import time: `intro plan` resolves a run's dtypes without loading torch where
 the answer is certain without it (an override, a CPU device, a CPU-only torch build).
 """
@@ -40,6 +44,8 @@ _ALIASES = {
     "f16": "float16",
     "half": "float16",
 }
+MATMUL_ENV = "INTRO_CPU_MATMUL"
+MATMUL_CHOICES = ("onednn", "torch")
 # bfloat16 runs natively from compute capability 8.0 (Ampere) on; older GPUs only emulate it, slowly.
 BF16_MAJOR_CAPABILITY = 8
 
@@ -61,6 +67,16 @@ def parse_dtype(text: str) -> str | None:
 def dtype_override(environ: dict[str, str] | None = None) -> str | None:
     """The dtype `INTRO_DTYPE` asks for (None: choose by device)."""
     return parse_dtype((os.environ if environ is None else environ).get(DTYPE_ENV, ""))
+
+
+def matmul_choice(environ: dict[str, str] | None = None) -> str:
+    """The kernels `INTRO_CPU_MATMUL` asks for on the CPU ("onednn" when unset); ValueError with a one-line
+    reason for anything else."""
+    text = (os.environ if environ is None else environ).get(MATMUL_ENV, "")
+    choice = text.strip().lower() or "onednn"
+    if choice not in MATMUL_CHOICES:
+        raise ValueError(f"{text!r} is not a choice of kernels; use {' or '.join(MATMUL_CHOICES)}")
+    return choice
 
 
 def choose_dtype(device_type: str, *, native_bf16: bool, override: str | None = None) -> str:

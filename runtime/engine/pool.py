@@ -14,7 +14,8 @@ same weights, so the same results), and a model that still cannot fit is refused
 
 Numerics: each root computes in the dtype `numerics` resolves before anything loads (backends/precision.py:
 float32 on the CPU, bfloat16 or float16 on CUDA, `INTRO_DTYPE` to override), its weights load in exactly
-that dtype, and the run's tables key the model's answers by it (`Tables(numerics=pool.numerics)`).
+that dtype, and the run's tables key the model's answers by it (`Tables(numerics=pool.numerics)`). On the
+CPU, float32 linears multiply in oneDNN unless `INTRO_CPU_MATMUL=torch` (backends/cpu_matmul.py).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class BackendPool:
         # root key -> the dtype it computes in: fixed by the caller (a Ray driver for its workers) or resolved
         # once, before the load, so the keys of its answers and its weights always agree.
         self._dtypes: dict[str, str] = dict(dtypes or {})
-        self._dtype_override = _dtype_override() if any(map(self.in_process, plan.models)) else None
+        computes_here = any(map(self.in_process, plan.models))
+        self._dtype_override = _dtype_override() if computes_here else None
+        self._matmul = (
+            _matmul_choice() if computes_here else None
+        )  # a bad value stops the run before it starts
 
     def backend(self, model_key: str) -> Backend:
         """The backend that answers for `model_key` (a steered model answers through its base)."""
@@ -180,8 +185,9 @@ class BackendPool:
             device=device,
             on_convert=lambda: self.on_load("converting", label, source, time.monotonic() - started),
             dtype=self.numerics(entry.key),
+            matmul=self._matmul,
         )
-        loaded.work.numerics[label] = f"{precision.dtype_name(loaded.dtype)} on {loaded.device}"
+        loaded.work.numerics[label] = loaded.numerics
         self.on_load("loaded", label, source, time.monotonic() - started)
         return loaded
 
@@ -297,6 +303,13 @@ def _dtype_override() -> str | None:
         return precision.dtype_override()
     except ValueError as error:
         raise BackendError(f"{precision.DTYPE_ENV}: {error}") from None
+
+
+def _matmul_choice() -> str:
+    try:
+        return precision.matmul_choice()
+    except ValueError as error:
+        raise BackendError(f"{precision.MATMUL_ENV}: {error}") from None
 
 
 def share_prefix() -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,7 @@ def test_a_bad_dtype_at_load_is_one_line(tiny, monkeypatch):
 
 def test_answers_are_cached_per_dtype_and_the_run_says_which(study, monkeypatch):
     first = run_json(study)
-    assert first["numerics"] == {"a": "float32 on cpu"}
+    assert first["numerics"] == {"a": "float32 on cpu (oneDNN)"}
     assert first["calls"] == 6 and first["cached"] == 0
 
     monkeypatch.setenv("INTRO_DTYPE", "bfloat16")
@@ -170,6 +171,31 @@ def test_answers_are_cached_per_dtype_and_the_run_says_which(study, monkeypatch)
     assert (again["calls"], again["cached"]) == (0, 6)
     entries = list((study / "cache" / "requests").glob("*/*.json"))
     assert len(entries) == 12
+
+
+def test_a_bad_intro_cpu_matmul_is_one_line_and_runs_nothing(study, monkeypatch):
+    monkeypatch.setenv("INTRO_CPU_MATMUL", "blas")
+    for command in ("run", "plan"):
+        argv = [command, str(study / "study.intro"), "--cache", str(study / "cache")]
+        argv += ["--runs", str(study / "runs")] if command == "run" else []
+        status, out, err = intro(study, *argv)
+        assert status == 2
+        assert err.strip().splitlines() == [
+            "intro: error: INTRO_CPU_MATMUL: 'blas' is not a choice of kernels; use onednn or torch"
+        ]
+    assert not (study / "runs").exists() and not (study / "cache" / "requests").exists()
+
+
+def test_torchs_kernels_answer_from_the_same_cache_and_the_run_says_which(study, monkeypatch):
+    first = run_json(study)
+    assert first["numerics"] == {"a": "float32 on cpu (oneDNN)"}
+    monkeypatch.setenv("INTRO_CPU_MATMUL", "torch")
+    # The kernels add in another order, as another CPU would: the answers keep their keys.
+    assert to_make(study) == 0
+    shutil.rmtree(study / "cache" / "requests")
+    second = run_json(study)
+    assert second["numerics"] == {"a": "float32 on cpu"}
+    assert second["calls"] == first["calls"] == 6
 
 
 def test_a_bad_intro_dtype_is_one_line_and_runs_nothing(study, monkeypatch):

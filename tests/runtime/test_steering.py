@@ -298,7 +298,8 @@ def test_left_padding_does_not_change_what_is_read(loaded):
     alone_ids, alone_mask = loaded.encode([PROMPTS[1]])
     padded = read_residual(loaded.model, ids, mask, 1, [-1, -1])[1]
     alone = read_residual(loaded.model, alone_ids, alone_mask, 1, [-1])[0]
-    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)
+    # Only float rounding apart: a batch of two multiplies in kernels blocked otherwise than a batch of one.
+    torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-5)
 
 
 def _hand_last_token_activation(loaded, prompt: str, layer: int) -> torch.Tensor:
