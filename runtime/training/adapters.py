@@ -30,6 +30,7 @@ import torch
 from attrs import field, frozen
 from torch import nn
 
+from intro.runtime.backends import memory
 from intro.runtime.backends.local_model import LoadedModel, attach_adapter
 from intro.runtime.training.finetune import (
     ATTENTION_AND_MLP_PROJECTIONS,
@@ -59,7 +60,6 @@ TRAINING_ADAPTER = "intro_training"
 # kept, a batch of 8 hypotheticals on Qwen 0.5B held about 5.5 GB of activations next to its 2 GB of
 # weights (the bulk of the mini study's 13 GB peak); recomputed, the same adapter comes out for about one
 # more forward pass per step (a third more compute).
-RECOMPUTE_EVERY = 1
 # What one token position keeps in one decoder layer, in intermediate (MLP) widths of the compute dtype:
 # Qwen 0.5B's 5.5 GB over 992 positions x 24 layers is 231 KB, 11.9 of its 4864-wide rows in float32
 # (the MLP's projections, their activation and product, the norms' float32 copies). 14 leaves a margin.
@@ -198,17 +198,16 @@ def train_adapter(
     output_dir: str | Path,
     *,
     parent: str | Path | None = None,
-    recompute_every: int | None = None,
+    recompute: bool | None = None,
     memory_left: int | None = None,
 ) -> FinetuneResult:
     """Train LoRA on `loaded`'s weights (with `parent`'s adapter on, if given) and save the full delta.
 
     `output_dir` receives a peft adapter that, on the root weights alone, reproduces the trained model:
     the new adapter, stacked on `parent` when there is one. The shared model is left as found.
-    `recompute_every` > 0 recomputes every n-th decoder layer's activations in the backward pass instead
-    of keeping them (see `recomputed_layers`): the same adapter, bit for bit, in less memory; 0 keeps
-    every layer's activations. Left None, it is 0 when the largest batch's activations fit in
-    `memory_left` bytes (`keeps_activations`), else `RECOMPUTE_EVERY`.
+    `recompute` recomputes the decoder layers' activations in the backward pass instead of keeping them
+    (see `recomputed_layers`): the same adapter, bit for bit, in less memory. Left None, it keeps them when
+    the largest batch's activations fit in `memory_left` bytes (`keeps_activations`).
     """
     if not examples:
         raise ValueError("finetuning needs at least one example")
@@ -216,11 +215,12 @@ def train_adapter(
     encoded = [
         encode_example(loaded, messages, reply, hyperparameters.max_length) for messages, reply in examples
     ]
-    if recompute_every is None:
-        kept = keeps_activations(loaded.model.config, loaded.dtype, encoded, hyperparameters, memory_left)
-        recompute_every = 0 if kept else RECOMPUTE_EVERY
+    if recompute is None:
+        recompute = not keeps_activations(
+            loaded.model.config, loaded.dtype, encoded, hyperparameters, memory_left
+        )
     with loaded.lock, _training_adapter(loaded.model, hyperparameters, parent):
-        with recomputed_layers(loaded.model, recompute_every):
+        with recomputed_layers(loaded.model, recompute), memory.training_buffers():
             losses = train_lora(
                 loaded.model, encoded, hyperparameters, pad_token_id(loaded.tokenizer), loaded.work
             )
@@ -234,7 +234,7 @@ def train_adapter(
         tokens=sum(len(e.input_ids) for e in encoded) * hyperparameters.epochs,
         target_tokens=sum(len(e.input_ids) - e.target_start for e in encoded) * hyperparameters.epochs,
         seconds=time.perf_counter() - started,
-        recomputed=recompute_every > 0,
+        recomputed=recompute,
     )
     _write_training_record(Path(output_dir), hyperparameters, result, parent is not None)
     return result
@@ -297,8 +297,8 @@ def kept_activation_bytes(config: Any, dtype: torch.dtype, positions: int) -> in
 
 
 @contextlib.contextmanager
-def recomputed_layers(model: PreTrainedModel, every: int) -> Iterator[None]:
-    """Activation checkpointing of every `every`-th decoder layer for the block (none when `every` is 0).
+def recomputed_layers(model: PreTrainedModel, recompute: bool = True) -> Iterator[None]:
+    """Activation checkpointing of every decoder layer for the block (none when not `recompute`).
 
     A checkpointed layer keeps only its input in the forward pass and runs again in the backward pass:
     the activations a batch holds shrink from every layer's to about one layer's, for about one more
@@ -306,17 +306,22 @@ def recomputed_layers(model: PreTrainedModel, every: int) -> Iterator[None]:
     and the adapter, are bit for bit those of a run without it. Only training mode checkpoints; inference
     is untouched.
     """
-    if every <= 0:
+    if not recompute:
         yield
         return
-    model.activation_checkpointing_enable(every_n_layers=every)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before 5.2x, where the same switch has its older name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # transformers also hooks the embeddings to require grad (a need of reentrant checkpoints only); the
     # non-reentrant ones it sets up do not need it, and it would add a backward pass into the embeddings.
     model.disable_input_require_grads()
     try:
         yield
     finally:
-        model.activation_checkpointing_disable()
+        disable = getattr(model, "activation_checkpointing_disable", None)
+        (disable or model.gradient_checkpointing_disable)()
 
 
 @contextlib.contextmanager

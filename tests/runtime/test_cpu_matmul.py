@@ -146,9 +146,9 @@ def test_bfloat16_weights_keep_torchs_kernels(tiny_dir):
 def test_lora_trains_through_onednn_to_the_losses_of_torchs_kernels(tiny_dir, tmp_path, inner_products):
     onednn = load_local_model(str(tiny_dir), device="cpu")
     torch_kernels = load_local_model(str(tiny_dir), device="cpu", matmul="torch")
-    expected = train_adapter(torch_kernels, EXAMPLES, QUICK, tmp_path / "torch", recompute_every=0)
+    expected = train_adapter(torch_kernels, EXAMPLES, QUICK, tmp_path / "torch", recompute=False)
     assert inner_products == []
-    got = train_adapter(onednn, EXAMPLES, QUICK, tmp_path / "onednn", recompute_every=0)
+    got = train_adapter(onednn, EXAMPLES, QUICK, tmp_path / "onednn", recompute=False)
     # The base's products and their input gradients went through oneDNN (the LoRA factors stay torch's).
     weights = {tuple(m.weight.shape) for m in onednn.model.modules() if type(m) is OneDnnLinear}
     assert {shape for shape in inner_products if shape in weights} == weights

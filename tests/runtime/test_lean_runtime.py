@@ -101,9 +101,9 @@ def test_recomputing_activations_trains_the_same_adapter_bit_for_bit(tiny_dir, t
     mlp = loaded.model.model.layers[0].mlp  # inside a checkpointed layer: it runs again when recomputed
     calls, forward = [], mlp.forward
     mlp.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
-    kept = train_adapter(loaded, EXAMPLES, QUICK, tmp_path / "kept", recompute_every=0)
+    kept = train_adapter(loaded, EXAMPLES, QUICK, tmp_path / "kept", recompute=False)
     forwards_kept = len(calls)
-    recomputed = train_adapter(loaded, EXAMPLES, QUICK, tmp_path / "recomputed", recompute_every=1)
+    recomputed = train_adapter(loaded, EXAMPLES, QUICK, tmp_path / "recomputed", recompute=True)
     del mlp.forward
     # Each training step ran the layer twice with recomputation: forward, then again in the backward pass.
     assert len(calls) - forwards_kept == 2 * forwards_kept
@@ -333,3 +333,48 @@ def test_torch_buffers_are_backed_by_huge_pages_unless_turned_off(setting, huge)
     )
     huge_kib = int(probe.stdout.split()[-1])
     assert (huge_kib >= 32 * 1024) if huge else (huge_kib < 32 * 1024)
+
+
+# A buffer of 2 MiB, allocated with libc's malloc, is a mapping of its own (mallinfo2's `hblks`) or part of
+# the heap: prints how many mappings each of inference and a budgeted training made for it.
+MAPPING_PROBE = """
+import ctypes, ctypes.util
+from intro.runtime.backends import memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mappings_for_a_buffer():
+    before = libc.mallinfo2().hblks
+    buffer = libc.malloc(2 * 2**20)
+    made = libc.mallinfo2().hblks - before
+    libc.free(buffer)
+    return made
+
+memory.limit_arenas(budgeted=True)
+inference = mappings_for_a_buffer()
+with memory.training_buffers():
+    training = mappings_for_a_buffer()
+print(inference, training, mappings_for_a_buffer())
+"""
+
+
+def _has_mallinfo2() -> bool:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return name is not None and hasattr(ctypes.CDLL(name), "mallinfo2")
+
+
+@pytest.mark.skipif(not _has_mallinfo2(), reason="not glibc 2.33 or later")
+def test_budgeted_training_maps_buffers_on_their_own_and_inference_reuses_the_heap():
+    probe = subprocess.run([sys.executable, "-c", MAPPING_PROBE], capture_output=True, text=True, check=True)
+    inference, training, after = map(int, probe.stdout.split())
+    assert (inference, training, after) == (0, 1, 0)
