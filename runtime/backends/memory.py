@@ -6,11 +6,10 @@ freed memory in it, so a run that alternates models, adapters and training grows
 set (a mini study reached 20 GB RSS with about 5 GB live). Two arenas, large buffers mapped on their own
 and a trim after each step keep it near the live size. Elsewhere than glibc these calls are skipped.
 
-Which buffers count as large depends on the work. A LoRA training's per-layer tensors are mapped on their
-own from 1 MiB up under a budget (`training_buffers`), or they fragment the heap; inference's, reused from
-one forward pass to the next, come from the heap up to 32 MiB, since every fresh mapping is zero-filled
-by the kernel a 4 KiB page at a time (a mini study with 1 MiB for everything took 188 million page faults
-and 330 s of system time). Torch backs its large buffers with transparent huge pages when `THP_MEM_ALLOC_ENABLE` is set, 2 MiB
+Large means from 32 MiB up (`HEAP_BUFFER`). Smaller buffers come from the heap and are reused from one
+forward pass, or one training layer, to the next; a fresh mapping would be zero-filled by the kernel a 4 KiB
+page at a time (a mini study that mapped every buffer from 1 MiB up took 188 million page faults and 330 s
+of system time). Torch backs its large buffers with transparent huge pages when `THP_MEM_ALLOC_ENABLE` is set, 2 MiB
 a fault; `prefer_huge_pages` sets it for `intro run` and `intro serve` (before torch is imported, which
 is when torch reads it; `THP_MEM_ALLOC_ENABLE=0` turns it off).
 
@@ -20,34 +19,24 @@ available when the run starts (`machine_memory`); `resident_bytes` is what this 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
 import re
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 M_ARENA_MAX = -8  # mallopt parameter numbers, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-# Buffers from these sizes up get their own mapping, returned to the system when freed; glibc would
-# otherwise raise the threshold as large blocks are freed, up to 32 MiB.
-#
-# Training: from LARGE_BUFFER up, or BUDGET_BUFFER under a memory budget (`intro run --max-memory`). With
-# glibc's own threshold a training step's 10-30 MB activations come from the heap and fragment it: one
-# LoRA step on Qwen 0.5B (8 hypotheticals, 992 tokens) peaked at 6.3 GiB that way and at 4.9 GiB with
-# LARGE_BUFFER. BUDGET_BUFFER maps the per-layer tensors (about 3 MB each) on their own too: 3 LoRA steps
-# peaked at 2.7 GB against 3.6 GB with LARGE_BUFFER, for 49-52 s of training against 44 s.
-LARGE_BUFFER = 4 * 2**20
-BUDGET_BUFFER = 2**20
-# Inference: from INFERENCE_BUFFER up, so a forward pass's buffers are the heap's, reused by the next pass
-# instead of mapped and zero-filled again. 32 prompts on Qwen 0.5B in batches of 16 (3 rounds): prefill
-# 8.2 s with 1 MiB, 6.4 s with 4 MiB, 6.0 s with 32 MiB, at the same 2.5 GB peak; 24-token generations
-# 25.2 s against 23.0 s; on Gemma 270M 2.7 s against 2.2 s, with 6 thousand page faults instead of 420 thousand.
-INFERENCE_BUFFER = 32 * 2**20
-_training_buffer: int | None = None  # set by `limit_arenas`; None: malloc left as it is
+# Buffers from this size up get their own mapping, returned to the system when freed (glibc's own threshold
+# starts at 128 KiB and rises as large blocks are freed, up to this size). Measured on Qwen 0.5B against
+# mapping from 1 MiB up: 3 rounds of 32 prompts' prefill in batches of 16 took 6.0 s instead of 8.2 s at
+# the same 2.5 GB peak, and 24-token generations 23.0 s instead of 25.2 s; 3 LoRA steps of batch 8 (every
+# layer's activations recomputed) took 24.7 s instead of 36.2 s, at 3.4 GB peak instead of 2.8 GB. A
+# training that keeps every layer's activations is what fragments the heap at this size (3 steps: 9.8 GB
+# peak against 7.0 GB from 4 MiB up), and training recomputes them (training/adapters.py).
+HEAP_BUFFER = 32 * 2**20
 
 
 # Torch's switch (c10/core/alloc_cpu.cpp): buffers from 2 MiB up are aligned to 2 MiB and advised as huge pages.
@@ -75,32 +64,13 @@ def _libc() -> Any:
     return libc
 
 
-def limit_arenas(count: int = 2, *, budgeted: bool = False) -> None:
-    """Cap the number of malloc arenas for threads created from now on, and map buffers from
-    `INFERENCE_BUFFER` up on their own, so that freeing them gives the memory back at once; trainings
-    (`training_buffers`) map them from `BUDGET_BUFFER` up when the run has a memory budget, else from
-    `LARGE_BUFFER` up."""
-    global _training_buffer
-    _training_buffer = BUDGET_BUFFER if budgeted else LARGE_BUFFER
+def limit_arenas(count: int = 2) -> None:
+    """Cap the number of malloc arenas for threads created from now on, and map buffers from `HEAP_BUFFER`
+    up on their own, so that freeing them gives the memory back at once."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, count)
-        libc.mallopt(M_MMAP_THRESHOLD, INFERENCE_BUFFER)
-
-
-@contextlib.contextmanager
-def training_buffers() -> Iterator[None]:
-    """For the block (a training), map buffers on their own from the training threshold up (nothing
-    changes in a process that never called `limit_arenas`)."""
-    libc = _libc()
-    if libc is None or _training_buffer is None:
-        yield
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, _training_buffer)
-    try:
-        yield
-    finally:
-        libc.mallopt(M_MMAP_THRESHOLD, INFERENCE_BUFFER)
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_BUFFER)
 
 
 def release_free_memory() -> None:

@@ -204,18 +204,10 @@ class BackendPool:
     def make_room_to_train(self, root_key: str) -> None:
         """Before a LoRA training on `root_key`'s weights: release other idle roots until the training's
         working memory fits the budget. It is taken to be the weights' size again (Qwen 0.5B, batch 8, its
-        activations recomputed: 1.9 GB over 2.0 GB of float32 weights); the next step on a released root
+        activations recomputed: 1.4 GB over 2.0 GB of float32 weights); the next step on a released root
         loads it again."""
         if self._trains_on_cpu(root_key):
             self._make_room(self._weights_bytes(root_key), keep=root_key)
-
-    def memory_left_to_train(self, root_key: str) -> int | None:
-        """Bytes a LoRA training on `root_key`'s weights on the CPU may keep for its backward pass: the budget
-        less what the process holds and the working memory `make_room_to_train` set aside. None off the CPU,
-        where training recomputes activations whatever the budget (its memory is the device's)."""
-        if not self._trains_on_cpu(root_key):
-            return None
-        return self.memory_budget - memory.resident_bytes() - self._weights_bytes(root_key)
 
     def _trains_on_cpu(self, root_key: str) -> bool:
         """Whether training on `root_key` runs in this process on the CPU, in the memory the budget covers."""

@@ -87,7 +87,7 @@ def run_plans(
     """Run each plan into `runs_dir/<study>/`; `mode` is how progress shows (see
     runtime/engine/progress.py); `pools` opens where the models answer (`RayPool` for `--executor ray`);
     `max_memory` is the in-process models' memory budget in bytes (default: what the machine has)."""
-    memory.limit_arenas(budgeted=max_memory is not None)
+    memory.limit_arenas()
     if max_memory is not None:
         pools = functools.partial(pools, memory_budget=max_memory)
     cache = Cache(cache_dir or default_cache_dir())

@@ -30,16 +30,13 @@ import torch
 from attrs import field, frozen
 from torch import nn
 
-from intro.runtime.backends import memory
 from intro.runtime.backends.local_model import LoadedModel, attach_adapter
 from intro.runtime.training.finetune import (
     ATTENTION_AND_MLP_PROJECTIONS,
     ChatExample,
-    EncodedExample,
     FinetuneResult,
     LoraHyperparameters,
     encode_example,
-    largest_batch_positions,
     model_device,
     pad_token_id,
     seeded,
@@ -56,14 +53,11 @@ TRAINING_FILE = "training.json"
 # peft's saved keys are relative to its wrapper (PeftModel -> LoraModel -> the transformers model).
 PEFT_PREFIX = "base_model.model."
 TRAINING_ADAPTER = "intro_training"
-# Training recomputes every decoder layer's activations unless keeping them fits the memory it is given:
-# kept, a batch of 8 hypotheticals on Qwen 0.5B held about 5.5 GB of activations next to its 2 GB of
-# weights (the bulk of the mini study's 13 GB peak); recomputed, the same adapter comes out for about one
-# more forward pass per step (a third more compute).
-# What one token position keeps in one decoder layer, in intermediate (MLP) widths of the compute dtype:
-# Qwen 0.5B's 5.5 GB over 992 positions x 24 layers is 231 KB, 11.9 of its 4864-wide rows in float32
-# (the MLP's projections, their activation and product, the norms' float32 copies). 14 leaves a margin.
-KEPT_WIDTHS_PER_POSITION = 14
+# Training recomputes every decoder layer's activations in the backward pass rather than keep them: kept,
+# a batch of 8 hypotheticals on Qwen 0.5B held about 5.5 GB of activations next to its 2 GB of weights
+# (the bulk of the mini study's 13 GB peak). With oneDNN's kernels and buffers from the heap
+# (backends/cpu_matmul.py, backends/memory.py), 3 steps of batch 8 took the same time either way (24.7 s
+# recomputed, 24.9 s kept) at 3.4 GB peak instead of 7.0 GB.
 FACTORS = ("lora_A", "lora_B")
 
 
@@ -198,16 +192,14 @@ def train_adapter(
     output_dir: str | Path,
     *,
     parent: str | Path | None = None,
-    recompute: bool | None = None,
-    memory_left: int | None = None,
+    recompute: bool = True,
 ) -> FinetuneResult:
     """Train LoRA on `loaded`'s weights (with `parent`'s adapter on, if given) and save the full delta.
 
     `output_dir` receives a peft adapter that, on the root weights alone, reproduces the trained model:
     the new adapter, stacked on `parent` when there is one. The shared model is left as found.
     `recompute` recomputes the decoder layers' activations in the backward pass instead of keeping them
-    (see `recomputed_layers`): the same adapter, bit for bit, in less memory. Left None, it keeps them when
-    the largest batch's activations fit in `memory_left` bytes (`keeps_activations`).
+    (see `recomputed_layers`): the same adapter, bit for bit, in less memory.
     """
     if not examples:
         raise ValueError("finetuning needs at least one example")
@@ -215,12 +207,8 @@ def train_adapter(
     encoded = [
         encode_example(loaded, messages, reply, hyperparameters.max_length) for messages, reply in examples
     ]
-    if recompute is None:
-        recompute = not keeps_activations(
-            loaded.model.config, loaded.dtype, encoded, hyperparameters, memory_left
-        )
     with loaded.lock, _training_adapter(loaded.model, hyperparameters, parent):
-        with recomputed_layers(loaded.model, recompute), memory.training_buffers():
+        with recomputed_layers(loaded.model, recompute):
             losses = train_lora(
                 loaded.model, encoded, hyperparameters, pad_token_id(loaded.tokenizer), loaded.work
             )
@@ -234,7 +222,6 @@ def train_adapter(
         tokens=sum(len(e.input_ids) for e in encoded) * hyperparameters.epochs,
         target_tokens=sum(len(e.input_ids) - e.target_start for e in encoded) * hyperparameters.epochs,
         seconds=time.perf_counter() - started,
-        recomputed=recompute,
     )
     _write_training_record(Path(output_dir), hyperparameters, result, parent is not None)
     return result
@@ -270,30 +257,6 @@ def _training_adapter(
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(flags.get(name, False))
         model.eval()
-
-
-def keeps_activations(
-    config: Any,
-    dtype: torch.dtype,
-    encoded: Sequence[EncodedExample],
-    hyperparameters: LoraHyperparameters,
-    memory_left: int | None,
-) -> bool:
-    """Whether every layer's activations of the largest batch fit in `memory_left` bytes (None: unknown, so no)."""
-    if memory_left is None:
-        return False
-    return (
-        kept_activation_bytes(config, dtype, largest_batch_positions(encoded, hyperparameters)) <= memory_left
-    )
-
-
-def kept_activation_bytes(config: Any, dtype: torch.dtype, positions: int) -> int:
-    """About what a training step keeps for the backward pass over `positions` token positions, every
-    decoder layer's activations kept (see `KEPT_WIDTHS_PER_POSITION`)."""
-    config = getattr(config, "text_config", None) or config
-    width = int(getattr(config, "intermediate_size", None) or 4 * config.hidden_size)
-    per_position_layer = KEPT_WIDTHS_PER_POSITION * width * dtype.itemsize
-    return positions * int(config.num_hidden_layers) * per_position_layer
 
 
 @contextlib.contextmanager

@@ -118,7 +118,6 @@ class FinetuneResult:
     tokens: int  # tokens processed (prompt and reply, no padding), summed over epochs
     target_tokens: int  # tokens the loss was computed on, summed over epochs
     seconds: float = field(eq=False)
-    recomputed: bool = field(default=False, eq=False)  # activations recomputed in the backward pass, not kept
 
     @property
     def tokens_per_second(self) -> float:
@@ -275,17 +274,6 @@ def batches_in_order(
         order = torch.randperm(len(examples), generator=generator).tolist()
         for first in range(0, len(order), hyperparameters.batch_size):
             yield [examples[index] for index in order[first : first + hyperparameters.batch_size]]
-
-
-def largest_batch_positions(examples: Sequence[EncodedExample], hyperparameters: LoraHyperparameters) -> int:
-    """Token positions, padding included, of the largest batch `batches_in_order` makes."""
-    return max(
-        (
-            len(batch) * max(len(example.input_ids) for example in batch)
-            for batch in batches_in_order(examples, hyperparameters)
-        ),
-        default=0,
-    )
 
 
 def train_lora(

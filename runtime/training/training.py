@@ -176,9 +176,8 @@ class TrainingSteps:
         self.run.say(f"  {step.id}: training LoRA on {len(examples)} examples")
         directory = self.cache.artifact_dir(step.hash)
         async with self.run.executor.compute:  # training shares the processor with generation
-            memory_left = self.run.pool.memory_left_to_train(origin.root)
             result = await asyncio.to_thread(
-                _train_into, directory, loaded, examples, hyperparameters, parent, memory_left
+                _train_into, directory, loaded, examples, hyperparameters, parent
             )
         info = {
             "kind": "finetune",
@@ -187,7 +186,6 @@ class TrainingSteps:
             "tokens": result.tokens,
             "target_tokens": result.target_tokens,
             "seconds": round(result.seconds, 3),
-            "activations": "recomputed" if result.recomputed else "kept",
             "hyperparameters": hyperparameters.as_dict(),
             "root": self.plan.models[origin.root].identity,
             "parent": origin.parent_step and self.plan.step(origin.parent_step).hash,
@@ -195,8 +193,7 @@ class TrainingSteps:
         self.cache.mark_artifact_done(step.hash, info)
         losses = result.losses
         self.run.say(
-            f"  {step.id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({result.seconds:.1f} s, "
-            f"activations {info['activations']})"
+            f"  {step.id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({result.seconds:.1f} s)"
         )
 
     def _parent_adapter(self, step: Step, origin: Lineage) -> Path | None:
@@ -227,7 +224,6 @@ def _train_into(
     examples: list[Any],
     hyperparameters: Any,
     parent: Path | None,
-    memory_left: int | None,
 ) -> Any:
     """Train into a fresh temporary directory, then move it into place: a torn run leaves no half adapter."""
     from intro.runtime.training.adapters import train_adapter
@@ -235,9 +231,7 @@ def _train_into(
     directory.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-adapter-"))
     try:
-        result = train_adapter(
-            loaded, examples, hyperparameters, scratch, parent=parent, memory_left=memory_left
-        )
+        result = train_adapter(loaded, examples, hyperparameters, scratch, parent=parent)
         target = directory / ADAPTER_DIR
         if target.exists():  # left by a run killed between the move and DONE
             shutil.rmtree(target)
