@@ -12,8 +12,9 @@ many greedy answers are the same as torch's float32 ones. Usage:
     python bench/precision.py                      # embedded Qwen 0.5B
     python bench/precision.py --model gemma-3-270m
 
-On the project's 2-core AMD EPYC (Zen 5, AVX512-BF16): matmuls at 100-220 GFLOP/s in torch's float32,
-about 2.2x that in oneDNN's float32 and 4x in bfloat16; see the README for a run's figures.
+On the project's 2-core AMD EPYC (Zen 5, AVX512-BF16): matmuls at 74-192 GFLOP/s in torch's float32,
+2.0-2.3x that in oneDNN's float32 and 4.0-4.2x in bfloat16; 16 generations on Qwen 0.5B in 5.7 s, 2.6 s
+(16/16 answers the same) and 1.6 s (15/16).
 """
 
 from __future__ import annotations

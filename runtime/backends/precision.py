@@ -9,9 +9,10 @@ each model computed in (`ModelWork.numerics`).
 
 The CPU stays in float32 so that answers are those every earlier run gave, not for speed: where the CPU has
 native bf16 instructions (AVX512-BF16 or AMX; `bench/precision.py` says), bfloat16 is the fast choice.
-On this project's 2-core AMD EPYC machine (AVX512-BF16) matmuls shaped like Qwen 0.5B's ran about 4x
-float32's rate, and `make main`'s study took half the time (7 m 08 s against 14 m 55 s, README). Without
-those instructions bf16 is emulated and slower than float32 (DESIGN.md §5 measured 6x on a forward pass).
+On this project's 2-core AMD EPYC machine (AVX512-BF16) matmuls shaped like Qwen 0.5B's ran about 4x the
+rate of float32 in torch's kernels and 2x that of float32 in oneDNN's (the CPU's float32 default, see
+below); 16 greedy generations took 1.6 s against 2.6 s, with 15 of 16 answers float32's. Without those
+instructions bf16 is emulated and slower than float32 (DESIGN.md §5 measured 6x on a forward pass).
 
 The same weights answer a little differently in bfloat16 than in float32 (a greedy answer can change), so
 the dtype is part of what makes a cached answer valid: `numerics_identity` gives the identity a call's cache

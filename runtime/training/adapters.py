@@ -272,19 +272,14 @@ def recomputed_layers(model: PreTrainedModel, recompute: bool = True) -> Iterato
     if not recompute:
         yield
         return
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:  # transformers before 5.2x, where the same switch has its older name
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     # transformers also hooks the embeddings to require grad (a need of reentrant checkpoints only); the
     # non-reentrant ones it sets up do not need it, and it would add a backward pass into the embeddings.
     model.disable_input_require_grads()
     try:
         yield
     finally:
-        disable = getattr(model, "activation_checkpointing_disable", None)
-        (disable or model.gradient_checkpointing_disable)()
+        model.activation_checkpointing_disable()
 
 
 @contextlib.contextmanager
