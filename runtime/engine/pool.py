@@ -62,9 +62,8 @@ class BackendPool:
         self._dtypes: dict[str, str] = dict(dtypes or {})
         computes_here = any(map(self.in_process, plan.models))
         self._dtype_override = _dtype_override() if computes_here else None
-        self._matmul = (
-            _matmul_choice() if computes_here else None
-        )  # a bad value stops the run before it starts
+        # Read now, so that a bad value stops the run before anything runs.
+        self._matmul = _matmul_choice() if computes_here else None
 
     def backend(self, model_key: str) -> Backend:
         """The backend that answers for `model_key` (a steered model answers through its base)."""
