@@ -10,10 +10,10 @@ ratio wall / raw (target <= 1.2 on the mini study) and tokens computed / needed 
     .venv/bin/python bench/overhead.py --spec specs/looking_inward_mini.intro  # the embedded models
     INTRO_SHARE_PREFIX=0 .venv/bin/python bench/overhead.py                   # every prompt computed whole
 
-Measured on a shared 2-core CPU (seconds vary by 2x with the machine's load; token counts do not): the
-mini with one item per task (466 calls, 4 trainings) ran 1909 s for 1829 s of model work (wall / raw
-1.04; 15 s loading, 65 s between) and computed 29157 token positions for 47639 needed (0.61: prefill
-0.53, decode 1.04, train 1.15). On tiny models the engine's own time per step shows instead (about 24 s
+Measured on the quiet 2-core CPU (`--spec specs/looking_inward_mini.intro -- --max-memory 4G`, 1192 calls,
+4 trainings): the study ran 465.9 s for 446.0 s of model work (wall / raw 1.04; 8 s loading, 12 s
+between) and computed 119010 token positions for 146575 needed (0.81: prefill 0.71, decode 1.02, train
+1.12). On tiny models the engine's own time per step shows instead (about 24 s
 for ~200 steps, wall / raw 1.5-2.2), with tokens 0.87 (1.04 with every prompt computed whole).
 """
 

@@ -57,7 +57,7 @@ TRAINING_ADAPTER = "intro_training"
 # a batch of 8 hypotheticals on Qwen 0.5B held about 5.5 GB of activations next to its 2 GB of weights
 # (the bulk of the mini study's 13 GB peak). With oneDNN's kernels and buffers from the heap
 # (backends/cpu_matmul.py, backends/memory.py), 3 steps of batch 8 took the same time either way (24.7 s
-# recomputed, 24.9 s kept) at 3.4 GB peak instead of 7.0 GB.
+# recomputed, 24.9 s kept) at 3.4 GB peak instead of 9.8 GB.
 FACTORS = ("lora_A", "lora_B")
 
 
