@@ -173,19 +173,6 @@ def test_answers_are_cached_per_dtype_and_the_run_says_which(study, monkeypatch)
     assert len(entries) == 12
 
 
-def test_a_bad_intro_cpu_matmul_is_one_line_and_runs_nothing(study, monkeypatch):
-    monkeypatch.setenv("INTRO_CPU_MATMUL", "blas")
-    for command in ("run", "plan"):
-        argv = [command, str(study / "study.intro"), "--cache", str(study / "cache")]
-        argv += ["--runs", str(study / "runs")] if command == "run" else []
-        status, out, err = intro(study, *argv)
-        assert status == 2
-        assert err.strip().splitlines() == [
-            "intro: error: INTRO_CPU_MATMUL: 'blas' is not a choice of kernels; use onednn or torch"
-        ]
-    assert not (study / "runs").exists() and not (study / "cache" / "requests").exists()
-
-
 def test_torchs_kernels_answer_from_the_same_cache_and_the_run_says_which(study, monkeypatch):
     first = run_json(study)
     assert first["numerics"] == {"a": "float32 on cpu (oneDNN)"}
@@ -198,15 +185,23 @@ def test_torchs_kernels_answer_from_the_same_cache_and_the_run_says_which(study,
     assert second["calls"] == first["calls"] == 6
 
 
-def test_a_bad_intro_dtype_is_one_line_and_runs_nothing(study, monkeypatch):
-    monkeypatch.setenv("INTRO_DTYPE", "double")
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        (
+            "INTRO_DTYPE",
+            "double",
+            "'double' is not a dtype; use one of auto, float32, bfloat16, float16 (or bf16, fp16, fp32)",
+        ),
+        ("INTRO_CPU_MATMUL", "blas", "'blas' is not a choice of kernels; use onednn or torch"),
+    ],
+)
+def test_a_bad_numerics_setting_is_one_line_and_runs_nothing(study, monkeypatch, variable, value, reason):
+    monkeypatch.setenv(variable, value)
     for command in ("run", "plan"):
         argv = [command, str(study / "study.intro"), "--cache", str(study / "cache")]
         argv += ["--runs", str(study / "runs")] if command == "run" else []
         status, out, err = intro(study, *argv)
         assert status == 2
-        assert err.strip().splitlines() == [
-            "intro: error: INTRO_DTYPE: 'double' is not a dtype; use one of auto, float32, bfloat16, "
-            "float16 (or bf16, fp16, fp32)"
-        ]
+        assert err.strip().splitlines() == [f"intro: error: {variable}: {reason}"]
     assert not (study / "runs").exists() and not (study / "cache" / "requests").exists()
