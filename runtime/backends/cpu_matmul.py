@@ -4,17 +4,18 @@ torch hands a float32 `nn.Linear` on the CPU to its BLAS, Intel's MKL in the x86
 runs its AVX2 kernels even where the CPU has AVX-512, at about half the rate the CPU can do: on this
 project's 2-core AMD EPYC (Zen 5) MKL multiplies Qwen 0.5B's MLP shapes at 185-192 GFLOP/s and oneDNN,
 which torch also ships and which picks its kernels by the instructions the CPU has, at 390-403; 16
-greedy generations on Qwen 0.5B took 2.6 s instead of 5.7 s, with the same answers (`bench/precision.py`). The model's own code is untouched: `use_onednn_linears` gives each float32
-`nn.Linear` on the CPU the class `OneDnnLinear`, which computes the same product through oneDNN's inner
-product (`torch.ops.mkldnn._linear_pointwise`, the kernel torch's compiler uses for CPU linears) in the
+greedy generations on Qwen 0.5B took 2.6 s instead of 5.7 s, with the same answers (`bench/precision.py`).
+
+The model's own code is untouched: `use_onednn_linears` gives each float32 `nn.Linear` on the CPU the
+class `OneDnnLinear`, which computes the same product through oneDNN's inner product (`torch.ops.mkldnn._linear_pointwise`, the kernel torch's compiler uses for CPU linears) in the
 forward pass and, for the input's gradient, in the backward pass. A linear whose weight is being trained
 (not LoRA's frozen base) keeps torch's path, which also gives the weight its gradient.
 
 Both are float32 arithmetic; they add the same products in another order, so results differ in the last
 bits (about 1e-6 relative) and a greedy answer can change where two tokens are within that of each other.
-`INTRO_CPU_MATMUL=torch` (precision.py) keeps torch's kernels, for answers bit for bit those of runs before this module.
-The choice does not enter cache keys, any more than the CPU model or the thread count, which change the
-same last bits.
+`INTRO_CPU_MATMUL=torch` (precision.py) keeps torch's kernels, for answers bit for bit those of runs
+before this module. The choice does not enter cache keys, any more than the CPU model or the thread count,
+which change the same last bits.
 """
 
 from __future__ import annotations

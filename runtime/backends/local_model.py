@@ -188,7 +188,8 @@ def load_local_model(
     chosen = _dtype_for(target, dtype)
     kernels = _matmul_for(matmul)
     loaded = _load_source(source, target, prompt_format, on_convert, chosen)
-    if kernels == "onednn" and _multiplies_in_onednn(loaded) and use_onednn_linears(loaded.model):
+    # Only float32 linears on the CPU change (use_onednn_linears); a model with none keeps torch's label.
+    if kernels == "onednn" and onednn_available() and use_onednn_linears(loaded.model):
         return evolve(loaded, matmul="onednn")
     return loaded
 
@@ -220,11 +221,6 @@ def _matmul_for(matmul: str | None) -> str:
         return precision.matmul_choice({precision.MATMUL_ENV: matmul} if matmul is not None else None)
     except ValueError as error:
         raise BackendError(f"{precision.MATMUL_ENV}: {error}") from None
-
-
-def _multiplies_in_onednn(loaded: LoadedModel) -> bool:
-    """oneDNN takes a model's linears where they are float32 on the CPU and this torch has it."""
-    return loaded.device.type == "cpu" and loaded.dtype == torch.float32 and onednn_available()
 
 
 def _dtype_for(device: torch.device, dtype: str | None) -> torch.dtype:

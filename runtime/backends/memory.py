@@ -9,9 +9,9 @@ and a trim after each step keep it near the live size. Elsewhere than glibc thes
 Large means from 32 MiB up (`HEAP_BUFFER`). Smaller buffers come from the heap and are reused from one
 forward pass, or one training layer, to the next; a fresh mapping would be zero-filled by the kernel a 4 KiB
 page at a time (a mini study that mapped every buffer from 1 MiB up took 188 million page faults and 330 s
-of system time). Torch backs its large buffers with transparent huge pages when `THP_MEM_ALLOC_ENABLE` is set, 2 MiB
-a fault; `prefer_huge_pages` sets it for `intro run` and `intro serve` (before torch is imported, which
-is when torch reads it; `THP_MEM_ALLOC_ENABLE=0` turns it off).
+of system time). Torch backs its large buffers with transparent huge pages when `THP_MEM_ALLOC_ENABLE` is
+set, 2 MiB a fault; `prefer_huge_pages` sets it for `intro run` and `intro serve` (before torch is
+imported, which is when torch reads it; `THP_MEM_ALLOC_ENABLE=0` turns it off).
 
 A run's memory budget (`intro run --max-memory`, `parse_size`) defaults to the memory the machine has
 available when the run starts (`machine_memory`); `resident_bytes` is what this process holds now.

@@ -24,7 +24,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from intro.compiler.plan import ModelEntry, Plan, Step
 from intro.runtime.backends import memory, precision
@@ -61,9 +61,11 @@ class BackendPool:
         # once, before the load, so the keys of its answers and its weights always agree.
         self._dtypes: dict[str, str] = dict(dtypes or {})
         computes_here = any(map(self.in_process, plan.models))
-        self._dtype_override = _dtype_override() if computes_here else None
         # Read now, so that a bad value stops the run before anything runs.
-        self._matmul = _matmul_choice() if computes_here else None
+        self._dtype_override = (
+            _setting(precision.DTYPE_ENV, precision.dtype_override) if computes_here else None
+        )
+        self._matmul = _setting(precision.MATMUL_ENV, precision.matmul_choice) if computes_here else None
 
     def backend(self, model_key: str) -> Backend:
         """The backend that answers for `model_key` (a steered model answers through its base)."""
@@ -289,18 +291,15 @@ def _source(entry: ModelEntry) -> str:
     return f"embedded:{entry.params['locator']}" if entry.kind == "embedded" else entry.params["locator"]
 
 
-def _dtype_override() -> str | None:
-    try:
-        return precision.dtype_override()
-    except ValueError as error:
-        raise BackendError(f"{precision.DTYPE_ENV}: {error}") from None
+T = TypeVar("T")
 
 
-def _matmul_choice() -> str:
+def _setting(name: str, read: Callable[[], T]) -> T:
+    """An environment setting of how in-process models compute (precision.py); a bad one is one line."""
     try:
-        return precision.matmul_choice()
+        return read()
     except ValueError as error:
-        raise BackendError(f"{precision.MATMUL_ENV}: {error}") from None
+        raise BackendError(f"{name}: {error}") from None
 
 
 def share_prefix() -> bool:
